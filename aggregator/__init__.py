@@ -1,0 +1,1 @@
+"""The aggregator: durable idempotent ingest and finalize into chunk artifacts and summaries."""

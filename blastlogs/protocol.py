@@ -1,0 +1,96 @@
+"""The wire protocol both programs speak (CONTRACT sections 4 to 6).
+
+Pure values and functions only: no I/O, no storage dependency, so the shipper's image can carry it.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Final
+
+INGEST_PATH: Final = "/v1/ingest"
+FINALIZE_PATH: Final = "/v1/jobs/{job_id}/finalize"
+
+#: A line is at most this many characters (code points, without its newline), marker included.
+MAX_LINE_CHARS: Final = 4000
+#: A batch is at most this many events.
+MAX_BATCH_EVENTS: Final = 1000
+#: A batch is at most this many bytes of JSON after inflating.
+MAX_BATCH_BYTES: Final = 1024 * 1024
+
+JOB_ID_RE: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+K8S_NAME_RE: Final = re.compile(r"[a-z0-9]([-a-z0-9.]*[a-z0-9])?")
+K8S_NAME_MAX: Final = 253
+PHASE_RE: Final = re.compile(r"[a-z][a-z0-9_]{0,63}")
+
+#: Containers the contract names, the phases each feeds, and whether it is primary there.
+DEFAULT_PHASE_TABLE: Final[dict[str, dict[str, tuple[str, ...]]]] = {
+    "get-blastdb": {"feeds": ("staging_db",), "primary": ("staging_db",)},
+    "import-query-batches": {"feeds": ("staging_db",), "primary": ("staging_db",)},
+    "load-blastdb-into-ram": {"feeds": ("warming_up",), "primary": ("warming_up",)},
+    "vmtouch": {"feeds": ("warming_up",), "primary": ("warming_up",)},
+    "blast": {"feeds": ("running",), "primary": ("running",)},
+    "results-export": {
+        "feeds": ("running", "exporting_results"),
+        "primary": ("running", "exporting_results"),
+    },
+}
+
+#: The pod's default phase from its `app` label, for `inject`.
+APP_LABEL_PHASES: Final = {"setup": "staging_db", "blast": "running"}
+UNKNOWN_PHASE: Final = "unknown"
+
+
+def valid_job_id(value: object) -> bool:
+    return isinstance(value, str) and JOB_ID_RE.fullmatch(value) is not None
+
+
+def valid_k8s_name(value: object) -> bool:
+    return (
+        isinstance(value, str)
+        and len(value) <= K8S_NAME_MAX
+        and K8S_NAME_RE.fullmatch(value) is not None
+    )
+
+
+def valid_phase(value: object) -> bool:
+    return isinstance(value, str) and PHASE_RE.fullmatch(value) is not None
+
+
+def cut_marker(removed_chars: int) -> str:
+    return f" [... {removed_chars} chars cut]"
+
+
+def kept_chars(total_chars: int, limit: int = MAX_LINE_CHARS) -> int:
+    """How many leading characters of a `total_chars` line survive the cap.
+
+    The marker's own length depends on how many characters it reports, so take the largest
+    prefix whose marker still fits in `limit`.
+    """
+    if total_chars <= limit:
+        return total_chars
+    keep = limit - len(cut_marker(total_chars))
+    while keep + 1 + len(cut_marker(total_chars - keep - 1)) <= limit:
+        keep += 1
+    return max(keep, 0)
+
+
+def cap_line(line: str, limit: int = MAX_LINE_CHARS, extra_chars: int = 0) -> str:
+    """Cut `line` to `limit` characters, marker included.
+
+    `extra_chars` counts characters that belonged to the line but were never held in memory
+    (the shipper skips the middle of a huge line); they count as removed.
+    """
+    total = len(line) + extra_chars
+    if total <= limit:
+        return line
+    keep = kept_chars(total, limit)
+    return line[:keep] + cut_marker(total - keep)
+
+
+def omitted_marker(lines: int) -> str:
+    return f"[... {lines} lines omitted ...]"
+
+
+def dropped_marker(lines: int, nbytes: int) -> str:
+    return f"[... {lines} lines ({nbytes} bytes) dropped by the shipper ...]"

@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# Installs what blast-logs needs on a fresh machine, idempotently:
+#   Debian packages (busybox, ncbi-blast+), a virtualenv in .venv with the project and its dev
+#   extras, and Azurite (npm azurite@3.35) in .tools/. Sourced by scripts/test.sh and scripts/demo.sh.
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+
+want_debs="${BLAST_LOGS_DEBS:-busybox ncbi-blast+}"
+missing=()
+for pkg in $want_debs; do
+  dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  if [ "$(id -u)" -eq 0 ] || command -v sudo >/dev/null 2>&1; then
+    echo "bootstrap: installing Debian packages: ${missing[*]}" >&2
+    $SUDO apt-get update -qq >/dev/null
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
+  else
+    echo "bootstrap: cannot install ${missing[*]} (not root, no sudo); tests that need them skip" >&2
+  fi
+fi
+
+PY="${PYTHON:-python3}"
+if [ ! -x .venv/bin/python ]; then
+  echo "bootstrap: creating .venv" >&2
+  "$PY" -m venv .venv
+fi
+stamp=.venv/.installed-$(sha256sum pyproject.toml | cut -c1-16)
+if [ ! -f "$stamp" ]; then
+  echo "bootstrap: installing the project and its dev extras into .venv" >&2
+  .venv/bin/pip install -q --disable-pip-version-check -e '.[dev]'
+  rm -f .venv/.installed-*; touch "$stamp"
+fi
+
+if [ "${BLAST_LOGS_NO_AZURITE:-}" = "" ] && [ ! -x .tools/node_modules/.bin/azurite-blob ]; then
+  if command -v npm >/dev/null 2>&1; then
+    echo "bootstrap: installing azurite@3.35 into .tools" >&2
+    mkdir -p .tools
+    npm install --silent --no-audit --no-fund --prefix .tools azurite@3.35 >/dev/null
+  else
+    echo "bootstrap: npm not found; Azure tests will skip" >&2
+  fi
+fi
+export PATH="$ROOT/.venv/bin:$ROOT/.tools/node_modules/.bin:$PATH"

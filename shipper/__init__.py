@@ -1,0 +1,1 @@
+"""The log shipper sidecar: tail, sanitise, cap, batch, ship, checkpoint, drain."""

@@ -1,0 +1,179 @@
+"""Fixtures every test module may use: free ports, a real Azurite, the real aggregator process."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# Azurite's documented development account (https://learn.microsoft.com/azure/storage/common/storage-use-azurite).
+AZURITE_ACCOUNT = "devstoreaccount1"
+AZURITE_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
+
+TEST_SECRET = "test-secret-for-job-tokens"
+TEST_ADMIN_TOKEN = "test-admin-token"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_port(port: int, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise TimeoutError(f"nothing listens on 127.0.0.1:{port} after {timeout}s")
+
+
+def azurite_binary() -> str | None:
+    local = ROOT / ".tools" / "node_modules" / ".bin" / "azurite-blob"
+    if local.exists():
+        return str(local)
+    return shutil.which("azurite-blob")
+
+
+@dataclass
+class Azurite:
+    """A real Azurite blob service on a free loopback port; stop() and start() simulate an outage."""
+
+    binary: str
+    port: int
+    location: Path | None = None  # disk persistence when set, in-memory otherwise
+    proc: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+
+    @property
+    def connection_string(self) -> str:
+        return (
+            "DefaultEndpointsProtocol=http;"
+            f"AccountName={AZURITE_ACCOUNT};AccountKey={AZURITE_KEY};"
+            f"BlobEndpoint=http://127.0.0.1:{self.port}/{AZURITE_ACCOUNT};"
+        )
+
+    def start(self) -> None:
+        args = [self.binary, "--blobHost", "127.0.0.1", "--blobPort", str(self.port),
+                "--skipApiVersionCheck", "--loose", "--disableTelemetry", "--silent"]
+        if self.location is None:
+            args.append("--inMemoryPersistence")
+        else:
+            args += ["--location", str(self.location)]
+        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                     start_new_session=True)
+        wait_port(self.port)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+        self.proc = None
+
+
+@pytest.fixture(scope="session")
+def azurite() -> Iterator[Azurite]:
+    """One Azurite for the session; tests isolate themselves with a fresh container each."""
+    binary = azurite_binary()
+    if binary is None:
+        if os.environ.get("CI"):
+            pytest.fail("azurite-blob not installed (scripts/bootstrap.sh installs it)")
+        pytest.skip("azurite-blob not installed")
+    az = Azurite(binary=binary, port=free_port())
+    az.start()
+    try:
+        yield az
+    finally:
+        az.stop()
+
+
+@pytest.fixture
+def azure_container() -> str:
+    return "t" + uuid.uuid4().hex[:20]
+
+
+@dataclass
+class AggregatorProc:
+    """The real aggregator as a subprocess (`blast-log-aggregator serve`)."""
+
+    port: int
+    env: dict[str, str]
+    log_path: Path
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "aggregator.cli", "serve", "--host", "127.0.0.1",
+             "--port", str(self.port)],
+            env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+        log.close()
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"aggregator exited: {self.log_path.read_text()[-2000:]}")
+            try:
+                with urllib.request.urlopen(self.url + "/healthz", timeout=1):
+                    return
+            except (urllib.error.URLError, OSError):
+                time.sleep(0.05)
+        raise TimeoutError("aggregator did not become healthy")
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            os.kill(self.proc.pid, sig)
+            self.proc.wait(timeout=30)
+
+    def stop(self) -> None:
+        self.kill(signal.SIGTERM)
+
+
+def aggregator_env(store: str, extra: dict[str, str] | None = None) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update({
+        "BLAST_LOGS_STORE": store,
+        "BLAST_LOGS_SECRET": TEST_SECRET,
+        "BLAST_LOGS_ADMIN_TOKEN": TEST_ADMIN_TOKEN,
+        "PYTHONPATH": str(ROOT),
+    })
+    env.update(extra or {})
+    return env
+
+
+@pytest.fixture
+def start_aggregator(tmp_path: Path) -> Iterator[object]:
+    """Factory: start_aggregator(store_url, **env) -> a running AggregatorProc, stopped at teardown."""
+    procs: list[AggregatorProc] = []
+
+    def _start(store: str | None = None, **extra: str) -> AggregatorProc:
+        store = store or f"file://{tmp_path / 'store'}"
+        p = AggregatorProc(port=free_port(), env=aggregator_env(store, extra),
+                           log_path=tmp_path / f"aggregator-{len(procs)}.log")
+        p.start()
+        procs.append(p)
+        return p
+
+    yield _start
+    for p in procs:
+        p.kill()
