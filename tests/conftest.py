@@ -122,7 +122,7 @@ class AggregatorProc:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self) -> None:
-        log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child
+        log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "aggregator.cli", "serve", "--host", "127.0.0.1",
              "--port", str(self.port)],
