@@ -29,7 +29,7 @@ class Store(Protocol):
     async def delete(self, key: str) -> None:
         """Remove the object; a missing object is not an error."""
 
-    async def list(self, prefix: str) -> list[str]:
+    async def list_keys(self, prefix: str) -> list[str]:
         """Every key that starts with `prefix`, sorted."""
 
     async def ping(self) -> None:
@@ -111,10 +111,10 @@ class LocalStore:
         except OSError as e:
             raise StoreError(f"delete {key}: {e.strerror}") from e
 
-    async def list(self, prefix: str) -> list[str]:
-        return await asyncio.to_thread(self._list, prefix)
+    async def list_keys(self, prefix: str) -> list[str]:
+        return await asyncio.to_thread(self._list_keys, prefix)
 
-    def _list(self, prefix: str) -> list[str]:
+    def _list_keys(self, prefix: str) -> list[str]:
         # Walk only the deepest folder the prefix names entirely.
         folder = prefix.rsplit("/", 1)[0] if "/" in prefix else ""
         base = self.root.joinpath(*folder.split("/")) if folder else self.root
