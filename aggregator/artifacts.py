@@ -17,8 +17,10 @@ Choices where the contract is silent (each is tested):
 - A marker's `ts` is that of the closest retained line before it in its stream, else the closest
   after it, else 0.0 (a stream with no retained line).
 - A container the phase table names is primary only in phases it also feeds.
-- Streams with no events still belong to their phases (sorted last; `lines` 0, no chunks) and, when
-  primary, give a `last_output` block (header and exit code).
+- A stream with no retained line events (no events, or markers only, whose ts is then a placeholder
+  0.0) sorts after the streams with lines, ties by pod then container.
+- Streams with no events still belong to their phases (in `containers` with `lines` 0) and, when
+  primary, give a `last_output` block (header, and exit code if known).
 - Phases appear in `phases`/`steps` sorted by name; `complete` is true for no streams at all.
 - Text that is not valid Unicode (lone surrogates) is encoded with `?` in `last_output`.
 """
@@ -78,7 +80,7 @@ class _Stream:
     phase: str
 
     def sort_key(self) -> tuple[int, float, str, str]:
-        if self.entries:
+        if self.lines:
             return (0, self.entries[0][0], self.pod, self.container)
         return (1, 0.0, self.pod, self.container)
 
