@@ -8,9 +8,16 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import tempfile
+import urllib.parse
 from pathlib import Path
 from typing import Protocol
+
+#: LocalStore's in-progress writes start with this; such names are never keys (check_key refuses them).
+TEMP_PREFIX = ".tmp-"
+# Azure's container naming rules: 3-63 characters, lowercase letters, digits and single inner hyphens.
+_AZURE_CONTAINER = re.compile(r"[a-z0-9](?:[a-z0-9]|-(?=[a-z0-9])){2,62}")
 
 
 class StoreError(Exception):
@@ -42,9 +49,19 @@ class Store(Protocol):
 def check_key(key: str) -> str:
     """Refuse keys that could leave the store's root; callers build keys from validated ids."""
     parts = key.split("/")
-    if not key or key.startswith("/") or any(p in ("", ".", "..") for p in parts) or "\x00" in key:
+    if (not key or key.startswith("/") or any(p in ("", ".", "..") for p in parts) or "\x00" in key
+            or parts[-1].startswith(TEMP_PREFIX)):
         raise ValueError(f"unsafe storage key {key!r}")
     return key
+
+
+def check_prefix(prefix: str) -> str:
+    """A listing prefix is a key's beginning: "" (everything), "a/b/" (a folder) or "a/b/c" (a name start)."""
+    parts = prefix.split("/")
+    if prefix and (prefix.startswith("/") or "\x00" in prefix
+                   or any(p in ("", ".", "..") for p in parts[:-1]) or parts[-1] in (".", "..")):
+        raise ValueError(f"unsafe storage prefix {prefix!r}")
+    return prefix
 
 
 class LocalStore:
@@ -76,7 +93,7 @@ class LocalStore:
             path.parent.mkdir(parents=True, exist_ok=True)
             if not overwrite and path.exists():
                 return False
-            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".part")
+            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=TEMP_PREFIX, suffix=".part")
             try:
                 with os.fdopen(fd, "wb") as f:
                     f.write(data)
@@ -96,6 +113,7 @@ class LocalStore:
                 if os.path.exists(tmp):
                     os.unlink(tmp)
                 raise
+            _fsync_dir(path.parent)  # the new name survives a crash: an ack means durable
             return True
         except OSError as e:
             raise StoreError(f"write {key}: {e.strerror}") from e
@@ -112,7 +130,7 @@ class LocalStore:
             raise StoreError(f"delete {key}: {e.strerror}") from e
 
     async def list_keys(self, prefix: str) -> list[str]:
-        return await asyncio.to_thread(self._list_keys, prefix)
+        return await asyncio.to_thread(self._list_keys, check_prefix(prefix))
 
     def _list_keys(self, prefix: str) -> list[str]:
         # Walk only the deepest folder the prefix names entirely.
@@ -123,7 +141,7 @@ class LocalStore:
             for dirpath, _dirs, files in os.walk(base):
                 rel = os.path.relpath(dirpath, self.root)
                 for name in files:
-                    if name.startswith(".tmp-"):
+                    if name.startswith(TEMP_PREFIX):
                         continue
                     key = name if rel == "." else f"{rel.replace(os.sep, '/')}/{name}"
                     if key.startswith(prefix):
@@ -146,3 +164,73 @@ class LocalStore:
 
     async def close(self) -> None:
         return None
+
+
+def _fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def open_store(
+    url: str,
+    *,
+    azure_account_url: str | None = None,
+    azure_connection_string: str | None = None,
+) -> Store:
+    """The store `BLAST_LOGS_STORE` names: `file:///abs/path`, `file:rel/path` or `azure://<container>`.
+
+    Raises ValueError, with a message fit for an operator, for anything else.
+    """
+    if url.startswith("file:"):
+        return LocalStore(local_path(url))
+    if url.startswith("azure://"):
+        container = azure_container_name(url)
+        if azure_account_url and azure_connection_string:
+            raise ValueError("set only one of BLAST_LOGS_AZURE_ACCOUNT_URL and BLAST_LOGS_AZURE_CONNECTION_STRING")
+        # Lazily: only an Azure-backed aggregator needs the SDK (the `azure` extra).
+        try:
+            from aggregator.azure_store import AzureStore
+        except ImportError as e:
+            raise ValueError(f"store {url!r} needs the Azure SDK: pip install 'blast-logs[azure]' ({e})") from None
+
+        if azure_connection_string:
+            return AzureStore.from_connection_string(azure_connection_string, container)
+        if azure_account_url:
+            if not azure_account_url.startswith(("https://", "http://")):
+                raise ValueError(f"Azure account URL must start with https:// (got {azure_account_url.split('?')[0]!r})")
+            return AzureStore.from_account_url(azure_account_url, container)
+        raise ValueError(f"store {url!r} needs BLAST_LOGS_AZURE_ACCOUNT_URL or BLAST_LOGS_AZURE_CONNECTION_STRING")
+    raise ValueError(
+        f"unsupported store {url!r}: use file:///abs/path, file:rel/path (relative to the working directory) "
+        "or azure://<container>"
+    )
+
+
+def local_path(url: str) -> Path:
+    """`file:///abs/path` (a URL, percent-decoded) or `file:rel/path` (a literal path from the working directory)."""
+    rest = url.removeprefix("file:")
+    if rest.startswith("//"):
+        host, slash, path = rest[2:].partition("/")
+        if host not in ("", "localhost"):
+            raise ValueError(f"store {url!r}: a file URL names a local folder, not host {host!r}")
+        path = urllib.parse.unquote(slash + path)
+    else:
+        path = rest
+    if not path or path == "/" or "\x00" in path:
+        raise ValueError(f"store {url!r}: no usable folder (use file:///abs/path or file:rel/path)")
+    return Path.cwd() / path if not os.path.isabs(path) else Path(path)
+
+
+def azure_container_name(url: str) -> str:
+    """The container of `azure://<container>`, checked against Azure's naming rules."""
+    name = url.removeprefix("azure://").rstrip("/")
+    if not _AZURE_CONTAINER.fullmatch(name):
+        raise ValueError(
+            f"store {url!r}: {name!r} is not a valid Azure container name "
+            "(3-63 characters: lowercase letters, digits and hyphens, starting and ending with a letter or digit, "
+            "no two hyphens in a row)"
+        )
+    return name

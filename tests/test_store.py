@@ -1,0 +1,340 @@
+"""The storage contract, run against both backends: LocalStore in a temp folder, AzureStore on Azurite."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from aggregator.azure_store import AzureStore
+from aggregator.store import LocalStore, Store, StoreError, open_store
+
+# Generous upper bound so a hang fails the test instead of the suite; not a speed assertion.
+HANG_GUARD_S = 90.0
+
+UNSAFE_KEYS = ["", "/abs", "..", "a/../b", "./a", "a//b", "a/", "a\x00b", "a/.tmp-123.part"]
+UNSAFE_PREFIXES = ["/", "/a", "../", "a/../", "a//b", "a\x00", ".."]
+
+
+def account_key(connection_string: str) -> str:
+    return next(p.split("=", 1)[1] for p in connection_string.split(";") if p.startswith("AccountKey="))
+
+
+def assert_no_secret(message: str, connection_string: str) -> None:
+    assert connection_string not in message
+    assert account_key(connection_string) not in message
+
+
+@pytest.fixture(params=["local", pytest.param("azure", marks=pytest.mark.azure)])
+async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
+    s: Store
+    if request.param == "local":
+        s = LocalStore(tmp_path / "store")
+    else:
+        azurite = request.getfixturevalue("azurite")
+        s = AzureStore.from_connection_string(azurite.connection_string, request.getfixturevalue("azure_container"))
+    try:
+        yield s
+    finally:
+        await s.close()
+
+
+# --- the contract, both backends ---------------------------------------------------------------
+
+
+async def test_get_missing_is_none(store: Store) -> None:
+    assert await store.get("job/none.json") is None
+
+
+@pytest.mark.parametrize("data", [b"", b"{}", bytes(range(256)) + b"\xff\xfe\xc3(", "h\u00e9llo \u2603".encode()])
+async def test_round_trip_keeps_bytes(store: Store, data: bytes) -> None:
+    assert await store.put("job/x/obj.bin", data) is True
+    assert await store.get("job/x/obj.bin") == data
+
+
+async def test_overwrite_replaces(store: Store) -> None:
+    await store.put("k/obj", b"old")
+    assert await store.put("k/obj", b"new", overwrite=True) is True
+    assert await store.get("k/obj") == b"new"
+
+
+async def test_put_if_absent_keeps_original(store: Store) -> None:
+    assert await store.put("k/obj", b"first", overwrite=False) is True
+    assert await store.put("k/obj", b"second", overwrite=False) is False
+    assert await store.get("k/obj") == b"first"
+
+
+async def test_concurrent_put_if_absent_has_one_winner(store: Store) -> None:
+    # On Azure this also races the container's creation: the container does not exist yet.
+    results = await asyncio.gather(
+        *(store.put("job/_staging/finalize.lock", f"writer-{i}".encode(), overwrite=False) for i in range(20))
+    )
+    assert results.count(True) == 1
+    winner = results.index(True)
+    assert await store.get("job/_staging/finalize.lock") == f"writer-{winner}".encode()
+
+
+async def test_list_keys_by_prefix_sorted(store: Store) -> None:
+    keys = ["job-a/x/2.json", "job-a/x/1.json", "job-a/y/z/3.json", "job-ab/1.json", "job-b/1.json", "top.json"]
+    for k in keys:
+        await store.put(k, b"1")
+    assert await store.list_keys("job-a/") == ["job-a/x/1.json", "job-a/x/2.json", "job-a/y/z/3.json"]
+    assert await store.list_keys("job-a") == [
+        "job-a/x/1.json", "job-a/x/2.json", "job-a/y/z/3.json", "job-ab/1.json"]
+    assert await store.list_keys("job-a/x/") == ["job-a/x/1.json", "job-a/x/2.json"]
+    assert await store.list_keys("job-a/x/1") == ["job-a/x/1.json"]
+    assert await store.list_keys("job-a/y/") == ["job-a/y/z/3.json"]
+    assert await store.list_keys("") == sorted(keys)
+    assert await store.list_keys("nothing/") == []
+    assert await store.list_keys("job-c") == []
+
+
+async def test_list_keys_of_empty_store(store: Store) -> None:
+    assert await store.list_keys("") == []
+    assert await store.list_keys("job/") == []
+
+
+async def test_delete(store: Store) -> None:
+    await store.delete("job/never-written.json")  # missing: not an error
+    await store.put("job/a.json", b"1")
+    await store.put("job/b.json", b"2")
+    await store.delete("job/a.json")
+    assert await store.get("job/a.json") is None
+    assert await store.list_keys("job/") == ["job/b.json"]
+    await store.delete("job/a.json")
+
+
+async def test_ping(store: Store) -> None:
+    await store.ping()
+    await store.ping()
+
+
+@pytest.mark.parametrize("key", UNSAFE_KEYS)
+async def test_unsafe_keys_are_refused(store: Store, key: str) -> None:
+    with pytest.raises(ValueError):
+        await store.get(key)
+    with pytest.raises(ValueError):
+        await store.put(key, b"x")
+    with pytest.raises(ValueError):
+        await store.put(key, b"x", overwrite=False)
+    with pytest.raises(ValueError):
+        await store.delete(key)
+
+
+@pytest.mark.parametrize("prefix", UNSAFE_PREFIXES)
+async def test_unsafe_prefixes_are_refused(store: Store, prefix: str) -> None:
+    with pytest.raises(ValueError):
+        await store.list_keys(prefix)
+
+
+# --- LocalStore: what only a folder can get wrong ----------------------------------------------
+
+
+async def test_local_leaves_no_temp_files(tmp_path: Path) -> None:
+    s = LocalStore(tmp_path)
+    await s.put("job/a.json", b"1")
+    await s.put("job/a.json", b"2")
+    await s.put("job/a.json", b"3", overwrite=False)
+    await s.put("job/b.json", b"4", overwrite=False)
+    assert sorted(os.listdir(tmp_path / "job")) == ["a.json", "b.json"]
+    # A write interrupted by a crash leaves its temp file behind: it is never a key.
+    (tmp_path / "job" / ".tmp-crashed.part").write_bytes(b"half")
+    assert await s.list_keys("job/") == ["job/a.json", "job/b.json"]
+    assert await s.list_keys("") == ["job/a.json", "job/b.json"]
+
+
+async def test_local_overwrite_is_atomic_for_readers(tmp_path: Path) -> None:
+    s = LocalStore(tmp_path)
+    old, new = b"a" * 512 * 1024, b"b" * 512 * 1024
+    await s.put("k", old)
+    stop = asyncio.Event()
+    seen: list[bytes | None] = []
+
+    async def writer() -> None:
+        for i in range(60):
+            await s.put("k", new if i % 2 == 0 else old)
+        stop.set()
+
+    async def reader() -> None:
+        while not stop.is_set():
+            seen.append(await s.get("k"))
+
+    await asyncio.gather(writer(), reader(), reader())
+    assert seen
+    assert all(v in (old, new) for v in seen)
+
+
+async def test_local_failure_is_store_error(tmp_path: Path) -> None:
+    # The root is a file: nothing can be written under it.
+    root = tmp_path / "not-a-folder"
+    root.write_bytes(b"")
+    s = LocalStore(root)
+    with pytest.raises(StoreError):
+        await s.put("job/a.json", b"1")
+    with pytest.raises(StoreError):
+        await s.ping()
+
+
+# --- open_store ---------------------------------------------------------------------------------
+
+
+def test_open_store_file_absolute(tmp_path: Path) -> None:
+    s = open_store(f"file://{tmp_path}/data")
+    assert isinstance(s, LocalStore) and s.root == tmp_path / "data"
+    s = open_store(f"file://localhost{tmp_path}/my%20data")
+    assert isinstance(s, LocalStore) and s.root == tmp_path / "my data"
+
+
+def test_open_store_file_relative(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    s = open_store("file:blast-logs-data")
+    assert isinstance(s, LocalStore) and s.root == tmp_path / "blast-logs-data"
+    s = open_store("file:a/b")
+    assert isinstance(s, LocalStore) and s.root == tmp_path / "a" / "b"
+
+
+@pytest.mark.parametrize("url", ["", "/abs/path", "rel/path", "s3://bucket", "http://x", "file:", "file://",
+                                 "file:///", "file://otherhost/data", "azure:/name", "AZURE://name"])
+def test_open_store_refuses_bad_urls(url: str) -> None:
+    with pytest.raises(ValueError, match="store"):
+        open_store(url, azure_connection_string="UseDevelopmentStorage=true")
+
+
+@pytest.mark.parametrize("name", ["", "ab", "Abc", "a_b", "a--b", "-abc", "abc-", "a" * 64, "a.b", "a/b", "ab c"])
+def test_open_store_refuses_bad_container_names(name: str) -> None:
+    with pytest.raises(ValueError, match="container name"):
+        open_store(f"azure://{name}", azure_connection_string="UseDevelopmentStorage=true")
+
+
+@pytest.mark.parametrize("name", ["abc", "a-b-c", "logs2024", "a" * 63, "0-blast-logs"])
+async def test_open_store_azure_with_connection_string(name: str) -> None:
+    s = open_store(f"azure://{name}", azure_connection_string="UseDevelopmentStorage=true")
+    assert isinstance(s, AzureStore) and s.container == name
+    await s.close()
+
+
+async def test_open_store_azure_with_account_url() -> None:
+    s = open_store("azure://blast-logs", azure_account_url="https://acct.blob.core.windows.net")
+    assert isinstance(s, AzureStore) and s.container == "blast-logs"
+    await s.close()
+
+
+def test_open_store_azure_needs_exactly_one_credential_source() -> None:
+    with pytest.raises(ValueError, match="BLAST_LOGS_AZURE_ACCOUNT_URL"):
+        open_store("azure://blast-logs")
+    with pytest.raises(ValueError, match="only one"):
+        open_store("azure://blast-logs", azure_account_url="https://acct.blob.core.windows.net",
+                   azure_connection_string="UseDevelopmentStorage=true")
+
+
+def test_malformed_connection_string_is_not_echoed() -> None:
+    secret = "AccountName=x;AccountKey=c2VjcmV0LWtleQ==;NoEndpoint"
+    with pytest.raises(ValueError) as e:
+        open_store("azure://blast-logs", azure_connection_string=secret)
+    assert "c2VjcmV0LWtleQ" not in str(e.value) and secret not in str(e.value)
+
+
+# --- AzureStore: failures ------------------------------------------------------------------------
+
+
+def store_calls(s: Store) -> dict[str, Callable[[], Awaitable[Any]]]:
+    return {
+        "get": lambda: s.get("job/a.json"),
+        "put": lambda: s.put("job/a.json", b"x"),
+        "put-if-absent": lambda: s.put("job/b.json", b"x", overwrite=False),
+        "delete": lambda: s.delete("job/a.json"),
+        "list_keys": lambda: s.list_keys("job/"),
+        "ping": lambda: s.ping(),
+    }
+
+
+@pytest.mark.azure
+async def test_azure_outage_raises_store_error_then_recovers(azurite: Any, azure_container: str) -> None:
+    s = AzureStore.from_connection_string(azurite.connection_string, azure_container)
+    try:
+        await s.put("job/a.json", b"before")
+        azurite.stop()
+        try:
+            for name, call in store_calls(s).items():
+                started = time.monotonic()
+                with pytest.raises(StoreError) as e:
+                    await asyncio.wait_for(call(), HANG_GUARD_S)
+                print(f"outage: {name} raised StoreError after {time.monotonic() - started:.2f}s: {e.value}")
+                assert_no_secret(str(e.value), azurite.connection_string)
+                assert e.value.__cause__ is None
+        finally:
+            if azurite.proc is None:
+                azurite.start()
+        # Same object, same port: it works again. Azurite kept nothing (in memory), so the
+        # container is gone too and the first put must create it again.
+        await s.ping()
+        assert await s.get("job/a.json") is None
+        assert await s.put("job/a.json", b"after", overwrite=False) is True
+        assert await s.get("job/a.json") == b"after"
+        assert await s.list_keys("job/") == ["job/a.json"]
+    finally:
+        await s.close()
+
+
+@pytest.mark.azure
+async def test_azure_recreates_a_deleted_container(azurite: Any, azure_container: str) -> None:
+    s = AzureStore.from_connection_string(azurite.connection_string, azure_container)
+    other = AzureStore.from_connection_string(azurite.connection_string, azure_container)
+    try:
+        await s.put("job/a.json", b"1")
+        await other._client.delete_container()
+        assert await s.list_keys("job/") == []
+        assert await s.get("job/a.json") is None
+        results = await asyncio.gather(*(s.put(f"job/{i}.json", b"2", overwrite=False) for i in range(5)))
+        assert results == [True] * 5
+        assert len(await s.list_keys("job/")) == 5
+    finally:
+        await s.close()
+        await other.close()
+
+
+@pytest.mark.azure
+async def test_azure_auth_failure_is_store_error_without_key(azurite: Any, azure_container: str) -> None:
+    wrong_key = "d3Jvbmcta2V5LXRoYXQtaXMtbm90LWF6dXJpdGVzLWtleQ=="
+    conn = azurite.connection_string.replace(account_key(azurite.connection_string), wrong_key)
+    s = AzureStore.from_connection_string(conn, azure_container)
+    try:
+        for call in store_calls(s).values():
+            with pytest.raises(StoreError) as e:
+                await asyncio.wait_for(call(), HANG_GUARD_S)
+            assert "403" in str(e.value)
+            assert_no_secret(str(e.value), conn)
+    finally:
+        await s.close()
+
+
+async def test_azure_silent_server_hits_the_operation_deadline(azure_container: str) -> None:
+    """A server that accepts connections and never answers (a black hole) still yields StoreError."""
+    accepted: list[asyncio.StreamWriter] = []
+
+    async def hold(_reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        accepted.append(writer)
+
+    server = await asyncio.start_server(hold, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    conn = ("DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;"
+            "AccountKey=c2lsZW50LXNlcnZlci10ZXN0LWtleQ==;"
+            f"BlobEndpoint=http://127.0.0.1:{port}/devstoreaccount1;")
+    s = AzureStore.from_connection_string(conn, azure_container, operation_timeout=1.0)
+    try:
+        for call in (lambda: s.get("job/a.json"), lambda: s.put("job/a.json", b"x", overwrite=False)):
+            with pytest.raises(StoreError, match="no answer within 1s") as e:
+                await asyncio.wait_for(call(), HANG_GUARD_S)
+            assert_no_secret(str(e.value), conn)
+        assert accepted
+    finally:
+        await s.close()
+        for w in accepted:
+            w.close()
+        server.close()
+        await server.wait_closed()
