@@ -1,0 +1,157 @@
+"""`make_app(config)`: the aggregator's routes, its error middleware, and the store's lifetime."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+
+import orjson
+from aiohttp import web
+from aiohttp.typedefs import Middleware
+
+from aggregator.config import AggregatorConfig
+from aggregator.errors import ApiError, error_response
+from aggregator.finalize import FinalizeHandler
+from aggregator.ingest import IngestHandler
+from aggregator.metrics import Metrics
+from aggregator.store import Store, StoreError, open_store
+from blastlogs.protocol import FINALIZE_PATH, INGEST_PATH
+
+log = logging.getLogger("aggregator.app")
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+#: Probes and scrapes are frequent and uninteresting; their successes are logged at debug.
+QUIET_ROUTES = frozenset({"/healthz", "/readyz", "/metrics"})
+ERROR_CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
+               405: "method_not_allowed", 413: "too_large", 429: "busy", 503: "unavailable"}
+
+
+@dataclass
+class Runtime:
+    """What lives as long as the app: the open store and whether we are draining."""
+
+    store: Store | None = None
+    draining: bool = False
+
+    def get_store(self) -> Store:
+        if self.store is None:
+            raise StoreError("the store is not open (starting up or shutting down)")
+        return self.store
+
+
+RUNTIME = web.AppKey("runtime", Runtime)
+METRICS = web.AppKey("metrics", Metrics)
+CONFIG = web.AppKey("config", AggregatorConfig)
+
+
+def make_app(config: AggregatorConfig, *, store: Store | None = None) -> web.Application:
+    """The service. `store` (tests) replaces the one `config.store_url` names; the app closes it either way."""
+    metrics = Metrics()
+    runtime = Runtime()
+    # We inflate gzip bodies ourselves, with a cap on the inflated size.
+    app = web.Application(middlewares=[_middleware(metrics)], handler_args={"auto_decompress": False})
+    app[RUNTIME] = runtime
+    app[METRICS] = metrics
+    app[CONFIG] = config
+
+    async def store_ctx(_app: web.Application) -> AsyncIterator[None]:
+        opened = store or open_store(config.store_url, azure_account_url=config.azure_account_url,
+                                     azure_connection_string=config.azure_connection_string)
+        runtime.store = opened
+        log.info("store opened", extra={"fields": {"store": _describe_store(config.store_url)}})
+        try:
+            yield
+        finally:
+            runtime.store = None
+            await opened.close()
+
+    async def on_shutdown(_app: web.Application) -> None:
+        runtime.draining = True
+
+    app.cleanup_ctx.append(store_ctx)
+    app.on_shutdown.append(on_shutdown)
+
+    async def healthz(_request: web.Request) -> web.Response:
+        return _json({"status": "ok"})
+
+    async def readyz(_request: web.Request) -> web.Response:
+        if runtime.draining:
+            return error_response(503, "draining", "shutting down", retry_after=config.retry_after)
+        try:
+            await runtime.get_store().ping()
+        except StoreError as e:
+            metrics.storage_errors.labels("ping").inc()
+            log.warning("readiness: storage unreachable", extra={"fields": {"error": str(e)}})
+            return error_response(503, "storage_unavailable", "storage is unreachable",
+                                  retry_after=config.retry_after)
+        return _json({"status": "ready"})
+
+    async def metrics_route(_request: web.Request) -> web.Response:
+        body, content_type = metrics.render()
+        resp = web.Response(body=body)
+        resp.headers["Content-Type"] = content_type
+        return resp
+
+    app.router.add_post(INGEST_PATH, IngestHandler(config, metrics, runtime.get_store))
+    app.router.add_post(FINALIZE_PATH, FinalizeHandler(config, metrics, runtime.get_store))
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics_route)
+    return app
+
+
+def start_draining(app: web.Application) -> None:
+    """Make /readyz answer 503 so load balancers stop sending work, while requests are still served."""
+    app[RUNTIME].draining = True
+
+
+def _json(doc: object, status: int = 200) -> web.Response:
+    return web.Response(status=status, body=orjson.dumps(doc), content_type="application/json")
+
+
+def _describe_store(url: str) -> str:
+    # The store URL holds no credentials (those come from their own variables), but keep only its scheme
+    # and path-ish part in case someone put a query string with a SAS token in it.
+    return url.split("?", 1)[0]
+
+
+def _middleware(metrics: Metrics) -> Middleware:
+    @web.middleware
+    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        """Every error as JSON (never internals), and one metric and log line per request."""
+        started = time.monotonic()
+        resp: web.StreamResponse
+        try:
+            resp = await handler(request)
+        except ApiError as e:
+            resp = error_response(e.status, e.code, e.detail, retry_after=e.retry_after)
+        except web.HTTPException as e:
+            resp = error_response(e.status, ERROR_CODES.get(e.status, "error"), e.reason)
+            if "Allow" in e.headers:
+                resp.headers["Allow"] = e.headers["Allow"]
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("unhandled error", extra={"fields": {"method": request.method,
+                                                              "route": _route(request)}})
+            resp = error_response(500, "internal", "internal error")
+        route = _route(request)
+        metrics.requests.labels(route, str(resp.status)).inc()
+        level = logging.DEBUG if route in QUIET_ROUTES and resp.status < 400 else logging.INFO
+        fields: dict[str, object] = {"method": request.method, "route": route, "status": resp.status,
+                                     "ms": round((time.monotonic() - started) * 1000, 1)}
+        if "job_id" in request.match_info:
+            fields["job_id"] = request.match_info["job_id"]
+        log.log(level, "request", extra={"fields": fields})
+        return resp
+
+    return middleware
+
+
+def _route(request: web.Request) -> str:
+    """The route's template (bounded label values), never the raw path."""
+    resource = request.match_info.route.resource
+    return resource.canonical if resource is not None else "unmatched"

@@ -1,0 +1,159 @@
+"""The job API's client for finalize. It never raises: the job API's finalizer must never fail on logs.
+
+    result = await finalize("http://blast-logs-aggregator:8080", admin_token, "elb-123", wait_seconds=10)
+    if result.ok: summary = result.body
+    else: log(result.status, result.error)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import time
+import urllib.parse
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+import orjson
+
+from aggregator.auth import job_token
+from aggregator.config import CLIENT_ATTEMPTS, CLIENT_BACKOFF, CLIENT_TIMEOUT_MARGIN
+from blastlogs.protocol import FINALIZE_PATH
+
+__all__ = ["FinalizeResult", "finalize", "finalize_sync", "job_token"]
+
+RETRY_STATUSES = frozenset({429, 502, 503, 504})
+
+
+@dataclass(frozen=True)
+class FinalizeResult:
+    """The outcome: `ok` with the summary in `body`, or `error` (and `status` when the server answered)."""
+
+    ok: bool
+    status: int | None = None
+    body: dict[str, Any] | None = None
+    error: str | None = None
+    attempts: int = 0
+
+
+async def finalize(
+    base_url: str,
+    admin_token: str,
+    job_id: str,
+    *,
+    wait_seconds: float | None = None,
+    existing_last_output: Mapping[str, str] | None = None,
+    timeout: float | None = None,  # noqa: ASYNC109 (a budget for retries too, not one await)
+    attempts: int = CLIENT_ATTEMPTS,
+) -> FinalizeResult:
+    """POST /v1/jobs/{job_id}/finalize; retries 429/5xx-unavailable and connection errors within `timeout`.
+
+    `timeout` bounds the whole call, retries included; by default `wait_seconds` plus a margin.
+    """
+    try:
+        return await _finalize(base_url, admin_token, job_id, wait_seconds, existing_last_output,
+                               timeout, attempts)
+    except asyncio.CancelledError:
+        raise
+    except Exception as e:  # the promise: never raise
+        return FinalizeResult(ok=False, error=f"{type(e).__name__}: {e}")
+
+
+async def _finalize(base_url: str, admin_token: str, job_id: str, wait_seconds: float | None,
+                    existing: Mapping[str, str] | None, budget: float | None, attempts: int) -> FinalizeResult:
+    total = budget if budget is not None else (wait_seconds or 0.0) + CLIENT_TIMEOUT_MARGIN
+    deadline = time.monotonic() + total
+    url = base_url.rstrip("/") + FINALIZE_PATH.format(job_id=urllib.parse.quote(job_id, safe=""))
+    payload: dict[str, Any] = {}
+    if wait_seconds is not None:
+        payload["wait_seconds"] = wait_seconds
+    if existing:
+        payload["existing_last_output"] = dict(existing)
+    headers = {"Authorization": f"Bearer {admin_token}", "Content-Type": "application/json"}
+    last = FinalizeResult(ok=False, error="no attempt made")
+    async with aiohttp.ClientSession() as session:
+        for attempt in range(1, max(attempts, 1) + 1):
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            retry_after: float | None = None
+            try:
+                async with session.post(url, data=orjson.dumps(payload), headers=headers,
+                                        timeout=aiohttp.ClientTimeout(total=left)) as resp:
+                    raw = await resp.read()
+                    body = _json_object(raw)
+                    if resp.status == 200 and body is not None:
+                        return FinalizeResult(ok=True, status=200, body=body, attempts=attempt)
+                    error = _error_text(resp.status, body, raw)
+                    last = FinalizeResult(ok=False, status=resp.status, body=body, error=error, attempts=attempt)
+                    if resp.status not in RETRY_STATUSES:
+                        return last
+                    retry_after = _retry_after(resp.headers.get("Retry-After"))
+            except (TimeoutError, aiohttp.ClientError, OSError) as e:
+                last = FinalizeResult(ok=False, error=f"{type(e).__name__}: {e}" if str(e) else type(e).__name__,
+                                      attempts=attempt)
+            if attempt >= attempts:
+                break
+            pause = retry_after if retry_after is not None else CLIENT_BACKOFF * 2 ** (attempt - 1)
+            if time.monotonic() + pause >= deadline:
+                break
+            await asyncio.sleep(pause)
+    return last
+
+
+def _json_object(raw: bytes) -> dict[str, Any] | None:
+    try:
+        obj = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return None
+    return obj if isinstance(obj, dict) else None
+
+
+def _error_text(status: int, body: dict[str, Any] | None, raw: bytes) -> str:
+    if body is not None and isinstance(body.get("error"), str):
+        detail = body.get("detail")
+        return f"HTTP {status}: {body['error']}" + (f": {detail}" if isinstance(detail, str) else "")
+    return f"HTTP {status}: {raw[:200].decode('utf-8', 'replace')}"
+
+
+def _retry_after(value: str | None) -> float | None:
+    if value is None:
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        return None
+    return seconds if 0 <= seconds < 3600 else None
+
+
+def finalize_sync(
+    base_url: str,
+    admin_token: str,
+    job_id: str,
+    *,
+    wait_seconds: float | None = None,
+    existing_last_output: Mapping[str, str] | None = None,
+    timeout: float | None = None,
+    attempts: int = CLIENT_ATTEMPTS,
+) -> FinalizeResult:
+    """`finalize` for synchronous callers; safe to call from inside a running event loop (uses a thread)."""
+
+    def run() -> FinalizeResult:
+        return asyncio.run(finalize(base_url, admin_token, job_id, wait_seconds=wait_seconds,
+                                    existing_last_output=existing_last_output, timeout=timeout,
+                                    attempts=attempts))
+
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        try:
+            return run()
+        except Exception as e:
+            return FinalizeResult(ok=False, error=f"{type(e).__name__}: {e}")
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+        try:
+            return pool.submit(run).result()
+        except Exception as e:
+            return FinalizeResult(ok=False, error=f"{type(e).__name__}: {e}")

@@ -1,0 +1,215 @@
+"""`POST /v1/ingest`: check the token, bound the body, validate the batch, stage it durably, then ack.
+
+Limits are enforced before and while reading, so no body (plain, chunked or a gzip bomb) is ever held
+beyond its cap.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import zlib
+from collections.abc import Callable
+from typing import Any, cast
+
+import orjson
+from aiohttp import web
+
+from aggregator.auth import AuthError, check_ingest
+from aggregator.config import AggregatorConfig
+from aggregator.errors import ApiError
+from aggregator.metrics import Metrics
+from aggregator.model import Dropped, StoredBatch
+from aggregator.staging import batch_key, encode_batch
+from aggregator.store import Store, StoreError
+from blastlogs.protocol import cap_line, valid_job_id, valid_k8s_name, valid_phase
+
+log = logging.getLogger("aggregator.ingest")
+
+#: Deflate's worst case adds ~5 bytes per 16 KiB block plus headers; a gzip body of a batch that
+#: inflates to at most the cap is never larger than the cap plus this.
+GZIP_SLACK_BYTES = 4096
+READ_CHUNK = 64 * 1024
+
+
+class BadBatch(ValueError):
+    """The body is not a valid batch; the message says which field and why (a 400)."""
+
+
+def parse_batch(body: bytes, *, max_events: int, max_line_chars: int) -> StoredBatch:
+    """Validate a batch exactly per CONTRACT section 4; unknown fields are ignored, lines re-capped."""
+    try:
+        obj: Any = orjson.loads(body)
+    except orjson.JSONDecodeError as e:
+        raise BadBatch(f"body is not valid UTF-8 JSON: {e}") from None
+    if not isinstance(obj, dict):
+        raise BadBatch("body must be a JSON object")
+    job_id = obj.get("job_id")
+    if not valid_job_id(job_id):
+        raise BadBatch("job_id must match [A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+    pod, container, phase = obj.get("pod"), obj.get("container"), obj.get("phase")
+    if not valid_k8s_name(pod):
+        raise BadBatch("pod must be a Kubernetes name")
+    if not valid_k8s_name(container):
+        raise BadBatch("container must be a Kubernetes name")
+    if not valid_phase(phase):
+        raise BadBatch("phase must match [a-z][a-z0-9_]{0,63}")
+    seq = obj.get("seq")
+    if not _nonneg_int(seq):
+        raise BadBatch("seq must be a non-negative integer")
+    eof = obj.get("eof", False)
+    if not isinstance(eof, bool):
+        raise BadBatch("eof must be a boolean")
+    exit_code = obj.get("exit_code")
+    if exit_code is not None and not _int(exit_code):
+        raise BadBatch("exit_code must be an integer or null")
+    dropped = _dropped(obj.get("dropped"))
+    events = obj.get("events")
+    if not isinstance(events, list):
+        raise BadBatch("events must be a list")
+    if len(events) > max_events:
+        raise BadBatch(f"a batch holds at most {max_events} events, this one {len(events)}")
+    out: list[tuple[int, float, str]] = []
+    for i, ev in enumerate(events):
+        if not isinstance(ev, dict):
+            raise BadBatch(f"events[{i}] must be an object")
+        off, ts, line = cast(Any, ev.get("off")), cast(Any, ev.get("ts")), ev.get("line")
+        if not _nonneg_int(off):
+            raise BadBatch(f"events[{i}].off must be a non-negative integer")
+        if not ((_int(ts) or isinstance(ts, float)) and math.isfinite(ts)):
+            raise BadBatch(f"events[{i}].ts must be a finite number")
+        if not isinstance(line, str):
+            raise BadBatch(f"events[{i}].line must be a string")
+        out.append((off, float(ts), cap_line(line, max_line_chars)))
+    return StoredBatch(cast(str, job_id), cast(str, pod), cast(str, container), cast(str, phase),
+                       cast(int, seq), eof, exit_code, dropped, tuple(out))
+
+
+def _dropped(value: object) -> Dropped | None:
+    """A report with lines > 0, else None (nothing was left out)."""
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise BadBatch("dropped must be an object {off, lines, bytes}")
+    lines, nbytes, off = value.get("lines", 0), value.get("bytes", 0), value.get("off")
+    if not _nonneg_int(lines) or not _nonneg_int(nbytes):
+        raise BadBatch("dropped.lines and dropped.bytes must be non-negative integers")
+    if off is not None and not _nonneg_int(off):
+        raise BadBatch("dropped.off must be a non-negative integer")
+    if lines == 0:
+        return None
+    if off is None:
+        raise BadBatch("dropped.off is required when dropped.lines > 0")
+    return Dropped(off, lines, nbytes)
+
+
+def _int(x: object) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def _nonneg_int(x: object) -> bool:
+    return _int(x) and x >= 0  # type: ignore[operator]
+
+
+class _Inflater:
+    """Incremental gzip inflation (several members allowed) that refuses output beyond `cap` bytes."""
+
+    def __init__(self, cap: int) -> None:
+        self.cap = cap
+        self.out = bytearray()
+        self._d = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
+
+    def feed(self, data: bytes) -> None:
+        try:
+            while data:
+                if self._d.eof:
+                    self._d = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
+                # max_length >= 1 always (0 would mean unlimited).
+                self.out += self._d.decompress(data, self.cap + 1 - len(self.out))
+                if len(self.out) > self.cap:
+                    raise ApiError(413, "too_large", f"the inflated body exceeds {self.cap} bytes")
+                data = self._d.unused_data if self._d.eof else self._d.unconsumed_tail
+        except zlib.error as e:
+            raise ApiError(400, "bad_request", f"body is not valid gzip: {e}") from None
+
+    def finish(self) -> bytes:
+        if not self._d.eof:
+            raise ApiError(400, "bad_request", "gzip body is truncated")
+        return bytes(self.out)
+
+
+async def read_body(request: web.Request, max_bytes: int) -> bytes:
+    """The body, inflated when gzip, never holding more than the caps allow."""
+    encoding = request.headers.get("Content-Encoding", "identity").strip().lower()
+    if encoding not in ("identity", "", "gzip", "x-gzip"):
+        raise ApiError(400, "unsupported_encoding", f"Content-Encoding {encoding!r}: only gzip is accepted")
+    gzip = encoding in ("gzip", "x-gzip")
+    raw_cap = max_bytes + GZIP_SLACK_BYTES if gzip else max_bytes
+    length = request.content_length
+    if length is not None and length > raw_cap:
+        raise ApiError(413, "too_large", f"Content-Length {length} exceeds {raw_cap} bytes")
+    inflater = _Inflater(max_bytes) if gzip else None
+    buf = bytearray()
+    received = 0
+    while True:
+        chunk = await request.content.read(READ_CHUNK)
+        if not chunk:
+            break
+        received += len(chunk)
+        if received > raw_cap:
+            raise ApiError(413, "too_large", f"the body exceeds {raw_cap} bytes")
+        if inflater is not None:
+            inflater.feed(chunk)
+        else:
+            buf += chunk
+    return inflater.finish() if inflater is not None else bytes(buf)
+
+
+class IngestHandler:
+    """The ingest route; `store` is looked up per request because the app opens it after routing."""
+
+    def __init__(self, config: AggregatorConfig, metrics: Metrics, store: Callable[[], Store]) -> None:
+        self.config = config
+        self.metrics = metrics
+        self.store = store
+        self.in_flight = 0
+
+    async def __call__(self, request: web.Request) -> web.Response:
+        cfg = self.config
+        try:
+            token_job = check_ingest(request.headers.get("Authorization"), cfg.secret, cfg.admin_token)
+        except AuthError as e:
+            raise ApiError(e.status, e.code, e.detail) from None
+        if self.in_flight >= cfg.max_inflight_ingests:
+            raise ApiError(429, "busy", "too many ingests in flight; retry later", retry_after=cfg.retry_after)
+        self.in_flight += 1
+        self.metrics.in_flight.inc()
+        try:
+            return await self._ingest(request, token_job)
+        finally:
+            self.in_flight -= 1
+            self.metrics.in_flight.dec()
+
+    async def _ingest(self, request: web.Request, token_job: str) -> web.Response:
+        cfg = self.config
+        body = await read_body(request, cfg.max_body_bytes)
+        try:
+            batch = parse_batch(body, max_events=cfg.max_events, max_line_chars=cfg.max_line_chars)
+        except BadBatch as e:
+            raise ApiError(400, "bad_request", str(e)) from None
+        if batch.job_id != token_job:
+            raise ApiError(403, "forbidden", "the token belongs to another job")
+        try:
+            created = await self.store().put(batch_key(batch), encode_batch(batch), overwrite=False)
+        except StoreError as e:
+            self.metrics.storage_errors.labels("ingest").inc()
+            log.warning("staging write failed", extra={"fields": {"job_id": batch.job_id, "error": str(e)}})
+            raise ApiError(503, "storage_unavailable", "storage is unavailable; retry later",
+                           retry_after=cfg.retry_after) from None
+        self.metrics.batches.inc()
+        self.metrics.events.inc(len(batch.events))
+        self.metrics.bytes.inc(len(body))
+        if not created:
+            self.metrics.duplicates.inc()
+        return web.json_response({"accepted": len(batch.events), "duplicate": not created},
+                                 dumps=lambda o: orjson.dumps(o).decode())
