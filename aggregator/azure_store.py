@@ -174,6 +174,8 @@ class AzureStore:
     async def _upload(self, key: str, data: bytes, overwrite: bool) -> bool:
         try:
             # overwrite=False makes the SDK send If-None-Match: * (and turns a 412 into ResourceExistsError).
+            # A retry after a lost response can find our own write and report False: callers that
+            # must know (the finalize lock) read the object back.
             await self._client.upload_blob(key, data, overwrite=overwrite)
         except ResourceExistsError:
             if overwrite:

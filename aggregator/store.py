@@ -2,6 +2,8 @@
 
 Keys are `/`-separated paths relative to the store's root (a folder or a blob container).
 Every backend must make a `put` atomic: a reader sees the old object or the new one, never half.
+Every method raises ValueError for an unsafe key or prefix (`check_key`, `check_prefix`) and
+StoreError when storage fails; nothing else escapes.
 """
 
 from __future__ import annotations
