@@ -1,0 +1,650 @@
+"""`blast-log-shipper inject`: add the log shipper sidecar to Kubernetes YAML (CONTRACT sections 2, 3).
+
+The rewrite is planned once on parsed data (`_plan`), then applied either to plain dicts (the job
+API's `inject_pod_spec`) or as text insertions into the original YAML (`inject_documents`), so that
+everything the plan does not touch stays byte for byte as it was: `${VAR}` placeholders, quoting,
+comments, line folding, key order. The text result is re-parsed and checked against the planned
+data; a document whose layout the text patcher cannot handle is re-emitted by ruamel instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import io
+import json
+import re
+import sys
+from collections.abc import Mapping, MutableMapping, MutableSequence, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+from ruamel.yaml import YAML
+from ruamel.yaml.error import YAMLError
+from ruamel.yaml.scalarstring import DoubleQuotedScalarString
+
+from blastlogs.protocol import APP_LABEL_PHASES, UNKNOWN_PHASE, valid_phase
+
+SIDECAR_NAME: Final = "blast-logs-shipper"
+VOLUME_NAME: Final = "blast-logs"
+MOUNT_PATH: Final = "/var/run/blast-logs"
+LOGWRAP_PATH: Final = MOUNT_PATH + "/bin/logwrap"
+SHIPPER_COMMAND: Final = ("blast-log-shipper", "run")
+
+DEFAULT_AGGREGATOR_URL: Final = "http://blast-logs-aggregator:8080"
+DEFAULT_TOKEN_SECRET: Final = "blast-logs-token"
+DEFAULT_TOKEN_KEY: Final = "token"
+DEFAULT_JOB_ID_LABEL: Final = "elb-job-id"
+DEFAULT_IMAGE: Final = "blast-logs-shipper:0.1.0"
+DEFAULT_IMAGE_PULL_POLICY: Final = "IfNotPresent"
+DEFAULT_VOLUME_SIZE_LIMIT: Final = "1Gi"
+# Small on purpose: the sidecar's requests add to the pod's and must not starve BLAST.
+DEFAULT_CPU_REQUEST: Final = "50m"
+DEFAULT_MEMORY_REQUEST: Final = "64Mi"
+DEFAULT_CPU_LIMIT: Final = "500m"
+DEFAULT_MEMORY_LIMIT: Final = "256Mi"
+#: The non-root user of the shipper image (Dockerfile.shipper).
+DEFAULT_RUN_AS_USER: Final = 10001
+#: The startup probe gives the sidecar this long to install logwrap before the pod fails.
+STARTUP_PROBE_PERIOD_SECONDS: Final = 1
+STARTUP_PROBE_FAILURES: Final = 120
+
+#: Where each supported kind keeps its pod template (the pod spec is `<template>.spec`).
+POD_TEMPLATE_PATHS: Final[dict[str, tuple[str, ...]]] = {
+    "Pod": (),
+    "Job": ("spec", "template"),
+    "CronJob": ("spec", "jobTemplate", "spec", "template"),
+    "DaemonSet": ("spec", "template"),
+    "Deployment": ("spec", "template"),
+    "StatefulSet": ("spec", "template"),
+}
+
+_DOC_START_RE: Final = re.compile(r"^---(?:[ \t]|$)")
+_PLAIN_SAFE_RE: Final = re.compile(r"[A-Za-z/_][A-Za-z0-9_./@=+-]*")
+_YAML11_KEYWORDS: Final = frozenset(
+    "y n yes no on off true false null".split()
+)
+
+
+@dataclass(frozen=True)
+class InjectOptions:
+    """What the sidecar looks like; every default is a named constant above."""
+
+    aggregator_url: str = DEFAULT_AGGREGATOR_URL
+    token_secret: str = DEFAULT_TOKEN_SECRET
+    token_key: str = DEFAULT_TOKEN_KEY
+    #: The pod's default phase; None derives it from the pod's `app` label.
+    phase: str | None = None
+    job_id_label: str = DEFAULT_JOB_ID_LABEL
+    image: str = DEFAULT_IMAGE
+    image_pull_policy: str = DEFAULT_IMAGE_PULL_POLICY
+    volume_size_limit: str = DEFAULT_VOLUME_SIZE_LIMIT
+    cpu_request: str = DEFAULT_CPU_REQUEST
+    memory_request: str = DEFAULT_MEMORY_REQUEST
+    cpu_limit: str = DEFAULT_CPU_LIMIT
+    memory_limit: str = DEFAULT_MEMORY_LIMIT
+    run_as_user: int = DEFAULT_RUN_AS_USER
+
+
+class InjectError(ValueError):
+    """The input cannot be injected safely; nothing is written."""
+
+
+# ---------------------------------------------------------------------------------------------
+# What we add
+
+
+def pod_phase(labels: Mapping[str, Any] | None, options: InjectOptions) -> str:
+    """The pod's default phase: `--phase`, else from the `app` label, else unknown."""
+    if options.phase is not None:
+        return options.phase
+    app = (labels or {}).get("app")
+    return APP_LABEL_PHASES.get(app, UNKNOWN_PHASE) if isinstance(app, str) else UNKNOWN_PHASE
+
+
+def sidecar_container(options: InjectOptions, phase: str) -> dict[str, Any]:
+    """The shipper as a native sidecar (an init container with `restartPolicy: Always`)."""
+
+    def field_env(name: str, path: str) -> dict[str, Any]:
+        return {"name": name, "valueFrom": {"fieldRef": {"fieldPath": path}}}
+
+    return {
+        "name": SIDECAR_NAME,
+        "image": options.image,
+        "imagePullPolicy": options.image_pull_policy,
+        "restartPolicy": "Always",
+        "command": list(SHIPPER_COMMAND),
+        "env": [
+            field_env("BLAST_LOGS_JOB_ID", f"metadata.labels['{options.job_id_label}']"),
+            field_env("BLAST_LOGS_POD", "metadata.name"),
+            field_env("BLAST_LOGS_NAMESPACE", "metadata.namespace"),
+            {
+                "name": "BLAST_LOGS_TOKEN",
+                "valueFrom": {
+                    "secretKeyRef": {"name": options.token_secret, "key": options.token_key}
+                },
+            },
+            {"name": "BLAST_LOGS_AGGREGATOR_URL", "value": options.aggregator_url},
+            {"name": "BLAST_LOGS_PHASE", "value": phase},
+        ],
+        # The kubelet starts the next container only once this succeeds: logwrap is in place.
+        "startupProbe": {
+            "exec": {"command": ["test", "-x", LOGWRAP_PATH]},
+            "periodSeconds": STARTUP_PROBE_PERIOD_SECONDS,
+            "failureThreshold": STARTUP_PROBE_FAILURES,
+        },
+        "resources": {
+            "requests": {"cpu": options.cpu_request, "memory": options.memory_request},
+            "limits": {"cpu": options.cpu_limit, "memory": options.memory_limit},
+        },
+        "securityContext": {
+            "runAsNonRoot": True,
+            "runAsUser": options.run_as_user,
+            "runAsGroup": options.run_as_user,
+            "readOnlyRootFilesystem": True,
+            "allowPrivilegeEscalation": False,
+            "capabilities": {"drop": ["ALL"]},
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        "volumeMounts": [_our_mount()],
+    }
+
+
+def _our_volume(options: InjectOptions) -> dict[str, Any]:
+    return {"name": VOLUME_NAME, "emptyDir": {"sizeLimit": options.volume_size_limit}}
+
+
+def _our_mount() -> dict[str, Any]:
+    return {"name": VOLUME_NAME, "mountPath": MOUNT_PATH}
+
+
+# ---------------------------------------------------------------------------------------------
+# The plan: pure, on any mapping (plain dicts or ruamel's)
+
+
+@dataclass
+class _Plan:
+    """What one pod spec needs; references the spec's own container mappings."""
+
+    sidecar: dict[str, Any] | None = None
+    volume: dict[str, Any] | None = None
+    mounts: list[MutableMapping[str, Any]] = field(default_factory=list)
+    wraps: list[tuple[MutableMapping[str, Any], list[str]]] = field(default_factory=list)
+
+    def empty(self) -> bool:
+        return self.sidecar is None and self.volume is None and not self.mounts and not self.wraps
+
+
+def _is_ours(container: Mapping[str, Any]) -> bool:
+    command = container.get("command")
+    return (
+        isinstance(command, Sequence)
+        and not isinstance(command, str)
+        and len(command) >= 2
+        and isinstance(command[0], str)
+        and command[0].rsplit("/", 1)[-1] == SHIPPER_COMMAND[0]
+        and command[1] == SHIPPER_COMMAND[1]
+    )
+
+
+def _list_field(spec: Mapping[str, Any], key: str, where: str) -> list[Any]:
+    value = spec.get(key)
+    if value is None:
+        return []
+    if not isinstance(value, MutableSequence):
+        raise InjectError(f"{where}: `{key}` must be a list, found {type(value).__name__}")
+    for i, item in enumerate(value):
+        if not isinstance(item, MutableMapping):
+            raise InjectError(f"{where}: `{key}[{i}]` must be a mapping")
+    return list(value)
+
+
+def _same_path(a: object, b: str) -> bool:
+    return isinstance(a, str) and a.rstrip("/") == b
+
+
+def _plan(
+    spec: Mapping[str, Any],
+    labels: Mapping[str, Any] | None,
+    options: InjectOptions,
+    where: str,
+    warnings: list[str],
+) -> _Plan:
+    """Decide what `spec` needs, refusing collisions with names and paths that are not ours."""
+    plan = _Plan()
+    init = _list_field(spec, "initContainers", where)
+    main = _list_field(spec, "containers", where)
+    volumes = _list_field(spec, "volumes", where)
+
+    ours = [c for c in init if c.get("name") == SIDECAR_NAME and _is_ours(c)]
+    for c in init + main:
+        if c.get("name") == SIDECAR_NAME and not any(c is o for o in ours):
+            raise InjectError(
+                f"{where}: a container is already named {SIDECAR_NAME!r} but is not the blast-logs "
+                f"shipper (its command is not `{' '.join(SHIPPER_COMMAND)}`)"
+            )
+    injected = bool(ours)
+
+    for vol in volumes:
+        if vol.get("name") != VOLUME_NAME:
+            continue
+        if not injected or set(vol) != {"name", "emptyDir"}:
+            raise InjectError(
+                f"{where}: a volume is already named {VOLUME_NAME!r} and it is not ours "
+                "(rename it, or remove it to let inject add its emptyDir)"
+            )
+    if not any(v.get("name") == VOLUME_NAME for v in volumes):
+        plan.volume = _our_volume(options)
+
+    wrapped_names: list[str] = []
+    for c in init + main:
+        if any(c is o for o in ours):
+            continue
+        name = c.get("name")
+        for i, mount in enumerate(_list_field(c, "volumeMounts", f"{where}: container {name!r}")):
+            at_our_path = _same_path(mount.get("mountPath"), MOUNT_PATH)
+            if (at_our_path and mount.get("name") != VOLUME_NAME) or (
+                mount.get("name") == VOLUME_NAME and not injected
+            ):
+                raise InjectError(
+                    f"{where}: container {name!r} volumeMounts[{i}] "
+                    f"({mount.get('name')!r} at {mount.get('mountPath')!r}) collides with the "
+                    f"blast-logs volume {VOLUME_NAME!r} at {MOUNT_PATH}"
+                )
+        command = c.get("command")
+        if command is None or (isinstance(command, Sequence) and len(command) == 0):
+            warnings.append(
+                f"{where}: container {name!r} has no command, so its output cannot be wrapped "
+                "by logwrap; left as it is"
+            )
+            continue
+        if isinstance(command, str) or not isinstance(command, MutableSequence):
+            warnings.append(f"{where}: container {name!r} has a command that is not a list; left as it is")
+            continue
+        if not isinstance(name, str) or not name:
+            raise InjectError(f"{where}: a container with a command has no name")
+        if command[0] != LOGWRAP_PATH:
+            plan.wraps.append((c, [LOGWRAP_PATH, name, "--"]))
+        mounts = c.get("volumeMounts") or []
+        if not any(m.get("name") == VOLUME_NAME for m in mounts):
+            plan.mounts.append(c)
+        wrapped_names.append(name)
+
+    phase = pod_phase(labels, options)
+    if not injected:
+        plan.sidecar = sidecar_container(options, phase)
+    else:
+        kept = _plain(ours[0])
+        if kept != sidecar_container(options, phase):
+            warnings.append(f"{where}: kept the {SIDECAR_NAME} sidecar already there (its settings differ)")
+    if not plan.empty() and options.job_id_label not in (labels or {}):
+        warnings.append(
+            f"{where}: the pod template has no label {options.job_id_label!r}; "
+            "BLAST_LOGS_JOB_ID will be empty unless it is added"
+        )
+    return plan
+
+
+def _apply_plan(spec: MutableMapping[str, Any], plan: _Plan) -> None:
+    """Carry out `plan` on the data: ours go first in every list (the text patcher does the same)."""
+    if plan.volume is not None:
+        if spec.get("volumes") is None:
+            spec["volumes"] = []
+        spec["volumes"].insert(0, plan.volume)
+    if plan.sidecar is not None:
+        if spec.get("initContainers") is None:
+            spec["initContainers"] = []
+        spec["initContainers"].insert(0, plan.sidecar)
+    for c in plan.mounts:
+        if c.get("volumeMounts") is None:
+            c["volumeMounts"] = []
+        c["volumeMounts"].insert(0, _our_mount())
+    for c, prefix in plan.wraps:
+        for i, item in enumerate(prefix):
+            c["command"].insert(i, item)
+
+
+def _plain(value: Any) -> Any:
+    """ruamel's node types to plain JSON-like values, for comparisons."""
+    return json.loads(json.dumps(value, default=str))
+
+
+def _dig(doc: Any, path: Sequence[str]) -> Any:
+    for key in path:
+        if not isinstance(doc, Mapping):
+            return None
+        doc = doc.get(key)
+    return doc
+
+
+def _pod_spec_of(doc: Any, index: int) -> tuple[MutableMapping[str, Any], Mapping[str, Any] | None, str] | None:
+    """The pod spec, its labels and a name for messages; None for kinds we pass through."""
+    if not isinstance(doc, Mapping):
+        return None
+    kind = doc.get("kind")
+    if not isinstance(kind, str) or kind not in POD_TEMPLATE_PATHS:
+        return None
+    name = _dig(doc, ("metadata", "name"))
+    where = f"document {index + 1} ({kind} {name!s})"
+    template = _dig(doc, POD_TEMPLATE_PATHS[kind]) if POD_TEMPLATE_PATHS[kind] else doc
+    if not isinstance(template, Mapping):
+        raise InjectError(f"{where}: has no pod template at {'.'.join(POD_TEMPLATE_PATHS[kind])}")
+    spec = template.get("spec")
+    if not isinstance(spec, MutableMapping):
+        raise InjectError(f"{where}: has no pod spec")
+    labels = _dig(template, ("metadata", "labels"))
+    return spec, labels if isinstance(labels, Mapping) else None, where
+
+
+def inject_pod_spec(
+    pod_spec: Mapping[str, Any],
+    *,
+    options: InjectOptions = InjectOptions(),
+    labels: Mapping[str, Any] | None = None,
+    warnings: list[str] | None = None,
+) -> dict[str, Any]:
+    """A copy of a plain-dict pod spec with the sidecar, volume, mounts and wrapped commands.
+
+    `labels` (the pod's) give the default phase when `options.phase` is None. Raises InjectError.
+    """
+    spec: dict[str, Any] = copy.deepcopy(dict(pod_spec))
+    notes: list[str] = []
+    _apply_plan(spec, _plan(spec, labels, options, "pod spec", notes))
+    if warnings is not None:
+        warnings.extend(notes)
+    return spec
+
+
+# ---------------------------------------------------------------------------------------------
+# YAML text
+
+
+def _yaml() -> YAML:
+    yaml = YAML(typ="rt")
+    yaml.preserve_quotes = True
+    yaml.width = 4096
+    yaml.indent(mapping=2, sequence=2, offset=0)
+    return yaml
+
+
+def _scalar(value: str, *, double: bool = False) -> str:
+    """A scalar as YAML text that reads back as this string in block and flow context."""
+    if not double and (
+        value == "--"
+        or (_PLAIN_SAFE_RE.fullmatch(value) is not None and value.lower() not in _YAML11_KEYWORDS)
+    ):
+        return value
+    return json.dumps(value, ensure_ascii=False)
+
+
+def _flow(value: Any, *, double: bool = False) -> str:
+    """`value` as flow YAML text, scalars plain where that is safe (or all double-quoted)."""
+    if isinstance(value, Mapping):
+        items = ", ".join(f"{_flow(k, double=double)}: {_flow(v, double=double)}" for k, v in value.items())
+        return "{" + items + "}"
+    if isinstance(value, list):
+        return "[" + ", ".join(_flow(v, double=double) for v in value) + "]"
+    return _scalar(str(value), double=double)
+
+
+def _block(value: Any, indent: int) -> list[str]:
+    """`value` (a mapping or list) as block YAML lines, indented by `indent` spaces."""
+    out = io.StringIO()
+    _yaml().dump(value, out)
+    return [" " * indent + line + "\n" for line in out.getvalue().splitlines()]
+
+
+class _NoTextPatch(Exception):
+    """The layout is one the text patcher does not handle; re-emit the document instead."""
+
+
+@dataclass(order=True)
+class _Edit:
+    line: int
+    col: int
+    order: int
+    text: str = field(compare=False)
+
+
+def _dash_col(lines: list[str], line: int, col: int) -> int:
+    """The column of the `- ` that introduces the block sequence item at (line, col)."""
+    prefix = lines[line][:col]
+    m = re.fullmatch(r"( *)- +", prefix)
+    if m is None:
+        raise _NoTextPatch(f"item at line {line + 1} does not start its line")
+    return len(m.group(1))
+
+
+def _prepend_item(lines: list[str], seq: Any, item: Any, order: int) -> _Edit:
+    """An edit that puts `item` first in the existing sequence `seq`."""
+    if seq.fa.flow_style():
+        raise _NoTextPatch("flow sequence")
+    line, col = seq.lc.item(0)
+    dash = _dash_col(lines, line, col)
+    if isinstance(item, str):
+        text = [" " * dash + "- " + _scalar(item) + "\n"]
+    else:
+        text = _block([item], dash)
+    return _Edit(line, 0, order, "".join(text))
+
+
+def _prepend_flow(lines: list[str], parent: Any, key: str, items: list[Any], order: int) -> _Edit:
+    line, col = parent.lc.value(key)
+    if lines[line][col : col + 1] != "[":
+        raise _NoTextPatch("flow sequence not found where expected")
+    existing = parent[key]
+    double = len(existing) > 0 and isinstance(existing[0], DoubleQuotedScalarString)
+    texts = [_flow(i, double=double) for i in items]
+    sep = ", " if len(existing) > 0 else ""
+    return _Edit(line, col + 1, order, ", ".join(texts) + sep)
+
+
+def _add_key(lines: list[str], mapping: Any, key: str, value: list[Any], anchors: Sequence[str], order: int) -> _Edit:
+    """An edit that adds `key: value` to `mapping`, on its own lines before one of its keys."""
+    keys = [k for k in anchors if k in mapping] + [k for k in list(mapping)[1:] if k not in anchors]
+    for k in keys:
+        line, col = mapping.lc.key(k)
+        if lines[line][:col].strip() == "":
+            return _Edit(line, 0, order, "".join(_block({key: value}, col)))
+    raise _NoTextPatch(f"no line to put {key!r} before")
+
+
+def _add_to_list(
+    lines: list[str], mapping: Any, key: str, item: Any, anchors: Sequence[str], order: int
+) -> _Edit:
+    seq = mapping.get(key)
+    if seq is None:
+        if key in mapping:
+            raise _NoTextPatch(f"{key} is null")
+        return _add_key(lines, mapping, key, [item], anchors, order)
+    if seq.fa.flow_style():
+        if isinstance(item, dict) and key == "initContainers":
+            raise _NoTextPatch("flow initContainers")
+        return _prepend_flow(lines, mapping, key, [item], order)
+    return _prepend_item(lines, seq, item, order)
+
+
+def _text_edits(lines: list[str], spec: Any, plan: _Plan) -> list[_Edit]:
+    """Text insertions that do to the original lines what `_apply_plan` does to the data."""
+    edits: list[_Edit] = []
+    if plan.volume is not None:
+        edits.append(_add_to_list(lines, spec, "volumes", plan.volume, ("initContainers", "containers"), 0))
+    if plan.sidecar is not None:
+        edits.append(_add_to_list(lines, spec, "initContainers", plan.sidecar, ("containers",), 1))
+    for c in plan.mounts:
+        edits.append(_add_to_list(lines, c, "volumeMounts", _our_mount(), ("command", "args"), 2))
+    for c, prefix in plan.wraps:
+        command = c["command"]
+        if command.fa.flow_style():
+            edits.append(_prepend_flow(lines, c, "command", prefix, 3))
+        else:
+            for i, item in enumerate(prefix):
+                e = _prepend_item(lines, command, item, 3)
+                edits.append(_Edit(e.line, e.col, 3 + i, e.text))
+    return edits
+
+
+def _apply_edits(lines: list[str], edits: list[_Edit]) -> str:
+    out = list(lines)
+    for e in sorted(edits, reverse=True):
+        if e.line >= len(out):
+            raise _NoTextPatch("edit past the end")
+        out[e.line] = out[e.line][: e.col] + e.text + out[e.line][e.col :]
+    return "".join(out)
+
+
+def _split_documents(text: str) -> list[str]:
+    """The stream cut before each `---` line; each piece keeps its own marker line."""
+    chunks: list[str] = []
+    current: list[str] = []
+    for line in text.splitlines(keepends=True):
+        if _DOC_START_RE.match(line) and current:
+            chunks.append("".join(current))
+            current = []
+        current.append(line)
+    if current:
+        chunks.append("".join(current))
+    return chunks
+
+
+def _inject_chunk(chunk: str, index: int, options: InjectOptions, warnings: list[str]) -> tuple[str, bool]:
+    """One document, injected; returns (text, whether anything changed)."""
+    yaml = _yaml()
+    doc = yaml.load(chunk)
+    found = _pod_spec_of(doc, index)
+    if found is None:
+        return chunk, False
+    spec, labels, where = found
+    plan = _plan(spec, labels, options, where, warnings)
+    if plan.empty():
+        return chunk, False
+    lines = chunk.splitlines(keepends=True)
+    if lines and not lines[-1].endswith("\n"):
+        lines[-1] += "\n"
+    try:
+        patched: str | None = _apply_edits(lines, _text_edits(lines, spec, plan))
+    except _NoTextPatch:
+        patched = None
+    _apply_plan(spec, plan)
+    expected = _plain(doc)
+    if patched is not None:
+        try:
+            if _plain(_yaml().load(patched)) == expected:
+                return patched, True
+        except YAMLError:
+            pass
+    out = io.StringIO()
+    yaml.explicit_start = bool(_DOC_START_RE.match(chunk))
+    yaml.dump(doc, out)
+    return out.getvalue(), True
+
+
+def inject_documents(text: str, options: InjectOptions = InjectOptions(), warnings: list[str] | None = None) -> str:
+    """Kubernetes YAML (several documents) with every pod template injected.
+
+    Documents that need no change come back byte for byte. Raises InjectError (invalid YAML,
+    collisions); notes for people (containers left unwrapped) are appended to `warnings`.
+    """
+    try:
+        stream_docs = [d for d in _yaml().load_all(text) if d is not None]
+    except YAMLError as exc:
+        raise InjectError(f"invalid YAML: {exc}") from exc
+    notes: list[str] = []
+    pieces: list[str] = []
+    index = 0
+    for chunk in _split_documents(text):
+        try:
+            is_doc = _yaml().load(chunk) is not None
+        except YAMLError as exc:
+            raise InjectError(f"cannot read document {index + 1} on its own: {exc}") from exc
+        if not is_doc:
+            pieces.append(chunk)
+            continue
+        piece, _changed = _inject_chunk(chunk, index, options, notes)
+        pieces.append(piece)
+        index += 1
+    if index != len(stream_docs):
+        raise InjectError(f"found {len(stream_docs)} documents but could split only {index} by `---` lines")
+    if warnings is not None:
+        warnings.extend(notes)
+    return "".join(pieces)
+
+
+# ---------------------------------------------------------------------------------------------
+# Command line
+
+
+def _parser() -> argparse.ArgumentParser:
+    d = InjectOptions()
+    p = argparse.ArgumentParser(
+        prog="blast-log-shipper inject",
+        description="Add the blast-logs shipper sidecar to Kubernetes YAML; writes the result to stdout.",
+    )
+    p.add_argument("-f", "--filename", default="-", help="YAML file to read; - for stdin (default)")
+    p.add_argument("--aggregator-url", default=d.aggregator_url, help="default %(default)s")
+    p.add_argument("--token-secret", default=d.token_secret, help="Secret with the job token; may hold ${VAR}")
+    p.add_argument("--token-key", default=d.token_key, help="key in that Secret (default %(default)s)")
+    p.add_argument("--phase", default=None, help="the pod's default phase (default: from its app label)")
+    p.add_argument("--job-id-label", default=d.job_id_label, help="pod label with the job id")
+    p.add_argument("--image", default=d.image, help="shipper image (default %(default)s)")
+    p.add_argument("--image-pull-policy", default=d.image_pull_policy)
+    p.add_argument("--volume-size-limit", default=d.volume_size_limit, help="emptyDir sizeLimit")
+    p.add_argument("--cpu-request", default=d.cpu_request)
+    p.add_argument("--memory-request", default=d.memory_request)
+    p.add_argument("--cpu-limit", default=d.cpu_limit)
+    p.add_argument("--memory-limit", default=d.memory_limit)
+    p.add_argument("--run-as-user", type=int, default=d.run_as_user)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """`blast-log-shipper inject`: 0 on success, 1 when refusing (nothing written), 2 for usage."""
+    args_in = list(sys.argv[1:] if argv is None else argv)
+    if args_in[:1] == ["inject"]:
+        args_in = args_in[1:]
+    try:
+        args = _parser().parse_args(args_in)
+    except SystemExit as exc:
+        return int(exc.code or 0) if not isinstance(exc.code, str) else 2
+    if args.phase is not None and not valid_phase(args.phase):
+        print(f"blast-log-shipper inject: error: invalid --phase {args.phase!r}", file=sys.stderr)
+        return 2
+    options = InjectOptions(
+        aggregator_url=args.aggregator_url,
+        token_secret=args.token_secret,
+        token_key=args.token_key,
+        phase=args.phase,
+        job_id_label=args.job_id_label,
+        image=args.image,
+        image_pull_policy=args.image_pull_policy,
+        volume_size_limit=args.volume_size_limit,
+        cpu_request=args.cpu_request,
+        memory_request=args.memory_request,
+        cpu_limit=args.cpu_limit,
+        memory_limit=args.memory_limit,
+        run_as_user=args.run_as_user,
+    )
+    try:
+        if args.filename == "-":
+            text = sys.stdin.read()
+        else:
+            with open(args.filename, encoding="utf-8") as f:
+                text = f.read()
+    except (OSError, UnicodeDecodeError) as exc:
+        print(f"blast-log-shipper inject: error: cannot read {args.filename}: {exc}", file=sys.stderr)
+        return 1
+    warnings: list[str] = []
+    try:
+        result = inject_documents(text, options, warnings)
+    except InjectError as exc:
+        print(f"blast-log-shipper inject: error: {exc}", file=sys.stderr)
+        return 1
+    for w in warnings:
+        print(f"blast-log-shipper inject: {w}", file=sys.stderr)
+    sys.stdout.write(result)
+    sys.stdout.flush()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
