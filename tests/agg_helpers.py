@@ -1,0 +1,126 @@
+"""Helpers shared by the aggregator's API tests: configs, batch bodies, tokens, stores over both backends."""
+
+from __future__ import annotations
+
+import dataclasses
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from aiohttp.test_utils import TestClient
+from conftest import TEST_ADMIN_TOKEN, TEST_SECRET, Azurite
+
+from aggregator.app import make_app
+from aggregator.auth import job_token
+from aggregator.config import AggregatorConfig
+from aggregator.store import LocalStore, Store, open_store
+
+JOB = "elb-123"
+POD = "blastn-batch-job-7-abc12"
+
+
+def make_config(**overrides: Any) -> AggregatorConfig:
+    base = AggregatorConfig(secret=TEST_SECRET, admin_token=TEST_ADMIN_TOKEN, poll_seconds=0.05,
+                            lock_wait=5.0)
+    return dataclasses.replace(base, **overrides)
+
+
+def ingest_headers(job_id: str = JOB, **extra: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {job_token(TEST_SECRET, job_id)}", "Content-Type": "application/json",
+            **extra}
+
+
+def admin_headers() -> dict[str, str]:
+    return {"Authorization": f"Bearer {TEST_ADMIN_TOKEN}"}
+
+
+def events(offs: range | list[int], *, ts: float = 1000.0, prefix: str = "line") -> list[dict[str, Any]]:
+    """Events whose `line` names their offset, so tests can check each appears once."""
+    return [{"off": o, "ts": ts + o / 1000, "line": f"{prefix} {o}"} for o in offs]
+
+
+def batch(*, job_id: str = JOB, pod: str = POD, container: str = "blast", phase: str = "running",
+          seq: int = 0, eof: bool = False, evs: list[dict[str, Any]] | None = None,
+          **extra: Any) -> dict[str, Any]:
+    body: dict[str, Any] = {"job_id": job_id, "pod": pod, "container": container, "phase": phase,
+                            "seq": seq, "eof": eof, "dropped": {"lines": 0, "bytes": 0},
+                            "events": evs if evs is not None else []}
+    body.update(extra)
+    return body
+
+
+def dumps(obj: Any) -> bytes:
+    return orjson.dumps(obj)
+
+
+class StoreKit:
+    """Opens handles onto one storage place: the app gets one, the test inspects through another."""
+
+    def __init__(self, kind: str, tmp_path: Path, azurite: Azurite | None) -> None:
+        self.kind = kind
+        self.root = tmp_path / "store"
+        self.azurite = azurite
+        self.container = "t" + uuid.uuid4().hex[:20]
+        self.handles: list[Store] = []
+
+    @property
+    def url(self) -> str:
+        return f"file://{self.root}" if self.kind == "local" else f"azure://{self.container}"
+
+    def open(self) -> Store:
+        if self.kind == "local":
+            store: Store = LocalStore(self.root)
+        else:
+            assert self.azurite is not None
+            store = open_store(self.url, azure_connection_string=self.azurite.connection_string)
+        return store
+
+    def inspector(self) -> Store:
+        store = self.open()
+        self.handles.append(store)
+        return store
+
+    async def close(self) -> None:
+        for store in self.handles:
+            await store.close()
+
+
+STORE_KINDS = ["local", pytest.param("azure", marks=pytest.mark.azure)]
+
+
+async def read_tree(store: Store, prefix: str) -> dict[str, bytes]:
+    """Every object under `prefix` with its bytes."""
+    out: dict[str, bytes] = {}
+    for key in await store.list_keys(prefix):
+        data = await store.get(key)
+        assert data is not None
+        out[key] = data
+    return out
+
+
+@pytest.fixture(params=STORE_KINDS)
+async def kit(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[StoreKit]:
+    """One storage place per test, local folder or (marked `azure`) a fresh Azurite container."""
+    az = request.getfixturevalue("azurite") if request.param == "azure" else None
+    k = StoreKit(request.param, tmp_path, az)
+    yield k
+    await k.close()
+
+
+@pytest.fixture
+def local_kit(tmp_path: Path) -> StoreKit:
+    return StoreKit("local", tmp_path, None)
+
+
+@pytest.fixture
+def serve(aiohttp_client: Any, kit: StoreKit) -> Callable[..., Awaitable[TestClient[Any, Any]]]:
+    """serve(**config_overrides) -> a test client on make_app over the test's store."""
+
+    async def _serve(**overrides: Any) -> TestClient[Any, Any]:
+        client: TestClient[Any, Any] = await aiohttp_client(make_app(make_config(**overrides), store=kit.open()))
+        return client
+
+    return _serve
