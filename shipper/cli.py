@@ -1,0 +1,86 @@
+"""`blast-log-shipper run|inject|demo`.
+
+`run` logs structured JSON lines to stdout (one object per line: ts, level, logger, msg, and the
+record's fields). `inject` and `demo` are imported only when used, so the sidecar loads neither
+the YAML library nor the demo.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Sequence
+from typing import Final
+
+import orjson
+
+USAGE: Final = """usage: blast-log-shipper {run,inject,demo} [options]
+
+  run      the sidecar: tail logs/*.log in the shared volume, ship them to the aggregator
+  inject   add the sidecar and logwrap to Kubernetes YAML (stdin or -f FILE)
+  demo     run the whole data path on this machine
+
+`blast-log-shipper COMMAND --help` shows a command's options.
+"""
+
+# Attributes every LogRecord has; anything else came in through `extra=` and is logged as a field.
+_STANDARD: Final = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        out: dict[str, object] = {
+            "ts": round(record.created, 3),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        for key, value in vars(record).items():
+            if key not in _STANDARD and not key.startswith("_"):
+                out[key] = value
+        if record.exc_info:
+            out["exc"] = self.formatException(record.exc_info)
+        return orjson.dumps(out, default=str).decode()
+
+
+def setup_logging(level: int = logging.INFO) -> None:
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(JsonFormatter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+
+
+def run_command(argv: Sequence[str]) -> int:
+    from shipper.config import EXIT_CONFIG, ConfigError, load_config
+    from shipper.runner import run
+
+    setup_logging()
+    try:
+        config = load_config(argv)
+    except ConfigError as exc:
+        logging.getLogger("shipper").error("bad configuration", extra={"error": str(exc)})
+        print(f"blast-log-shipper run: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    return run(config)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not args or args[0] in ("-h", "--help"):
+        print(USAGE, end="")
+        return 0 if args else 2
+    command, rest = args[0], args[1:]
+    if command == "run":
+        return run_command(rest)
+    if command == "inject":
+        from shipper.inject import main as inject_main
+
+        return inject_main(rest)
+    if command == "demo":
+        from shipper.demo import main as demo_main
+
+        return demo_main(rest)
+    print(f"blast-log-shipper: unknown command {command!r}\n\n{USAGE}", file=sys.stderr, end="")
+    return 2

@@ -1,0 +1,246 @@
+"""Bounded-memory line reader with stream offsets across file generations.
+
+Memory is bounded in bytes, not lines: a read takes at most `read_size` bytes, and of a line that
+has no newline yet at most `prefix_bytes` are held; the rest of an over-long line is skipped and
+only its characters counted (UTF-8 bytes that are not continuation bytes), so the sanitiser can
+report them as cut.
+
+Offsets: `off` of a line is the bytes consumed from the container's log before it, across every
+generation of the file. When the file is replaced (new inode) the old one is read to its end
+first; when it is truncated (size below our position) the count goes on. Either way the new
+generation starts at `old base + old position + bytes lost`, so offsets never repeat.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from itertools import accumulate
+from pathlib import Path
+from typing import Final
+
+_CONTINUATION: Final = bytes(range(0x80, 0xC0))
+_PLUS_ONE: Final = (1).__add__
+
+
+def count_chars(data: bytes) -> int:
+    """UTF-8 characters in `data`: every byte that is not a continuation byte starts one."""
+    return len(data.translate(None, _CONTINUATION))
+
+
+def char_boundary(data: bytes, limit: int) -> int:
+    """The largest cut <= limit that does not split a UTF-8 sequence (invalid input: at most 3 back)."""
+    cut = min(limit, len(data))
+    floor = max(cut - 3, 0)
+    while cut > floor and cut < len(data) and 0x80 <= data[cut] < 0xC0:
+        cut -= 1
+    return cut
+
+
+@dataclass(frozen=True)
+class Cursor:
+    """Where to resume: a file identity, the byte position in it, and its generation's stream base."""
+
+    dev: int
+    ino: int
+    pos: int
+    base: int
+
+    @property
+    def off(self) -> int:
+        return self.base + self.pos
+
+
+@dataclass
+class Chunk:
+    """Complete lines from one read: their stream offsets, raw bytes, and skipped characters."""
+
+    offs: list[int]
+    raws: list[bytes]
+    #: index of a line -> characters skipped after its held prefix
+    extras: dict[int, int]
+    #: the stream offset just after the last line (where the next line starts)
+    end: int
+    ts: float
+    cursor: Cursor
+
+    def __len__(self) -> int:
+        return len(self.raws)
+
+
+@dataclass(frozen=True)
+class Generation:
+    """The file was replaced or truncated: bytes never read are reported as lost."""
+
+    lost_off: int
+    lost_bytes: int
+    cursor: Cursor
+    reason: str
+
+
+@dataclass
+class LineReader:
+    path: Path
+    read_size: int
+    prefix_bytes: int
+    resume: Cursor | None = None
+    fd: int = -1
+    dev: int = 0
+    ino: int = 0
+    pos: int = 0
+    base: int = 0
+    seen_size: int = 0
+    note: str = ""
+    _partial: bytes = b""
+    _partial_start: int = 0
+    _partial_ts: float = 0.0
+    _partial_extra: int = 0
+    _skipping: bool = False
+
+    def open(self) -> bool:
+        """Open the file, resuming from `resume` when it still names this file. False if absent."""
+        try:
+            fd = os.open(self.path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+        except FileNotFoundError:
+            return False
+        st = os.fstat(fd)
+        self.fd, self.dev, self.ino = fd, st.st_dev, st.st_ino
+        cur = self.resume
+        if cur is None:
+            self.pos, self.base = 0, 0
+        elif (cur.dev, cur.ino) == (st.st_dev, st.st_ino) and st.st_size >= cur.pos:
+            self.pos, self.base = cur.pos, cur.base
+        else:
+            # Replaced or truncated while we were down: what lay past the checkpoint is gone.
+            self.pos, self.base = 0, cur.off
+            self.note = "file replaced or truncated since the checkpoint; continuing the count"
+        if self.pos:
+            os.lseek(fd, self.pos, os.SEEK_SET)
+        self._partial_start = self.pos
+        self.seen_size = max(st.st_size, self.pos)
+        return True
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+    @property
+    def cursor(self) -> Cursor:
+        """Resume point after every complete line returned so far."""
+        return Cursor(self.dev, self.ino, self._partial_start, self.base)
+
+    @property
+    def has_partial(self) -> bool:
+        return bool(self._partial) or self._skipping
+
+    def stream_end(self) -> int:
+        """The stream offset of the file's current end (for lag)."""
+        try:
+            return self.base + max(os.fstat(self.fd).st_size, self.pos)
+        except OSError:
+            return self.base + self.pos
+
+    def read(self) -> Chunk | None:
+        """Up to `read_size` bytes as complete lines; None when no byte was there to read."""
+        data = os.read(self.fd, self.read_size)
+        if not data:
+            return None
+        now = time.time()
+        ts = self._partial_ts if self.has_partial else now
+        start = self.pos
+        self.pos += len(data)
+        self.seen_size = max(self.seen_size, self.pos)
+        offs: list[int] = []
+        raws: list[bytes] = []
+        extras: dict[int, int] = {}
+        if self._skipping:
+            nl = data.find(b"\n")
+            if nl < 0:
+                self._partial_extra += count_chars(data)
+                return Chunk(offs, raws, extras, self.base + self._partial_start, ts, self.cursor)
+            self._partial_extra += count_chars(data[:nl])
+            offs.append(self.base + self._partial_start)
+            raws.append(self._partial)
+            extras[0] = self._partial_extra
+            self._reset_partial()
+            data = data[nl + 1:]
+            line_start = start + nl + 1
+            buf = data
+        else:
+            line_start = self._partial_start
+            buf = self._partial + data if self._partial else data
+        parts = buf.split(b"\n")
+        rest = parts.pop()
+        if parts:
+            line_offs = list(accumulate(map(_PLUS_ONE, map(len, parts)), initial=self.base + line_start))
+            line_offs.pop()
+            offs.extend(line_offs)
+            raws.extend(parts)
+            line_start += len(buf) - len(rest)
+            self._partial_ts = now
+        elif not self._partial:
+            self._partial_ts = now
+        self._partial_start = line_start
+        if len(rest) > self.prefix_bytes:
+            cut = char_boundary(rest, self.prefix_bytes)
+            self._partial = rest[:cut]
+            self._partial_extra = count_chars(rest[cut:])
+            self._skipping = True
+        else:
+            self._partial = rest
+        return Chunk(offs, raws, extras, self.base + line_start, ts, self.cursor)
+
+    def flush_partial(self) -> Chunk | None:
+        """The unterminated last line as a line of its own (at drain, or once its writer exited)."""
+        if not self.has_partial:
+            return None
+        off = self.base + self._partial_start
+        chunk = Chunk([off], [self._partial], {0: self._partial_extra} if self._skipping else {},
+                      self.base + self.pos, self._partial_ts, Cursor(self.dev, self.ino, self.pos, self.base))
+        self._reset_partial()
+        self._partial_start = self.pos
+        return chunk
+
+    def _reset_partial(self) -> None:
+        self._partial = b""
+        self._partial_extra = 0
+        self._skipping = False
+
+    def check_generation(self) -> tuple[Chunk | None, Generation] | None:
+        """At the end of the file: has it been replaced or truncated? Then switch to the new one.
+
+        Returns the old generation's unterminated last line (if any) and the change, or None.
+        Call only after `read()` returned None, so a replaced file's old inode was read to its end.
+        """
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            return None  # deleted: keep reading the open file; nothing new will come
+        try:
+            size = os.fstat(self.fd).st_size
+        except OSError:
+            size = self.pos
+        replaced = (st.st_dev, st.st_ino) != (self.dev, self.ino)
+        truncated = not replaced and size < self.pos
+        if not replaced and not truncated:
+            self.seen_size = max(self.seen_size, size)
+            return None
+        tail = self.flush_partial()
+        lost = max(self.seen_size - self.pos, 0)
+        lost_off = self.base + self.pos
+        new_base = lost_off + lost
+        if replaced:
+            try:
+                fd = os.open(self.path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+            except FileNotFoundError:
+                return None
+            os.close(self.fd)
+            st = os.fstat(fd)
+            self.fd, self.dev, self.ino = fd, st.st_dev, st.st_ino
+        else:
+            os.lseek(self.fd, 0, os.SEEK_SET)
+        self.base, self.pos, self._partial_start = new_base, 0, 0
+        self.seen_size = 0
+        return tail, Generation(lost_off, lost, self.cursor, "replaced" if replaced else "truncated")

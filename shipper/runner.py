@@ -1,0 +1,153 @@
+"""`blast-log-shipper run`: the watcher loop, the drain on SIGTERM, and the exit status.
+
+Exit status: 0 when every stream's data and `eof` were acknowledged; 3 (`EXIT_UNDELIVERED`) when
+the grace budget ran out first, with a message naming each stream and what it did not deliver;
+128+N at once on a second signal N (checkpoints only ever describe delivered data, so nothing
+needs saving).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import sys
+import time
+
+import aiohttp
+
+from shipper.checkpoints import Checkpointer
+from shipper.client import AggregatorClient
+from shipper.config import EXIT_UNDELIVERED, ShipperConfig
+from shipper.metrics import ShipperMetrics, start_server
+from shipper.stream import Stream
+from shipper.watcher import discover
+
+log = logging.getLogger("shipper.runner")
+
+
+class Runner:
+    def __init__(self, config: ShipperConfig) -> None:
+        self.config = config
+        self.metrics = ShipperMetrics()
+        self.checkpointer = Checkpointer(config.state_dir)
+        self.drain = asyncio.Event()
+        self.drain_started = 0.0
+        self.streams: dict[str, Stream] = {}
+        self.tasks: dict[str, asyncio.Task[None]] = {}
+        self.rejected_names: set[str] = set()
+
+    def _on_signal(self, signum: int) -> None:
+        if self.drain.is_set():
+            log.error("second signal: exiting now; checkpoints hold only delivered data",
+                      extra={"signal": signal.Signals(signum).name})
+            sys.stdout.flush()
+            os._exit(128 + signum)
+        log.info("draining", extra={"signal": signal.Signals(signum).name, "grace": self.config.grace})
+        self.drain_started = time.monotonic()
+        self.drain.set()
+
+    def _discover(self, client: AggregatorClient) -> None:
+        from shipper.sanitise import Sanitiser
+
+        containers, bad = discover(self.config.logs_dir)
+        for name in bad:
+            if name not in self.rejected_names:
+                self.rejected_names.add(name)
+                log.error("log file name is not a valid container name; not shipped", extra={"file": name})
+        for container in containers:
+            if container in self.streams:
+                continue
+            stream = Stream(container, self.config, client, self.checkpointer, self.metrics,
+                            Sanitiser(max_chars=self.config.max_line_chars), self.drain)
+            self.streams[container] = stream
+            self.tasks[container] = asyncio.create_task(self._run_stream(stream), name=container)
+            self.metrics.streams.set(len(self.streams))
+            log.info("stream found", extra={"stream": stream.name, "resume_off": stream.acked_off,
+                                            "seq": stream.seq})
+
+    async def _run_stream(self, stream: Stream) -> None:
+        try:
+            await stream.run()
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("stream failed", extra={"stream": stream.name})
+            raise
+
+    def _health(self) -> dict[str, object]:
+        return {"streams": len(self.streams), "draining": self.drain.is_set()}
+
+    async def run(self) -> int:
+        cfg = self.config
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._on_signal, sig)
+        self._install_logwrap()
+        cfg.logs_dir.mkdir(parents=True, exist_ok=True)
+        cfg.state_dir.mkdir(parents=True, exist_ok=True)
+        server = await start_server(self.metrics, cfg.metrics_host, cfg.metrics_port, self._health)
+        log.info("shipper started", extra={
+            "dir": str(cfg.volume), "aggregators": list(cfg.urls), "job_id": cfg.job_id, "pod": cfg.pod,
+            "namespace": cfg.namespace, "phase": cfg.phase,
+            "metrics": f"{cfg.metrics_host}:{cfg.metrics_port}" if cfg.metrics_port else "off"})
+        connector = aiohttp.TCPConnector(limit=32)
+        try:
+            async with aiohttp.ClientSession(connector=connector) as session:
+                client = AggregatorClient(
+                    session, cfg.urls, cfg.token, timeout=cfg.request_timeout, use_gzip=cfg.gzip,
+                    backoff_base=cfg.backoff_base, backoff_max=cfg.backoff_max,
+                    retry_after_max=cfg.retry_after_max, reject_backoff=cfg.reject_backoff,
+                    metrics=self.metrics)
+                while not self.drain.is_set():
+                    self._discover(client)
+                    try:
+                        await asyncio.wait_for(self.drain.wait(), cfg.poll_interval)
+                    except TimeoutError:
+                        pass
+                self._discover(client)
+                return await self._finish_drain()
+        finally:
+            if server is not None:
+                await server.cleanup()
+
+    def _install_logwrap(self) -> None:
+        from shipper.logwrap import install_logwrap
+
+        try:
+            path = install_logwrap(self.config.volume)
+        except OSError as exc:
+            log.error("cannot install logwrap; wrapped containers will fail to start",
+                      extra={"dir": str(self.config.volume), "error": str(exc)})
+            return
+        log.info("logwrap installed", extra={"path": str(path)})
+
+    async def _finish_drain(self) -> int:
+        remaining = self.drain_started + self.config.grace - time.monotonic()
+        tasks = list(self.tasks.values())
+        pending: set[asyncio.Task[None]] = set()
+        if tasks:
+            _, pending = await asyncio.wait(tasks, timeout=max(remaining, 0.0))
+        for task in pending:
+            task.cancel()
+        if pending:
+            await asyncio.wait(pending)
+        failed = [name for name, t in self.tasks.items()
+                  if t.done() and not t.cancelled() and t.exception() is not None]
+        short = [s for name, s in self.streams.items()
+                 if self.tasks[name] in pending or name in failed]
+        if not short:
+            log.info("drained: every stream delivered", extra={
+                "streams": sorted(self.streams), "seconds": round(time.monotonic() - self.drain_started, 3)})
+            return 0
+        lines = [s.undelivered().describe() for s in short]
+        msg = (f"blast-log-shipper: grace budget of {self.config.grace:g}s ran out; not delivered to "
+               f"{', '.join(self.config.urls)}:\n  " + "\n  ".join(lines))
+        log.error("drain incomplete", extra={"undelivered": [vars(s.undelivered()) for s in short]})
+        print(msg, file=sys.stderr, flush=True)
+        return EXIT_UNDELIVERED
+
+
+def run(config: ShipperConfig) -> int:
+    return asyncio.run(Runner(config).run())

@@ -1,0 +1,410 @@
+"""One stream's pipeline: read → sanitise → cap → batch → send → checkpoint.
+
+Two tasks per stream: a producer that reads and forms batches, and a sender that delivers them
+one at a time, in order, and checkpoints after each 2xx. A queue of one batch between them keeps
+memory bounded (one batch in flight, one waiting, one being built) while reading overlaps sending.
+
+The budget: once `stream_budget_bytes` of log bytes went into batches, lines go to a tail ring
+bounded in encoded bytes; lines pushed out of it are counted, and at drain one `dropped` report
+covers them, followed by the ring's lines. The checkpoint stays at the budget point meanwhile, so
+a restart re-reads (and re-counts) from there.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import Counter, deque
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from shipper.batch import Batch, Dropped, Identity, encode_batch, encode_event, header_reserve, split_batch
+from shipper.checkpoints import Checkpoint, Checkpointer
+from shipper.client import AggregatorClient, Verdict
+from shipper.config import ShipperConfig
+from shipper.metrics import ShipperMetrics
+from shipper.reader import Chunk, Cursor, Generation, LineReader
+
+log = logging.getLogger("shipper.stream")
+
+
+class SanitiserLike(Protocol):
+    redactions: Counter[str]
+    truncated: int
+
+    def line(self, raw: bytes, extra_chars: int = 0) -> str: ...
+
+    def lines(self, raws: list[bytes]) -> list[str]: ...
+
+
+def read_exit_code(path: Path) -> int | None:
+    """The status logwrap recorded, or None when absent or unreadable."""
+    try:
+        text = path.read_text(encoding="ascii", errors="replace").strip()
+    except OSError:
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        return None
+
+
+@dataclass
+class Undelivered:
+    container: str
+    delivered_off: int
+    end_off: int
+    lines: int
+    eof_delivered: bool
+
+    def describe(self) -> str:
+        return (f"{self.container}: delivered up to off {self.delivered_off}, not delivered: "
+                f"offsets {self.delivered_off}..{self.end_off} ({self.lines} lines read and pending"
+                f"{', plus unread bytes' if self.lines == 0 and self.end_off > self.delivered_off else ''})"
+                f"{'' if self.eof_delivered else ', eof not delivered'}")
+
+
+class Stream:
+    def __init__(self, container: str, config: ShipperConfig, client: AggregatorClient,
+                 checkpointer: Checkpointer, metrics: ShipperMetrics, sanitiser: SanitiserLike,
+                 drain: asyncio.Event) -> None:
+        self.container = container
+        self.config = config
+        self.client = client
+        self.checkpointer = checkpointer
+        self.metrics = metrics
+        self.sanitiser = sanitiser
+        self.drain = drain
+        self.ident = Identity(config.job_id, config.pod, container, config.phase)
+        self.name = f"{config.pod}/{container}"
+        self.log_path = config.logs_dir / f"{container}.log"
+        self.exit_path = config.logs_dir / f"{container}.exit"
+        cp = checkpointer.load(container)
+        self.reader = LineReader(self.log_path, config.read_size, config.line_prefix_bytes,
+                                 resume=cp.cursor if cp else None)
+        self.seq = cp.seq if cp else 0
+        self.shipped = cp.shipped if cp else 0
+        self.acked_off = cp.off if cp else 0
+        self.eof_acked = cp.eof if cp else False
+        self.queue: asyncio.Queue[Batch | None] = asyncio.Queue(maxsize=1)
+        self.event_budget = config.batch_max_bytes - header_reserve(self.ident)
+        self.builder = Batch()
+        self.formed = Cursor(0, 0, 0, 0)
+        self.formed_shipped = self.shipped
+        self.pending_lines = 0
+        self.pending_drop: Dropped | None = None
+        self.ring: deque[tuple[int, int, bytes]] = deque()
+        self.ring_bytes = 0
+        self.ring_drop: Dropped | None = None
+        self.exit_code: int | None = None
+        self.sent_exit_code: int | None = None
+        self.in_flight: Batch | None = None
+        self.sent_anything = False
+        self._redactions: Counter[str] = Counter()
+        self._truncated = 0
+        self._queued_bytes = 0
+        self._labels = {"container": container}
+
+    @property
+    def capped(self) -> bool:
+        return self.shipped >= self.config.stream_budget_bytes
+
+    # ---- running -------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        sender = asyncio.create_task(self._send_loop(), name=f"send {self.container}")
+        try:
+            await self._produce()
+            await sender
+        finally:
+            sender.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await sender
+            self.reader.close()
+
+    async def _wait(self, seconds: float) -> None:
+        """Sleep, but wake at once when the drain starts."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.drain.wait(), seconds)
+
+    async def _produce(self) -> None:
+        while not self.reader.open():
+            if self.drain.is_set():
+                await self.queue.put(None)
+                return
+            await self._wait(self.config.poll_interval)
+        if self.reader.note:
+            log.warning(self.reader.note, extra={"stream": self.name})
+        self.formed = self.reader.cursor
+        self.exit_code = read_exit_code(self.exit_path)
+        if not self.eof_acked:
+            await self._flush(force=True)  # the first batch: the aggregator learns of the stream now
+        idle_since = time.monotonic()
+        while True:
+            chunk = self.reader.read()
+            if chunk is not None:
+                idle_since = time.monotonic()
+                if chunk.raws:
+                    await self._take(chunk)
+                await self._flush_if_lingered()
+                await asyncio.sleep(0)  # let other streams and the sender run between bulk reads
+                continue
+            change = self.reader.check_generation()
+            if change is not None:
+                tail, gen = change
+                if tail is not None:
+                    await self._take(tail)
+                await self._generation(gen)
+                continue
+            self._update_lag()
+            code = read_exit_code(self.exit_path)
+            self.exit_code = code if code is not None else self.exit_code
+            if self.drain.is_set():
+                await self._finish()
+                return
+            if (self.reader.has_partial and self.exit_path.exists()
+                    and time.monotonic() - idle_since >= self.config.exit_settle):
+                tail = self.reader.flush_partial()
+                if tail is not None:
+                    await self._take(tail)
+            if self.builder.events:
+                await self._flush_if_lingered()
+            elif self.exit_code != self.sent_exit_code and not self.eof_acked:
+                await self._flush(force=True)  # tell the aggregator the exit status promptly
+            await self._wait(self.config.poll_interval)
+
+    def _sanitise(self, chunk: Chunk) -> list[str]:
+        san, raws = self.sanitiser, chunk.raws
+        if not chunk.extras:
+            texts = san.lines(raws)
+        else:
+            texts = []
+            prev = 0
+            for i in sorted(chunk.extras):
+                if i > prev:
+                    texts.extend(san.lines(raws[prev:i]))
+                texts.append(san.line(raws[i], chunk.extras[i]))
+                prev = i + 1
+            if prev < len(raws):
+                texts.extend(san.lines(raws[prev:]))
+        if san.redactions != self._redactions:
+            for kind, count in san.redactions.items():
+                grew = count - self._redactions.get(kind, 0)
+                if grew > 0:
+                    self.metrics.redacted.labels(kind=kind).inc(grew)
+            self._redactions = Counter(san.redactions)
+        if san.truncated != self._truncated:
+            self.metrics.truncated.labels(**self._labels).inc(max(san.truncated - self._truncated, 0))
+            self._truncated = san.truncated
+        return texts
+
+    async def _take(self, chunk: Chunk) -> None:
+        """Sanitise a chunk's lines and put them into batches, or into the tail ring past the budget."""
+        self.eof_acked = False
+        texts = self._sanitise(chunk)
+        offs, ts, n = chunk.offs, chunk.ts, len(chunk.offs)
+        self.metrics.lines_read.labels(**self._labels).inc(n)
+        self.metrics.bytes_read.labels(**self._labels).inc(chunk.end - offs[0])
+        ends = offs[1:]
+        ends.append(chunk.end)
+        cur = chunk.cursor
+        b = self.builder
+        max_events, budget = self.config.batch_max_events, self.event_budget
+        limit = self.config.stream_budget_bytes
+        for i in range(n):
+            off, end = offs[i], ends[i]
+            event = encode_event(off, ts, texts[i])
+            if self.shipped >= limit:
+                self._ring_add(off, end - off, event)
+                continue
+            if b.events and (len(b.events) >= max_events or b.size + len(event) + 1 > budget):
+                await self._flush()
+                b = self.builder
+            if not b.events:
+                b.first_ts = ts
+            b.add(off, event)
+            self.shipped += end - off
+            b.cursor = Cursor(cur.dev, cur.ino, end - cur.base, cur.base)
+            b.shipped = self.shipped
+            if self.shipped >= limit:
+                log.warning("stream budget reached; keeping only a tail from here",
+                            extra={"stream": self.name, "off": end, "budget": limit})
+                await self._flush()
+                b = self.builder
+
+    def _ring_add(self, off: int, size: int, event: bytes) -> None:
+        self.ring.append((off, size, event))
+        self.ring_bytes += len(event)
+        while self.ring_bytes > self.config.tail_ring_bytes and len(self.ring) > 1:
+            old_off, old_size, old_event = self.ring.popleft()
+            self.ring_bytes -= len(old_event)
+            drop = Dropped(old_off, 1, old_size)
+            self.ring_drop = drop if self.ring_drop is None else self.ring_drop.merge(drop)
+
+    def _ring_clear(self, upto: int) -> Dropped | None:
+        """Everything held or dropped in the ring, as one report ending at stream offset `upto`."""
+        drop = self.ring_drop
+        if self.ring:
+            first = self.ring[0][0]
+            held = Dropped(first, len(self.ring), upto - first)
+            drop = held if drop is None else Dropped(drop.off, drop.lines + held.lines, upto - drop.off)
+        self.ring.clear()
+        self.ring_bytes = 0
+        self.ring_drop = None
+        return drop
+
+    async def _generation(self, gen: Generation) -> None:
+        """The file was replaced or truncated: close the batch, report losses, move the checkpoint on."""
+        log.warning("log file %s; continuing the stream count", gen.reason,
+                    extra={"stream": self.name, "off": gen.lost_off, "lost_bytes": gen.lost_bytes})
+        await self._flush()
+        drop = self._ring_clear(gen.lost_off) if self.capped else None
+        if gen.lost_bytes:
+            # How many lines the lost bytes held is unknowable; report at least one.
+            lost = Dropped(gen.lost_off, 1, gen.lost_bytes)
+            drop = lost if drop is None else Dropped(drop.off, drop.lines + 1, gen.lost_off + gen.lost_bytes - drop.off)
+        if drop is not None:
+            self._count_drop(drop)
+            self.pending_drop = drop
+        self.formed = gen.cursor
+        await self._flush(force=True)
+
+    def _count_drop(self, drop: Dropped) -> None:
+        self.metrics.lines_dropped.labels(**self._labels).inc(drop.lines)
+        self.metrics.bytes_dropped.labels(**self._labels).inc(drop.bytes)
+        log.warning("lines left out of the stream", extra={
+            "stream": self.name, "off": drop.off, "lines": drop.lines, "bytes": drop.bytes})
+
+    async def _flush_if_lingered(self) -> None:
+        b = self.builder
+        if b.events and time.time() - b.first_ts >= self.config.linger:
+            await self._flush()
+
+    async def _flush(self, *, force: bool = False, eof: bool = False) -> None:
+        """Hand the batch being built to the sender (waits while one is queued already)."""
+        b = self.builder
+        if not b.events and self.pending_drop is None and not force and not eof:
+            return
+        if not b.events:
+            b.cursor = self.formed
+            b.shipped = self.formed_shipped
+        b.dropped = self.pending_drop
+        b.eof = eof
+        b.exit_code = self.exit_code
+        self.pending_drop = None
+        self.formed = b.cursor
+        self.formed_shipped = b.shipped
+        self.sent_exit_code = self.exit_code
+        self.builder = Batch()
+        self._queued_bytes += b.size
+        self.pending_lines += len(b.events)
+        self.metrics.queue_bytes.labels(**self._labels).set(self._queued_bytes)
+        await self.queue.put(b)
+
+    async def _finish(self) -> None:
+        """Drain: the unterminated last line, the tail ring, and the eof batch."""
+        tail = self.reader.flush_partial()
+        if tail is not None:
+            await self._take(tail)
+        if self.eof_acked:
+            await self.queue.put(None)  # delivered before a restart, and nothing new since
+            return
+        if self.capped and (self.ring or self.ring_drop):
+            await self._flush()
+            drop = self.ring_drop
+            if drop is not None:
+                self._count_drop(drop)
+                self.pending_drop = drop
+            cur = self.reader.cursor
+            b = self.builder
+            for off, size, event in self.ring:
+                if b.events and (len(b.events) >= self.config.batch_max_events
+                                 or b.size + len(event) + 1 > self.event_budget):
+                    await self._flush()
+                    b = self.builder
+                if not b.events:
+                    b.first_ts = time.time()
+                b.add(off, event)
+                b.cursor = Cursor(cur.dev, cur.ino, off + size - cur.base, cur.base)
+                b.shipped = self.shipped
+            self.ring.clear()
+            self.ring_bytes = 0
+            self.ring_drop = None
+        await self._flush(eof=True)
+        await self.queue.put(None)
+
+    # ---- sending -------------------------------------------------------------------------
+
+    async def _send_loop(self) -> None:
+        while True:
+            batch = await self.queue.get()
+            if batch is None:
+                return
+            self.in_flight = batch
+            await self._deliver(batch)
+            self.in_flight = None
+            self._queued_bytes -= batch.size
+            self.metrics.queue_bytes.labels(**self._labels).set(max(self._queued_bytes, 0))
+
+    async def _deliver(self, batch: Batch) -> None:
+        while True:
+            out = await self.client.deliver(encode_batch(self.ident, self.seq, batch), self.name)
+            if out.verdict is Verdict.OK:
+                await self._acked(batch)
+                return
+            # 413: halve; a single event too large is reported as dropped rather than lost.
+            if len(batch.events) > 1:
+                first, second = split_batch(batch)
+                log.warning("batch too large for the aggregator; splitting",
+                            extra={"stream": self.name, "events": len(batch.events)})
+                await self._deliver(first)
+                await self._deliver(second)
+                return
+            if batch.events:
+                size = batch.end - batch.offs[0]
+                drop = Dropped(batch.offs[0], 1, size)
+                log.error("a single event is too large for the aggregator; reporting it as dropped",
+                          extra={"stream": self.name, "off": batch.offs[0]})
+                self._count_drop(drop)
+                self.pending_lines -= 1
+                batch = Batch(cursor=batch.cursor, shipped=batch.shipped, first_ts=batch.first_ts,
+                              dropped=drop if batch.dropped is None else batch.dropped.merge(drop),
+                              eof=batch.eof, exit_code=batch.exit_code)
+                continue
+            log.error("aggregator answered 413 to a batch without events; waiting",
+                      extra={"stream": self.name})
+            await asyncio.sleep(self.config.reject_backoff)
+
+    async def _acked(self, batch: Batch) -> None:
+        cur = batch.cursor
+        cp = Checkpoint(self.container, cur.dev, cur.ino, cur.pos, cur.base, self.seq + 1,
+                        batch.shipped, eof=batch.eof)
+        await asyncio.to_thread(self.checkpointer.save, cp)
+        self.seq += 1
+        self.acked_off = cur.off
+        self.eof_acked = batch.eof
+        self.sent_anything = True
+        self.metrics.batches.labels(**self._labels).inc()
+        self.pending_lines -= len(batch.events)
+        if batch.events:
+            self.metrics.lines_shipped.labels(**self._labels).inc(len(batch.events))
+            self.metrics.bytes_shipped.labels(**self._labels).inc(batch.end - batch.offs[0])
+        self._update_lag()
+        if batch.eof:
+            log.info("stream complete", extra={"stream": self.name, "off": cur.off, "seq": self.seq - 1,
+                                               "exit_code": batch.exit_code})
+
+    def _update_lag(self) -> None:
+        if self.reader.fd < 0:
+            return
+        self.metrics.lag_bytes.labels(**self._labels).set(max(self.reader.stream_end() - self.acked_off, 0))
+        oldest = self.in_flight.first_ts if self.in_flight and self.in_flight.events else 0.0
+        self.metrics.lag_seconds.labels(**self._labels).set(time.time() - oldest if oldest else 0.0)
+
+    def undelivered(self) -> Undelivered:
+        pending = len(self.builder.events) + len(self.ring) + self.pending_lines
+        end = self.reader.stream_end() if self.reader.fd >= 0 else self.acked_off
+        return Undelivered(self.container, self.acked_off, end, pending, self.eof_acked)

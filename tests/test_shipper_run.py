@@ -1,0 +1,208 @@
+"""`blast-log-shipper run` as a real process against a recording aggregator stand-in."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from shipper_helpers import Recorder, eventually, start_shipper
+
+from blastlogs.protocol import MAX_LINE_CHARS
+
+
+@pytest.fixture
+async def recorder() -> AsyncIterator[Recorder]:
+    rec = await Recorder().start()
+    yield rec
+    await rec.stop()
+
+
+@pytest.fixture
+def volume(tmp_path: Path) -> Path:
+    vol = tmp_path / "vol"
+    (vol / "logs").mkdir(parents=True)
+    return vol
+
+
+async def test_late_files_first_batch_drain_with_unterminated_line(volume: Path, recorder: Recorder) -> None:
+    logs = volume / "logs"
+    (logs / "blast.log").write_bytes(b"one\ntwo\n")
+    shipper = await start_shipper(volume, [recorder.url])
+    try:
+        await eventually(lambda: recorder.lines("blast") == ["one", "two"], what="blast lines")
+        assert recorder.batches("blast")[0]["seq"] == 0
+        assert (volume / "bin" / "logwrap").exists()
+        # A file that appears later: its first batch comes at once, with no events.
+        (logs / "results-export.log").write_bytes(b"")
+        await eventually(lambda: recorder.batches("results-export"), what="first empty batch")
+        assert recorder.batches("results-export")[0]["events"] == []
+        with open(logs / "results-export.log", "ab") as f:
+            f.write(b"exporting\npartial without newline")
+        (logs / "results-export.exit").write_text("7\n")
+        await eventually(lambda: recorder.lines("results-export") == ["exporting"], what="late file")
+        shipper.signal(signal.SIGTERM)
+        assert await shipper.wait() == 0
+    finally:
+        if shipper.proc.returncode is None:
+            shipper.proc.kill()
+    assert recorder.lines("results-export") == ["exporting", "partial without newline"]
+    for container in ("blast", "results-export"):
+        batches = recorder.batches(container)
+        assert [b["seq"] for b in batches] == list(range(len(batches)))
+        assert batches[-1]["eof"] is True and sum(b["eof"] for b in batches) == 1
+    assert recorder.batches("results-export")[-1]["exit_code"] == 7
+    assert "exit_code" not in recorder.batches("blast")[-1]
+    offs = [e["off"] for b in recorder.batches("results-export") for e in b["events"]]
+    assert offs == [0, len(b"exporting\n")]
+
+
+async def test_long_line_and_invalid_utf8(volume: Path, recorder: Recorder) -> None:
+    path = volume / "logs" / "blast.log"
+    big = 50 * 1024 * 1024
+    with open(path, "wb") as f:
+        f.write(b"before\n")
+        block = ("é" * 512).encode() + b"x" * 1024  # 1,536 chars in 2,048 bytes
+        for _ in range(big // len(block)):
+            f.write(block)
+        f.write(b"\nafter \xff\xfe bad\n")
+    shipper = await start_shipper(volume, [recorder.url])
+    try:
+        await eventually(lambda: len(recorder.lines("blast")) == 3, timeout=60, what="three lines")
+        shipper.signal(signal.SIGTERM)
+        assert await shipper.wait() == 0
+    finally:
+        if shipper.proc.returncode is None:
+            shipper.proc.kill()
+    before, long, after = recorder.lines("blast")
+    assert before == "before"
+    assert len(long) == MAX_LINE_CHARS
+    total_chars = (big // 2048) * 1536
+    kept = long[: long.index(" [... ")]
+    assert long.endswith(f" [... {total_chars - len(kept)} chars cut]")
+    assert kept.startswith("é" * 512 + "x")
+    assert after.startswith("after ") and after.endswith(" bad") and "\ufffd" in after
+    offs = [e["off"] for b in recorder.batches("blast") for e in b["events"]]
+    assert offs == [0, 7, 7 + (big // 2048) * 2048 + 1]
+
+
+async def test_budget_keeps_a_tail_and_reports_dropped(volume: Path, recorder: Recorder) -> None:
+    path = volume / "logs" / "blast.log"
+    lines = [f"line {i:05d}" for i in range(5000)]
+    path.write_bytes("".join(s + "\n" for s in lines).encode())
+    shipper = await start_shipper(volume, [recorder.url], "--stream-budget-bytes", "10000",
+                                  "--tail-ring-bytes", "5000")
+    try:
+        await eventually(lambda: recorder.lines("blast"), what="some lines")
+        await asyncio.sleep(0.5)
+        shipper.signal(signal.SIGTERM)
+        assert await shipper.wait() == 0
+    finally:
+        if shipper.proc.returncode is None:
+            shipper.proc.kill()
+    got = recorder.lines("blast")
+    head = 10000 // 11 + (1 if 10000 % 11 else 0)  # lines until the budget is reached
+    assert got[:head] == lines[:head]
+    tail = got[head:]
+    assert tail == lines[-len(tail):] and 0 < len(tail) < 200
+    reports = [b["dropped"] for b in recorder.batches("blast") if b["dropped"]["lines"]]
+    assert len(reports) == 1
+    (report,) = reports
+    assert report["lines"] == 5000 - head - len(tail)
+    assert report["off"] == head * 11 and report["bytes"] == report["lines"] * 11
+    assert recorder.batches("blast")[-1]["eof"]
+
+
+async def test_retry_after_and_failover(volume: Path, recorder: Recorder) -> None:
+    (volume / "logs" / "blast.log").write_bytes(b"a\nb\n")
+    recorder.script = [503, 429, "drop"]
+    recorder.retry_after = "1"
+    dead = "http://127.0.0.1:9"  # nothing listens on the discard port
+    shipper = await start_shipper(volume, [dead, recorder.url])
+    start = time.monotonic()
+    try:
+        await eventually(lambda: recorder.lines("blast") == ["a", "b"], what="delivery after failures")
+        shipper.signal(signal.SIGTERM)
+        assert await shipper.wait() == 0
+    finally:
+        if shipper.proc.returncode is None:
+            shipper.proc.kill()
+    times = [t for t, _, _ in recorder.requests]
+    # Retry-After: 1 after the 503 and after the 429: the next attempts waited at least that.
+    assert times[1] - times[0] >= 0.95 and times[2] - times[1] >= 0.95
+    assert times[0] >= start
+    log = shipper.log()
+    assert any(r.get("url") == dead for r in log), "the dead URL was tried and logged"
+    assert all("not-checked" not in str(r) for r in log), "the token is never logged"
+
+
+async def test_rejected_batches_are_kept_and_split_on_413(volume: Path, recorder: Recorder) -> None:
+    lines = [f"row {i}" for i in range(300)]
+    (volume / "logs" / "blast.log").write_bytes("".join(s + "\n" for s in lines).encode())
+    recorder.script = [200, 400, 413, 413]
+    shipper = await start_shipper(volume, [recorder.url], "--reject-backoff", "0.5")
+    try:
+        await eventually(lambda: recorder.lines("blast") == lines, what="all lines after 400 and 413")
+        shipper.signal(signal.SIGTERM)
+        assert await shipper.wait() == 0
+    finally:
+        if shipper.proc.returncode is None:
+            shipper.proc.kill()
+    rejected = [r for r in shipper.log() if r.get("status") == 400]
+    assert rejected and rejected[0]["level"] == "error"
+    sizes = [len(b["events"]) for _, action, b in recorder.requests if b["events"]]
+    assert sizes[:3] == [300, 300, 150], sizes  # rejected as a whole, then halved, halved again
+
+
+async def test_unreachable_aggregator_exits_nonzero_naming_streams(volume: Path) -> None:
+    (volume / "logs" / "blast.log").write_bytes(b"x\n" * 10)
+    (volume / "logs" / "get-blastdb.log").write_bytes(b"y\n")
+    shipper = await start_shipper(volume, ["http://127.0.0.1:9"], "--grace", "2")
+    await asyncio.sleep(1.0)
+    start = time.monotonic()
+    shipper.signal(signal.SIGTERM)
+    rc = await shipper.wait(timeout=20)
+    elapsed = time.monotonic() - start
+    assert rc == 3
+    assert elapsed < 10
+    text = shipper.log_path.read_text()
+    assert "blast: delivered up to off 0" in text and "offsets 0..20" in text
+    assert "get-blastdb: delivered up to off 0" in text
+
+
+async def test_kill9_restart_with_a_writer_appending(volume: Path, recorder: Recorder) -> None:
+    path = volume / "logs" / "blast.log"
+    stop = asyncio.Event()
+    written: list[str] = []
+
+    async def writer() -> None:
+        i = 0
+        with open(path, "ab", buffering=0) as f:
+            while not stop.is_set():
+                chunk = [f"w {i + k} " + "z" * (i % 50) for k in range(200)]
+                f.write("".join(s + "\n" for s in chunk).encode())
+                written.extend(chunk)
+                i += 200
+                await asyncio.sleep(0.01)
+
+    path.write_bytes(b"")
+    task = asyncio.create_task(writer())
+    first = await start_shipper(volume, [recorder.url])
+    await eventually(lambda: len(recorder.lines("blast")) > 2000, what="first shipper progress")
+    first.proc.kill()
+    await first.wait()
+    await asyncio.sleep(0.3)
+    second = await start_shipper(volume, [recorder.url])
+    await eventually(lambda: len(recorder.lines("blast")) > len(written) // 2 + 1000, what="second progress")
+    stop.set()
+    await task
+    second.signal(signal.SIGTERM)
+    assert await second.wait() == 0
+    assert recorder.lines("blast") == written
+    assert recorder.eof("blast")
+    # The dedupe is by offset: re-sent events carry the offsets they had.
+    assert os.path.getsize(volume / "state" / "blast.json") > 0
