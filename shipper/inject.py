@@ -507,17 +507,20 @@ def _split_documents(text: str) -> list[str]:
     return chunks
 
 
-def _inject_chunk(chunk: str, index: int, options: InjectOptions, warnings: list[str]) -> tuple[str, bool]:
-    """One document, injected; returns (text, whether anything changed)."""
-    yaml = _yaml()
-    doc = yaml.load(chunk)
+def _safe_load_all(text: str) -> list[Any]:
+    """The documents as plain data (the faster loader: no comments, no styles)."""
+    return [d for d in YAML(typ="safe", pure=True).load_all(text) if d is not None]
+
+
+def _inject_chunk(chunk: str, doc: Any, index: int, options: InjectOptions, warnings: list[str]) -> str:
+    """One document (its text and its round-trip parse), injected."""
     found = _pod_spec_of(doc, index)
     if found is None:
-        return chunk, False
+        return chunk
     spec, labels, where = found
     plan = _plan(spec, labels, options, where, warnings)
     if plan.empty():
-        return chunk, False
+        return chunk
     lines = chunk.splitlines(keepends=True)
     if lines and not lines[-1].endswith("\n"):
         lines[-1] += "\n"
@@ -526,27 +529,30 @@ def _inject_chunk(chunk: str, index: int, options: InjectOptions, warnings: list
     except _NoTextPatch:
         patched = None
     _apply_plan(spec, plan)
-    expected = _plain(doc)
+    expected = [_plain(doc)]
     if patched is not None:
         try:
-            if _plain(_yaml().load(patched)) == expected:
-                return patched, True
+            if _safe_load_all(patched) == expected:
+                return patched
         except YAMLError:
             pass
-    out = io.StringIO()
+    yaml = _yaml()
     yaml.explicit_start = bool(_DOC_START_RE.match(chunk))
+    out = io.StringIO()
     yaml.dump(doc, out)
-    return out.getvalue(), True
+    return out.getvalue()
 
 
-def inject_documents(text: str, options: InjectOptions = InjectOptions(), warnings: list[str] | None = None) -> str:
+def inject_documents(
+    text: str, options: InjectOptions = InjectOptions(), warnings: list[str] | None = None
+) -> str:
     """Kubernetes YAML (several documents) with every pod template injected.
 
     Documents that need no change come back byte for byte. Raises InjectError (invalid YAML,
     collisions); notes for people (containers left unwrapped) are appended to `warnings`.
     """
     try:
-        stream_docs = [d for d in _yaml().load_all(text) if d is not None]
+        expected_docs = len(_safe_load_all(text))
     except YAMLError as exc:
         raise InjectError(f"invalid YAML: {exc}") from exc
     notes: list[str] = []
@@ -554,17 +560,16 @@ def inject_documents(text: str, options: InjectOptions = InjectOptions(), warnin
     index = 0
     for chunk in _split_documents(text):
         try:
-            is_doc = _yaml().load(chunk) is not None
+            doc = _yaml().load(chunk)
         except YAMLError as exc:
             raise InjectError(f"cannot read document {index + 1} on its own: {exc}") from exc
-        if not is_doc:
+        if doc is None:
             pieces.append(chunk)
             continue
-        piece, _changed = _inject_chunk(chunk, index, options, notes)
-        pieces.append(piece)
+        pieces.append(_inject_chunk(chunk, doc, index, options, notes))
         index += 1
-    if index != len(stream_docs):
-        raise InjectError(f"found {len(stream_docs)} documents but could split only {index} by `---` lines")
+    if index != expected_docs:
+        raise InjectError(f"found {expected_docs} documents but could split only {index} by `---` lines")
     if warnings is not None:
         warnings.extend(notes)
     return "".join(pieces)
