@@ -1,0 +1,32 @@
+"""Proof under fire (issue 5): real Azurite, two aggregator replicas, three pods with shippers, real
+BLAST+, faults injected; every written line must be stored exactly once. Reduced sizes (rig.scenarios.CI);
+bench/reliability.py runs the same scenarios at full size."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from rig.procs import azurite_binary
+from rig.scenarios import CI, SCENARIOS, run_scenario, table
+from rig.topology import Rig
+
+pytestmark = [pytest.mark.slow, pytest.mark.azure]
+
+
+@pytest.fixture(scope="module")
+def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rig]:
+    if azurite_binary() is None or not (shutil.which("blastn") and shutil.which("makeblastdb")):
+        pytest.skip("needs azurite-blob and ncbi-blast+ (scripts/bootstrap.sh)")
+    with Rig(Path(tmp_path_factory.mktemp("rig"))) as r:
+        yield r
+
+
+@pytest.mark.parametrize("number", sorted(SCENARIOS))
+def test_scenario(rig: Rig, number: int) -> None:
+    result = run_scenario(rig, number, CI)
+    print(table([result]))
+    assert result.ok, f"scenario {number} ({result.title}), job {result.job_id}:\n{result.failures()}"
+    assert result.lost == result.duplicated == result.invented == 0
