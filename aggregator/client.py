@@ -91,6 +91,8 @@ async def _finalize(base_url: str, admin_token: str, job_id: str, wait_seconds: 
                     if resp.status not in RETRY_STATUSES:
                         return last
                     retry_after = _retry_after(resp.headers.get("Retry-After"))
+            except aiohttp.InvalidURL as e:
+                return FinalizeResult(ok=False, error=f"invalid aggregator URL: {e}", attempts=attempt)
             except (TimeoutError, aiohttp.ClientError, OSError) as e:
                 last = FinalizeResult(ok=False, error=f"{type(e).__name__}: {e}" if str(e) else type(e).__name__,
                                       attempts=attempt)
