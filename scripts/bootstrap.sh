@@ -6,7 +6,7 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 
-want_debs="${BLAST_LOGS_DEBS:-busybox ncbi-blast+}"
+want_debs="${BLAST_LOGS_DEBS:-busybox ncbi-blast+ docker-compose}"
 missing=()
 for pkg in $want_debs; do
   dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
