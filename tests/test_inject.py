@@ -342,3 +342,21 @@ def test_command_line_usage_errors() -> None:
     assert main(["--phase", "Not A Phase", "-f", str(FIXTURES[0])]) == 2
     assert main(["--no-such-flag"]) == 2
     assert main(["-f", "/nonexistent/file.yaml"]) == 1
+
+
+@pytest.mark.parametrize("kind, api", [("Deployment", "apps/v1"), ("StatefulSet", "apps/v1")])
+def test_deployments_and_statefulsets_are_injected(kind: str, api: str) -> None:
+    extra = "  serviceName: s\n" if kind == "StatefulSet" else ""
+    text = (
+        f"apiVersion: {api}\nkind: {kind}\nmetadata:\n  name: w\nspec:\n  replicas: ${{REPLICAS}}\n{extra}"
+        "  selector:\n    matchLabels: {app: blast}\n  template:\n    metadata:\n      labels: {app: blast}\n"
+        "    spec:\n      containers:\n      - name: worker\n        image: busybox\n"
+        "        command: [sh, -c, 'sleep 1']\n"
+    )
+    out = inject_documents(text)
+    spec = load_all(out)[0]["spec"]["template"]["spec"]
+    assert spec["initContainers"][0]["name"] == SIDECAR_NAME
+    assert spec["containers"][0]["command"] == [LOGWRAP_PATH, "worker", "--", "sh", "-c", "sleep 1"]
+    assert "replicas: ${REPLICAS}\n" in out
+    for version in K8S_VERSIONS:
+        kubernetes_validate.validate(load_all(render(out, {"REPLICAS": "2"}))[0], version, strict=True)
