@@ -16,7 +16,7 @@ if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" -eq 0 ] || command -v sudo >/dev/null 2>&1; then
     echo "bootstrap: installing Debian packages: ${missing[*]}" >&2
     $SUDO apt-get update -qq >/dev/null
-    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
   else
     echo "bootstrap: cannot install ${missing[*]} (not root, no sudo); tests that need them skip" >&2
   fi
