@@ -95,7 +95,7 @@ async def wait_for_eof(store: Store, job_id: str, wait_seconds: float, poll: flo
 
 
 class JobLock:
-    """`_staging/finalize.lock`: put-if-absent with an expiry, renewed while held, taken over once stale.
+    """`_staging/_finalize.lock`: put-if-absent with an expiry, renewed while held, taken over once stale.
 
     Takeover of a stale lock is delete-then-create, re-checked by reading the lock back; two replicas
     racing for one stale lock can very rarely both proceed, and then still write the same bytes as long

@@ -41,11 +41,11 @@ def summary_key(job_id: str) -> str:
 
 
 def lock_key(job_id: str) -> str:
-    return f"{job_id}/execution-steps/_staging/finalize.lock"
+    return f"{job_id}/execution-steps/_staging/_finalize.lock"
 
 
 def manifest_key(job_id: str) -> str:
-    return f"{job_id}/execution-steps/_staging/manifest.json"
+    return f"{job_id}/execution-steps/_staging/_manifest.json"
 
 
 def batch_digest(batch: StoredBatch) -> str:

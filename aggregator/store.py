@@ -140,7 +140,19 @@ class LocalStore:
         base = self.root.joinpath(*folder.split("/")) if folder else self.root
         out: list[str] = []
         try:
-            for dirpath, _dirs, files in os.walk(base):
+            if not base.exists():
+                # Nothing stored there yet, unless what blocks the path is a file, not a folder.
+                ancestor = base
+                while not ancestor.exists() and ancestor != ancestor.parent:
+                    ancestor = ancestor.parent
+                if not ancestor.is_dir():
+                    raise StoreError(f"list {prefix}: {ancestor} is not a folder")
+                return []
+
+            def _raise(err: OSError) -> None:
+                raise err
+
+            for dirpath, _dirs, files in os.walk(base, onerror=_raise):
                 rel = os.path.relpath(dirpath, self.root)
                 for name in files:
                     if name.startswith(TEMP_PREFIX):

@@ -178,6 +178,9 @@ async def test_local_failure_is_store_error(tmp_path: Path) -> None:
         await s.put("job/a.json", b"1")
     with pytest.raises(StoreError):
         await s.ping()
+    # A listing must fail loudly too: an empty answer would make finalize say 404, not 503.
+    with pytest.raises(StoreError):
+        await s.list_keys("job/")
 
 
 # --- open_store ---------------------------------------------------------------------------------

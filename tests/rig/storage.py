@@ -87,7 +87,7 @@ def copy_staging(src: ContainerClient, dst: ContainerClient, job_id: str) -> int
     """Copy the job's staged batches (not the finalize lock or manifest) into another container."""
     staging = f"{job_id}/execution-steps/_staging/"
     blobs = {k: v for k, v in read_blobs(src, staging).items()
-             if not k.endswith(("/finalize.lock", "/manifest.json"))}
+             if not k.endswith(("/_finalize.lock", "/_manifest.json"))}
 
     def put(item: tuple[str, bytes]) -> None:
         dst.upload_blob(item[0], item[1], overwrite=True)
