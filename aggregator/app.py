@@ -17,6 +17,7 @@ from aggregator.errors import ApiError, error_response
 from aggregator.finalize import FinalizeHandler
 from aggregator.ingest import IngestHandler
 from aggregator.metrics import Metrics
+from aggregator.openapi import OPENAPI_PATH, openapi_document
 from aggregator.store import Store, StoreError, open_store
 from blastlogs.protocol import FINALIZE_PATH, INGEST_PATH
 
@@ -26,7 +27,7 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 #: Probes and scrapes are frequent and uninteresting; their successes are logged at debug.
 QUIET_ROUTES = frozenset({"/healthz", "/readyz", "/metrics"})
 ERROR_CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
-               405: "method_not_allowed", 413: "too_large", 429: "busy", 503: "unavailable"}
+               405: "method_not_allowed", 408: "timeout", 413: "too_large", 429: "busy", 503: "unavailable"}
 
 
 @dataclass
@@ -52,7 +53,8 @@ def make_app(config: AggregatorConfig, *, store: Store | None = None) -> web.App
     metrics = Metrics()
     runtime = Runtime()
     # We inflate gzip bodies ourselves, with a cap on the inflated size.
-    app = web.Application(middlewares=[_middleware(metrics)], handler_args={"auto_decompress": False})
+    app = web.Application(middlewares=[_middleware(metrics, config.body_timeout)],
+                          handler_args={"auto_decompress": False})
     app[RUNTIME] = runtime
     app[METRICS] = metrics
     app[CONFIG] = config
@@ -100,6 +102,12 @@ def make_app(config: AggregatorConfig, *, store: Store | None = None) -> web.App
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics_route)
+    openapi_body = orjson.dumps(openapi_document(config))
+
+    async def openapi_route(_request: web.Request) -> web.Response:
+        return web.Response(body=openapi_body, content_type="application/json")
+
+    app.router.add_get(OPENAPI_PATH, openapi_route)
     return app
 
 
@@ -118,14 +126,14 @@ def _describe_store(url: str) -> str:
     return url.split("?", 1)[0]
 
 
-def _middleware(metrics: Metrics) -> Middleware:
+def _middleware(metrics: Metrics, body_timeout: float) -> Middleware:
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
         """Every error as JSON (never internals), and one metric and log line per request."""
         started = time.monotonic()
         resp: web.StreamResponse
         try:
-            resp = await handler(request)
+            resp = await _within_body_deadline(request, handler, body_timeout)
         except ApiError as e:
             resp = error_response(e.status, e.code, e.detail, retry_after=e.retry_after)
         except web.HTTPException as e:
@@ -138,6 +146,8 @@ def _middleware(metrics: Metrics) -> Middleware:
             log.exception("unhandled error", extra={"fields": {"method": request.method,
                                                               "route": _route(request)}})
             resp = error_response(500, "internal", "internal error")
+        if resp.status == 408:
+            resp.force_close()  # the rest of a trickled body is not worth reading
         route = _route(request)
         metrics.requests.labels(route, str(resp.status)).inc()
         level = logging.DEBUG if route in QUIET_ROUTES and resp.status < 400 else logging.INFO
@@ -149,6 +159,32 @@ def _middleware(metrics: Metrics) -> Middleware:
         return resp
 
     return middleware
+
+
+async def _within_body_deadline(request: web.Request, handler: Handler, seconds: float) -> web.StreamResponse:
+    """The handler's answer, or 408 when the request body has not fully arrived `seconds` after its headers.
+
+    aiohttp's server has no body read timeout; without one a client trickling its body holds an ingest
+    slot and a connection for as long as it likes. Once the body is in, the handler runs unbounded
+    (finalize may legitimately wait minutes).
+    """
+    loop = asyncio.get_running_loop()
+    deadline = asyncio.timeout(None)
+
+    def check() -> None:
+        if not request.content.is_eof():
+            deadline.reschedule(loop.time())
+
+    timer = loop.call_later(seconds, check)
+    try:
+        async with deadline:
+            return await handler(request)
+    except TimeoutError:
+        if deadline.expired():
+            raise ApiError(408, "timeout", f"the request body did not arrive within {seconds:g} s") from None
+        raise
+    finally:
+        timer.cancel()
 
 
 def _route(request: web.Request) -> str:

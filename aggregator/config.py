@@ -32,6 +32,9 @@ DEFAULT_MAX_LINE_CHARS = MAX_LINE_CHARS
 DEFAULT_HEAD_LINES = artifacts.DEFAULT_HEAD_LINES
 DEFAULT_TAIL_LINES = artifacts.DEFAULT_TAIL_LINES
 DEFAULT_CHUNK_EVENTS = artifacts.DEFAULT_CHUNK_EVENTS
+#: A request's body must arrive within this many seconds of its headers, else 408 and the connection is
+#: closed: a client trickling its body cannot hold an ingest slot (or a connection) for long.
+DEFAULT_BODY_TIMEOUT = 30.0
 #: Ingests being handled at once before new ones get 429; bounds memory at about this many MiB.
 DEFAULT_MAX_INFLIGHT_INGESTS = 64
 #: A finalize body's `wait_seconds` is capped here; without one, finalize does not wait.
@@ -79,6 +82,7 @@ class AggregatorConfig:
     tail_lines: int = DEFAULT_TAIL_LINES
     chunk_events: int = DEFAULT_CHUNK_EVENTS
     max_inflight_ingests: int = DEFAULT_MAX_INFLIGHT_INGESTS
+    body_timeout: float = DEFAULT_BODY_TIMEOUT
     finalize_max_wait: float = DEFAULT_FINALIZE_MAX_WAIT
     poll_seconds: float = DEFAULT_POLL_SECONDS
     lock_ttl: float = DEFAULT_LOCK_TTL
@@ -117,6 +121,7 @@ class AggregatorConfig:
             tail_lines=_int(env, "TAIL_LINES", DEFAULT_TAIL_LINES, 0),
             chunk_events=_int(env, "CHUNK_EVENTS", DEFAULT_CHUNK_EVENTS, 1),
             max_inflight_ingests=_int(env, "MAX_INFLIGHT_INGESTS", DEFAULT_MAX_INFLIGHT_INGESTS, 1),
+            body_timeout=_float(env, "BODY_TIMEOUT", DEFAULT_BODY_TIMEOUT, 0.1),
             finalize_max_wait=_float(env, "FINALIZE_MAX_WAIT", DEFAULT_FINALIZE_MAX_WAIT),
             poll_seconds=_float(env, "POLL_SECONDS", DEFAULT_POLL_SECONDS, 0.01),
             lock_ttl=_float(env, "LOCK_TTL", DEFAULT_LOCK_TTL, 1.0),
