@@ -1,0 +1,370 @@
+"""Secret redaction: replace credentials in log lines by `[REDACTED:kind]`, counting each kind.
+
+The pattern table below is data: each entry names a kind and a regex whose `v` group is the value
+to hide (the rest of the match, such as `password=` or a URL, stays readable). All entries are
+combined into one alternation, and a cheap keyword pre-check skips lines that cannot hold a secret,
+so ordinary lines cost one C-level search. No pattern matches a newline, so many lines joined with
+"\\n" redact exactly as they would one by one.
+
+Private key blocks span lines: `Redactor` keeps per-stream state and replaces every line from
+`-----BEGIN ... PRIVATE KEY-----` through the matching END line.
+"""
+
+from __future__ import annotations
+
+import re
+from bisect import bisect_right
+from collections import Counter
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from itertools import accumulate
+from typing import Final
+
+#: A PEM block that never ends (a truncated log) stops being redacted after this many lines,
+#: so one stray BEGIN line cannot hide the rest of a stream. Real keys are far shorter (RSA-4096: 51).
+MAX_PEM_BLOCK_LINES: Final = 400
+
+PEM_BEGIN_RE: Final = re.compile(r"-----BEGIN [A-Z0-9 ]*PRIVATE KEY(?: BLOCK)?-----")
+PEM_END_RE: Final = re.compile(r"-----END [A-Z0-9 ]*PRIVATE KEY(?: BLOCK)?-----")
+PEM_KIND: Final = "private_key"
+
+
+def marker(kind: str) -> str:
+    return f"[REDACTED:{kind}]"
+
+
+@dataclass(frozen=True)
+class SecretPattern:
+    """One secret shape. `regex` has a `v` group (the value to hide) and may name a `key` group.
+
+    `accept(key, value, match_text)` may veto a match (prose, placeholders, already masked values);
+    `classify(key, value)` may name a more precise kind than `kind`.
+    """
+
+    kind: str
+    regex: str
+    accept: Callable[[str, str, str], bool] | None = None
+    classify: Callable[[str, str], str] | None = None
+
+
+# Values that are already masked, empty-ish or placeholders: never secrets, never counted.
+_NOT_A_SECRET_RE: Final = re.compile(
+    r"\*+|x{3,}|\.{3}|-*redacted-*|\[redacted[^\]]*\]|<[^>]*>|null|none|nil|true|false|undefined"
+    r"|\$\{?[A-Za-z_][A-Za-z0-9_]*\}?|%\(?[A-Za-z_]+\)?s?|\{\{[^}]*\}\}",
+    re.IGNORECASE,
+)
+# Values a secret-like value would have: a letter and a digit, or length; prose words have neither.
+_RANDOMISH_RE: Final = re.compile(r"(?=[^ ]*[0-9])(?=[^ ]*[A-Za-z])[^ ]{6,}|[^ ]{20,}")
+_CODE_RE: Final = re.compile(r"[(\[{]")
+
+
+def _is_value(value: str) -> bool:
+    return _NOT_A_SECRET_RE.fullmatch(value.strip()) is None
+
+
+def _accept_value(key: str, value: str, text: str) -> bool:
+    return _is_value(value)
+
+
+def _accept_assignment(key: str, value: str, text: str) -> bool:
+    """`key=value`: the shell's working directory and code (`token = get_token()`) are not secrets."""
+    if key in ("PWD", "OLDPWD") or not _is_value(value):
+        return False
+    return not (" =" in text or "= " in text) or _CODE_RE.search(value) is None
+
+
+def _accept_colon(key: str, value: str, text: str) -> bool:
+    """`key: value` also occurs in prose ("invalid token: the token expired"): for the bare words
+    token/secret the value must look generated."""
+    if not _is_value(value):
+        return False
+    if key.lower() in ("token", "secret"):
+        return _RANDOMISH_RE.match(value) is not None
+    return True
+
+
+def _classify_key(key: str, value: str) -> str:
+    """The kind of a `key=value` secret, from the value's own shape first, else from the key."""
+    for kind, shape in _VALUE_SHAPES:
+        if shape.match(value):
+            return kind
+    k = key.lower()
+    if "pass" in k or "pwd" in k:
+        return "password"
+    if "api" in k:
+        return "api_key"
+    if "account" in k:
+        return "azure_key"
+    if "private" in k:
+        return "private_key"
+    if "token" in k:
+        return "token"
+    if "secret" in k:
+        return "secret"
+    return "access_key"
+
+
+_VALUE_SHAPES: Final = (
+    ("jwt", re.compile(r"eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}\.")),
+    ("github_token", re.compile(r"gh[pousr]_[A-Za-z0-9]{30,}|github_pat_[A-Za-z0-9_]{30,}")),
+    ("slack_token", re.compile(r"xox[abprs]-[A-Za-z0-9-]{10,}")),
+    ("aws_access_key_id", re.compile(r"(?:AKIA|ASIA)[A-Z2-7]{16}\b")),
+)
+
+# Key names whose values are secrets: the key must END with one of these (so `token_type`,
+# `tokenizer`, `BLAST_LOGS_TOKEN_FILE`, `secretName`, `monkey` and `api_key_id` are not).
+_KEY_ENDINGS: Final = (
+    "password",
+    "passwd",
+    "passphrase",
+    "pwd",
+    "secret",
+    "token",
+    *(
+        f"{stem}{sep}key"
+        for stem in (
+            "api",
+            "access",
+            "account",
+            "private",
+            "secret",
+            "auth",
+            "encryption",
+            "signing",
+            "master",
+            "client",
+        )
+        for sep in ("", "_", "-")
+    ),
+)
+#: Checked right after a whole key was taken (possessively), so each key costs one pass.
+_KW_END: Final = "(?:" + "|".join(f"(?<=(?i:{re.escape(e)}))" for e in _KEY_ENDINGS) + ")"
+_KEY: Final = rf"(?<![A-Za-z0-9_./-])(?P<key>[A-Za-z0-9_.-]++{_KW_END})"
+_QKEY: Final = rf"[\"'](?P<key>[A-Za-z0-9_. -]++{_KW_END})[\"']"
+# A quoted value (JSON escapes allowed) when an opening quote was seen, else a bare value.
+_DQ: Final = r'(?<=")(?:[^"\\\n]|\\.)+'
+_SQ: Final = r"(?<=')[^'\n]+"
+
+
+def _value(bare: str) -> str:
+    return rf"(?P<q>[\"'])?(?P<v>(?(q)(?:{_DQ}|{_SQ})|{bare}))"
+
+
+#: The table, in priority order (at one position, the first entry that matches wins).
+PATTERNS: Final[tuple[SecretPattern, ...]] = (
+    SecretPattern(
+        "authorization",
+        r"(?i:\b(?:proxy-)?authorization)[\"']?[ \t]*[:=][ \t]*[\"']?"
+        r"(?:(?i:bearer|basic|digest|negotiate|ntlm|token|sharedkey(?:lite)?|sharedaccesssignature"
+        r"|aws4-hmac-sha256)[ \t]+)?"
+        r"(?P<v>[^\s\"'][^\"'\n]*?)(?=[ \t]*(?:[\"']|$|\n))",
+        _accept_value,
+    ),
+    SecretPattern("bearer_token", r"(?i:\bbearer)[ \t]+(?P<v>[A-Za-z0-9._~+/-]{16,}=*)", _accept_value),
+    SecretPattern("jwt", r"(?<![A-Za-z0-9_-])(?P<v>eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]*)"),
+    SecretPattern("aws_access_key_id", r"\b(?P<v>(?:AKIA|ASIA)[A-Z2-7]{16})\b"),
+    SecretPattern(
+        "aws_secret_key",
+        r"(?<![A-Za-z0-9])(?i:aws_?secret_?access_?key|aws_?secret_?key|secretaccesskey|aws_?session_?token"
+        r"|sessiontoken)[\"']?[ \t]*[:=][ \t]*" + _value(r"[A-Za-z0-9/+=]{16,}"),
+        _accept_value,
+    ),
+    SecretPattern("github_token", r"\b(?P<v>gh[pousr]_[A-Za-z0-9]{30,}|github_pat_[A-Za-z0-9_]{30,})"),
+    SecretPattern("slack_token", r"\b(?P<v>xox[abprs]-[A-Za-z0-9-]{10,})"),
+    SecretPattern(
+        "slack_webhook", r"(?i:hooks\.slack\.com)/(?:services|workflows|triggers)/(?P<v>[A-Za-z0-9/_-]+)"
+    ),
+    SecretPattern("azure_sas", r"(?<![A-Za-z0-9_-])sig=(?P<v>[^\s&;\"'<>]+)", _accept_value),
+    SecretPattern("url_signature", r"(?i:\bX-(?:Amz|Goog)-Signature)=(?P<v>[^\s&;\"'<>]+)", _accept_value),
+    SecretPattern("azure_key", r"(?i:\b(?:AccountKey|SharedAccessKey))=(?P<v>[^\s;\"'<>]+)", _accept_value),
+    SecretPattern(
+        "url_userinfo",
+        r"\b[A-Za-z][A-Za-z0-9+.-]*://[^\s/?#@:\"'<>]*:(?P<v>[^\s/?#@\"'<>]+)@",
+        _accept_value,
+    ),
+    # --password hunter2, --client-secret=..., --account-key "..."
+    SecretPattern(
+        "password",
+        rf"(?<![A-Za-z0-9_-])--(?P<key>[A-Za-z0-9-]++{_KW_END})(?:=|[ \t]+)" + _value(r"[^\s\"'-][^\s\"']*"),
+        _accept_value,
+        _classify_key,
+    ),
+    # "password": "...", 'api_key': '...'
+    SecretPattern(
+        "password",
+        _QKEY + r"[ \t]*[:=][ \t]*" + _value(r"[^\s,}\]\"']+"),
+        _accept_value,
+        _classify_key,
+    ),
+    # password=..., ?token=...&, DB_PASSWORD = "..."
+    SecretPattern(
+        "password",
+        _KEY + r"[ \t]*=[ \t]*" + _value(r"[^\s&;,\"'<>)\]}]+"),
+        _accept_assignment,
+        _classify_key,
+    ),
+    # password: ..., X-Api-Key: ... (a header or YAML value runs to the end of the line)
+    SecretPattern(
+        "password",
+        _KEY + r"[ \t]*:(?:[ \t]+" + _value(r"[^\s,{}\"'](?:[^\n,{}\"']*[^\s,{}\"'])?") + r"|"
+        r"(?P<q2>[\"'])(?P<v2>(?:" + _DQ + "|" + _SQ + ")))",
+        _accept_colon,
+        _classify_key,
+    ),
+)
+
+# Cheap pre-check: every pattern above needs one of these substrings, so a line (or a whole batch)
+# holding none of them is left alone after a few C-level substring searches. Keep in step with
+# PATTERNS (tests/test_redact.py checks every sample secret trips it).
+#: Searched in the ASCII-lowercased text.
+NEEDLES_FOLDED: Final = ("pass", "pwd", "secret", "token", "key", "sig", "auth", "bearer", "slack")
+#: Searched in the text as it is (these prefixes are case-sensitive).
+NEEDLES_EXACT: Final = (
+    "@",
+    "eyJ",
+    "xox",
+    "AKIA",
+    "ASIA",
+    "ghp_",
+    "gho_",
+    "ghu_",
+    "ghs_",
+    "ghr_",
+    "github_pat_",
+)
+_BYTES_FOLDED: Final = tuple(n.encode() for n in NEEDLES_FOLDED)
+_BYTES_EXACT: Final = tuple(n.encode() for n in NEEDLES_EXACT)
+
+
+def might_hold_secret(text: str) -> bool:
+    """False when no pattern can match `text` (one line or many joined)."""
+    if any(map(text.__contains__, NEEDLES_EXACT)):
+        return True
+    return any(map(text.lower().__contains__, NEEDLES_FOLDED))
+
+
+def needle_positions(data: bytes) -> list[int]:
+    """Byte offsets in `data` (raw UTF-8 of many lines) where a needle starts; empty when none."""
+    found: list[int] = []
+    folded = data.lower()
+    for hay, needles in ((data, _BYTES_EXACT), (folded, _BYTES_FOLDED)):
+        for needle in needles:
+            pos = hay.find(needle)
+            while pos >= 0:
+                found.append(pos)
+                pos = hay.find(needle, pos + 1)
+    return found
+
+
+@dataclass(frozen=True)
+class _Compiled:
+    regex: re.Pattern[str]
+    #: per outer group index: (pattern, value group indices, key group index or 0)
+    groups: dict[int, tuple[SecretPattern, tuple[int, ...], int]]
+
+
+def _compile(patterns: Sequence[SecretPattern]) -> _Compiled:
+    parts = []
+    for i, p in enumerate(patterns):
+        src = re.sub(r"\(\?P<(\w+)>", rf"(?P<\1_{i}>", p.regex)
+        src = re.sub(r"\(\?\((\w+)\)", rf"(?(\1_{i})", src)
+        src = re.sub(r"\(\?P=(\w+)\)", rf"(?P=\1_{i})", src)
+        parts.append(f"(?P<k_{i}>{src})")
+    regex = re.compile("|".join(parts), re.ASCII)
+    groups: dict[int, tuple[SecretPattern, tuple[int, ...], int]] = {}
+    index = regex.groupindex
+    for i, p in enumerate(patterns):
+        values = tuple(index[n] for n in (f"v_{i}", f"v2_{i}") if n in index)
+        groups[index[f"k_{i}"]] = (p, values, index.get(f"key_{i}", 0))
+    return _Compiled(regex, groups)
+
+
+_DEFAULT: Final = _compile(PATTERNS)
+
+
+class Redactor:
+    """Redacts one stream's lines in order; `counts` holds how many secrets of each kind it hid."""
+
+    def __init__(self, patterns: Sequence[SecretPattern] | None = None) -> None:
+        self._c = _DEFAULT if patterns is None else _compile(patterns)
+        self.counts: Counter[str] = Counter()
+        self._pem_lines = -1  # lines seen inside an open PEM block; -1 when none is open
+
+    @property
+    def in_private_key(self) -> bool:
+        return self._pem_lines >= 0
+
+    def redact(self, text: str) -> str:
+        """One line (no newline). Updates the PEM-block state and the counters."""
+        if self._pem_lines >= 0:
+            return self._inside_pem(text)
+        if not might_hold_secret(text):
+            return text
+        if "PRIVATE KEY" in text:
+            m = PEM_BEGIN_RE.search(text)
+            if m is not None:
+                return self._pem_start(text, m)
+        return self._c.regex.sub(self._replace, text)
+
+    def redact_batch(self, texts: list[str], raw: bytes, also: Iterable[int] = ()) -> list[str]:
+        """Redact consecutive lines in place, the same as `redact` on each in turn, and return them.
+
+        `raw` is the lines' original bytes joined with b"\\n" (one byte scan finds the few lines
+        worth a closer look); `also` names lines whose text differs from their raw bytes (rendered
+        escapes), which are checked on their own.
+        """
+        positions = needle_positions(raw)
+        candidates = {i for i in also if might_hold_secret(texts[i])}
+        if positions:
+            ends = list(accumulate(len(t) + 1 for t in raw.split(b"\n")))
+            candidates.update(bisect_right(ends, pos) for pos in positions)
+        if self._pem_lines >= 0 or any("PRIVATE KEY" in texts[i] for i in candidates):
+            for i, t in enumerate(texts):  # PEM state must see every line, in order
+                texts[i] = self.redact(t)
+            return texts
+        sub, replace = self._c.regex.sub, self._replace
+        for i in sorted(candidates):
+            texts[i] = sub(replace, texts[i])
+        return texts
+
+    def _plain(self, text: str) -> str:
+        if not might_hold_secret(text):
+            return text
+        return self._c.regex.sub(self._replace, text)
+
+    def _pem_start(self, text: str, begin: re.Match[str]) -> str:
+        self.counts[PEM_KIND] += 1
+        head = self._plain(text[: begin.start()])
+        end = PEM_END_RE.search(text, begin.end())
+        if end is None:
+            self._pem_lines = 0
+            return head + marker(PEM_KIND)
+        return head + marker(PEM_KIND) + self.redact(text[end.end() :])
+
+    def _inside_pem(self, text: str) -> str:
+        end = PEM_END_RE.search(text)
+        if end is not None:
+            self._pem_lines = -1
+            return marker(PEM_KIND) + self.redact(text[end.end() :])
+        self._pem_lines += 1
+        if self._pem_lines > MAX_PEM_BLOCK_LINES:
+            self._pem_lines = -1
+            return self.redact(text)
+        return marker(PEM_KIND)
+
+    def _replace(self, m: re.Match[str]) -> str:
+        pattern, value_groups, key_group = self._c.groups[m.lastindex or 0]
+        for g in value_groups:
+            if m.start(g) >= 0:
+                break
+        else:  # pragma: no cover - every pattern's alternatives capture a value
+            return m.group()
+        value = m.group(g)
+        key = m.group(key_group) if key_group else ""
+        whole = m.group()
+        if pattern.accept is not None and not pattern.accept(key, value, whole):
+            return whole
+        kind = pattern.classify(key, value) if pattern.classify is not None else pattern.kind
+        self.counts[kind] += 1
+        start = m.start()
+        return whole[: m.start(g) - start] + marker(kind) + whole[m.end(g) - start :]

@@ -1,0 +1,164 @@
+"""Turn one raw log line into the text a reader should see (CONTRACT section 4 line cap).
+
+Pure functions plus `Sanitiser`, the per-stream object the stream pipeline calls. Order per line:
+decode (invalid UTF-8 becomes U+FFFD), render what a terminal would show (escape sequences,
+carriage returns, backspaces), drop the remaining control characters except tab, redact secrets,
+then cap. Redaction runs after rendering so an escape sequence cannot split a secret, and before the
+cap so a cut cannot leave a secret's prefix unrecognisable.
+
+Most lines need none of this: the fast path is a couple of C-level calls per line, and `lines()`
+handles a whole batch with one decode, one control check and one redaction pre-check.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from typing import Final
+
+from blastlogs.protocol import MAX_LINE_CHARS, cap_line
+from shipper.redact import Redactor
+
+# Escape sequences (ECMA-48), 7-bit and 8-bit forms. An unterminated string sequence (OSC, DCS,
+# ...) swallows the rest of the line, as a terminal would.
+_CSI: Final = r"(?:\x1b\[|\x9b)[0-?]*[ -/]*[@-~]"
+_STRING_SEQ: Final = r"(?:\x1b[\]P^_X]|[\x9d\x90\x9e\x9f\x98])[^\x07\x1b\x9c\n]*(?:\x07|\x1b\\|\x9c)?"
+_OTHER_ESC: Final = r"\x1b[ -/]*[0-~]"
+#: C0 controls except tab (newline included, for text that still holds several lines), DEL, C1.
+_CONTROL_CHARS: Final = r"[\x00-\x08\x0a-\x1f\x7f-\x9f]"
+
+_STRIP_RE: Final = re.compile(f"{_CSI}|{_STRING_SEQ}|{_OTHER_ESC}|{_CONTROL_CHARS}")
+#: Anything `strip_controls` would change: the slow-path test for one line.
+_NEEDS_WORK_RE: Final = re.compile(_CONTROL_CHARS)
+#: Lines whose rendering moves the cursor: they need the terminal model, not plain stripping.
+_CURSOR_RE: Final = re.compile(r"[\r\x08]|(?:\x1b\[|\x9b)[0-9;]*[KGCD]")
+
+_TERMINAL_TOKEN_RE: Final = re.compile(
+    r"(?P<text>[^\x00-\x08\x0a-\x1f\x7f-\x9f]+)"
+    r"|(?P<cr>\r)"
+    r"|(?P<bs>\x08)"
+    r"|(?:\x1b\[|\x9b)(?P<arg>[0-9]*)(?P<move>[KGCD])"
+    f"|{_CSI}|{_STRING_SEQ}|{_OTHER_ESC}|{_CONTROL_CHARS}"
+)
+
+
+def decode(raw: bytes) -> str:
+    """UTF-8 with every invalid sequence replaced by U+FFFD: a log line is never rejected."""
+    return raw.decode("utf-8", "replace")
+
+
+def strip_controls(text: str) -> str:
+    """Remove escape sequences (CSI, OSC, DCS, other ESC) and control characters except tab."""
+    return _STRIP_RE.sub("", text)
+
+
+def apply_carriage_returns(text: str) -> str:
+    """What a terminal shows last for `text`: "10%\\r50%\\r100%" -> "100%", "abcdef\\rXY" -> "XYcdef".
+
+    Models a single terminal row: carriage return goes to column 0, backspace one column left,
+    later text overwrites; erase-in-line (ESC[K, 0/1/2) and cursor column moves (ESC[nG, nC, nD)
+    are honoured. Other escapes and controls take no space and disappear. A trailing carriage
+    return (CRLF files) only moves the cursor, so the line stays. Every character is one column.
+    """
+    row = ""
+    col = 0
+    for m in _TERMINAL_TOKEN_RE.finditer(text):
+        kind = m.lastgroup
+        if kind == "text":
+            chunk = m.group()
+            if col > len(row):
+                row += " " * (col - len(row))
+            row = row[:col] + chunk + row[col + len(chunk) :]
+            col += len(chunk)
+        elif kind == "cr":
+            col = 0
+        elif kind == "bs":
+            col = max(col - 1, 0)
+        elif kind == "move":
+            arg = m.group("arg")
+            final = m.group("move")
+            if final == "K":
+                if arg in ("", "0"):
+                    row = row[:col]
+                elif arg == "1":
+                    row = " " * min(col + 1, len(row)) + row[col + 1 :]
+                elif arg == "2":
+                    row = " " * min(col, len(row))
+            elif final == "G":
+                col = max(int(arg or "1") - 1, 0)
+            elif final == "C":
+                col += max(int(arg or "1"), 1)
+            else:
+                col = max(col - max(int(arg or "1"), 1), 0)
+    return row
+
+
+def render(text: str) -> str:
+    """`text` without escapes and controls (tab kept), rendered like a terminal when it moves the cursor."""
+    if _CURSOR_RE.search(text):
+        return apply_carriage_returns(text)
+    return strip_controls(text)
+
+
+def clean(text: str) -> str:
+    """`render` with the fast path: printable text (or text whose only control is tab) is returned as is."""
+    if text.isprintable() or _NEEDS_WORK_RE.search(text) is None:
+        return text
+    return render(text)
+
+
+class Sanitiser:
+    """One stream's line sanitiser: holds the redactor's PEM-block state and the counters."""
+
+    def __init__(self, *, max_chars: int = MAX_LINE_CHARS, redact: bool = True) -> None:
+        self.max_chars = max_chars
+        self._redactor: Redactor | None = Redactor() if redact else None
+        self.redactions: Counter[str] = self._redactor.counts if self._redactor else Counter()
+        self.truncated = 0
+
+    def line(self, raw: bytes, extra_chars: int = 0) -> str:
+        """One line without its newline; `extra_chars` are characters the reader skipped (counted as cut)."""
+        text = raw.decode("utf-8", "replace")
+        if not text.isprintable() and _NEEDS_WORK_RE.search(text) is not None:
+            text = render(text)
+        if self._redactor is not None:
+            text = self._redactor.redact(text)
+        if len(text) + extra_chars > self.max_chars:
+            text = cap_line(text, self.max_chars, extra_chars)
+            self.truncated += 1
+        return text
+
+    def lines(self, raws: list[bytes]) -> list[str]:
+        """The same as `[self.line(r) for r in raws]`, in a few passes over the joined batch."""
+        if not raws:
+            return []
+        joined_raw = b"\n".join(raws)
+        if joined_raw.count(b"\n") != len(raws) - 1:  # a raw line holding "\n": not a reader's line
+            return [self.line(r) for r in raws]
+        texts = joined_raw.decode("utf-8", "replace").split("\n")
+        rendered: list[int] = []
+        if _has_controls(joined_raw):
+            for i, t in enumerate(texts):
+                if not t.isprintable() and _NEEDS_WORK_RE.search(t) is not None:
+                    texts[i] = render(t)
+                    rendered.append(i)
+        if self._redactor is not None:
+            self._redactor.redact_batch(texts, joined_raw, rendered)
+        limit = self.max_chars
+        if max(map(len, texts)) > limit:
+            for i, t in enumerate(texts):
+                if len(t) > limit:
+                    texts[i] = cap_line(t, limit)
+                    self.truncated += 1
+        return texts
+
+
+_C0_AND_DEL: Final = bytes([*range(0x00, 0x09), *range(0x0B, 0x20), 0x7F])
+_C1_UTF8_RE: Final = re.compile(rb"\xc2[\x80-\x9f]")
+
+
+def _has_controls(data: bytes) -> bool:
+    """Whether UTF-8 `data` holds a control character other than tab and newline (C0, DEL, C1)."""
+    if len(data.translate(None, _C0_AND_DEL)) != len(data):
+        return True
+    return b"\xc2" in data and _C1_UTF8_RE.search(data) is not None
