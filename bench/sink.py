@@ -1,0 +1,185 @@
+"""A counting HTTP sink for the shipper benchmarks: it answers like the aggregator and stores nothing.
+
+    .venv/bin/python bench/sink.py [--port 0] [--delay 0]
+
+Routes:
+- `POST /v1/ingest`: the ingest protocol (gzip allowed); answers 200 `{"accepted": n,
+  "duplicate": false}` and counts batches, events, body bytes, line characters and eof batches.
+- `POST /syslog`: syslog-ng's `http()` batches: a JSON array of objects, or `{"events": [...]}`,
+  each with a `line` (or `MESSAGE`); counted the same way.
+- `POST /raw`: any body, streamed; counts bytes and newlines (the `curl --data-binary` limit).
+- `GET /stats`: the counters as JSON, with `last_event` (Unix time of the last request that
+  brought events) and, when lines carry `LIVE <unix ts> ...`, the lag from that ts to the receipt
+  (`lag_p50`, `lag_p99`, `lag_max`, `lag_n`).
+- `POST /reset`: zero the counters. `POST /delay?seconds=S`: wait S seconds before each answer.
+
+Prints `listening http://127.0.0.1:PORT` on stdout once it serves. The lag is measured at the
+moment the sink answers, i.e. when the sender's batch is acknowledged.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gzip
+import statistics
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, Final
+
+import orjson
+from aiohttp import web
+
+LIVE_PREFIX: Final = "LIVE "
+MAX_BODY: Final = 64 * 1024 * 1024
+
+
+@dataclass
+class Counters:
+    requests: int = 0
+    events: int = 0
+    body_bytes: int = 0
+    line_chars: int = 0
+    eof: int = 0
+    bad: int = 0
+    raw_bytes: int = 0
+    raw_lines: int = 0
+    first_event: float = 0.0
+    last_event: float = 0.0
+    lags: list[float] = field(default_factory=list)
+
+    def summary(self) -> dict[str, Any]:
+        out = asdict(self)
+        lags = sorted(out.pop("lags"))
+        out["lag_n"] = len(lags)
+        if lags:
+            out["lag_p50"] = statistics.median(lags)
+            out["lag_p99"] = lags[min(len(lags) - 1, int(len(lags) * 0.99))]
+            out["lag_max"] = lags[-1]
+        return out
+
+
+class Sink:
+    def __init__(self, delay: float = 0.0) -> None:
+        self.c = Counters()
+        self.delay = delay
+
+    def _count(self, raw: bytes, lines: list[str], eof: bool) -> None:
+        now = time.time()
+        c = self.c
+        c.requests += 1
+        c.body_bytes += len(raw)
+        if lines:
+            c.events += len(lines)
+            c.line_chars += sum(map(len, lines))
+            c.first_event = c.first_event or now
+            c.last_event = now
+            if lines[0].startswith(LIVE_PREFIX) or lines[-1].startswith(LIVE_PREFIX):
+                for line in lines:
+                    if line.startswith(LIVE_PREFIX):
+                        try:
+                            c.lags.append(now - float(line[5:line.index(" ", 5)]))
+                        except ValueError:
+                            pass
+        if eof:
+            c.eof += 1
+
+    async def _body(self, request: web.Request) -> bytes:
+        raw = await request.read()
+        if request.headers.get("Content-Encoding", "").lower() == "gzip":
+            raw = gzip.decompress(raw)
+        return raw
+
+    async def ingest(self, request: web.Request) -> web.Response:
+        raw = await self._body(request)
+        try:
+            body = orjson.loads(raw)
+            lines = [e["line"] for e in body["events"]]
+            eof = bool(body.get("eof"))
+        except (orjson.JSONDecodeError, KeyError, TypeError):
+            self.c.bad += 1
+            return web.json_response({"error": "malformed", "detail": "not an ingest body"}, status=400)
+        self._count(raw, lines, eof)
+        if self.delay:
+            await asyncio.sleep(self.delay)
+        return web.Response(body=orjson.dumps({"accepted": len(lines), "duplicate": False}),
+                            content_type="application/json")
+
+    async def syslog(self, request: web.Request) -> web.Response:
+        raw = await self._body(request)
+        try:
+            body = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            try:  # syslog-ng may pass invalid UTF-8 through
+                body = orjson.loads(raw.decode("utf-8", "replace"))
+            except orjson.JSONDecodeError:
+                self.c.bad += 1
+                return web.json_response({"error": "malformed"}, status=400)
+        items = body.get("events", []) if isinstance(body, dict) else body
+        lines = [str(e.get("line", e.get("MESSAGE", ""))) if isinstance(e, dict) else str(e) for e in items]
+        self._count(raw, lines, False)
+        if self.delay:
+            await asyncio.sleep(self.delay)
+        return web.json_response({"accepted": len(lines)})
+
+    async def raw(self, request: web.Request) -> web.Response:
+        nbytes = nlines = 0
+        async for piece in request.content.iter_chunked(1 << 20):
+            nbytes += len(piece)
+            nlines += piece.count(b"\n")
+        self.c.raw_bytes += nbytes
+        self.c.raw_lines += nlines
+        self.c.last_event = time.time()
+        return web.json_response({"bytes": nbytes, "lines": nlines})
+
+    async def stats(self, request: web.Request) -> web.Response:
+        return web.Response(body=orjson.dumps(self.c.summary()), content_type="application/json")
+
+    async def reset(self, request: web.Request) -> web.Response:
+        self.c = Counters()
+        return web.json_response({"reset": True})
+
+    async def set_delay(self, request: web.Request) -> web.Response:
+        self.delay = float(request.query.get("seconds", "0"))
+        return web.json_response({"delay": self.delay})
+
+    def app(self) -> web.Application:
+        app = web.Application(client_max_size=MAX_BODY)
+        app.router.add_post("/v1/ingest", self.ingest)
+        app.router.add_post("/syslog", self.syslog)
+        app.router.add_post("/raw", self.raw)
+        app.router.add_get("/stats", self.stats)
+        app.router.add_post("/reset", self.reset)
+        app.router.add_post("/delay", self.set_delay)
+        return app
+
+
+async def serve(host: str, port: int, delay: float) -> None:
+    runner = web.AppRunner(Sink(delay).app(), access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, host, port, backlog=512)
+    await site.start()
+    bound = runner.addresses[0][1]
+    print(f"listening http://{host}:{bound}", flush=True)
+    try:
+        await asyncio.Event().wait()
+    finally:
+        await runner.cleanup()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--delay", type=float, default=0.0, help="seconds to wait before each answer")
+    args = parser.parse_args(argv)
+    try:
+        asyncio.run(serve(args.host, args.port, args.delay))
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
