@@ -49,7 +49,7 @@ class SecretPattern:
 
 # Values that are already masked, empty-ish or placeholders: never secrets, never counted.
 _NOT_A_SECRET_RE: Final = re.compile(
-    r"\*+|x{3,}|\.{3}|-*redacted-*|\[redacted[^\]]*\]|<[^>]*>|null|none|nil|true|false|undefined"
+    r"\*+|x{3,}|\.{3}|-*redacted-*|\[redacted[^\]]*\]?|<[^>]*>|null|none|nil|true|false|undefined"
     r"|\$\{?[A-Za-z_][A-Za-z0-9_]*\}?|%\(?[A-Za-z_]+\)?s?|\{\{[^}]*\}\}",
     re.IGNORECASE,
 )
@@ -59,7 +59,7 @@ _CODE_RE: Final = re.compile(r"[(\[{]")
 
 
 def _is_value(value: str) -> bool:
-    return _NOT_A_SECRET_RE.fullmatch(value.strip()) is None
+    return not value.startswith("[REDACTED:") and _NOT_A_SECRET_RE.fullmatch(value.strip()) is None
 
 
 def _accept_value(key: str, value: str, text: str) -> bool:
@@ -83,12 +83,25 @@ def _accept_colon(key: str, value: str, text: str) -> bool:
     return True
 
 
-def _classify_key(key: str, value: str) -> str:
-    """The kind of a `key=value` secret, from the value's own shape first, else from the key."""
+def _value_shape(value: str) -> str | None:
     for kind, shape in _VALUE_SHAPES:
         if shape.match(value):
             return kind
+    return None
+
+
+def _classify_userinfo(key: str, value: str) -> str:
+    return _value_shape(value) or "url_userinfo"
+
+
+def _classify_key(key: str, value: str) -> str:
+    """The kind of a `key=value` secret, from the value's own shape first, else from the key."""
+    shape = _value_shape(value)
+    if shape is not None:
+        return shape
     k = key.lower()
+    if k.replace("_", "").endswith(("awssecretaccesskey", "secretaccesskey", "awssessiontoken")):
+        return "aws_secret_key"
     if "pass" in k or "pwd" in k:
         return "password"
     if "api" in k:
@@ -181,6 +194,7 @@ PATTERNS: Final[tuple[SecretPattern, ...]] = (
         "url_userinfo",
         r"\b[A-Za-z][A-Za-z0-9+.-]*://[^\s/?#@:\"'<>]*:(?P<v>[^\s/?#@\"'<>]+)@",
         _accept_value,
+        _classify_userinfo,
     ),
     # --password hunter2, --client-secret=..., --account-key "..."
     SecretPattern(

@@ -16,7 +16,7 @@ import re
 from collections import Counter
 from typing import Final
 
-from blastlogs.protocol import MAX_LINE_CHARS, cap_line
+from blastlogs.protocol import MAX_LINE_CHARS, cap_line, cut_marker, kept_chars
 from shipper.redact import Redactor
 
 # Escape sequences (ECMA-48), 7-bit and 8-bit forms. An unterminated string sequence (OSC, DCS,
@@ -58,8 +58,10 @@ def apply_carriage_returns(text: str) -> str:
     Models a single terminal row: carriage return goes to column 0, backspace one column left,
     later text overwrites; erase-in-line (ESC[K, 0/1/2) and cursor column moves (ESC[nG, nC, nD)
     are honoured. Other escapes and controls take no space and disappear. A trailing carriage
-    return (CRLF files) only moves the cursor, so the line stays. Every character is one column.
+    return (CRLF files) only moves the cursor, so the line stays. Every character is one column;
+    erased or skipped cells show as spaces, except at the end of the row where nothing is shown.
     """
+    blank = "\x00"  # an erased cell: cannot occur in text tokens
     row = ""
     col = 0
     for m in _TERMINAL_TOKEN_RE.finditer(text):
@@ -67,7 +69,7 @@ def apply_carriage_returns(text: str) -> str:
         if kind == "text":
             chunk = m.group()
             if col > len(row):
-                row += " " * (col - len(row))
+                row += blank * (col - len(row))
             row = row[:col] + chunk + row[col + len(chunk) :]
             col += len(chunk)
         elif kind == "cr":
@@ -81,16 +83,16 @@ def apply_carriage_returns(text: str) -> str:
                 if arg in ("", "0"):
                     row = row[:col]
                 elif arg == "1":
-                    row = " " * min(col + 1, len(row)) + row[col + 1 :]
+                    row = blank * min(col + 1, len(row)) + row[col + 1 :]
                 elif arg == "2":
-                    row = " " * min(col, len(row))
+                    row = ""
             elif final == "G":
                 col = max(int(arg or "1") - 1, 0)
             elif final == "C":
                 col += max(int(arg or "1"), 1)
             else:
                 col = max(col - max(int(arg or "1"), 1), 0)
-    return row
+    return row.rstrip(blank).replace(blank, " ")
 
 
 def render(text: str) -> str:
@@ -124,7 +126,7 @@ class Sanitiser:
         if self._redactor is not None:
             text = self._redactor.redact(text)
         if len(text) + extra_chars > self.max_chars:
-            text = cap_line(text, self.max_chars, extra_chars)
+            text = _cap(text, self.max_chars, extra_chars)
             self.truncated += 1
         return text
 
@@ -151,6 +153,15 @@ class Sanitiser:
                     texts[i] = cap_line(t, limit)
                     self.truncated += 1
         return texts
+
+
+def _cap(text: str, limit: int, extra_chars: int) -> str:
+    """`cap_line`, except that a held prefix shorter than what the cap keeps is kept whole and the
+    marker counts exactly the characters that are missing (`cap_line` assumes the text is longer)."""
+    total = len(text) + extra_chars
+    if extra_chars and len(text) < kept_chars(total, limit):
+        return text + cut_marker(extra_chars)
+    return cap_line(text, limit, extra_chars)
 
 
 _C0_AND_DEL: Final = bytes([*range(0x00, 0x09), *range(0x0B, 0x20), 0x7F])
