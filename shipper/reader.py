@@ -137,10 +137,12 @@ class LineReader:
 
     def stream_end(self) -> int:
         """The stream offset of the file's current end (for lag)."""
-        try:
-            return self.base + max(os.fstat(self.fd).st_size, self.pos)
-        except OSError:
-            return self.base + self.pos
+        if self.fd >= 0:
+            try:
+                self.seen_size = max(self.seen_size, os.fstat(self.fd).st_size)
+            except OSError:
+                pass
+        return self.base + max(self.seen_size, self.pos)
 
     def read(self) -> Chunk | None:
         """Up to `read_size` bytes as complete lines; None when no byte was there to read."""

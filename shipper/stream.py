@@ -406,5 +406,5 @@ class Stream:
 
     def undelivered(self) -> Undelivered:
         pending = len(self.builder.events) + len(self.ring) + self.pending_lines
-        end = self.reader.stream_end() if self.reader.fd >= 0 else self.acked_off
-        return Undelivered(self.container, self.acked_off, end, pending, self.eof_acked)
+        return Undelivered(self.container, self.acked_off, self.reader.stream_end(), pending,
+                           self.eof_acked)

@@ -11,7 +11,7 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import orjson
 from aiohttp import web
@@ -33,13 +33,15 @@ class Recorder:
     retry_after: str | None = None
     requests: list[tuple[float, Action, dict[str, Any]]] = field(default_factory=list)
     accepted: list[dict[str, Any]] = field(default_factory=list)
+    encodings: list[str] = field(default_factory=list)
     runner: web.AppRunner | None = None
     url: str = ""
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         raw = await request.read()
-        if request.headers.get("Content-Encoding") == "gzip":
+        if raw[:2] == b"\x1f\x8b":  # aiohttp inflates gzip bodies itself; this is for other servers
             raw = gzip.decompress(raw)
+        self.encodings.append(request.headers.get("Content-Encoding", ""))
         body = orjson.loads(raw)
         assert request.headers["Authorization"] == f"Bearer {TOKEN}"
         action = self.script.pop(0) if self.script else self.default
@@ -91,11 +93,16 @@ class Shipper:
     proc: asyncio.subprocess.Process
     log_path: Path
 
-    async def wait(self, timeout: float = 60) -> int:
-        return await asyncio.wait_for(self.proc.wait(), timeout)
+    async def wait(self, limit: float = 60) -> int:
+        return await asyncio.wait_for(self.proc.wait(), limit)
 
     def signal(self, sig: int) -> None:
         self.proc.send_signal(sig)
+
+    async def started(self) -> None:
+        """Wait until the signal handlers are in place (the startup log line is written after)."""
+        await eventually(lambda: any(r.get("msg") == "shipper started" for r in self.log()),
+                         what="shipper start")
 
     def log(self) -> list[dict[str, Any]]:
         out = []
@@ -127,15 +134,28 @@ async def start_shipper(volume: Path, urls: Iterable[str], *args: str, token: st
     })
     full_env.update(env)
     log_path = volume.parent / f"shipper-{time.monotonic_ns()}.log"
-    with open(log_path, "wb") as out:
+    out = _open_for_child(log_path)
+    try:
         proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "shipper", "run", *args, env=full_env, stdout=out,
             stderr=asyncio.subprocess.STDOUT)
+    finally:
+        out.close()
     return Shipper(proc, log_path)
 
 
-async def eventually(check: Any, timeout: float = 30.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
+def _open_for_child(path: Path) -> BinaryIO:
+    return open(path, "wb")
+
+
+def append(path: Path, data: bytes) -> None:
+    """Append like a container's writer does (sync: tests call it between awaits)."""
+    with open(path, "ab") as f:
+        f.write(data)
+
+
+async def eventually(check: Any, limit: float = 30.0, what: str = "condition") -> None:
+    deadline = time.monotonic() + limit
     while time.monotonic() < deadline:
         if check():
             return

@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import aiohttp
 import pytest
-from shipper_helpers import Recorder, eventually, start_shipper
+from conftest import free_port
+from shipper_helpers import Recorder, append, eventually, start_shipper
 
 from blastlogs.protocol import MAX_LINE_CHARS
+from shipper.checkpoints import Checkpointer
 
 
 @pytest.fixture
@@ -41,8 +43,7 @@ async def test_late_files_first_batch_drain_with_unterminated_line(volume: Path,
         (logs / "results-export.log").write_bytes(b"")
         await eventually(lambda: recorder.batches("results-export"), what="first empty batch")
         assert recorder.batches("results-export")[0]["events"] == []
-        with open(logs / "results-export.log", "ab") as f:
-            f.write(b"exporting\npartial without newline")
+        append(logs / "results-export.log", b"exporting\npartial without newline")
         (logs / "results-export.exit").write_text("7\n")
         await eventually(lambda: recorder.lines("results-export") == ["exporting"], what="late file")
         shipper.signal(signal.SIGTERM)
@@ -64,15 +65,12 @@ async def test_late_files_first_batch_drain_with_unterminated_line(volume: Path,
 async def test_long_line_and_invalid_utf8(volume: Path, recorder: Recorder) -> None:
     path = volume / "logs" / "blast.log"
     big = 50 * 1024 * 1024
-    with open(path, "wb") as f:
-        f.write(b"before\n")
-        block = ("é" * 512).encode() + b"x" * 1024  # 1,536 chars in 2,048 bytes
-        for _ in range(big // len(block)):
-            f.write(block)
-        f.write(b"\nafter \xff\xfe bad\n")
+    block = ("é" * 512).encode() + b"x" * 1024  # 1,536 chars in 2,048 bytes
+    path.write_bytes(b"before\n")
+    append(path, block * (big // len(block)) + b"\nafter \xff\xfe bad\n")
     shipper = await start_shipper(volume, [recorder.url])
     try:
-        await eventually(lambda: len(recorder.lines("blast")) == 3, timeout=60, what="three lines")
+        await eventually(lambda: len(recorder.lines("blast")) == 3, limit=60, what="three lines")
         shipper.signal(signal.SIGTERM)
         assert await shipper.wait() == 0
     finally:
@@ -162,10 +160,11 @@ async def test_unreachable_aggregator_exits_nonzero_naming_streams(volume: Path)
     (volume / "logs" / "blast.log").write_bytes(b"x\n" * 10)
     (volume / "logs" / "get-blastdb.log").write_bytes(b"y\n")
     shipper = await start_shipper(volume, ["http://127.0.0.1:9"], "--grace", "2")
-    await asyncio.sleep(1.0)
+    await shipper.started()
+    await asyncio.sleep(0.5)
     start = time.monotonic()
     shipper.signal(signal.SIGTERM)
-    rc = await shipper.wait(timeout=20)
+    rc = await shipper.wait(limit=20)
     elapsed = time.monotonic() - start
     assert rc == 3
     assert elapsed < 10
@@ -181,13 +180,12 @@ async def test_kill9_restart_with_a_writer_appending(volume: Path, recorder: Rec
 
     async def writer() -> None:
         i = 0
-        with open(path, "ab", buffering=0) as f:
-            while not stop.is_set():
-                chunk = [f"w {i + k} " + "z" * (i % 50) for k in range(200)]
-                f.write("".join(s + "\n" for s in chunk).encode())
-                written.extend(chunk)
-                i += 200
-                await asyncio.sleep(0.01)
+        while not stop.is_set():
+            chunk = [f"w {i + k} " + "z" * (i % 50) for k in range(200)]
+            append(path, "".join(s + "\n" for s in chunk).encode())
+            written.extend(chunk)
+            i += 200
+            await asyncio.sleep(0.01)
 
     path.write_bytes(b"")
     task = asyncio.create_task(writer())
@@ -204,5 +202,37 @@ async def test_kill9_restart_with_a_writer_appending(volume: Path, recorder: Rec
     assert await second.wait() == 0
     assert recorder.lines("blast") == written
     assert recorder.eof("blast")
-    # The dedupe is by offset: re-sent events carry the offsets they had.
-    assert os.path.getsize(volume / "state" / "blast.json") > 0
+    # After the eof ack the checkpoint says so, and a restart sends nothing more.
+    cp = Checkpointer(volume / "state").load("blast")
+    assert cp is not None and cp.eof
+    before = len(recorder.requests)
+    third = await start_shipper(volume, [recorder.url])
+    await third.started()
+    await asyncio.sleep(0.3)
+    third.signal(signal.SIGTERM)
+    assert await third.wait() == 0
+    assert len(recorder.requests) == before
+
+
+async def test_metrics_and_health(volume: Path, recorder: Recorder) -> None:
+    (volume / "logs" / "blast.log").write_bytes(b"password=hunter2 x\nplain\n")
+    port = free_port()
+    shipper = await start_shipper(volume, [recorder.url], "--metrics-port", str(port))
+    try:
+        await eventually(lambda: len(recorder.lines("blast")) == 2, what="lines")
+        await shipper.started()
+        async with aiohttp.ClientSession() as session:
+            async with session.get(f"http://127.0.0.1:{port}/healthz") as resp:
+                assert resp.status == 200 and (await resp.json())["streams"] == 1
+            async with session.get(f"http://127.0.0.1:{port}/metrics") as resp:
+                text = await resp.text()
+        assert 'blast_logs_shipper_lines_read_total{container="blast"} 2.0' in text
+        assert 'blast_logs_shipper_lines_shipped_total{container="blast"} 2.0' in text
+        assert 'blast_logs_shipper_redacted_total{kind="password"} 1.0' in text
+        assert "hunter2" not in recorder.lines("blast")[0]
+        assert "blast_logs_shipper_lag_bytes" in text and "blast_logs_shipper_queue_bytes" in text
+        shipper.signal(signal.SIGTERM)
+        assert await shipper.wait() == 0
+    finally:
+        if shipper.proc.returncode is None:
+            shipper.proc.kill()
