@@ -247,7 +247,9 @@ NEEDLES_EXACT: Final = (
     "github_pat_",
 )
 _BYTES_FOLDED: Final = tuple(n.encode() for n in NEEDLES_FOLDED)
-_BYTES_EXACT: Final = tuple(n.encode() for n in NEEDLES_EXACT)
+_BYTES_EXACT: Final = (b"@", b"eyJ", b"xox")
+_BYTES_AWS: Final = (b"AKIA", b"ASIA")  # only looked for when b"IA" occurs (never in sequences)
+_BYTES_GITHUB_RE: Final = re.compile(rb"gh[pousr]_|github_pat_")
 
 
 def might_hold_secret(text: str) -> bool:
@@ -258,16 +260,24 @@ def might_hold_secret(text: str) -> bool:
 
 
 def needle_positions(data: bytes) -> list[int]:
-    """Byte offsets in `data` (raw UTF-8 of many lines) where a needle starts; empty when none."""
-    found: list[int] = []
-    folded = data.lower()
-    for hay, needles in ((data, _BYTES_EXACT), (folded, _BYTES_FOLDED)):
+    """Byte offsets in `data` (raw UTF-8 of many lines) where a needle starts; empty when none.
+
+    The byte form of `might_hold_secret`: a few C-level scans of a whole batch.
+    """
+    found = [m.start() for m in _BYTES_GITHUB_RE.finditer(data)]
+    exact = (*_BYTES_EXACT, *_BYTES_AWS) if b"IA" in data else _BYTES_EXACT
+    for hay, needles in ((data, exact), (data.lower(), _BYTES_FOLDED)):
         for needle in needles:
             pos = hay.find(needle)
             while pos >= 0:
                 found.append(pos)
                 pos = hay.find(needle, pos + 1)
     return found
+
+
+def line_ends(raws: Sequence[bytes]) -> list[int]:
+    """For lines joined with b"\\n": the offset just past each line's newline, for `bisect_right`."""
+    return list(accumulate(map((1).__add__, map(len, raws))))
 
 
 @dataclass(frozen=True)
@@ -320,17 +330,20 @@ class Redactor:
                 return self._pem_start(text, m)
         return self._c.regex.sub(self._replace, text)
 
-    def redact_batch(self, texts: list[str], raw: bytes, also: Iterable[int] = ()) -> list[str]:
+    def redact_batch(
+        self, texts: list[str], raw: bytes, ends: list[int] | None = None, also: Iterable[int] = ()
+    ) -> list[str]:
         """Redact consecutive lines in place, the same as `redact` on each in turn, and return them.
 
         `raw` is the lines' original bytes joined with b"\\n" (one byte scan finds the few lines
-        worth a closer look); `also` names lines whose text differs from their raw bytes (rendered
-        escapes), which are checked on their own.
+        worth a closer look) and `ends` its `line_ends` if already known; `also` names lines whose
+        text differs from their raw bytes (rendered escapes), which are checked on their own.
         """
         positions = needle_positions(raw)
         candidates = {i for i in also if might_hold_secret(texts[i])}
         if positions:
-            ends = list(accumulate(len(t) + 1 for t in raw.split(b"\n")))
+            if ends is None:
+                ends = line_ends(raw.split(b"\n"))
             candidates.update(bisect_right(ends, pos) for pos in positions)
         if self._pem_lines >= 0 or any("PRIVATE KEY" in texts[i] for i in candidates):
             for i, t in enumerate(texts):  # PEM state must see every line, in order

@@ -13,11 +13,12 @@ handles a whole batch with one decode, one control check and one redaction pre-c
 from __future__ import annotations
 
 import re
+from bisect import bisect_right
 from collections import Counter
 from typing import Final
 
 from blastlogs.protocol import MAX_LINE_CHARS, cap_line, cut_marker, kept_chars
-from shipper.redact import Redactor
+from shipper.redact import Redactor, line_ends
 
 # Escape sequences (ECMA-48), 7-bit and 8-bit forms. An unterminated string sequence (OSC, DCS,
 # ...) swallows the rest of the line, as a terminal would.
@@ -139,13 +140,14 @@ class Sanitiser:
             return [self.line(r) for r in raws]
         texts = joined_raw.decode("utf-8", "replace").split("\n")
         rendered: list[int] = []
+        ends: list[int] | None = None
         if _has_controls(joined_raw):
-            for i, t in enumerate(texts):
-                if not t.isprintable() and _NEEDS_WORK_RE.search(t) is not None:
-                    texts[i] = render(t)
-                    rendered.append(i)
+            ends = line_ends(raws)
+            for i in sorted({bisect_right(ends, m.start()) for m in _CONTROL_BYTES_RE.finditer(joined_raw)}):
+                texts[i] = render(texts[i])
+                rendered.append(i)
         if self._redactor is not None:
-            self._redactor.redact_batch(texts, joined_raw, rendered)
+            self._redactor.redact_batch(texts, joined_raw, ends, rendered)
         limit = self.max_chars
         if max(map(len, texts)) > limit:
             for i, t in enumerate(texts):
@@ -166,6 +168,8 @@ def _cap(text: str, limit: int, extra_chars: int) -> str:
 
 _C0_AND_DEL: Final = bytes([*range(0x00, 0x09), *range(0x0B, 0x20), 0x7F])
 _C1_UTF8_RE: Final = re.compile(rb"\xc2[\x80-\x9f]")
+#: In raw UTF-8, exactly the bytes that decode to what `_NEEDS_WORK_RE` finds (newline excluded).
+_CONTROL_BYTES_RE: Final = re.compile(rb"[\x00-\x08\x0b-\x1f\x7f]|\xc2[\x80-\x9f]")
 
 
 def _has_controls(data: bytes) -> bool:
