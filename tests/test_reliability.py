@@ -28,5 +28,6 @@ def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rig]:
 def test_scenario(rig: Rig, number: int) -> None:
     result = run_scenario(rig, number, CI)
     print(table([result]))
-    assert result.ok, f"scenario {number} ({result.title}), job {result.job_id}:\n{result.failures()}"
+    print(result.story())
+    assert result.ok, f"scenario {number} ({result.title}), job {result.job_id}:\n{result.failures()}\n{result.story()}"
     assert result.lost == result.duplicated == result.invented == 0

@@ -166,9 +166,16 @@ class Aggregator:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self) -> None:
+        self.spawn()
+        self.wait_ready()
+
+    def spawn(self) -> None:
         self.proc = self.procs.spawn(
             [sys.executable, "-m", "aggregator.cli", "serve", "--host", "127.0.0.1", "--port", str(self.port)],
             env=self.env, log=self.log, cwd=ROOT)
+
+    def wait_ready(self) -> None:
+        assert self.proc is not None
         deadline = time.monotonic() + START_TIMEOUT
         while not http_ok(self.url + "/healthz"):
             if self.proc.poll() is not None or time.monotonic() > deadline:

@@ -60,7 +60,7 @@ class Size:
 
 FULL = Size("full", setup_lines=20_000, export_lines=100_000, rate=10_000, backlog_lines=200_000,
             outage_seconds=10.0, huge_bytes=20 * 1024 * 1024, unreachable_grace=10.0)
-CI = Size("ci", setup_lines=2_000, export_lines=6_000, rate=3_000, backlog_lines=20_000,
+CI = Size("ci", setup_lines=1_000, export_lines=4_000, rate=2_000, backlog_lines=10_000,
           outage_seconds=3.0, huge_bytes=20 * 1024 * 1024, unreachable_grace=3.0)
 
 
@@ -85,6 +85,15 @@ class ScenarioResult:
     drain_seconds: float = 0.0
     seconds: float = 0.0
     checks: list[Check] = field(default_factory=list)
+    timeline: list[tuple[float, str]] = field(default_factory=list)
+    began: float = field(default_factory=time.monotonic)
+
+    def mark(self, what: str) -> None:
+        """Note when a step happened (seconds since the scenario began), for the report."""
+        self.timeline.append((time.monotonic() - self.began, what))
+
+    def story(self) -> str:
+        return " | ".join(f"{t:.1f}s {what}" for t, what in self.timeline)
 
     @property
     def ok(self) -> bool:
@@ -121,6 +130,7 @@ class Job:
         self.export_started = threading.Event()
         self.export_body: Callable[[Pod], None] = self.default_export
         self.paused: set[str] = set()
+        self.mark: Callable[[str], None] = lambda what: None
 
     def record(self, name: str) -> Path:
         return self.work / f"{name}.record"
@@ -128,6 +138,7 @@ class Job:
     # -- the pods' containers ------------------------------------------------------------------
     def setup_body(self, pod: Pod) -> None:
         pod.run_container("get-blastdb", makeblastdb_argv(self.inputs))
+        self.mark("database made")
         self.db_ready.set()
         rec = self.record("import-query-batches")
         pod.run_container("import-query-batches",
@@ -141,8 +152,10 @@ class Job:
     def blast0_body(self, pod: Pod) -> None:
         self.db_ready.wait()
         pod.run_container("blast", blastn_argv(self.inputs))
+        self.mark("results-export starts")
         self.export_started.set()
         self.export_body(pod)
+        self.mark("results-export ended")
 
     def blast1_body(self, pod: Pod) -> None:
         self.export_started.wait()
@@ -155,7 +168,10 @@ class Job:
     # -- the job's life ------------------------------------------------------------------------
     def start_shippers(self, grace: dict[str, float] | None = None) -> None:
         for p in self.pods:
-            p.start_shipper((grace or {}).get(p.name))
+            p.spawn_shipper((grace or {}).get(p.name))
+        for p in self.pods:
+            p.wait_shipper_ready()
+        self.mark("sidecars up")
 
     def run_pods(self, during: Callable[[Job], None] | None = None,
                  pods: list[tuple[Pod, Callable[[Pod], None]]] | None = None) -> None:
@@ -171,6 +187,7 @@ class Job:
             self.export_started.set()
             for t in threads:
                 t.join_checked()
+            self.mark("pods done")
 
     def terminate(self, pods: list[Pod] | None = None) -> dict[str, Drain]:
         """SIGTERM every sidecar at once (a paused one is continued right after), wait for the drains."""
@@ -189,13 +206,19 @@ class Job:
             return p.terminate_shipper()
 
         with concurrent.futures.ThreadPoolExecutor(len(chosen)) as pool:
-            return dict(zip([p.name for p in chosen], pool.map(one, chosen), strict=True))
+            drains = dict(zip([p.name for p in chosen], pool.map(one, chosen), strict=True))
+        self.mark("sidecars drained")
+        return drains
 
     def finalize(self, replica: int = 1, wait: float = FINALIZE_WAIT) -> FinalizeResult:
-        return self.rig.finalize(replica, self.job_id, wait)
+        fin = self.rig.finalize(replica, self.job_id, wait)
+        self.mark(f"finalize on replica {replica}: {fin.status}")
+        return fin
 
     def artifacts(self) -> Artifacts:
-        return read_artifacts(self.rig.storage(), self.job_id)
+        arts = read_artifacts(self.rig.storage(), self.job_id)
+        self.mark(f"read {len(arts.raw)} artifacts")
+        return arts
 
 
 # -- verification ---------------------------------------------------------------------------------
@@ -292,8 +315,13 @@ def check_drains(res: ScenarioResult, drains: dict[str, Drain]) -> None:
     res.drain_seconds = max((d.seconds for d in drains.values()), default=0.0)
 
 
-def finish_clean(job: Job, res: ScenarioResult, drains: dict[str, Drain], *, replica: int = 1) -> dict[str, Any]:
-    """The usual end: shippers drained, one finalize, everything accounted; the summary's body."""
+def finish_clean(job: Job, res: ScenarioResult, drains: dict[str, Drain], *, replica: int = 1,
+                 blast_error: bool = True) -> dict[str, Any]:
+    """The usual end: shippers drained, one finalize, everything accounted; the summary's body.
+
+    `blast_error=False` where the fault reorders the running phase's streams (a stream's order is its
+    first line's read time, and a restarted or paused sidecar reads late), so the failing BLAST pod's
+    block need not be in last_output's tail."""
     check_drains(res, drains)
     fin = job.finalize(replica)
     if not res.check("finalize answered 200", fin.ok, f"{fin.status} {fin.error}"):
@@ -303,23 +331,22 @@ def finish_clean(job: Job, res: ScenarioResult, drains: dict[str, Drain], *, rep
     account(job, res, arts, set())
     check_summary(job, res, body)
     check_logwrap_records(job, res)
-    check_blast_error(job, res, body)
+    if blast_error:
+        check_blast_error(job, res, body)
     return body
 
 
 def fresh_copy_matches(job: Job, res: ScenarioResult) -> None:
     """One late finalize over a fresh copy of the staged batches gives the same artifacts, byte for byte."""
     rig = job.rig
-    fresh = "fresh" + uuid.uuid4().hex[:16]
+    agg, fresh = rig.spare()
+    job.mark("spare replica up")
     copied = copy_staging(rig.storage(), rig.storage(fresh), job.job_id)
-    agg = rig.spare_aggregator(fresh)
-    try:
-        fin = finalize_sync(agg.url, ADMIN_TOKEN, job.job_id, wait_seconds=5.0, timeout=120)
-    finally:
-        agg.stop()
+    job.mark(f"copied {copied} staged objects")
+    fin = finalize_sync(agg.url, ADMIN_TOKEN, job.job_id, wait_seconds=5.0, timeout=120)
+    job.mark(f"finalize on the fresh copy: {fin.status}")
     ours = job.artifacts().raw
     theirs = read_artifacts(rig.storage(fresh), job.job_id).raw
-    rig.storage(fresh).delete_container()
     differ = sorted(k for k in set(ours) | set(theirs) if ours.get(k) != theirs.get(k))
     res.check("same artifacts as one late finalize on a fresh copy (bytes)", fin.ok and not differ and bool(ours),
               f"copied {copied} staged objects; finalize {fin.status} {fin.error}; "
@@ -342,22 +369,26 @@ def s1_clean(job: Job, res: ScenarioResult) -> None:
 
 def s2_shipper_kill(job: Job, res: ScenarioResult) -> None:
     def during(j: Job) -> None:
-        wait_into_export(j, 0.35)
+        wait_into_export(j, 0.25)
         j.blast0.kill_shipper()
-        time.sleep(j.size.export_seconds * 0.15)
-        still = not j.record("rx0").exists() or len(split_log(j.record("rx0").read_bytes())) < j.size.export_lines
-        res.check("writer still appending when the shipper restarts", still)
-        j.blast0.start_shipper()
+        j.mark("shipper killed")
+        j.blast0.start_shipper()  # the new sidecar's start-up is the outage: the writer goes on meanwhile
+        j.mark("shipper restarted")
+        rec = j.record("rx0")
+        appended = len(split_log(rec.read_bytes())) if rec.exists() else 0
+        res.check("writer still appending when the restarted shipper is up", appended < j.size.export_lines,
+                  f"{appended} of {j.size.export_lines} lines written by then")
 
     job.start_shippers()
     job.run_pods(during)
-    finish_clean(job, res, job.terminate())
+    finish_clean(job, res, job.terminate(), blast_error=False)
 
 
 def s3_aggregator_kill(job: Job, res: ScenarioResult) -> None:
     def during(j: Job) -> None:
         wait_into_export(j, 0.3)
         j.rig.aggregators[0].kill()
+        j.mark("replica 0 killed")
 
     job.start_shippers()
     job.run_pods(during)
@@ -368,8 +399,10 @@ def s4_azurite_outage(job: Job, res: ScenarioResult) -> None:
     def during(j: Job) -> None:
         wait_into_export(j, 0.2)
         j.rig.azurite.stop()
+        j.mark("Azurite stopped")
         time.sleep(j.size.outage_seconds)
         j.rig.azurite.start()
+        j.mark("Azurite started")
 
     job.start_shippers()
     job.run_pods(during)
@@ -393,7 +426,7 @@ def s5_backlog(job: Job, res: ScenarioResult) -> None:
     job.start_shippers()
     job.run_pods()
     drains = job.terminate()
-    finish_clean(job, res, drains)
+    finish_clean(job, res, drains, blast_error=False)
     res.drain_seconds = drains[job.blast0.name].seconds
 
 
@@ -491,6 +524,7 @@ def s10_unreachable(job: Job, res: ScenarioResult) -> None:
         wait_into_export(j, 0.4)
         for agg in rig.aggregators:
             agg.kill()
+        j.mark("both replicas killed")
 
     job.export_started.clear()
     job.run_pods(during, pods=[(job.blast0, job.blast0_body)])
@@ -501,6 +535,7 @@ def s10_unreachable(job: Job, res: ScenarioResult) -> None:
               "not delivered" in drain.stderr_tail and "results-export" in drain.stderr_tail,
               drain.stderr_tail[-500:])
     rig.ensure_up()
+    job.mark("replicas restarted")
     fin = job.finalize(replica=0, wait=0.0)
     if not res.check("finalize answered 200", fin.ok, f"{fin.status} {fin.error}"):
         return
@@ -536,6 +571,7 @@ def run_scenario(rig: Rig, number: int, size: Size) -> ScenarioResult:
     began = time.monotonic()
     rig.ensure_up()
     job = Job(rig, size, number)
+    job.mark = res.mark
     res.job_id = job.job_id
     try:
         body(job, res)

@@ -23,7 +23,7 @@ from types import TracebackType
 from azure.storage.blob import ContainerClient
 
 from aggregator.client import FinalizeResult, finalize_sync, job_token
-from rig.procs import ROOT, Aggregator, Azurite, Processes, kill_group
+from rig.procs import ROOT, Aggregator, Azurite, Processes, free_port, http_ok, kill_group
 from rig.storage import container_client, ensure_container
 
 SECRET = "rig-secret-for-job-tokens"
@@ -56,6 +56,7 @@ class Rig:
             Aggregator(self.procs, self.aggregator_env(self.container), work / f"aggregator-{i}.log")
             for i in range(2)
         ]
+        self._spare: tuple[Aggregator, str] | None = None
 
     def aggregator_env(self, container: str) -> dict[str, str]:
         env = dict(os.environ)
@@ -86,18 +87,21 @@ class Rig:
         self.work.mkdir(parents=True, exist_ok=True)
         self.azurite.start()
         ensure_container(self.azurite.connection_string, self.container)
-        for agg in self.aggregators:
-            agg.start()
+        self.ensure_up()
 
     def ensure_up(self) -> None:
-        """Restart whatever a previous scenario left down."""
+        """Start whatever is down (a previous scenario's fault), the replicas side by side."""
         if not self.azurite.running:
             self.azurite.start()
-        for agg in self.aggregators:
-            if not agg.running:
-                agg.start()
+        down = [agg for agg in self.aggregators if not agg.running]
+        for agg in down:
+            agg.spawn()
+        for agg in down:
+            agg.wait_ready()
 
     def close(self) -> None:
+        if self._spare is not None:
+            self._spare[0].stop()
         for agg in self.aggregators:
             agg.stop()
         self.azurite.stop()
@@ -115,12 +119,18 @@ class Rig:
         return finalize_sync(self.aggregators[replica].url, ADMIN_TOKEN, job_id, wait_seconds=wait_seconds,
                              timeout=wait_seconds + 120)
 
-    def spare_aggregator(self, container: str) -> Aggregator:
-        """A third replica on another container (a fresh copy of a job's staging), started."""
-        ensure_container(self.azurite.connection_string, container)
-        agg = Aggregator(self.procs, self.aggregator_env(container), self.work / f"aggregator-{container}.log")
-        agg.start()
-        return agg
+    def spare(self) -> tuple[Aggregator, str]:
+        """A third replica on a container of its own, for finalizing fresh copies of jobs' staging;
+        started on first use and kept (jobs have distinct ids, so copies never meet)."""
+        if self._spare is None:
+            container = "fresh" + uuid.uuid4().hex[:16]
+            ensure_container(self.azurite.connection_string, container)
+            self._spare = (Aggregator(self.procs, self.aggregator_env(container),
+                                      self.work / "aggregator-spare.log"), container)
+        agg, container = self._spare
+        if not agg.running:
+            agg.start()
+        return agg, container
 
 
 @dataclass
@@ -144,6 +154,7 @@ class Pod:
     shipper_env: dict[str, str] = field(default_factory=dict)
     shipper: subprocess.Popen[bytes] | None = None
     shipper_runs: int = 0
+    health_port: int = 0
     expected: dict[str, Expected] = field(default_factory=dict)
     exit_codes: dict[str, int] = field(default_factory=dict)
 
@@ -164,7 +175,9 @@ class Pod:
             "BLAST_LOGS_PHASE": self.phase,
             # ... and what a host folder and a shared host need.
             "BLAST_LOGS_DIR": str(self.volume),
-            "BLAST_LOGS_METRICS_PORT": "0",
+            # Its own port on this shared host: the rig waits for /healthz, which answers only once
+            # the sidecar handles SIGTERM (bin/logwrap alone survives a restart, so it cannot tell).
+            "BLAST_LOGS_METRICS_PORT": str(self.health_port),
         })
         if grace is not None:
             env["BLAST_LOGS_GRACE"] = str(grace)
@@ -173,15 +186,24 @@ class Pod:
 
     def start_shipper(self, grace: float | None = None) -> None:
         """Start (or restart, over the same volume and checkpoints) the sidecar; wait for bin/logwrap."""
+        self.spawn_shipper(grace)
+        self.wait_shipper_ready()
+
+    def spawn_shipper(self, grace: float | None = None) -> None:
         self.volume.mkdir(parents=True, exist_ok=True)
         self.shipper_runs += 1
+        self.health_port = free_port()
         with open(self.shipper_log, "ab") as f:
             f.write(f"=== shipper run {self.shipper_runs} ===\n".encode())
         self.shipper = self.rig.procs.spawn([sys.executable, "-m", "shipper", "run"], env=self.env(grace),
                                             log=self.shipper_log, cwd=ROOT)
+
+    def wait_shipper_ready(self) -> None:
+        """What the injected spec's startup probe checks: bin/logwrap is in place."""
+        assert self.shipper is not None
         logwrap = self.volume / "bin" / "logwrap"
         deadline = time.monotonic() + STARTUP_TIMEOUT
-        while not os.access(logwrap, os.X_OK):
+        while not (os.access(logwrap, os.X_OK) and http_ok(f"http://127.0.0.1:{self.health_port}/healthz")):
             if self.shipper.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"shipper of {self.name} did not install logwrap: {self.tail_log()}")
             time.sleep(0.02)
