@@ -9,7 +9,6 @@ finalize and prints the phase summaries and where the artifacts are.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import signal
@@ -100,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
         "BLAST_LOGS_ADMIN_TOKEN": DEMO_ADMIN_TOKEN,
     })
     base.mkdir(parents=True)
-    agg_log = open(base / "aggregator.log", "wb")  # noqa: SIM115 - the child writes it
+    agg_log = open(base / "aggregator.log", "wb")
     agg = subprocess.Popen([sys.executable, "-m", "aggregator.cli", "serve", "--host", "127.0.0.1",
                             "--port", str(port)], env=env, stdout=agg_log, stderr=subprocess.STDOUT)
     shipper: subprocess.Popen[bytes] | None = None
@@ -123,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
             "BLAST_LOGS_PHASE": "running",
             "BLAST_LOGS_METRICS_PORT": "0",
         })
-        ship_log = open(base / "shipper.log", "wb")  # noqa: SIM115 - the child writes it
+        ship_log = open(base / "shipper.log", "wb")
         shipper = subprocess.Popen([sys.executable, "-m", "shipper", "run"], env=ship_env,
                                    stdout=ship_log, stderr=subprocess.STDOUT)
         wrap_env = dict(os.environ, BLAST_LOGS_DIR=str(volume))
@@ -146,8 +145,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"\n=== phase {phase}: {step['lines']} lines, {step['chunks']} chunks, "
                   f"truncated={step['truncated']} ===")
             print(step["last_output"])
-        print(f"\ndemo: artifacts are in {store / DEMO_JOB_ID / 'execution-steps'}")
-        print(json.dumps({"summary": str(store / DEMO_JOB_ID / "execution-steps" / "summary.json")}))
+        steps_dir = store / DEMO_JOB_ID / "execution-steps"
+        print(f"\ndemo: artifacts are in {steps_dir}/logs/<phase>/<n>.json, "
+              f"the summary in {steps_dir}/summary.json")
         return 0 if rc == 0 and body.get("complete") else 1
     finally:
         if shipper is not None and shipper.poll() is None:
