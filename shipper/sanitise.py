@@ -141,9 +141,10 @@ class Sanitiser:
         texts = joined_raw.decode("utf-8", "replace").split("\n")
         rendered: list[int] = []
         ends: list[int] | None = None
-        if _has_controls(joined_raw):
+        controls = control_positions(joined_raw)
+        if controls:
             ends = line_ends(raws)
-            for i in sorted({bisect_right(ends, m.start()) for m in _CONTROL_BYTES_RE.finditer(joined_raw)}):
+            for i in sorted({bisect_right(ends, pos) for pos in controls}):
                 texts[i] = render(texts[i])
                 rendered.append(i)
         if self._redactor is not None:
@@ -166,14 +167,23 @@ def _cap(text: str, limit: int, extra_chars: int) -> str:
     return cap_line(text, limit, extra_chars)
 
 
-_C0_AND_DEL: Final = bytes([*range(0x00, 0x09), *range(0x0B, 0x20), 0x7F])
+#: Maps C0 controls except tab and newline, and DEL, to 0; every other byte to 1.
+_C0_MAP: Final = bytes(0 if b < 0x09 or 0x0B <= b < 0x20 or b == 0x7F else 1 for b in range(256))
 _C1_UTF8_RE: Final = re.compile(rb"\xc2[\x80-\x9f]")
-#: In raw UTF-8, exactly the bytes that decode to what `_NEEDS_WORK_RE` finds (newline excluded).
-_CONTROL_BYTES_RE: Final = re.compile(rb"[\x00-\x08\x0b-\x1f\x7f]|\xc2[\x80-\x9f]")
 
 
-def _has_controls(data: bytes) -> bool:
-    """Whether UTF-8 `data` holds a control character other than tab and newline (C0, DEL, C1)."""
-    if len(data.translate(None, _C0_AND_DEL)) != len(data):
-        return True
-    return b"\xc2" in data and _C1_UTF8_RE.search(data) is not None
+def control_positions(data: bytes) -> list[int]:
+    """Offsets in UTF-8 `data` of control characters other than tab and newline (C0, DEL, C1).
+
+    One `translate` and a memchr per hit; C1 controls (U+0080-U+009F) are looked for only when
+    their lead byte occurs. Exactly the characters `_NEEDS_WORK_RE` finds once decoded.
+    """
+    mapped = data.translate(_C0_MAP)
+    found: list[int] = []
+    pos = mapped.find(0)
+    while pos >= 0:
+        found.append(pos)
+        pos = mapped.find(0, pos + 1)
+    if b"\xc2" in data:
+        found.extend(m.start() for m in _C1_UTF8_RE.finditer(data))
+    return found

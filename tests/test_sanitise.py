@@ -10,7 +10,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from blastlogs.protocol import MAX_LINE_CHARS, cut_marker
-from shipper.sanitise import Sanitiser, apply_carriage_returns, clean, decode, render, strip_controls
+from shipper.sanitise import (
+    Sanitiser,
+    apply_carriage_returns,
+    clean,
+    control_positions,
+    decode,
+    render,
+    strip_controls,
+)
 
 DATA = Path(__file__).parent / "data"
 ORDINARY = sorted((DATA / "ordinary").glob("*.log"))
@@ -300,3 +308,18 @@ def test_counters_accumulate_across_calls() -> None:
     s.line(b"z" * 5000)
     assert s.redactions == {"password": 2, "aws_access_key_id": 1}
     assert s.truncated == 2
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.binary(max_size=64).map(lambda b: b.replace(b"\n", b"")))
+def test_control_bytes_found_exactly_where_decoded_text_has_controls(raw: bytes) -> None:
+    text = decode(raw)
+    assert bool(control_positions(raw)) == (clean(text) != text or any(c in text for c in "\x1b\r\x08"))
+    assert Sanitiser(redact=False).lines([raw, raw]) == [Sanitiser(redact=False).line(raw)] * 2
+
+
+def test_rendered_lines_are_control_free() -> None:
+    s = Sanitiser()
+    raws = [bytes([b]) + b"x" for b in range(256) if b != 0x0A] + ["\u0085y".encode(), "\u009bz".encode()]
+    for text in s.lines(raws):
+        assert text.isprintable() or "\t" in text, repr(text)
