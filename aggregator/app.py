@@ -52,9 +52,9 @@ def make_app(config: AggregatorConfig, *, store: Store | None = None) -> web.App
     """The service. `store` (tests) replaces the one `config.store_url` names; the app closes it either way."""
     metrics = Metrics()
     runtime = Runtime()
-    # We inflate gzip bodies ourselves, with a cap on the inflated size.
+    # We inflate gzip bodies ourselves, with a cap on the inflated size; idle connections are closed.
     app = web.Application(middlewares=[_middleware(metrics, config.body_timeout)],
-                          handler_args={"auto_decompress": False})
+                          handler_args={"auto_decompress": False, "keepalive_timeout": config.idle_timeout})
     app[RUNTIME] = runtime
     app[METRICS] = metrics
     app[CONFIG] = config
@@ -146,8 +146,13 @@ def _middleware(metrics: Metrics, body_timeout: float) -> Middleware:
             log.exception("unhandled error", extra={"fields": {"method": request.method,
                                                               "route": _route(request)}})
             resp = error_response(500, "internal", "internal error")
-        if resp.status == 408:
-            resp.force_close()  # the rest of a trickled body is not worth reading
+        if resp.status == 408 and request.transport is not None:
+            # The rest of a trickled body is not worth reading: answer, then close at once (aiohttp would
+            # otherwise keep reading it for up to its lingering time).
+            resp.force_close()
+            await resp.prepare(request)
+            await resp.write_eof()
+            request.transport.close()
         route = _route(request)
         metrics.requests.labels(route, str(resp.status)).inc()
         level = logging.DEBUG if route in QUIET_ROUTES and resp.status < 400 else logging.INFO

@@ -35,6 +35,9 @@ DEFAULT_CHUNK_EVENTS = artifacts.DEFAULT_CHUNK_EVENTS
 #: A request's body must arrive within this many seconds of its headers, else 408 and the connection is
 #: closed: a client trickling its body cannot hold an ingest slot (or a connection) for long.
 DEFAULT_BODY_TIMEOUT = 30.0
+#: A connection with no request in progress (idle keep-alive, or headers still trickling in) is closed
+#: after this many seconds (aiohttp's `run_app` default; a bare AppRunner would wait an hour).
+DEFAULT_IDLE_TIMEOUT = 75.0
 #: Ingests being handled at once before new ones get 429; bounds memory at about this many MiB.
 DEFAULT_MAX_INFLIGHT_INGESTS = 64
 #: A finalize body's `wait_seconds` is capped here; without one, finalize does not wait.
@@ -83,6 +86,7 @@ class AggregatorConfig:
     chunk_events: int = DEFAULT_CHUNK_EVENTS
     max_inflight_ingests: int = DEFAULT_MAX_INFLIGHT_INGESTS
     body_timeout: float = DEFAULT_BODY_TIMEOUT
+    idle_timeout: float = DEFAULT_IDLE_TIMEOUT
     finalize_max_wait: float = DEFAULT_FINALIZE_MAX_WAIT
     poll_seconds: float = DEFAULT_POLL_SECONDS
     lock_ttl: float = DEFAULT_LOCK_TTL
@@ -122,6 +126,7 @@ class AggregatorConfig:
             chunk_events=_int(env, "CHUNK_EVENTS", DEFAULT_CHUNK_EVENTS, 1),
             max_inflight_ingests=_int(env, "MAX_INFLIGHT_INGESTS", DEFAULT_MAX_INFLIGHT_INGESTS, 1),
             body_timeout=_float(env, "BODY_TIMEOUT", DEFAULT_BODY_TIMEOUT, 0.1),
+            idle_timeout=_float(env, "IDLE_TIMEOUT", DEFAULT_IDLE_TIMEOUT, 0.1),
             finalize_max_wait=_float(env, "FINALIZE_MAX_WAIT", DEFAULT_FINALIZE_MAX_WAIT),
             poll_seconds=_float(env, "POLL_SECONDS", DEFAULT_POLL_SECONDS, 0.01),
             lock_ttl=_float(env, "LOCK_TTL", DEFAULT_LOCK_TTL, 1.0),

@@ -9,147 +9,35 @@ real ingest and finalize still work, and nothing was written outside the store's
 
 from __future__ import annotations
 
-import asyncio
 import gzip
-import logging
 import os
-import socket
-import threading
-import time
 import urllib.parse
 from collections.abc import Iterator
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
-from agg_helpers import JOB, POD, batch, events, make_config
-from aiohttp import web
-from conftest import TEST_ADMIN_TOKEN, TEST_SECRET, free_port
+from agg_helpers import JOB, POD, batch, events
+from conftest import TEST_ADMIN_TOKEN, TEST_SECRET
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from live_app import Answer, Live, exchange, request, serve_in_thread
 from test_openapi import batch_objects
 
-from aggregator.app import METRICS, make_app
 from aggregator.auth import job_token
 from aggregator.openapi import OPENAPI_PATH
 from blastlogs.protocol import FINALIZE_PATH, INGEST_PATH, valid_job_id
 
-#: Any single exchange answering later than this is a hang (the body deadline below is 2 s).
-REQUEST_TIMEOUT = 10.0
 FUZZ = settings(max_examples=int(os.environ.get("BLAST_LOGS_FUZZ_EXAMPLES", "250")), deadline=None,
                 suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 
 
-class _Errors(logging.Handler):
-    """Collects the app's ERROR records (an unhandled exception is logged at ERROR)."""
-
-    def __init__(self) -> None:
-        super().__init__(logging.ERROR)
-        self.records: list[logging.LogRecord] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.records.append(record)
-
-
-@dataclass
-class Live:
-    """The app on 127.0.0.1:port, served by its own event loop in a thread."""
-
-    port: int
-    app: web.Application
-    root: Path
-    store_root: Path
-    errors: _Errors
-    statuses: list[int] = field(default_factory=list)
-
-
 @pytest.fixture(scope="module")
 def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
-    root = tmp_path_factory.mktemp("fuzz")
-    store_root = root / "store"
-    config = make_config(store_url=f"file://{store_root}", finalize_max_wait=0.3, lock_wait=0.5,
-                         body_timeout=2.0, max_body_bytes=256 * 1024, max_events=50)
-    app = make_app(config)
-    errors = _Errors()
-    logging.getLogger("aggregator").addHandler(errors)
-    loop = asyncio.new_event_loop()
-    runner = web.AppRunner(app, access_log=None)
-    port = free_port()
-    started = threading.Event()
-
-    def serve() -> None:
-        asyncio.set_event_loop(loop)
-        loop.run_until_complete(runner.setup())
-        loop.run_until_complete(web.TCPSite(runner, "127.0.0.1", port).start())
-        started.set()
-        loop.run_forever()
-
-    thread = threading.Thread(target=serve, name="fuzz-aggregator", daemon=True)
-    thread.start()
-    assert started.wait(20), "the app did not start"
-    try:
-        yield Live(port, app, root, store_root, errors)
-    finally:
-        asyncio.run_coroutine_threadsafe(runner.cleanup(), loop).result(30)
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(10)
-        loop.close()
-        logging.getLogger("aggregator").removeHandler(errors)
-
-
-@dataclass
-class Answer:
-    status: int
-    headers: dict[str, str]
-    body: bytes
-
-
-def exchange(port: int, raw: bytes, timeout: float = REQUEST_TIMEOUT) -> Answer | None:
-    """Send raw request bytes; the parsed answer, or None when the server closed without one.
-
-    A socket timeout (no answer within `timeout`) propagates: that is a hang.
-    """
-    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
-        s.settimeout(timeout)
-        try:
-            s.sendall(raw)
-        except (BrokenPipeError, ConnectionResetError):
-            pass  # the server may refuse early (413) and close while we still send
-        data = b""
-        deadline = time.monotonic() + timeout
-        while True:
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"no complete answer within {timeout}s to {raw[:200]!r}")
-            try:
-                chunk = s.recv(65536)
-            except ConnectionResetError:
-                chunk = b""
-            if chunk:
-                data += chunk
-            head, sep, body = data.partition(b"\r\n\r\n")
-            if sep:
-                lines = head.decode("latin-1").split("\r\n")
-                status = int(lines[0].split(" ", 2)[1])
-                headers = {}
-                for line in lines[1:]:
-                    k, _, v = line.partition(":")
-                    headers[k.strip().lower()] = v.strip()
-                length = headers.get("content-length")
-                if length is not None and len(body) >= int(length):
-                    return Answer(status, headers, body[: int(length)])
-                if not chunk:
-                    return Answer(status, headers, body)
-            elif not chunk:
-                return None
-
-
-def request(method: str, path: str, headers: dict[str, str], body: bytes = b"") -> bytes:
-    """A well-framed HTTP/1.1 request (Content-Length always right) with arbitrary header values."""
-    lines = [f"{method} {path} HTTP/1.1", "Host: 127.0.0.1", "Connection: close", f"Content-Length: {len(body)}"]
-    lines += [f"{k}: {v}" for k, v in headers.items()]
-    return "\r\n".join(lines).encode("utf-8", "surrogateescape") + b"\r\n\r\n" + body
+    # A short finalize wait and body deadline keep every exchange quick; small limits are reached often.
+    with serve_in_thread(tmp_path_factory.mktemp("fuzz"), finalize_max_wait=0.3, lock_wait=0.5,
+                         body_timeout=2.0, max_body_bytes=256 * 1024, max_events=50) as app:
+        yield app
 
 
 def check(live: Live, raw: bytes, answer: Answer | None) -> None:
@@ -291,7 +179,7 @@ def test_fuzz_any_request(live: Live, raw: bytes) -> None:
 def test_service_is_healthy_after_fuzzing(live: Live) -> None:
     """Runs last in this module: the fuzzing left no 500, no unhandled error, no leak, no stray file."""
     assert live.statuses, "the fuzz tests did not run first"
-    text = live.app[METRICS].render()[0].decode()
+    text = live.metrics_text()
     assert 'status="500"' not in text
     assert "blast_logs_aggregator_ingests_in_flight 0.0" in text
     assert not live.errors.records, [r.getMessage() for r in live.errors.records]
