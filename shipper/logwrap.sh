@@ -154,14 +154,15 @@ cmd_pid=$!
 exec 3<&- 4>&-
 [ -z "$pending" ] || forward "$pending"
 
-# wait returns early (>128) when a trapped signal arrives: if CMD still exists (running or
-# not yet reaped), wait again for its real status.
+# wait returns early (>128) when a trapped signal arrives; waiting again gives CMD's real
+# status (dash and busybox sh remember it once collected; 127 would mean this shell forgot).
+status=
 while :; do
     got_signal=
     wait "$cmd_pid" 2>/dev/null
-    status=$?
+    rc=$?
+    [ -n "$status" ] && [ "$rc" -eq 127 ] || status=$rc
     [ -n "$got_signal" ] || break
-    kill -0 "$cmd_pid" 2>/dev/null || break
 done
 
 drain=${LOGWRAP_DRAIN_SECONDS:-5}
@@ -171,14 +172,17 @@ esac
 cmd_pid=
 trap 'drain_expired=1' USR1
 # The timer counts in 1s steps and is stopped with SIGKILL: a TERM could be lost while the
-# subshell starts, and a killed subshell leaves at most a 1s `sleep` behind.
+# subshell starts, and a killed subshell leaves at most a 1s `sleep` behind. It repeats its
+# signal each second, as one landing just before the `wait` below would go unnoticed.
 (
     i=0
     while [ "$i" -lt "$drain" ]; do
         sleep 1
         i=$((i + 1))
     done
-    kill -s USR1 $$
+    while kill -s USR1 $$; do
+        sleep 1
+    done
 ) </dev/null >/dev/null 2>&1 &
 timer_pid=$!
 while :; do

@@ -146,10 +146,11 @@ def test_sigterm_is_forwarded_to_a_command_that_traps_it(wrapper: Wrapper) -> No
     assert wrapper.exit_file("blast").read_text() == "7\n"
 
 
-def test_sigterm_kills_a_command_that_does_not_trap_it(wrapper: Wrapper) -> None:
-    code, out = _signal_when_ready(wrapper, signal.SIGTERM, "echo ready; exec sleep 30")
-    assert code == 128 + signal.SIGTERM
-    assert wrapper.exit_file("blast").read_text() == "143\n"
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP])
+def test_signal_kills_a_command_that_does_not_trap_it(wrapper: Wrapper, sig: signal.Signals) -> None:
+    code, out = _signal_when_ready(wrapper, sig, "echo ready; exec sleep 30")
+    assert code == 128 + sig
+    assert wrapper.exit_file("blast").read_text() == f"{128 + sig}\n"
     assert wrapper.log("blast") == out == b"ready\n"
 
 
