@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from shipper.batch import Batch, Dropped, Identity, encode_batch, encode_event, header_reserve, split_batch
+from shipper.batch import Batch, Dropped, Identity, encode_batch, encode_events, header_reserve, split_batch
 from shipper.checkpoints import Checkpoint, Checkpointer
 from shipper.client import AggregatorClient, Verdict
 from shipper.config import ShipperConfig
@@ -214,9 +214,9 @@ class Stream:
         b = self.builder
         max_events, budget = self.config.batch_max_events, self.event_budget
         limit = self.config.stream_budget_bytes
+        events = encode_events(offs, ts, texts)
         for i in range(n):
-            off, end = offs[i], ends[i]
-            event = encode_event(off, ts, texts[i])
+            off, end, event = offs[i], ends[i], events[i]
             if self.shipped >= limit:
                 self._ring_add(off, end - off, event)
                 continue

@@ -54,6 +54,7 @@ def test_batch_encoding_and_split() -> None:
     assert first.dropped == b.dropped and second.dropped is None and second.eof
     assert second.cursor == b.cursor and second.size == len(b.events[1]) + len(b.events[2]) + 1
     assert header_reserve(ident) < 400
+    assert orjson.loads(encode_event(5, 0.1, "é\u2028\x00\"")) == {"off": 5, "ts": 0.1, "line": "é\u2028\x00\""}
     empty = orjson.loads(encode_batch(ident, 0, Batch()))
     assert empty["events"] == [] and empty["dropped"] == {"lines": 0, "bytes": 0} and "exit_code" not in empty
     assert MAX_BATCH_BYTES - header_reserve(ident) > 1_000_000
