@@ -236,3 +236,13 @@ async def test_metrics_and_health(volume: Path, recorder: Recorder) -> None:
     finally:
         if shipper.proc.returncode is None:
             shipper.proc.kill()
+
+
+async def test_second_signal_exits_at_once(volume: Path) -> None:
+    (volume / "logs" / "blast.log").write_bytes(b"x\n")
+    shipper = await start_shipper(volume, ["http://127.0.0.1:9"], "--grace", "60")
+    await shipper.started()
+    shipper.signal(signal.SIGTERM)
+    await eventually(lambda: any(r.get("msg") == "draining" for r in shipper.log()), what="drain")
+    shipper.signal(signal.SIGTERM)
+    assert await shipper.wait(limit=20) == 128 + signal.SIGTERM
