@@ -245,21 +245,22 @@ def account(job: Job, res: ScenarioResult, arts: Artifacts, incomplete: set[tupl
         for container in pod.expected:
             known.add((pod.name, container))
             want = expected_lines(pod, container)
-            for i, phase in enumerate(feeds(container, pod.phase)):
-                got = arts.stream_lines(phase, pod.name, container)
-                c = compare_lines(want, got)
-                per_stream.append(c)
-                if i == 0:
-                    res.written += c.written
-                    res.stored += c.stored
-                missing_named = (pod.name, container) in incomplete
-                if missing_named:
-                    res.undelivered += c.lost
-                else:
-                    res.lost += c.lost
-                res.duplicated += c.duplicated
-                res.invented += c.invented
-                if not c.clean and not (missing_named and c.lost and not (c.duplicated or c.invented)):
+            counts = [compare_lines(want, arts.stream_lines(phase, pod.name, container))
+                      for phase in feeds(container, pod.phase)]
+            per_stream += counts
+            # A line counts once per stream: lost (or duplicated...) when it is so in any phase it feeds.
+            res.written += counts[0].written
+            res.stored += counts[0].stored
+            lost = max(c.lost for c in counts)
+            named = (pod.name, container) in incomplete
+            if named:
+                res.undelivered += lost
+            else:
+                res.lost += lost
+            res.duplicated += max(c.duplicated for c in counts)
+            res.invented += max(c.invented for c in counts)
+            for phase, c in zip(feeds(container, pod.phase), counts, strict=True):
+                if not c.clean and not (named and c.lost and not (c.duplicated or c.invented)):
                     details.append(f"{phase}/{pod.name}/{container}: {c}")
     foreign = [(phase, e["pod"], e["container"]) for phase, evs in arts.events.items() for e in evs
                if (e["pod"], e["container"]) not in known]
@@ -359,6 +360,18 @@ def wait_into_export(job: Job, fraction: float) -> None:
     """Block until blast-0's results-export has been writing for `fraction` of its planned time."""
     job.export_started.wait(timeout=300)
     time.sleep(job.size.export_seconds * fraction)
+
+
+def wait_staged(job: Job, pod: str, container: str, count: int, timeout: float = 30.0) -> int:
+    """Wait until the stream has `count` staged batches (its announcement and some lines), so a fault
+    that follows cuts it mid-stream; the count seen (the rig goes on after `timeout` regardless)."""
+    prefix = f"{job.job_id}/execution-steps/_staging/{pod}/{container}/"
+    deadline = time.monotonic() + timeout
+    while True:
+        seen = sum(1 for _ in job.rig.storage().list_blobs(name_starts_with=prefix))
+        if seen >= count or time.monotonic() > deadline:
+            return seen
+        time.sleep(0.05)
 
 
 def s1_clean(job: Job, res: ScenarioResult) -> None:
@@ -521,7 +534,9 @@ def s10_unreachable(job: Job, res: ScenarioResult) -> None:
     check_drains(res, job.terminate([job.setup, job.blast1]))
 
     def during(j: Job) -> None:
-        wait_into_export(j, 0.4)
+        wait_into_export(j, 0.2)
+        staged = wait_staged(j, j.blast0.name, "results-export", 2)
+        j.mark(f"{staged} batches of results-export staged")
         for agg in rig.aggregators:
             agg.kill()
         j.mark("both replicas killed")
