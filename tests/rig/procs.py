@@ -102,7 +102,8 @@ def stop(p: subprocess.Popen[bytes], timeout: float = STOP_TIMEOUT) -> int:
 def http_ok(url: str) -> bool:
     try:
         with urllib.request.urlopen(url, timeout=1) as r:
-            return 200 <= r.status < 300
+            status: int = r.status
+            return 200 <= status < 300
     except (urllib.error.URLError, OSError):
         return False
 
