@@ -84,7 +84,8 @@ def cap_line(line: str, limit: int = MAX_LINE_CHARS, extra_chars: int = 0) -> st
     total = len(line) + extra_chars
     if total <= limit:
         return line
-    keep = kept_chars(total, limit)
+    # The held text may be shorter than the cap allows (the reader kept only a prefix).
+    keep = min(kept_chars(total, limit), len(line))
     return line[:keep] + cut_marker(total - keep)
 
 

@@ -17,7 +17,7 @@ from bisect import bisect_right
 from collections import Counter
 from typing import Final
 
-from blastlogs.protocol import MAX_LINE_CHARS, cap_line, cut_marker, kept_chars
+from blastlogs.protocol import MAX_LINE_CHARS, cap_line
 from shipper.redact import Redactor, line_ends
 
 # Escape sequences (ECMA-48), 7-bit and 8-bit forms. An unterminated string sequence (OSC, DCS,
@@ -127,7 +127,7 @@ class Sanitiser:
         if self._redactor is not None:
             text = self._redactor.redact(text)
         if len(text) + extra_chars > self.max_chars:
-            text = _cap(text, self.max_chars, extra_chars)
+            text = cap_line(text, self.max_chars, extra_chars)
             self.truncated += 1
         return text
 
@@ -156,15 +156,6 @@ class Sanitiser:
                     texts[i] = cap_line(t, limit)
                     self.truncated += 1
         return texts
-
-
-def _cap(text: str, limit: int, extra_chars: int) -> str:
-    """`cap_line`, except that a held prefix shorter than what the cap keeps is kept whole and the
-    marker counts exactly the characters that are missing (`cap_line` assumes the text is longer)."""
-    total = len(text) + extra_chars
-    if extra_chars and len(text) < kept_chars(total, limit):
-        return text + cut_marker(extra_chars)
-    return cap_line(text, limit, extra_chars)
 
 
 #: Maps C0 controls except tab and newline, and DEL, to 0; every other byte to 1.
