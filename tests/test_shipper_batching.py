@@ -1,0 +1,94 @@
+"""Batch boundaries of `blast-log-shipper run` (a real process against the recording stand-in).
+
+A file written before the shipper starts is read in one go, so every batch but the last is closed
+only because the next line did not fit: by event count, or by bytes (the body limit less the
+header reserve). The stream budget cuts after the line that reaches it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from itertools import pairwise
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from shipper_helpers import JOB_ID, POD, Recorder, eventually, start_shipper
+
+from shipper.batch import Identity, encode_event, header_reserve
+
+
+@pytest.fixture
+async def recorder() -> AsyncIterator[Recorder]:
+    rec = await Recorder().start()
+    yield rec
+    await rec.stop()
+
+
+@pytest.fixture
+def volume(tmp_path: Path) -> Path:
+    vol = tmp_path / "vol"
+    (vol / "logs").mkdir(parents=True)
+    return vol
+
+
+async def _ship(volume: Path, recorder: Recorder, lines: list[str], *args: str) -> list[dict[str, Any]]:
+    (volume / "logs" / "blast.log").write_bytes("".join(s + "\n" for s in lines).encode())
+    shipper = await start_shipper(volume, [recorder.url], *args)
+    try:
+        await eventually(lambda: recorder.lines("blast"), what="some lines")
+        await asyncio.sleep(0.3)
+        shipper.signal(signal.SIGTERM)
+        assert await shipper.wait() == 0
+    finally:
+        if shipper.proc.returncode is None:
+            shipper.proc.kill()
+    return [b for b in recorder.batches("blast") if b["events"]]
+
+
+def _sizes(batch: dict[str, Any]) -> list[int]:
+    return [len(encode_event(e["off"], e["ts"], e["line"])) for e in batch["events"]]
+
+
+async def test_batches_fill_up_to_the_event_count(volume: Path, recorder: Recorder) -> None:
+    lines = [f"l{i}" for i in range(100)]
+    batches = await _ship(volume, recorder, lines, "--batch-max-events", "7")
+    assert [len(b["events"]) for b in batches] == [7] * 14 + [2]
+    assert recorder.lines("blast") == lines
+
+
+async def test_batches_fill_up_to_the_byte_limit(volume: Path, recorder: Recorder) -> None:
+    lines = [f"{i:04d} " + "x" * (i * 37 % 300) + "é" * (i % 5) for i in range(400)]
+    max_bytes = 4000
+    budget = max_bytes - header_reserve(Identity(JOB_ID, POD, "blast", "running"))
+    batches = await _ship(volume, recorder, lines, "--batch-max-bytes", str(max_bytes))
+    assert recorder.lines("blast") == lines
+    for batch, after in pairwise(batches):
+        size = sum(_sizes(batch)) + len(batch["events"]) - 1
+        assert size <= budget
+        assert size + 1 + _sizes(after)[0] > budget  # closed only because the next did not fit
+    offs = [e["off"] for b in batches for e in b["events"]]
+    assert offs == [sum(len(s.encode()) + 1 for s in lines[:i]) for i in range(len(lines))]
+
+
+async def test_an_oversized_line_gets_a_batch_of_its_own(volume: Path, recorder: Recorder) -> None:
+    lines = ["a", "b", "y" * 3000, "c", "d"]
+    batches = await _ship(volume, recorder, lines, "--batch-max-bytes", "2000")
+    assert [[e["line"][:1] for e in b["events"]] for b in batches] == [["a", "b"], ["y"], ["c", "d"]]
+
+
+async def test_the_budget_cuts_after_the_line_that_reaches_it(volume: Path, recorder: Recorder) -> None:
+    lines = [f"line {i:05d}" for i in range(300)]  # 11 bytes each with the newline
+    batches = await _ship(volume, recorder, lines, "--stream-budget-bytes", "1000",
+                          "--tail-ring-bytes", "100000", "--batch-max-events", "40")
+    head = -(-1000 // 11)
+    shipped = [e["line"] for b in batches for e in b["events"]]
+    assert shipped == lines  # the ring held the rest and shipped it at drain
+    cut = [i for i, b in enumerate(batches) if b["dropped"]["lines"]]
+    assert cut == []  # nothing left the ring
+    sizes = [len(b["events"]) for b in batches]
+    assert sizes[:head // 40 + 1] == [40] * (head // 40) + [head % 40]
+    first_after_budget = next(i for i, b in enumerate(batches) if b["events"][0]["off"] >= head * 11)
+    assert sum(sizes[:first_after_budget]) == head
