@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from rig.accounting import compare_lines, split_log
 from rig.procs import azurite_binary
 from rig.scenarios import CI, SCENARIOS, run_scenario, table
 from rig.topology import Rig
@@ -31,3 +32,13 @@ def test_scenario(rig: Rig, number: int) -> None:
     print(result.story())
     assert result.ok, f"scenario {number} ({result.title}), job {result.job_id}:\n{result.failures()}\n{result.story()}"
     assert result.lost == result.duplicated == result.invented == 0
+
+
+def test_accounting_counts_loss_duplication_invention_and_markers() -> None:
+    written = ["a", "b", "", "", "c"]
+    assert compare_lines(written, written).clean
+    c = compare_lines(written, ["a", "a", "", "c", "zzz", "[... 2 lines omitted ...]"])
+    assert (c.lost, c.duplicated, c.invented, c.markers, c.marker_lines) == (2, 1, 1, 1, 2)
+    assert not compare_lines(written, ["b", "a", "", "", "c"]).in_order
+    assert split_log(b"x\n\ny") == ["x", "", "y"]
+    assert split_log(b"x\n") == ["x"]

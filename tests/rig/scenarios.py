@@ -130,6 +130,7 @@ class Job:
         self.export_started = threading.Event()
         self.export_body: Callable[[Pod], None] = self.default_export
         self.paused: set[str] = set()
+        self.last_artifacts: Artifacts | None = None
         self.mark: Callable[[str], None] = lambda what: None
 
     def record(self, name: str) -> Path:
@@ -329,6 +330,7 @@ def finish_clean(job: Job, res: ScenarioResult, drains: dict[str, Drain], *, rep
         return {}
     body = fin.body or {}
     arts = job.artifacts()
+    job.last_artifacts = arts
     account(job, res, arts, set())
     check_summary(job, res, body)
     check_logwrap_records(job, res)
@@ -378,6 +380,25 @@ def s1_clean(job: Job, res: ScenarioResult) -> None:
     job.start_shippers()
     job.run_pods()
     finish_clean(job, res, job.terminate())
+    if job.last_artifacts is not None:
+        control_check(job, res, job.last_artifacts)
+
+
+def control_check(job: Job, res: ScenarioResult, arts: Artifacts) -> None:
+    """The accounting is not blind: the stored events with one line removed, one repeated and one
+    foreign must count as 1 lost, 1 duplicated, 1 invented."""
+    events = {phase: list(evs) for phase, evs in arts.events.items()}
+    running = events["running"]
+    mine = [i for i, e in enumerate(running) if e["pod"] == job.blast0.name and e["container"] == "results-export"]
+    removed, repeated = mine[len(mine) // 3], mine[2 * len(mine) // 3]
+    running.insert(repeated, dict(running[repeated]))
+    running.insert(repeated, {**running[repeated], "line": "a line nobody wrote"})
+    del running[removed]
+    probe = ScenarioResult(0, "control")
+    account(job, probe, Artifacts(raw={}, events=events, summary=None, problems=[]), set())
+    res.check("control: the accounting counts a removed, a repeated and a foreign line",
+              (probe.lost, probe.duplicated, probe.invented) == (1, 1, 1),
+              f"lost {probe.lost}, duplicated {probe.duplicated}, invented {probe.invented}")
 
 
 def s2_shipper_kill(job: Job, res: ScenarioResult) -> None:
