@@ -7,7 +7,8 @@ so ordinary lines cost one C-level search. No pattern matches a newline, so many
 "\\n" redact exactly as they would one by one.
 
 Private key blocks span lines: `Redactor` keeps per-stream state and replaces every line from
-`-----BEGIN ... PRIVATE KEY-----` through the matching END line.
+`-----BEGIN ... PRIVATE KEY-----` through the matching END line, and the `value:` line that follows
+a Kubernetes env entry's secret-like `- name:` line.
 """
 
 from __future__ import annotations
@@ -179,7 +180,7 @@ PATTERNS: Final[tuple[SecretPattern, ...]] = (
     SecretPattern(
         "aws_secret_key",
         r"(?<![A-Za-z0-9])(?i:aws_?secret_?access_?key|aws_?secret_?key|secretaccesskey|aws_?session_?token"
-        r"|sessiontoken)[\"']?[ \t]*[:=][ \t]*" + _value(r"[A-Za-z0-9/+=]{16,}"),
+        r"|sessiontoken)[\"']?(?:[ \t]*[:=][ \t]*|[ \t]+)" + _value(r"[A-Za-z0-9/+=]{16,}"),
         _accept_value,
     ),
     SecretPattern("github_token", r"\b(?P<v>gh[pousr]_[A-Za-z0-9]{30,}|github_pat_[A-Za-z0-9_]{30,})"),
@@ -195,6 +196,17 @@ PATTERNS: Final[tuple[SecretPattern, ...]] = (
         r"\b[A-Za-z][A-Za-z0-9+.-]*://[^\s/?#@:\"'<>]*:(?P<v>[^\s/?#@\"'<>]+)@",
         _accept_value,
         _classify_userinfo,
+    ),
+    SecretPattern("google_api_key", r"\b(?P<v>AIza[0-9A-Za-z_-]{35})(?![0-9A-Za-z_-])"),
+    # docker/podman config.json: "auth": "<base64 of user:password>"
+    SecretPattern("registry_auth", r"[\"']auth[\"'][ \t]*:[ \t]*[\"'](?P<v>[A-Za-z0-9+/]{8,}={0,2})[\"']", _accept_value),
+    # openssl -passin/-passout/-pass pass:<password>
+    SecretPattern("password", r"(?<![A-Za-z0-9_-])-pass(?:in|out)?[ \t]+pass:" + _value(r"[^\s\"']+"), _accept_value),
+    # A short -p flag is a password only for login commands: sshpass -p '...', az/docker login ... -p ...
+    SecretPattern(
+        "password",
+        r"(?i:\bsshpass\b|\blogin\b)[^\n]*?[ \t]-p[ \t]+" + _value(r"[^\s\"'-][^\s\"']*"),
+        _accept_value,
     ),
     # --password hunter2, --client-secret=..., --account-key "..."
     SecretPattern(
@@ -231,7 +243,7 @@ PATTERNS: Final[tuple[SecretPattern, ...]] = (
 # holding none of them is left alone after a few C-level substring searches. Keep in step with
 # PATTERNS (tests/test_redact.py checks every sample secret trips it).
 #: Searched in the ASCII-lowercased text.
-NEEDLES_FOLDED: Final = ("pass", "pwd", "secret", "token", "key", "sig", "auth", "bearer", "slack")
+NEEDLES_FOLDED: Final = ("pass", "pwd", "secret", "token", "key", "sig", "auth", "bearer", "slack", "login")
 #: Searched in the text as it is (these prefixes are case-sensitive).
 NEEDLES_EXACT: Final = (
     "@",
@@ -245,9 +257,10 @@ NEEDLES_EXACT: Final = (
     "ghs_",
     "ghr_",
     "github_pat_",
+    "AIza",
 )
 _BYTES_FOLDED: Final = tuple(n.encode() for n in NEEDLES_FOLDED)
-_BYTES_EXACT: Final = (b"@", b"eyJ", b"xox")
+_BYTES_EXACT: Final = (b"@", b"eyJ", b"xox", b"AIza")
 _BYTES_AWS: Final = (b"AKIA", b"ASIA")  # only looked for when b"IA" occurs (never in sequences)
 _BYTES_GITHUB_RE: Final = re.compile(rb"gh[pousr]_|github_pat_")
 
@@ -305,6 +318,11 @@ def _compile(patterns: Sequence[SecretPattern]) -> _Compiled:
 
 _DEFAULT: Final = _compile(PATTERNS)
 
+#: A Kubernetes env entry names a secret on one line and holds it on the next:
+#: `- name: DB_PASSWORD` / `  value: "..."` (a pod spec printed with `kubectl get -o yaml`).
+_ENV_NAME_RE: Final = re.compile(rf"[ \t]*(?:-[ \t]+)?name:[ \t]*[\"']?{_KEY}[\"']?[ \t]*", re.ASCII)
+_ENV_VALUE_RE: Final = re.compile(r"[ \t]*value:[ \t]*" + _value(r"\S(?:[^\n]*\S)?") + r"[\"']?[ \t]*", re.ASCII)
+
 
 class Redactor:
     """Redacts one stream's lines in order; `counts` holds how many secrets of each kind it hid."""
@@ -313,6 +331,7 @@ class Redactor:
         self._c = _DEFAULT if patterns is None else _compile(patterns)
         self.counts: Counter[str] = Counter()
         self._pem_lines = -1  # lines seen inside an open PEM block; -1 when none is open
+        self._env_key = ""  # the secret-like env name the previous line declared, if any
 
     @property
     def in_private_key(self) -> bool:
@@ -322,7 +341,11 @@ class Redactor:
         """One line (no newline). Updates the PEM-block state and the counters."""
         if self._pem_lines >= 0:
             return self._inside_pem(text)
+        if self._env_key:
+            return self._env_value(text)
         if not might_hold_secret(text):
+            return text
+        if "name:" in text and self._env_name(text):
             return text
         if "PRIVATE KEY" in text:
             m = PEM_BEGIN_RE.search(text)
@@ -345,8 +368,10 @@ class Redactor:
             if ends is None:
                 ends = line_ends(raw.split(b"\n"))
             candidates.update(bisect_right(ends, pos) for pos in positions)
-        if self._pem_lines >= 0 or any("PRIVATE KEY" in texts[i] for i in candidates):
-            for i, t in enumerate(texts):  # PEM state must see every line, in order
+        if self._pem_lines >= 0 or self._env_key or any(
+            "PRIVATE KEY" in texts[i] or "name:" in texts[i] for i in candidates
+        ):
+            for i, t in enumerate(texts):  # PEM and env state must see every line, in order
                 texts[i] = self.redact(t)
             return texts
         sub, replace = self._c.regex.sub, self._replace
@@ -367,6 +392,20 @@ class Redactor:
             self._pem_lines = 0
             return head + marker(PEM_KIND)
         return head + marker(PEM_KIND) + self.redact(text[end.end() :])
+
+    def _env_name(self, text: str) -> bool:
+        m = _ENV_NAME_RE.fullmatch(text)
+        self._env_key = m.group("key") if m is not None else ""
+        return m is not None
+
+    def _env_value(self, text: str) -> str:
+        key, self._env_key = self._env_key, ""
+        m = _ENV_VALUE_RE.fullmatch(text)
+        if m is None or not _is_value(m.group("v")):
+            return self.redact(text)
+        kind = _classify_key(key, m.group("v"))
+        self.counts[kind] += 1
+        return text[: m.start("v")] + marker(kind) + text[m.end("v") :]
 
     def _inside_pem(self, text: str) -> str:
         end = PEM_END_RE.search(text)

@@ -257,6 +257,37 @@ CASES: list[tuple[str, str, dict[str, int]]] = [
         f"AWS_ACCESS_KEY_ID={R('aws_access_key_id')} AWS_SECRET_ACCESS_KEY={R('aws_secret_key')} token={R('github_token')}",
         {"aws_access_key_id": 1, "aws_secret_key": 1, "github_token": 1},
     ),
+    # Forms found missing by tests/test_redaction_corpus.py (added with the fix in shipper/redact.py).
+    (
+        "GET https://www.googleapis.com/storage/v1/b/elb/o?key=AIzaSyA1b2C3d4E5f6G7h8I9j0KlMnOpQrStUvW 403",
+        f"GET https://www.googleapis.com/storage/v1/b/elb/o?key={R('google_api_key')} 403",
+        {"google_api_key": 1},
+    ),
+    (
+        '{"auths": {"elbregistry.azurecr.io": {"auth": "ZWxiOmh1bnRlcjI="}}}',
+        f'{{"auths": {{"elbregistry.azurecr.io": {{"auth": "{R("registry_auth")}"}}}}}}',
+        {"registry_auth": 1},
+    ),
+    (
+        "+ sshpass -p 'hunter2x' scp results.tar.gz elb@10.0.0.5:/data/",
+        f"+ sshpass -p '{R('password')}' scp results.tar.gz elb@10.0.0.5:/data/",
+        {"password": 1},
+    ),
+    (
+        "+ az login --service-principal -u 0b9f0c4e -p s3cr3t.Value~1 --tenant 72f988bf",
+        f"+ az login --service-principal -u 0b9f0c4e -p {R('password')} --tenant 72f988bf",
+        {"password": 1},
+    ),
+    (
+        "+ openssl pkcs12 -export -in c.pem -passout pass:hunter2x -out c.pfx",
+        f"+ openssl pkcs12 -export -in c.pem -passout pass:{R('password')} -out c.pfx",
+        {"password": 1},
+    ),
+    (
+        f"+ aws configure set aws_secret_access_key {AWS_SECRET}",
+        f"+ aws configure set aws_secret_access_key {R('aws_secret_key')}",
+        {"aws_secret_key": 1},
+    ),
 ]
 
 
