@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import signal
-from itertools import pairwise
 from collections.abc import AsyncIterator
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
