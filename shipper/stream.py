@@ -16,8 +16,10 @@ import asyncio
 import contextlib
 import logging
 import time
+from bisect import bisect_left, bisect_right
 from collections import Counter, deque
 from dataclasses import dataclass
+from itertools import accumulate
 from pathlib import Path
 from typing import Protocol
 
@@ -29,6 +31,8 @@ from shipper.metrics import ShipperMetrics
 from shipper.reader import Chunk, Cursor, Generation, LineReader
 
 log = logging.getLogger("shipper.stream")
+
+_PLUS_ONE = (1).__add__
 
 
 class SanitiserLike(Protocol):
@@ -202,38 +206,56 @@ class Stream:
         return texts
 
     async def _take(self, chunk: Chunk) -> None:
-        """Sanitise a chunk's lines and put them into batches, or into the tail ring past the budget."""
+        """Sanitise a chunk's lines and put them into batches, or into the tail ring past the budget.
+
+        Whole runs of lines go into a batch at once: where the batch fills up (events, bytes) or
+        the stream budget is reached is found by bisecting running sums, not line by line.
+        """
         self.eof_acked = False
         texts = self._sanitise(chunk)
         offs, ts, n = chunk.offs, chunk.ts, len(chunk.offs)
         self.metrics.lines_read.labels(**self._labels).inc(n)
         self.metrics.bytes_read.labels(**self._labels).inc(chunk.end - offs[0])
+        events = encode_events(offs, ts, texts)
         ends = offs[1:]
         ends.append(chunk.end)
+        # sizes[k]: bytes of events[:k], each with one separator
+        sizes = list(accumulate(map(_PLUS_ONE, map(len, events)), initial=0))
         cur = chunk.cursor
-        b = self.builder
         max_events, budget = self.config.batch_max_events, self.event_budget
         limit = self.config.stream_budget_bytes
-        events = encode_events(offs, ts, texts)
-        for i in range(n):
-            off, end, event = offs[i], ends[i], events[i]
+        i = 0
+        while i < n:
             if self.shipped >= limit:
-                self._ring_add(off, end - off, event)
-                continue
-            if b.events and (len(b.events) >= max_events or b.size + len(event) + 1 > budget):
+                for k in range(i, n):
+                    self._ring_add(offs[k], ends[k] - offs[k], events[k])
+                return
+            b = self.builder
+            count = len(b.events)
+            first = 0 if count else 1  # no separator before a batch's first event
+            if count and (count >= max_events or b.size + sizes[i + 1] - sizes[i] > budget):
                 await self._flush()
-                b = self.builder
-            if not b.events:
+                continue
+            # the most events that fit: by count, by bytes (an empty batch takes one regardless)
+            j = min(n, i + max_events - count,
+                    max(bisect_right(sizes, budget - b.size + sizes[i] + first, i) - 1, i + first))
+            # the line that reaches the stream budget is the last one shipped
+            reach = bisect_left(ends, limit - self.shipped + offs[i], i, j)
+            if reach < j:
+                j = reach + 1
+            if not count:
                 b.first_ts = ts
-            b.add(off, event)
-            self.shipped += end - off
-            b.cursor = Cursor(cur.dev, cur.ino, end - cur.base, cur.base)
+            b.events.extend(events[i:j])
+            b.offs.extend(offs[i:j])
+            b.size += sizes[j] - sizes[i] - first
+            self.shipped += ends[j - 1] - offs[i]
+            b.cursor = Cursor(cur.dev, cur.ino, ends[j - 1] - cur.base, cur.base)
             b.shipped = self.shipped
+            i = j
             if self.shipped >= limit:
                 log.warning("stream budget reached; keeping only a tail from here",
-                            extra={"stream": self.name, "off": end, "budget": limit})
+                            extra={"stream": self.name, "off": ends[j - 1], "budget": limit})
                 await self._flush()
-                b = self.builder
 
     def _ring_add(self, off: int, size: int, event: bytes) -> None:
         self.ring.append((off, size, event))
