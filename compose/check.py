@@ -165,6 +165,8 @@ def run(s: Settings) -> Report:
     if summary is None:
         return report
     print(json.dumps(summary, indent=2, sort_keys=True))
+    for phase, step in sorted(summary.get("steps", {}).items()):
+        print(f"\n== {phase}: last_output, as the job page shows it\n{step.get('last_output', '')}\n")
     report.expect(all(r.body == summary for r in results), "every replica's finalize returns the same summary")
 
     report.expect(summary.get("complete") is True and not summary.get("incomplete_streams"),

@@ -30,12 +30,8 @@ export DOCKER_HOST="unix://$STATE/podman.sock"
 export CONTAINERS_CONF="$STATE/containers.conf"
 export CONTAINERS_STORAGE_CONF="$STATE/storage.conf"
 export TMPDIR="$STATE/tmp"
-# docker-compose.yml reads BASE_IMAGE, BLAST_BASE_IMAGE and AZURITE_IMAGE: the rig points all
-# three at images it builds locally (ensure_base, build_images).
-AZURITE_IMAGE=localhost/blast-logs-azurite:3.35.0
-export AZURITE_IMAGE
-# The job pod's containers, started by `up -d`; `check` runs afterwards on its own.
-POD_SERVICES=(azurite aggregator-1 aggregator-2 shipper blast)
+# docker-compose.yml reads BASE_IMAGE (Python images) and BLAST_BASE_IMAGE (Debian images): the
+# rig points both at the base it builds locally (ensure_base).
 POD_TIMEOUT="${BLAST_LOGS_RIG_POD_TIMEOUT:-300}"
 
 COMPOSE=(docker-compose --ansi never -f "$ROOT/docker-compose.yml")
@@ -55,7 +51,7 @@ timed() {
   log "$name"
   "$@"
   t1=$(date +%s.%N)
-  TIMINGS+=("$(awk -v n="$name" -v a="$t0" -v b="$t1" 'BEGIN {printf "%-22s %6.1f s", n, b - a}')")
+  TIMINGS+=("$(awk -v n="$name" -v a="$t0" -v b="$t1" 'BEGIN {printf "%-26s %6.1f s", n, b - a}')")
 }
 
 print_timings() {
@@ -64,7 +60,7 @@ print_timings() {
   printf '== rig: timings\n' >&2
   local t
   for t in "${TIMINGS[@]}"; do printf '   %s\n' "$t" >&2; done
-  printf '   %-22s %6.1f s\n' "total" "$total" >&2
+  printf '   %-26s %6.1f s\n' "total" "$total" >&2
 }
 
 # ---------------------------------------------------------------------------------------------
@@ -213,10 +209,26 @@ build_wheelhouse() {
   if [ ! -x .venv/bin/pip ]; then
     BLAST_LOGS_NO_AZURITE=1 source "$ROOT/scripts/bootstrap.sh"
   fi
+  local pip=(.venv/bin/pip wheel -q --disable-pip-version-check) deps
+  # The dependencies' wheels (the Azure extra's too: the aggregator image installs them) are kept
+  # in the state folder while pyproject.toml stays the same; the project's own wheel is fresh.
+  deps="$STATE/wheels/deps-$(sha256sum pyproject.toml | cut -c1-16)"
+  if [ ! -f "$deps/.complete" ]; then
+    rm -rf "$STATE/wheels"
+    mkdir -p "$deps"
+    "${pip[@]}" -w "$deps" '.[azure]' >"$STATE/logs/wheels.log" 2>&1 ||
+      { tail -30 "$STATE/logs/wheels.log" >&2; die "pip wheel failed"; }
+    rm -f "$deps"/blast_logs-*.whl
+    touch "$deps/.complete"
+  fi
   rm -rf wheelhouse
-  # The project and its dependencies, the Azure extra's too (the aggregator image installs them).
-  .venv/bin/pip wheel -q --disable-pip-version-check -w wheelhouse '.[azure]' >"$STATE/logs/wheels.log" 2>&1 ||
-    { tail -30 "$STATE/logs/wheels.log" >&2; die "pip wheel failed"; }
+  mkdir wheelhouse
+  cp "$deps"/*.whl wheelhouse/
+  # A fixed timestamp makes the wheel's bytes depend on the sources alone, so unchanged sources
+  # keep the image layers that install it cached.
+  SOURCE_DATE_EPOCH="$(git log -1 --format=%ct 2>/dev/null || echo 315532800)" \
+    "${pip[@]}" --no-deps -w wheelhouse . >"$STATE/logs/wheels.log" 2>&1 ||
+    { tail -30 "$STATE/logs/wheels.log" >&2; die "pip wheel of the project failed"; }
   log "wheelhouse: $(find wheelhouse -name '*.whl' | wc -l) wheels"
 }
 
@@ -231,11 +243,35 @@ stage_azurite() {
 # ---------------------------------------------------------------------------------------------
 # Stage: images and the stack.
 
+# One service per image: the aggregator image serves four services, and compose would build it
+# four times over. Prints "SERVICE IMAGE" lines.
+unique_builds() {
+  "${COMPOSE[@]}" config | .venv/bin/python -c '
+import sys
+from ruamel.yaml import YAML
+services = YAML(typ="safe").load(sys.stdin)["services"]
+first = {}
+for name, svc in services.items():
+    if "build" in svc:
+        first.setdefault(svc.get("image", name), name)
+for image, name in first.items():
+    print(name, image)
+'
+}
+
 build_images() {
-  podman build -q --build-arg "BASE_IMAGE=$BASE_IMAGE" -t "$AZURITE_IMAGE" "$ROOT/compose/azurite" \
-    >"$STATE/logs/build-azurite.log" 2>&1 ||
-    { tail -40 "$STATE/logs/build-azurite.log" >&2; die "Azurite image build failed"; }
-  "${COMPOSE[@]}" build >"$STATE/logs/build.log" 2>&1 ||
+  local name image compose_builds=()
+  while read -r name image; do
+    if [ "$name" = azurite ]; then
+      # podman's own build: compose's context upload of Azurite's 21,000 files costs ~40 s more.
+      podman build -q --build-arg "BASE_IMAGE=$BLAST_BASE_IMAGE" -t "docker.io/library/$image" \
+        "$ROOT/compose/azurite" >"$STATE/logs/build-azurite.log" 2>&1 ||
+        { tail -40 "$STATE/logs/build-azurite.log" >&2; die "the Azurite image build failed"; }
+    else
+      compose_builds+=("$name")
+    fi
+  done < <(unique_builds)
+  "${COMPOSE[@]}" build "${compose_builds[@]}" >"$STATE/logs/build.log" 2>&1 ||
     { tail -40 "$STATE/logs/build.log" >&2; die "docker-compose build failed (log: $STATE/logs/build.log)"; }
 }
 
@@ -251,12 +287,37 @@ wait_exit() {
 }
 
 # ---------------------------------------------------------------------------------------------
-# Stage: the job pod runs; its containers end; the sidecar gets SIGTERM as the kubelet sends it.
+# Stage: the service side comes up and is ready, as it is long before any job in production;
+# then the job pod runs and its containers end.
+
+SERVICES=(azurite aggregator-1 aggregator-2)
+READY_TIMEOUT=120
+
+start_services() {
+  STARTED_STACK=1
+  "${COMPOSE[@]}" up -d "${SERVICES[@]}" >"$STATE/logs/up.log" 2>&1 ||
+    { cat "$STATE/logs/up.log" >&2; die "docker-compose up failed"; }
+  local svc ip deadline=$((SECONDS + READY_TIMEOUT))
+  for svc in aggregator-1 aggregator-2; do
+    # /readyz answers 200 once the aggregator reaches its store (Azurite). Asked from the host on
+    # the container's bridge address: `exec` sessions leave a conmon behind for minutes.
+    ip=$(podman inspect -f '{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}' "$(container_of "$svc")")
+    until curl -sf -o /dev/null --max-time 2 "http://$ip:8080/readyz"; do
+      [ "$SECONDS" -lt "$deadline" ] || { dump_logs; die "$svc ($ip) not ready within $READY_TIMEOUT s"; }
+      sleep 0.2
+    done
+  done
+}
 
 run_pod() {
-  STARTED_STACK=1
-  "${COMPOSE[@]}" up -d "${POD_SERVICES[@]}" >"$STATE/logs/up.log" 2>&1 ||
-    { cat "$STATE/logs/up.log" >&2; die "docker-compose up failed"; }
+  local pod=() svc
+  # Every other service but the check: the pod's set-up, the sidecar, BLAST. (Not
+  # `up --exit-code-from check`: it stops everything as soon as the first one-shot container ends.)
+  for svc in $("${COMPOSE[@]}" config --services); do
+    case " ${SERVICES[*]} check " in *" $svc "*) ;; *) pod+=("$svc") ;; esac
+  done
+  "${COMPOSE[@]}" up -d --no-deps "${pod[@]}" >>"$STATE/logs/up.log" 2>&1 ||
+    { cat "$STATE/logs/up.log" >&2; die "docker-compose up of the pod (${pod[*]}) failed"; }
 }
 
 end_pod() {
@@ -264,9 +325,9 @@ end_pod() {
   blast_rc=$(wait_exit blast "$POD_TIMEOUT")
   log "blast ended with exit code $blast_rc"
   [ "$blast_rc" = 1 ] || { dump_logs; die "blast's exit code is $blast_rc, 1 expected (its last run has a bad option)"; }
-  # The kubelet's SIGTERM to a native sidecar once the pod's containers have ended. The shipper's
-  # entrypoint also sends it to itself when it sees blast.exit; one signal or two, it drains once.
-  "${COMPOSE[@]}" kill -s SIGTERM shipper >/dev/null 2>&1 || true
+  # The sidecar's entrypoint in docker-compose.yml sends the shipper SIGTERM once logs/blast.exit
+  # appears, as the kubelet does once a pod's containers have ended. Exactly one SIGTERM: a
+  # second one tells the shipper to stop draining, so the rig sends none of its own.
   shipper_rc=$(wait_exit shipper 120)
   log "shipper ended with exit code $shipper_rc"
   [ "$shipper_rc" = 0 ] || { dump_logs; die "the shipper's exit code is $shipper_rc, 0 expected after draining"; }
@@ -320,7 +381,7 @@ teardown() {
       t0=$(date +%s.%N)
       "${COMPOSE[@]}" down -v -t 1 --remove-orphans >"$STATE/logs/down.log" 2>&1
       down_rc=$?
-      TIMINGS+=("$(awk -v a="$t0" -v b="$(date +%s.%N)" 'BEGIN {printf "%-22s %6.1f s", "down -v", b - a}')")
+      TIMINGS+=("$(awk -v a="$t0" -v b="$(date +%s.%N)" 'BEGIN {printf "%-26s %6.1f s", "down -v", b - a}')")
       if [ "$down_rc" -ne 0 ]; then
         cat "$STATE/logs/down.log" >&2
         log "FAILED: docker-compose down -v (exit $down_rc)"
@@ -365,7 +426,8 @@ main() {
   timed "wheelhouse" build_wheelhouse
   timed "azurite (npm)" stage_azurite
   timed "build images" build_images
-  timed "up (pod starts)" run_pod
+  timed "up: azurite, aggregators" start_services
+  timed "up: the job pod" run_pod
   timed "pod runs and ends" end_pod
   timed "check" run_check
 }
