@@ -111,6 +111,9 @@ class Stream:
         self._truncated = 0
         self._queued_bytes = 0
         self._labels = {"container": container}
+        self._cp_next: Checkpoint | None = None
+        self._cp_written: Checkpoint | None = None
+        self._cp_writer: asyncio.Task[None] | None = None
 
     @property
     def capped(self) -> bool:
@@ -123,10 +126,15 @@ class Stream:
         try:
             await self._produce()
             await sender
+            await self._checkpoints_written()
         finally:
             sender.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await sender
+            if self._cp_writer is not None and not self._cp_writer.done():
+                self._cp_writer.cancel()  # the write in its thread still completes, whole
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self._cp_writer
             self.reader.close()
 
     async def _wait(self, seconds: float) -> None:
@@ -404,7 +412,9 @@ class Stream:
         cur = batch.cursor
         cp = Checkpoint(self.container, cur.dev, cur.ino, cur.pos, cur.base, self.seq + 1,
                         batch.shipped, eof=batch.eof)
-        await asyncio.to_thread(self.checkpointer.save, cp)
+        self._checkpoint(cp)
+        if batch.eof:
+            await self._checkpoints_written()
         self.seq += 1
         self.acked_off = cur.off
         self.eof_acked = batch.eof
@@ -418,6 +428,29 @@ class Stream:
         if batch.eof:
             log.info("stream complete", extra={"stream": self.name, "off": cur.off, "seq": self.seq - 1,
                                                "exit_code": batch.exit_code})
+
+    def _checkpoint(self, cp: Checkpoint) -> None:
+        """Have `cp` written soon, without holding up the next send (an fsync takes milliseconds).
+
+        One writer at a time, always the newest acknowledged checkpoint, so the file never goes
+        back; it may lag the acknowledgements by a write, which a restart only re-sends.
+        """
+        self._cp_next = cp
+        writer = self._cp_writer
+        if writer is None or writer.done():
+            if writer is not None:
+                writer.result()  # a failed write fails the stream, as it did before
+            self._cp_writer = asyncio.create_task(self._write_checkpoints(), name=f"checkpoint {self.container}")
+
+    async def _write_checkpoints(self) -> None:
+        while self._cp_written is not self._cp_next and self._cp_next is not None:
+            cp = self._cp_next
+            await asyncio.to_thread(self.checkpointer.save, cp)
+            self._cp_written = cp
+
+    async def _checkpoints_written(self) -> None:
+        if self._cp_writer is not None:
+            await self._cp_writer
 
     def _update_lag(self) -> None:
         if self.reader.fd < 0:
