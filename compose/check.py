@@ -25,7 +25,7 @@ from typing import Any
 
 from azure.storage.blob import ContainerClient
 
-from aggregator.client import finalize_sync
+from aggregator.client import FinalizeResult, finalize_sync
 
 DEFAULT_EXPECT_ERROR = 'Error: Unknown argument: "no_such_option"'
 DEFAULT_EXPECT_EXIT = 1
@@ -144,6 +144,16 @@ def compare_lines(written: list[str], stored: list[str]) -> tuple[int, int]:
     return missing, extra
 
 
+def first_finalize(s: Settings, base: str, deadline: float) -> FinalizeResult:
+    """Finalize once the job's first batch is stored: a 404 (nothing stored yet) means the sidecar
+    has not delivered anything so far, as when the whole stack starts at once; ask again."""
+    while True:
+        result = finalize_sync(base, s.admin_token, s.job_id, wait_seconds=FINALIZE_WAIT_SECONDS)
+        if result.status != 404 or time.monotonic() >= deadline:
+            return result
+        time.sleep(1.0)
+
+
 def run(s: Settings) -> Report:
     report = Report()
     deadline = time.monotonic() + s.timeout
@@ -157,8 +167,9 @@ def run(s: Settings) -> Report:
         report.expect(health == ready == 200, f"{base} healthy: /healthz {health}, /readyz {ready}")
 
     # Finalize on the last replica, then on the first: replicas are stateless, the summary is the same.
-    results = [finalize_sync(base, s.admin_token, s.job_id, wait_seconds=FINALIZE_WAIT_SECONDS)
-               for base in reversed(s.aggregators)]
+    results = [first_finalize(s, s.aggregators[-1], deadline)]
+    results += [finalize_sync(base, s.admin_token, s.job_id, wait_seconds=FINALIZE_WAIT_SECONDS)
+                for base in reversed(s.aggregators[:-1])]
     for base, result in zip(reversed(s.aggregators), results, strict=True):
         report.expect(result.ok, f"finalize on {base}: {result.status} {result.error or ''}".rstrip())
     summary = results[0].body if results[0].ok else None
