@@ -1,0 +1,93 @@
+"""The compose rig's pieces that run without podman: the script's syntax and podman config rendering,
+and the check's line accounting. The rig itself runs as `scripts/compose-rig.sh` (minutes, root)."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import resource
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+SCRIPT = ROOT / "scripts" / "compose-rig.sh"
+
+
+def load_check() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("compose_check", ROOT / "compose" / "check.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+check = load_check()
+
+
+def test_script_parses() -> None:
+    proc = subprocess.run(["bash", "-n", str(SCRIPT)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_podman_config_renders_within_the_hard_limits_and_only_once(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    env = {**os.environ, "BLAST_LOGS_RIG_STATE": str(state)}
+    prog = (f'source "{SCRIPT}"; mkdir -p "$STATE"; '
+            'render compose/podman/containers.conf.in "$CONTAINERS_CONF"; '
+            'render compose/podman/storage.conf.in "$CONTAINERS_STORAGE_CONF"; '
+            'stat -c %i "$CONTAINERS_STORAGE_CONF"; '
+            'render compose/podman/storage.conf.in "$CONTAINERS_STORAGE_CONF"; '
+            'stat -c %i "$CONTAINERS_STORAGE_CONF"')
+    proc = subprocess.run(["bash", "-c", prog], capture_output=True, text=True, cwd=ROOT, env=env)
+    assert proc.returncode == 0, proc.stderr
+    first, second = proc.stdout.split()
+    assert first == second, "an unchanged storage.conf must not be rewritten"
+    containers = (state / "containers.conf").read_text()
+    storage = (state / "storage.conf").read_text()
+    assert "@" not in containers + storage
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    if hard != resource.RLIM_INFINITY:
+        assert f'"nofile={hard}:{hard}"' in containers
+    assert f'graphroot = "{state}/storage"' in storage
+    assert f'network_config_dir = "{state}/networks"' in containers
+
+
+def test_log_lines_count_an_unterminated_last_line(tmp_path: Path) -> None:
+    log = tmp_path / "blast.log"
+    log.write_bytes(b"one\n\ntwo\nlast without newline")
+    assert check.log_lines(log) == ["one", "", "two", "last without newline"]
+    log.write_bytes(b"one\n")
+    assert check.log_lines(log) == ["one"]
+
+
+def test_compare_lines_names_missing_and_duplicated_lines() -> None:
+    written = ["a", "b", "b", "c"]
+    assert check.compare_lines(written, ["a", "b", "b", "c"]) == (0, 0)
+    assert check.compare_lines(written, ["a", "b", "c"]) == (1, 0)
+    assert check.compare_lines(written, ["a", "b", "b", "b", "c", "c"]) == (0, 2)
+
+
+def test_settings_name_a_missing_variable() -> None:
+    with pytest.raises(SystemExit, match="CHECK_AGGREGATORS"):
+        check.Settings.from_env({})
+
+
+@pytest.mark.skipif(shutil.which("docker-compose") is None, reason="docker-compose is not installed")
+def test_rig_builds_each_image_once() -> None:
+    """The aggregator image serves four services; the rig builds it once."""
+    env = {**os.environ, "BASE_IMAGE": "b", "BLAST_BASE_IMAGE": "d"}
+    python = str(ROOT / ".venv" / "bin" / "python")
+    if not Path(python).exists():
+        pytest.skip("no .venv")
+    proc = subprocess.run(["bash", "-c", f'source "{SCRIPT}"; unique_builds'], capture_output=True,
+                          text=True, cwd=ROOT, env=env)
+    assert proc.returncode == 0, proc.stderr
+    images = [line.split()[1] for line in proc.stdout.splitlines()]
+    assert len(images) == len(set(images))
+    assert "blast-logs-aggregator:dev" in images
