@@ -20,6 +20,7 @@ from bisect import bisect_left, bisect_right
 from collections import Counter, deque
 from dataclasses import dataclass
 from itertools import accumulate
+from operator import sub
 from pathlib import Path
 from typing import Protocol
 
@@ -235,8 +236,7 @@ class Stream:
         i = 0
         while i < n:
             if self.shipped >= limit:
-                for k in range(i, n):
-                    self._ring_add(offs[k], ends[k] - offs[k], events[k])
+                self._ring_extend(offs[i:], ends[i:], events[i:])
                 return
             b = self.builder
             count = len(b.events)
@@ -265,14 +265,26 @@ class Stream:
                             extra={"stream": self.name, "off": ends[j - 1], "budget": limit})
                 await self._flush()
 
-    def _ring_add(self, off: int, size: int, event: bytes) -> None:
-        self.ring.append((off, size, event))
-        self.ring_bytes += len(event)
-        while self.ring_bytes > self.config.tail_ring_bytes and len(self.ring) > 1:
-            old_off, old_size, old_event = self.ring.popleft()
-            self.ring_bytes -= len(old_event)
-            drop = Dropped(old_off, 1, old_size)
-            self.ring_drop = drop if self.ring_drop is None else self.ring_drop.merge(drop)
+    def _ring_extend(self, offs: list[int], ends: list[int], events: list[bytes]) -> None:
+        """Lines past the budget go into the tail ring; the oldest it pushes out are only counted.
+
+        All at once: the ring ends up as the longest suffix within `tail_ring_bytes` (at least
+        one line), exactly as if the lines had come one by one.
+        """
+        ring = self.ring
+        ring.extend(zip(offs, map(sub, ends, offs), events, strict=True))
+        self.ring_bytes += sum(map(len, events))
+        cap = self.config.tail_ring_bytes
+        if self.ring_bytes <= cap or len(ring) <= 1:
+            return
+        first, lines, nbytes = ring[0][0], 0, 0
+        while self.ring_bytes > cap and len(ring) > 1:
+            _, size, event = ring.popleft()
+            self.ring_bytes -= len(event)
+            lines += 1
+            nbytes += size
+        drop = Dropped(first, lines, nbytes)
+        self.ring_drop = drop if self.ring_drop is None else self.ring_drop.merge(drop)
 
     def _ring_clear(self, upto: int) -> Dropped | None:
         """Everything held or dropped in the ring, as one report ending at stream offset `upto`."""
