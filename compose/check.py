@@ -74,9 +74,11 @@ class Settings:
 @dataclass
 class Report:
     failures: list[str] = field(default_factory=list)
+    started: float = field(default_factory=time.monotonic)
 
     def expect(self, ok: bool, what: str) -> None:
-        print(f"check: {'ok  ' if ok else 'FAIL'} {what}", file=sys.stderr, flush=True)
+        elapsed = time.monotonic() - self.started
+        print(f"check: {'ok  ' if ok else 'FAIL'} [{elapsed:5.1f}s] {what}", file=sys.stderr, flush=True)
         if not ok:
             self.failures.append(what)
 

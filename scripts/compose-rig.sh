@@ -398,9 +398,15 @@ teardown() {
     kill "$SERVICE_PID" 2>/dev/null
     wait "$SERVICE_PID" 2>/dev/null
   fi
-  # conmon and aardvark-dns are podman's helpers; none may outlive the rig.
-  local stray
-  stray=$(pgrep -f -- "$STATE" || true)
+  # conmon and aardvark-dns are podman's helpers; none may outlive the rig. aardvark-dns keeps its
+  # config in netavark's fixed run folder, not in $STATE; both exit shortly after the teardown.
+  local stray tries=0
+  while :; do
+    stray=$( { pgrep -f -- "$STATE"; pgrep -f -- 'aardvark-dns --config /run/containers/networks'; } || true)
+    [ -n "$stray" ] && [ "$tries" -lt 25 ] || break
+    tries=$((tries + 1))
+    sleep 0.2
+  done
   if [ -n "$stray" ]; then
     log "FAILED: processes still running on $STATE: $(ps -o pid=,args= -p "$(echo "$stray" | paste -sd,)" 2>/dev/null)"
     [ "$rc" -eq 0 ] && rc=1
