@@ -7,14 +7,15 @@
 # There is no Docker engine here: Debian's podman serves the Docker API on a socket and Debian's
 # docker-compose 1.29 drives it. No registry is reachable, so the base image is debootstrapped
 # locally and passed to every Dockerfile as BASE_IMAGE; wheels (pip) and Azurite (npm) are
-# fetched on the host and copied into the builds. Facts behind this: ../shared notes
-# compose-on-podman.md and the README's "docker compose" section.
+# fetched on the host and copied into the builds. More in the README's "docker compose" section.
 #
 # Environment:
 #   BLAST_LOGS_RIG_STATE  podman's state (images, the debootstrapped base), kept between runs as
 #                         a cache; default /var/tmp/blast-logs-podman. Delete it to start afresh.
 #   BLAST_LOGS_RIG_KEEP=1 leave the stack and the podman service up after the check, for a look
 #                         (the script prints how to reach it and how to tear it down).
+#   BLAST_LOGS_RIG_POD_TIMEOUT  seconds to wait for the BLAST container to end (default 300).
+# Sourcing this file defines the stages without running them (tests/test_compose_rig.py).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
