@@ -21,17 +21,25 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from shipper.logwrap import install_logwrap
-
 DEMO_JOB_ID = "elb-demo-1"
 DEMO_POD = "blastn-batch-demo-job-0-abc12"
 DEMO_SECRET = "demo-secret-not-for-production"
 DEMO_ADMIN_TOKEN = "demo-admin-token"
 
-QUERY = ">query1 demo query\nACGTACGTTAGCTAGCTAGGCTAGCTAGCATCGATCGATCGTAGCTAGCTAGCTAGCATCG\n"
+def _sequence(seed: int, n: int) -> str:
+    """A deterministic pseudo-random DNA sequence (low-complexity repeats would be masked)."""
+    x, out = seed, []
+    for _ in range(n):
+        x = (1103515245 * x + 12345) % 2**31
+        out.append("ACGT"[(x >> 16) % 4])
+    return "".join(out)
+
+
+_SUBJECT = _sequence(7, 600)
+QUERY = f">query1 demo query\n{_SUBJECT[100:400]}\n"
 SUBJECTS = (
-    ">subj1 perfect match\nACGTACGTTAGCTAGCTAGGCTAGCTAGCATCGATCGATCGTAGCTAGCTAGCTAGCATCG\n"
-    ">subj2 partial match\nTTTTTTTTACGTACGTTAGCTAGCTAGGCTAGCTAGCAGGGGGGGGGGGGGGGG\n"
+    f">subj1 contains the query\n{_SUBJECT}\n"
+    f">subj2 unrelated\n{_sequence(11, 600)}\n"
 )
 
 FALLBACK_WRITER = r"""
@@ -49,17 +57,17 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _wait_healthy(url: str, proc: subprocess.Popen[bytes], timeout: float = 30.0) -> None:
+def _wait_healthy(url: str, proc: subprocess.Popen[bytes], what: str, timeout: float = 30.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise SystemExit(f"demo: the aggregator exited with status {proc.returncode}")
+            raise SystemExit(f"demo: the {what} exited with status {proc.returncode}")
         try:
             with urllib.request.urlopen(url + "/healthz", timeout=1):
                 return
         except (urllib.error.URLError, OSError):
             time.sleep(0.1)
-    raise SystemExit("demo: the aggregator did not become healthy")
+    raise SystemExit(f"demo: the {what} did not become healthy")
 
 
 def _blast_commands(work: Path) -> list[tuple[str, list[str]]]:
@@ -104,13 +112,13 @@ def main(argv: list[str] | None = None) -> int:
                             "--port", str(port)], env=env, stdout=agg_log, stderr=subprocess.STDOUT)
     shipper: subprocess.Popen[bytes] | None = None
     try:
-        _wait_healthy(url, agg)
+        _wait_healthy(url, agg, "aggregator")
         print(f"demo: aggregator up at {url}, storing into {store}")
-        logwrap = install_logwrap(volume)
 
         from aggregator.auth import job_token
         from aggregator.client import finalize_sync
 
+        metrics_port = _free_port()
         ship_env = dict(os.environ)
         ship_env.update({
             "BLAST_LOGS_DIR": str(volume),
@@ -120,11 +128,15 @@ def main(argv: list[str] | None = None) -> int:
             "BLAST_LOGS_POD": DEMO_POD,
             "BLAST_LOGS_NAMESPACE": "default",
             "BLAST_LOGS_PHASE": "running",
-            "BLAST_LOGS_METRICS_PORT": "0",
+            "BLAST_LOGS_METRICS_PORT": str(metrics_port),
         })
         ship_log = open(base / "shipper.log", "wb")
         shipper = subprocess.Popen([sys.executable, "-m", "shipper", "run"], env=ship_env,
                                    stdout=ship_log, stderr=subprocess.STDOUT)
+        # As the sidecar's startup probe does: wrapped containers start once it is up and has
+        # installed bin/logwrap into the shared volume.
+        _wait_healthy(f"http://127.0.0.1:{metrics_port}", shipper, "shipper")
+        logwrap = volume / "bin" / "logwrap"
         wrap_env = dict(os.environ, BLAST_LOGS_DIR=str(volume))
         for container, cmd in _blast_commands(work):
             print(f"demo: running {container}: {' '.join(cmd)}")
