@@ -44,6 +44,7 @@ import time
 import urllib.request
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, Final
 
@@ -368,7 +369,7 @@ def med_range(values: Sequence[float], fmt: str) -> str:
 
 
 def throughput_table(runs: dict[str, list[Run]]) -> str:
-    rows = [
+    rows: list[tuple[str, Callable[[Run], float], str, bool]] = [
         ("lines/s", lambda r: r.lines_per_s, ",.0f", True),
         ("MB/s", lambda r: r.mb_per_s, ".1f", True),
         ("wall s", lambda r: r.seconds, ".2f", False),
@@ -586,7 +587,7 @@ def mode_memory(args: argparse.Namespace) -> dict[str, Any]:
             child = start_shipper(args.workdir / "memory", inp.path, sink, **extra)
             try:
                 if label == "unlimited budget":
-                    wait_for(lambda n=inp.lines: sink.stats()["events"] >= n, args.timeout, "every line", child)
+                    wait_for(partial(_all_events, sink, inp.lines), args.timeout, "every line", child)
                 else:
                     wait_for(idle_after_budget(child), args.timeout, "the end of the file", child)
                 stats = sink.stats()
@@ -617,6 +618,10 @@ def mode_memory(args: argparse.Namespace) -> dict[str, Any]:
     print()
     print(text)
     return {"table": text, "rows": rows}
+
+
+def _all_events(sink: Sink, lines: int) -> bool:
+    return bool(sink.stats()["events"] >= lines)
 
 
 def idle_after_budget(child: Child) -> Callable[[], bool]:
