@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import operator
 from dataclasses import dataclass
 from typing import Any
 
@@ -48,10 +49,13 @@ def manifest_key(job_id: str) -> str:
     return f"{job_id}/execution-steps/_staging/_manifest.json"
 
 
+_OFF_LINE = operator.itemgetter(0, 2)
+
+
 def batch_digest(batch: StoredBatch) -> str:
     """SHA-256 over what identifies a batch's content; not `ts` or `seq`, which a re-send may change."""
     identity = [
-        [[off, line] for off, _ts, line in batch.events],
+        list(map(_OFF_LINE, batch.events)),  # (off, line) pairs: orjson writes a tuple as an array
         None if batch.dropped is None else [batch.dropped.off, batch.dropped.lines, batch.dropped.bytes],
         batch.eof,
         batch.exit_code,
@@ -110,7 +114,7 @@ def encode_batch(batch: StoredBatch) -> bytes:
         "eof": batch.eof,
         "exit_code": batch.exit_code,
         "dropped": None if d is None else [d.off, d.lines, d.bytes],
-        "events": [[off, ts, line] for off, ts, line in batch.events],
+        "events": batch.events,  # (off, ts, line) tuples, written as arrays
     })
 
 
