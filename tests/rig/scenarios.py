@@ -20,7 +20,7 @@ from aggregator.client import FinalizeResult, finalize_sync
 from blastlogs.protocol import DEFAULT_PHASE_TABLE, MAX_LINE_CHARS
 from rig.accounting import StreamCount, compare_lines, split_log, total
 from rig.storage import Artifacts, copy_staging, read_artifacts
-from rig.topology import ADMIN_TOKEN, Drain, Expected, Pod, PodThread, Rig
+from rig.topology import ADMIN_TOKEN, FINALIZE_TIMEOUT_MARGIN, Drain, Expected, Pod, PodThread, Rig
 from rig.workload import (
     blastn_argv,
     huge_line_expected,
@@ -183,9 +183,12 @@ class Job:
         try:
             if during is not None:
                 during(self)
-        finally:
+        except BaseException:
+            # Unblock the pods waiting on these, so they end and the fault surfaces.
             self.db_ready.set()
             self.export_started.set()
+            raise
+        finally:
             for t in threads:
                 t.join_checked()
             self.mark("pods done")
@@ -299,7 +302,12 @@ def check_summary(job: Job, res: ScenarioResult, body: dict[str, Any], *, comple
 
 
 def check_blast_error(job: Job, res: ScenarioResult, body: dict[str, Any]) -> None:
-    """The running phase's last_output holds BLAST's own last (error) line, then `[exit code 1]`."""
+    """The good BLAST run searched the database; the running phase's last_output holds the failing run's
+    own last (error) line, then `[exit code 1]`."""
+    good = job.blast0.log_path("blast")
+    hits = good.exists() and "hits found" in good.read_text(errors="replace")
+    res.check("the good BLAST run searched the database (exit 0, hits)", hits and job.blast0.exit_codes.get("blast") == 0,
+              f"exit {job.blast0.exit_codes.get('blast')}")
     lines = split_log(job.blast1.log_path("blast").read_bytes())
     errors = [line for line in lines if line.startswith("Error")]
     last_output = body.get("steps", {}).get("running", {}).get("last_output", "")
@@ -346,7 +354,7 @@ def fresh_copy_matches(job: Job, res: ScenarioResult) -> None:
     job.mark("spare replica up")
     copied = copy_staging(rig.storage(), rig.storage(fresh), job.job_id)
     job.mark(f"copied {copied} staged objects")
-    fin = finalize_sync(agg.url, ADMIN_TOKEN, job.job_id, wait_seconds=5.0, timeout=120)
+    fin = finalize_sync(agg.url, ADMIN_TOKEN, job.job_id, wait_seconds=5.0, timeout=FINALIZE_TIMEOUT_MARGIN)
     job.mark(f"finalize on the fresh copy: {fin.status}")
     ours = job.artifacts().raw
     theirs = read_artifacts(rig.storage(fresh), job.job_id).raw

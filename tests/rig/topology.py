@@ -31,6 +31,9 @@ ADMIN_TOKEN = "rig-admin-token"
 NAMESPACE = "elb-rig"
 #: Retention large enough that no `[... N lines omitted ...]` marker hides lines in the rig.
 RIG_TAIL_LINES = 10_000_000
+#: finalize's budget beyond its wait: a full-size job's finalize takes about a minute on Azurite on a
+#: busy 2-core machine, and a second replica's finalize first waits for the first one's lock.
+FINALIZE_TIMEOUT_MARGIN = 600.0
 #: How long a shipper may take to install bin/logwrap (the injected spec's startup probe).
 STARTUP_TIMEOUT = 20.0
 
@@ -117,7 +120,7 @@ class Rig:
 
     def finalize(self, replica: int, job_id: str, wait_seconds: float) -> FinalizeResult:
         return finalize_sync(self.aggregators[replica].url, ADMIN_TOKEN, job_id, wait_seconds=wait_seconds,
-                             timeout=wait_seconds + 120)
+                             timeout=wait_seconds + FINALIZE_TIMEOUT_MARGIN)
 
     def spare(self) -> tuple[Aggregator, str]:
         """A third replica on a container of its own, for finalizing fresh copies of jobs' staging;
