@@ -145,13 +145,21 @@ def decode_batch(data: bytes) -> StoredBatch:
         drop = Dropped(dropped[0], dropped[1], dropped[2])
     if not isinstance(events, list):
         raise ValueError("bad events")
-    out: list[tuple[int, float, str]] = []
-    for ev in events:
-        if not (isinstance(ev, list) and len(ev) == 3 and _nonneg_int(ev[0]) and _finite(ev[1])
-                and isinstance(ev[2], str)):
-            raise ValueError("bad event")
-        out.append((ev[0], float(ev[1]), ev[2]))
-    return StoredBatch(job_id, pod, container, phase, seq, eof, exit_code, drop, tuple(out))
+    return StoredBatch(job_id, pod, container, phase, seq, eof, exit_code, drop, _decode_events(events))
+
+
+def _decode_events(events: list[Any]) -> tuple[tuple[int, float, str], ...]:
+    """(off, ts, line) tuples from `[[off, ts, line], ...]`, checked column by column (orjson gives
+    plain list, int, float and str, never subclasses); ValueError for any bad event."""
+    if not events:
+        return ()
+    if not (set(map(type, events)) <= {list} and set(map(len, events)) == {3}):
+        raise ValueError("bad event")
+    offs, tss, lines = zip(*events, strict=True)
+    if not (set(map(type, offs)) <= {int} and min(offs) >= 0 and set(map(type, tss)) <= {int, float}
+            and all(map(math.isfinite, tss)) and set(map(type, lines)) <= {str}):
+        raise ValueError("bad event")
+    return tuple(zip(offs, map(float, tss), lines, strict=True))
 
 
 def _int(x: object) -> bool:
@@ -160,7 +168,3 @@ def _int(x: object) -> bool:
 
 def _nonneg_int(x: object) -> bool:
     return _int(x) and x >= 0  # type: ignore[operator]
-
-
-def _finite(x: object) -> bool:
-    return (isinstance(x, float) or _int(x)) and math.isfinite(x)  # type: ignore[arg-type]
