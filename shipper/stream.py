@@ -173,8 +173,8 @@ class Stream:
                 await self._generation(gen)
                 continue
             self._update_lag()
-            code = read_exit_code(self.exit_path)
-            self.exit_code = code if code is not None else self.exit_code
+            # logwrap removes the file when a restarted container starts: no status while it runs.
+            self.exit_code = read_exit_code(self.exit_path)
             if self.drain.is_set():
                 await self._finish()
                 return

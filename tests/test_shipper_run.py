@@ -246,3 +246,26 @@ async def test_second_signal_exits_at_once(volume: Path) -> None:
     await eventually(lambda: any(r.get("msg") == "draining" for r in shipper.log()), what="drain")
     shipper.signal(signal.SIGTERM)
     assert await shipper.wait(limit=20) == 128 + signal.SIGTERM
+
+
+async def test_a_restarted_container_reports_no_stale_exit_code(volume: Path, recorder: Recorder) -> None:
+    logs = volume / "logs"
+    (logs / "blast.log").write_bytes(b"first run\n")
+    (logs / "blast.exit").write_text("3\n")
+    shipper = await start_shipper(volume, [recorder.url])
+    try:
+        await eventually(lambda: any(b.get("exit_code") == 3 for b in recorder.batches("blast")),
+                         what="first run's exit code")
+        # The container restarts: logwrap removes the exit file and appends to the log.
+        (logs / "blast.exit").unlink()
+        append(logs / "blast.log", b"second run\n")
+        await eventually(lambda: recorder.lines("blast") == ["first run", "second run"], what="2nd run")
+        shipper.signal(signal.SIGTERM)
+        assert await shipper.wait() == 0
+    finally:
+        if shipper.proc.returncode is None:
+            shipper.proc.kill()
+    after = [b for b in recorder.batches("blast") if any(e["line"] == "second run" for e in b["events"])]
+    assert after and all(b.get("exit_code") is None for b in after)
+    assert recorder.batches("blast")[-1]["eof"] is True
+    assert recorder.batches("blast")[-1].get("exit_code") is None
