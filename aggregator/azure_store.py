@@ -9,8 +9,9 @@ seconds (the shipper retries) rather than hold requests open.
 from __future__ import annotations
 
 import asyncio
+import os
 import re
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any, TypeVar
 
 import aiohttp
@@ -265,7 +266,15 @@ def _client_options(connection_timeout: float, read_timeout: float, retry_total:
         "connection_timeout": connection_timeout,
         "read_timeout": read_timeout,
         "retry_policy": LinearRetry(backoff=RETRY_BACKOFF_S, retry_total=retry_total, random_jitter_range=1),
+        # aiohttp's trust_env costs proxy and .netrc look-ups in threads on every request; keep it
+        # only where a proxy is configured.
+        "use_env_settings": proxy_configured(os.environ),
     }
+
+
+def proxy_configured(environ: Mapping[str, str]) -> bool:
+    return any(environ.get(name) or environ.get(name.lower())
+               for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY"))
 
 
 def _url_secrets(account_url: str) -> list[str]:
