@@ -54,6 +54,8 @@ sys.path.insert(0, str(BENCH))
 
 from gen_logs import _size, write_log  # noqa: E402
 
+from shipper.config import DEFAULT_STREAM_BUDGET_BYTES  # noqa: E402
+
 PYTHON: Final = ROOT / ".venv" / "bin" / "python"
 SHIPPER: Final = ROOT / ".venv" / "bin" / "blast-log-shipper"
 SYSLOG_NG: Final = "syslog-ng"
@@ -586,7 +588,7 @@ def mode_memory(args: argparse.Namespace) -> dict[str, Any]:
             sink.reset()
             child = start_shipper(args.workdir / "memory", inp.path, sink, **extra)
             try:
-                if label == "unlimited budget":
+                if label == "unlimited budget" or inp.bytes < DEFAULT_STREAM_BUDGET_BYTES:
                     wait_for(partial(_all_events, sink, inp.lines), args.timeout, "every line", child)
                 else:
                     wait_for(idle_after_budget(child), args.timeout, "the end of the file", child)
