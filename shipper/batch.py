@@ -70,9 +70,9 @@ def encode_event(off: int, ts: float, line: str) -> bytes:
 
 def encode_events(offs: list[int], ts: float, lines: list[str]) -> list[bytes]:
     """`[encode_event(off, ts, line) ...]` for many lines with one ts, byte for byte, at a
-    fraction of the cost: no dict per event, the strings encoded by a C-level map."""
-    mid = b',"ts":' + orjson.dumps(ts) + b',"line":'
-    return [b'{"off":%d%b%b}' % (off, mid, line) for off, line in zip(offs, map(orjson.dumps, lines), strict=True)]
+    fraction of the cost: no dict per event and no Python step per event (C-level maps)."""
+    template = b'{"off":%d,"ts":' + orjson.dumps(ts) + b',"line":%b}'
+    return list(map(template.__mod__, zip(offs, map(orjson.dumps, lines), strict=True)))
 
 
 def _header(ident: Identity, seq: int, batch: Batch) -> dict[str, object]:
