@@ -27,7 +27,7 @@ from typing import Protocol
 from shipper.batch import Batch, Dropped, Identity, encode_batch, encode_events, header_reserve, split_batch
 from shipper.checkpoints import Checkpoint, Checkpointer
 from shipper.client import AggregatorClient, Verdict
-from shipper.config import ShipperConfig
+from shipper.config import CHECKPOINT_INTERVAL, ShipperConfig
 from shipper.metrics import ShipperMetrics
 from shipper.reader import Chunk, Cursor, Generation, LineReader
 
@@ -115,6 +115,8 @@ class Stream:
         self._cp_next: Checkpoint | None = None
         self._cp_written: Checkpoint | None = None
         self._cp_writer: asyncio.Task[None] | None = None
+        self._cp_last = 0.0  # time.monotonic() when the last checkpoint write began
+        self._cp_hurry = asyncio.Event()  # set at eof and drain: write without pacing
 
     @property
     def capped(self) -> bool:
@@ -348,6 +350,7 @@ class Stream:
 
     async def _finish(self) -> None:
         """Drain: the unterminated last line, the tail ring, and the eof batch."""
+        self._cp_hurry.set()
         tail = self.reader.flush_partial()
         if tail is not None:
             await self._take(tail)
@@ -445,7 +448,9 @@ class Stream:
         """Have `cp` written soon, without holding up the next send (an fsync takes milliseconds).
 
         One writer at a time, always the newest acknowledged checkpoint, so the file never goes
-        back; it may lag the acknowledgements by a write, which a restart only re-sends.
+        back; it may lag the acknowledgements by up to `CHECKPOINT_INTERVAL`, which a restart
+        only re-sends. Pacing keeps the fsyncs (and thread hand-offs) to a few per second instead
+        of one per batch.
         """
         self._cp_next = cp
         writer = self._cp_writer
@@ -456,11 +461,17 @@ class Stream:
 
     async def _write_checkpoints(self) -> None:
         while self._cp_written is not self._cp_next and self._cp_next is not None:
+            wait = self._cp_last + CHECKPOINT_INTERVAL - time.monotonic()
+            if wait > 0 and not self._cp_hurry.is_set():
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._cp_hurry.wait(), wait)
             cp = self._cp_next
+            self._cp_last = time.monotonic()
             await asyncio.to_thread(self.checkpointer.save, cp)
             self._cp_written = cp
 
     async def _checkpoints_written(self) -> None:
+        self._cp_hurry.set()
         if self._cp_writer is not None:
             await self._cp_writer
 

@@ -195,6 +195,7 @@ async def test_kill9_restart_with_a_writer_appending(volume: Path, recorder: Rec
     await first.wait()
     await asyncio.sleep(0.3)
     second = await start_shipper(volume, [recorder.url])
+    await second.started()  # the first may have shipped enough already: SIGTERM must find the handler
     await eventually(lambda: len(recorder.lines("blast")) > len(written) // 2 + 1000, what="second progress")
     stop.set()
     await task
