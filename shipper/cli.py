@@ -53,6 +53,9 @@ def setup_logging(level: int = logging.INFO) -> None:
 
 
 def run_command(argv: Sequence[str]) -> int:
+    from shipper.signals import catch_early
+
+    catch_early()
     from shipper.config import EXIT_CONFIG, ConfigError, load_config
     from shipper.runner import run
 

@@ -21,6 +21,7 @@ from shipper.checkpoints import Checkpointer
 from shipper.client import AggregatorClient
 from shipper.config import EXIT_UNDELIVERED, ShipperConfig
 from shipper.metrics import ShipperMetrics, start_server
+from shipper.signals import HANDLED, take_pending
 from shipper.stream import Stream
 from shipper.watcher import discover
 
@@ -82,8 +83,10 @@ class Runner:
     async def run(self) -> int:
         cfg = self.config
         loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
+        for sig in HANDLED:
             loop.add_signal_handler(sig, self._on_signal, sig)
+        for signum in take_pending():  # arrived while the program was still starting
+            self._on_signal(signum)
         self._install_logwrap()
         cfg.logs_dir.mkdir(parents=True, exist_ok=True)
         cfg.state_dir.mkdir(parents=True, exist_ok=True)

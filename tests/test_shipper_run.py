@@ -270,3 +270,30 @@ async def test_a_restarted_container_reports_no_stale_exit_code(volume: Path, re
     assert after and all(b.get("exit_code") is None for b in after)
     assert recorder.batches("blast")[-1]["eof"] is True
     assert recorder.batches("blast")[-1].get("exit_code") is None
+
+
+def _catches(pid: int, sig: int) -> bool:
+    """Whether process `pid` has a handler for `sig` (SigCgt in /proc/PID/status)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
+    mask = int(next(line.split()[1] for line in status.splitlines() if line.startswith("SigCgt:")), 16)
+    return bool(mask & (1 << (sig - 1)))
+
+
+async def test_a_sigterm_while_starting_up_still_drains(volume: Path, recorder: Recorder) -> None:
+    (volume / "logs" / "blast.log").write_bytes(b"written before the sidecar started\n")
+    shipper = await start_shipper(volume, [recorder.url])
+    try:
+        # The moment the first handler exists, long before the event loop runs: still starting.
+        await eventually(lambda: _catches(shipper.proc.pid, signal.SIGTERM) or shipper.proc.returncode,
+                         limit=20, what="early handler")
+        assert not any(r.get("msg") == "shipper started" for r in shipper.log())
+        shipper.signal(signal.SIGTERM)
+        assert await shipper.wait() == 0
+    finally:
+        if shipper.proc.returncode is None:
+            shipper.proc.kill()
+    assert recorder.lines("blast") == ["written before the sidecar started"]
+    assert recorder.batches("blast")[-1]["eof"] is True
