@@ -290,6 +290,19 @@ def line_ends(raws: Sequence[bytes]) -> list[int]:
     return list(accumulate(map((1).__add__, map(len, raws))))
 
 
+def _needle_lines(texts: list[str], which: Iterable[int]) -> set[int]:
+    """Those of lines `which` that hold a needle: one scan of them all, encoded and joined."""
+    which = list(which)
+    if not which:
+        return set()
+    encoded = [texts[i].encode("utf-8", "surrogatepass") for i in which]
+    hits = needle_positions(b"\n".join(encoded))
+    if not hits:
+        return set()
+    ends = line_ends(encoded)
+    return {which[bisect_right(ends, pos)] for pos in hits}
+
+
 @dataclass(frozen=True)
 class _Compiled:
     regex: re.Pattern[str]
@@ -360,7 +373,7 @@ class Redactor:
         text differs from their raw bytes (rendered escapes), which are checked on their own.
         """
         positions = needle_positions(raw)
-        candidates = {i for i in also if might_hold_secret(texts[i])}
+        candidates = _needle_lines(texts, also)
         if positions:
             if ends is None:
                 ends = line_ends(raw.split(b"\n"))

@@ -160,14 +160,13 @@ class Sanitiser:
 
 #: Maps C0 controls except tab and newline, and DEL, to 0; every other byte to 1.
 _C0_MAP: Final = bytes(0 if b < 0x09 or 0x0B <= b < 0x20 or b == 0x7F else 1 for b in range(256))
-_C1_UTF8_RE: Final = re.compile(rb"\xc2[\x80-\x9f]")
 
 
 def control_positions(data: bytes) -> list[int]:
     """Offsets in UTF-8 `data` of control characters other than tab and newline (C0, DEL, C1).
 
-    One `translate` and a memchr per hit; C1 controls (U+0080-U+009F) are looked for only when
-    their lead byte occurs. Exactly the characters `_NEEDS_WORK_RE` finds once decoded.
+    One `translate` and a memchr per hit; for C1 controls (U+0080-U+009F), a memchr per \\xc2
+    lead byte and a look at the byte after it. Exactly the characters `_NEEDS_WORK_RE` finds once decoded.
     """
     mapped = data.translate(_C0_MAP)
     found: list[int] = []
@@ -175,6 +174,10 @@ def control_positions(data: bytes) -> list[int]:
     while pos >= 0:
         found.append(pos)
         pos = mapped.find(0, pos + 1)
-    if b"\xc2" in data:
-        found.extend(m.start() for m in _C1_UTF8_RE.finditer(data))
+    last = len(data) - 1  # a C1 control is two bytes: its lead cannot be the last byte
+    pos = data.find(b"\xc2", 0, last)
+    while pos >= 0:
+        if 0x80 <= data[pos + 1] <= 0x9F:
+            found.append(pos)
+        pos = data.find(b"\xc2", pos + 1, last)
     return found
