@@ -64,6 +64,8 @@ class Chunk:
     end: int
     ts: float
     cursor: Cursor
+    #: `b"\\n".join(raws)`, when the read had it in one piece (no skipped characters)
+    joined: bytes | None = None
 
     def __len__(self) -> int:
         return len(self.raws)
@@ -175,7 +177,10 @@ class LineReader:
             buf = self._partial + data if self._partial else data
         parts = buf.split(b"\n")
         rest = parts.pop()
+        joined = None
         if parts:
+            if not extras:
+                joined = buf[: len(buf) - len(rest) - 1]
             line_offs = list(accumulate(map(_PLUS_ONE, map(len, parts)), initial=self.base + line_start))
             line_offs.pop()
             offs.extend(line_offs)
@@ -192,7 +197,7 @@ class LineReader:
             self._skipping = True
         else:
             self._partial = rest
-        return Chunk(offs, raws, extras, self.base + line_start, ts, self.cursor)
+        return Chunk(offs, raws, extras, self.base + line_start, ts, self.cursor, joined)
 
     def flush_partial(self) -> Chunk | None:
         """The unterminated last line as a line of its own (at drain, or once its writer exited)."""

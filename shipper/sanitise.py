@@ -131,19 +131,26 @@ class Sanitiser:
             self.truncated += 1
         return text
 
-    def lines(self, raws: list[bytes]) -> list[str]:
-        """The same as `[self.line(r) for r in raws]`, in a few passes over the joined batch."""
+    def lines(self, raws: list[bytes], joined: bytes | None = None, ends: list[int] | None = None) -> list[str]:
+        """The same as `[self.line(r) for r in raws]`, in a few passes over the joined batch.
+
+        A reader that split its buffer on newlines may pass `joined` (`b"\\n".join(raws)`, none of
+        them holding a newline) and `ends` (`line_ends(raws)`), which saves making them again.
+        """
         if not raws:
             return []
-        joined_raw = b"\n".join(raws)
-        if joined_raw.count(b"\n") != len(raws) - 1:  # a raw line holding "\n": not a reader's line
-            return [self.line(r) for r in raws]
+        if joined is not None:
+            joined_raw = joined
+        else:
+            joined_raw = b"\n".join(raws)
+            if joined_raw.count(b"\n") != len(raws) - 1:  # a raw line holding "\n": not a reader's line
+                return [self.line(r) for r in raws]
         texts = joined_raw.decode("utf-8", "replace").split("\n")
         rendered: list[int] = []
-        ends: list[int] | None = None
         controls = control_positions(joined_raw)
         if controls:
-            ends = line_ends(raws)
+            if ends is None:
+                ends = line_ends(raws)
             for i in sorted({bisect_right(ends, pos) for pos in controls}):
                 texts[i] = render(texts[i])
                 rendered.append(i)

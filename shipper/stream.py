@@ -42,7 +42,8 @@ class SanitiserLike(Protocol):
 
     def line(self, raw: bytes, extra_chars: int = 0) -> str: ...
 
-    def lines(self, raws: list[bytes]) -> list[str]: ...
+    def lines(self, raws: list[bytes], joined: bytes | None = None,
+              ends: list[int] | None = None) -> list[str]: ...
 
 
 def read_exit_code(path: Path) -> int | None:
@@ -194,7 +195,11 @@ class Stream:
     def _sanitise(self, chunk: Chunk) -> list[str]:
         san, raws = self.sanitiser, chunk.raws
         if not chunk.extras:
-            texts = san.lines(raws)
+            joined, ends = chunk.joined, None
+            if joined is not None:  # the reader's one piece: line ends follow from the offsets
+                ends = list(map((-chunk.offs[0]).__add__, chunk.offs[1:]))
+                ends.append(chunk.end - chunk.offs[0])
+            texts = san.lines(raws, joined, ends)
         else:
             texts = []
             prev = 0
