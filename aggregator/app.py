@@ -25,7 +25,9 @@ log = logging.getLogger("aggregator.app")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 #: Probes and scrapes are frequent and uninteresting; their successes are logged at debug.
-QUIET_ROUTES = frozenset({"/healthz", "/readyz", "/metrics"})
+#: Successful requests to these are logged at DEBUG: probes, scrapes, and ingest, which comes at
+#: batch rate and is counted by the metrics (its failures stay at INFO and above).
+QUIET_ROUTES = frozenset({"/healthz", "/readyz", "/metrics", "/v1/ingest"})
 ERROR_CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
                405: "method_not_allowed", 408: "timeout", 413: "too_large", 429: "busy", 503: "unavailable"}
 
@@ -156,11 +158,12 @@ def _middleware(metrics: Metrics, body_timeout: float) -> Middleware:
         route = _route(request)
         metrics.requests.labels(route, str(resp.status)).inc()
         level = logging.DEBUG if route in QUIET_ROUTES and resp.status < 400 else logging.INFO
-        fields: dict[str, object] = {"method": request.method, "route": route, "status": resp.status,
-                                     "ms": round((time.monotonic() - started) * 1000, 1)}
-        if "job_id" in request.match_info:
-            fields["job_id"] = request.match_info["job_id"]
-        log.log(level, "request", extra={"fields": fields})
+        if log.isEnabledFor(level):
+            fields: dict[str, object] = {"method": request.method, "route": route, "status": resp.status,
+                                         "ms": round((time.monotonic() - started) * 1000, 1)}
+            if "job_id" in request.match_info:
+                fields["job_id"] = request.match_info["job_id"]
+            log.log(level, "request", extra={"fields": fields})
         return resp
 
     return middleware
