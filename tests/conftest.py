@@ -12,9 +12,10 @@ import time
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -26,6 +27,14 @@ AZURITE_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1
 
 TEST_SECRET = "test-secret-for-job-tokens"
 TEST_ADMIN_TOKEN = "test-admin-token"
+
+
+def azurite_connection_string(port: int) -> str:
+    return (
+        "DefaultEndpointsProtocol=http;"
+        f"AccountName={AZURITE_ACCOUNT};AccountKey={AZURITE_KEY};"
+        f"BlobEndpoint=http://127.0.0.1:{port}/{AZURITE_ACCOUNT};"
+    )
 
 
 def free_port() -> int:
@@ -63,11 +72,7 @@ class Azurite:
 
     @property
     def connection_string(self) -> str:
-        return (
-            "DefaultEndpointsProtocol=http;"
-            f"AccountName={AZURITE_ACCOUNT};AccountKey={AZURITE_KEY};"
-            f"BlobEndpoint=http://127.0.0.1:{self.port}/{AZURITE_ACCOUNT};"
-        )
+        return azurite_connection_string(self.port)
 
     def start(self) -> None:
         args = [self.binary, "--blobHost", "127.0.0.1", "--blobPort", str(self.port),
@@ -177,3 +182,21 @@ def start_aggregator(tmp_path: Path) -> Iterator[object]:
     yield _start
     for p in procs:
         p.kill()
+
+
+@pytest.fixture
+async def recorder() -> AsyncIterator[Any]:
+    """A recording aggregator stand-in (tests/shipper_helpers.py) on a free port."""
+    from shipper_helpers import Recorder
+
+    rec = await Recorder().start()
+    yield rec
+    await rec.stop()
+
+
+@pytest.fixture
+def volume(tmp_path: Path) -> Path:
+    """A pod's shared volume folder with its logs/ made."""
+    vol = tmp_path / "vol"
+    (vol / "logs").mkdir(parents=True)
+    return vol

@@ -9,29 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import signal
-from collections.abc import AsyncIterator
 from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
-import pytest
 from shipper_helpers import JOB_ID, POD, Recorder, eventually, start_shipper
 
 from shipper.batch import Identity, encode_event, header_reserve
-
-
-@pytest.fixture
-async def recorder() -> AsyncIterator[Recorder]:
-    rec = await Recorder().start()
-    yield rec
-    await rec.stop()
-
-
-@pytest.fixture
-def volume(tmp_path: Path) -> Path:
-    vol = tmp_path / "vol"
-    (vol / "logs").mkdir(parents=True)
-    return vol
 
 
 async def _ship(volume: Path, recorder: Recorder, lines: list[str], *args: str) -> list[dict[str, Any]]:

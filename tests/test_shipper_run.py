@@ -5,30 +5,14 @@ from __future__ import annotations
 import asyncio
 import signal
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
-import pytest
 from conftest import free_port
 from shipper_helpers import Recorder, append, eventually, start_shipper
 
 from blastlogs.protocol import MAX_LINE_CHARS
 from shipper.checkpoints import Checkpointer
-
-
-@pytest.fixture
-async def recorder() -> AsyncIterator[Recorder]:
-    rec = await Recorder().start()
-    yield rec
-    await rec.stop()
-
-
-@pytest.fixture
-def volume(tmp_path: Path) -> Path:
-    vol = tmp_path / "vol"
-    (vol / "logs").mkdir(parents=True)
-    return vol
 
 
 async def test_late_files_first_batch_drain_with_unterminated_line(volume: Path, recorder: Recorder) -> None:

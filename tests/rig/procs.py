@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -20,21 +19,14 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from conftest import azurite_binary, azurite_connection_string, free_port
+
 ROOT = Path(__file__).resolve().parents[2]
 
-# Azurite's documented development account (https://learn.microsoft.com/azure/storage/common/storage-use-azurite).
-AZURITE_ACCOUNT = "devstoreaccount1"
-AZURITE_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
 #: How long a started service may take to listen.
 START_TIMEOUT = 30.0
 #: How long a stopped process may take to exit after SIGTERM before it gets SIGKILL.
 STOP_TIMEOUT = 15.0
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def port_open(port: int) -> bool:
@@ -43,11 +35,6 @@ def port_open(port: int) -> bool:
             return True
     except OSError:
         return False
-
-
-def azurite_binary() -> str | None:
-    local = ROOT / ".tools" / "node_modules" / ".bin" / "azurite-blob"
-    return str(local) if local.exists() else shutil.which("azurite-blob")
 
 
 @dataclass
@@ -120,11 +107,7 @@ class Azurite:
 
     @property
     def connection_string(self) -> str:
-        return (
-            "DefaultEndpointsProtocol=http;"
-            f"AccountName={AZURITE_ACCOUNT};AccountKey={AZURITE_KEY};"
-            f"BlobEndpoint=http://127.0.0.1:{self.port}/{AZURITE_ACCOUNT};"
-        )
+        return azurite_connection_string(self.port)
 
     def start(self) -> None:
         binary = azurite_binary()
