@@ -396,6 +396,8 @@ teardown() {
         [ "$rc" -eq 0 ] && rc=1
       fi
     fi
+    # Images superseded by this run's builds would otherwise pile up in the kept state folder.
+    podman image prune -f >/dev/null 2>&1
     kill "$SERVICE_PID" 2>/dev/null
     wait "$SERVICE_PID" 2>/dev/null
   fi
