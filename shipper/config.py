@@ -28,6 +28,7 @@
 | `--grace` | `BLAST_LOGS_GRACE` | 25 s | drain budget after SIGTERM |
 | `--metrics-host` | `BLAST_LOGS_METRICS_HOST` | `127.0.0.1` | where `/metrics` and `/healthz` listen |
 | `--metrics-port` | `BLAST_LOGS_METRICS_PORT` | 9090 | their port; 0 disables the server |
+| `--sanitise-workers` | `BLAST_LOGS_SANITISE_WORKERS` | 1 | child processes that sanitise and encode lines while the shipper reads and sends (a log flood gets a second core; each adds about 14 MiB); 0 does everything in the shipper's one process |
 """
 
 from __future__ import annotations
@@ -64,6 +65,7 @@ DEFAULT_REJECT_BACKOFF: Final = 30.0
 DEFAULT_GRACE: Final = 25.0
 DEFAULT_METRICS_HOST: Final = "127.0.0.1"
 DEFAULT_METRICS_PORT: Final = 9090
+DEFAULT_SANITISE_WORKERS: Final = 1
 
 #: Exit status when the drain could not deliver everything within the grace budget.
 EXIT_UNDELIVERED: Final = 3
@@ -103,6 +105,7 @@ class ShipperConfig:
     grace: float = DEFAULT_GRACE
     metrics_host: str = DEFAULT_METRICS_HOST
     metrics_port: int = DEFAULT_METRICS_PORT
+    sanitise_workers: int = DEFAULT_SANITISE_WORKERS
 
     @property
     def logs_dir(self) -> Path:
@@ -137,6 +140,8 @@ _NUMERIC: Final[tuple[tuple[str, str, type, float | int, str], ...]] = (
      "wait after a 4xx rejection (data kept)"),
     ("--grace", "GRACE", float, DEFAULT_GRACE, "drain budget in seconds after SIGTERM"),
     ("--metrics-port", "METRICS_PORT", int, DEFAULT_METRICS_PORT, "metrics/health port, 0 disables"),
+    ("--sanitise-workers", "SANITISE_WORKERS", int, DEFAULT_SANITISE_WORKERS,
+     "sanitising worker processes, 0 for none"),
 )
 _TEXT: Final[tuple[tuple[str, str, str | None, str], ...]] = (
     ("--dir", "DIR", DEFAULT_DIR, "the shared volume"),
@@ -233,6 +238,7 @@ def load_config(argv: Sequence[str], environ: Mapping[str, str] | None = None) -
         grace=nums["grace"],
         metrics_host=texts["metrics_host"],
         metrics_port=int(nums["metrics_port"]),
+        sanitise_workers=int(nums["sanitise_workers"]),
     )
 
 

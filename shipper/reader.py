@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import cached_property
 from itertools import accumulate
 from pathlib import Path
 from typing import Final
@@ -54,21 +55,46 @@ class Cursor:
 
 @dataclass
 class Chunk:
-    """Complete lines from one read: their stream offsets, raw bytes, and skipped characters."""
+    """Complete lines from one read: where they start, their bytes, and skipped characters.
 
-    offs: list[int]
-    raws: list[bytes]
-    #: index of a line -> characters skipped after its held prefix
-    extras: dict[int, int]
+    A plain read keeps its lines as one piece (`joined`); the list of lines and their offsets are
+    made only when asked for, so a chunk handed whole to a sanitising worker costs the reader one
+    search for the last newline and one count, not a Python object per line.
+    """
+
+    #: stream offset of the first line
+    first: int
+    #: number of lines
+    count: int
     #: the stream offset just after the last line (where the next line starts)
     end: int
     ts: float
     cursor: Cursor
-    #: `b"\\n".join(raws)`, when the read had it in one piece (no skipped characters)
+    #: `b"\n".join(raws)`, when the read had it in one piece (no skipped characters)
     joined: bytes | None = None
+    #: index of a line -> characters skipped after its held prefix
+    extras: dict[int, int] = field(default_factory=dict)
+    #: the lines, when they are not one piece (`joined` is None)
+    pieces: list[bytes] | None = None
+    #: their stream offsets, likewise
+    piece_offs: list[int] | None = None
 
     def __len__(self) -> int:
-        return len(self.raws)
+        return self.count
+
+    @cached_property
+    def raws(self) -> list[bytes]:
+        if self.pieces is not None:
+            return self.pieces
+        return self.joined.split(b"\n") if self.joined is not None else []
+
+    @cached_property
+    def offs(self) -> list[int]:
+        if self.piece_offs is not None:
+            return self.piece_offs
+        offs = list(accumulate(map(_PLUS_ONE, map(len, self.raws)), initial=self.first))
+        offs.pop()
+        return offs
 
 
 @dataclass(frozen=True)
@@ -156,39 +182,47 @@ class LineReader:
         start = self.pos
         self.pos += len(data)
         self.seen_size = max(self.seen_size, self.pos)
-        offs: list[int] = []
-        raws: list[bytes] = []
-        extras: dict[int, int] = {}
         if self._skipping:
             nl = data.find(b"\n")
             if nl < 0:
                 self._partial_extra += count_chars(data)
-                return Chunk(offs, raws, extras, self.base + self._partial_start, ts, self.cursor)
+                return Chunk(self.base + self._partial_start, 0, self.base + self._partial_start, ts, self.cursor)
             self._partial_extra += count_chars(data[:nl])
-            offs.append(self.base + self._partial_start)
-            raws.append(self._partial)
-            extras[0] = self._partial_extra
+            offs = [self.base + self._partial_start]
+            raws = [self._partial]
+            extras = {0: self._partial_extra}
             self._reset_partial()
-            data = data[nl + 1:]
+            buf = data[nl + 1:]
             line_start = start + nl + 1
-            buf = data
+            parts = buf.split(b"\n")
+            rest = parts.pop()
+            if parts:
+                more = list(accumulate(map(_PLUS_ONE, map(len, parts)), initial=self.base + line_start))
+                more.pop()
+                offs.extend(more)
+                raws.extend(parts)
+                line_start += len(buf) - len(rest)
+                self._partial_ts = now
+            else:
+                self._partial_ts = now
+            chunk = Chunk(offs[0], len(raws), self.base + line_start, ts, Cursor(self.dev, self.ino, line_start, self.base),
+                          extras=extras, pieces=raws, piece_offs=offs)
         else:
             line_start = self._partial_start
             buf = self._partial + data if self._partial else data
-        parts = buf.split(b"\n")
-        rest = parts.pop()
-        joined = None
-        if parts:
-            if not extras:
-                joined = buf[: len(buf) - len(rest) - 1]
-            line_offs = list(accumulate(map(_PLUS_ONE, map(len, parts)), initial=self.base + line_start))
-            line_offs.pop()
-            offs.extend(line_offs)
-            raws.extend(parts)
-            line_start += len(buf) - len(rest)
-            self._partial_ts = now
-        elif not self._partial:
-            self._partial_ts = now
+            nl = buf.rfind(b"\n")
+            rest = buf[nl + 1:]
+            if nl >= 0:
+                joined = buf[:nl]
+                first = self.base + line_start
+                line_start += nl + 1
+                self._partial_ts = now
+                chunk = Chunk(first, joined.count(b"\n") + 1, self.base + line_start, ts,
+                              Cursor(self.dev, self.ino, line_start, self.base), joined)
+            else:
+                if not self._partial:
+                    self._partial_ts = now
+                chunk = Chunk(self.base + line_start, 0, self.base + line_start, ts, self.cursor)
         self._partial_start = line_start
         if len(rest) > self.prefix_bytes:
             cut = char_boundary(rest, self.prefix_bytes)
@@ -197,15 +231,16 @@ class LineReader:
             self._skipping = True
         else:
             self._partial = rest
-        return Chunk(offs, raws, extras, self.base + line_start, ts, self.cursor, joined)
+        return chunk
 
     def flush_partial(self) -> Chunk | None:
         """The unterminated last line as a line of its own (at drain, or once its writer exited)."""
         if not self.has_partial:
             return None
         off = self.base + self._partial_start
-        chunk = Chunk([off], [self._partial], {0: self._partial_extra} if self._skipping else {},
-                      self.base + self.pos, self._partial_ts, Cursor(self.dev, self.ino, self.pos, self.base))
+        chunk = Chunk(off, 1, self.base + self.pos, self._partial_ts, Cursor(self.dev, self.ino, self.pos, self.base),
+                      extras={0: self._partial_extra} if self._skipping else {},
+                      pieces=[self._partial], piece_offs=[off])
         self._reset_partial()
         self._partial_start = self.pos
         return chunk

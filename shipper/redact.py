@@ -303,6 +303,12 @@ def _needle_lines(texts: list[str], which: Iterable[int]) -> set[int]:
     return {which[bisect_right(ends, pos)] for pos in hits}
 
 
+#: `Redactor.state`: (lines seen inside an open PEM block or -1, the env name awaiting its value or "").
+RedactorState = tuple[int, str]
+#: The state at a stream's start and after any ordinary line.
+CLEAN_STATE: Final[RedactorState] = (-1, "")
+
+
 @dataclass(frozen=True)
 class _Compiled:
     regex: re.Pattern[str]
@@ -346,6 +352,15 @@ class Redactor:
     @property
     def in_private_key(self) -> bool:
         return self._pem_lines >= 0
+
+    @property
+    def state(self) -> RedactorState:
+        """What the next line's redaction depends on: lines into an open PEM block, a pending env name."""
+        return (self._pem_lines, self._env_key)
+
+    @state.setter
+    def state(self, value: RedactorState) -> None:
+        self._pem_lines, self._env_key = value
 
     def redact(self, text: str) -> str:
         """One line (no newline). Updates the PEM-block state and the counters."""

@@ -24,6 +24,7 @@ from shipper.metrics import ShipperMetrics, start_server
 from shipper.signals import HANDLED, take_pending
 from shipper.stream import Stream
 from shipper.watcher import discover
+from shipper.workers import SanitiserPool
 
 log = logging.getLogger("shipper.runner")
 
@@ -38,6 +39,7 @@ class Runner:
         self.streams: dict[str, Stream] = {}
         self.tasks: dict[str, asyncio.Task[None]] = {}
         self.rejected_names: set[str] = set()
+        self.pool = SanitiserPool(config.sanitise_workers, config.max_line_chars) if config.sanitise_workers else None
 
     def _on_signal(self, signum: int) -> None:
         if self.drain.is_set():
@@ -61,7 +63,7 @@ class Runner:
             if container in self.streams:
                 continue
             stream = Stream(container, self.config, client, self.checkpointer, self.metrics,
-                            Sanitiser(max_chars=self.config.max_line_chars), self.drain)
+                            Sanitiser(max_chars=self.config.max_line_chars), self.drain, self.pool)
             self.streams[container] = stream
             self.tasks[container] = asyncio.create_task(self._run_stream(stream), name=container)
             self.metrics.streams.set(len(self.streams))
@@ -91,6 +93,8 @@ class Runner:
         cfg.logs_dir.mkdir(parents=True, exist_ok=True)
         cfg.state_dir.mkdir(parents=True, exist_ok=True)
         server = await start_server(self.metrics, cfg.metrics_host, cfg.metrics_port, self._health)
+        if self.pool is not None:
+            await self.pool.start()
         log.info("shipper started", extra={
             "dir": str(cfg.volume), "aggregators": list(cfg.urls), "job_id": cfg.job_id, "pod": cfg.pod,
             "namespace": cfg.namespace, "phase": cfg.phase,
@@ -112,6 +116,8 @@ class Runner:
                 self._discover(client)
                 return await self._finish_drain()
         finally:
+            if self.pool is not None:
+                await self.pool.close()
             if server is not None:
                 await server.cleanup()
 

@@ -17,33 +17,26 @@ import contextlib
 import logging
 import time
 from bisect import bisect_left, bisect_right
-from collections import Counter, deque
+from collections import deque
 from dataclasses import dataclass
 from itertools import accumulate
 from operator import sub
 from pathlib import Path
-from typing import Protocol
 
-from shipper.batch import Batch, Dropped, Identity, encode_batch, encode_events, header_reserve, split_batch
+from shipper.batch import Batch, Dropped, Identity, encode_batch, header_reserve, split_batch
 from shipper.checkpoints import Checkpoint, Checkpointer
 from shipper.client import AggregatorClient, Verdict
 from shipper.config import CHECKPOINT_INTERVAL, ShipperConfig
 from shipper.metrics import ShipperMetrics
+from shipper.prepare import Prepared, prepare
 from shipper.reader import Chunk, Cursor, Generation, LineReader
+from shipper.redact import CLEAN_STATE, RedactorState
+from shipper.sanitise import Sanitiser
+from shipper.workers import Reply, SanitiserPool
 
 log = logging.getLogger("shipper.stream")
 
 _PLUS_ONE = (1).__add__
-
-
-class SanitiserLike(Protocol):
-    redactions: Counter[str]
-    truncated: int
-
-    def line(self, raw: bytes, extra_chars: int = 0) -> str: ...
-
-    def lines(self, raws: list[bytes], joined: bytes | None = None,
-              ends: list[int] | None = None) -> list[str]: ...
 
 
 def read_exit_code(path: Path) -> int | None:
@@ -75,8 +68,8 @@ class Undelivered:
 
 class Stream:
     def __init__(self, container: str, config: ShipperConfig, client: AggregatorClient,
-                 checkpointer: Checkpointer, metrics: ShipperMetrics, sanitiser: SanitiserLike,
-                 drain: asyncio.Event) -> None:
+                 checkpointer: Checkpointer, metrics: ShipperMetrics, sanitiser: Sanitiser,
+                 drain: asyncio.Event, pool: SanitiserPool | None = None) -> None:
         self.container = container
         self.config = config
         self.client = client
@@ -84,6 +77,13 @@ class Stream:
         self.metrics = metrics
         self.sanitiser = sanitiser
         self.drain = drain
+        self.pool = pool
+        #: chunks read and being prepared (by the pool), placed into batches in read order
+        self.preparing: deque[tuple[Chunk, Reply | None]] = deque()
+        #: chunks in flight beyond the one being placed: each worker has the next one queued
+        self.prepare_depth = pool.size + 1 if pool is not None else 0
+        #: the redactor state after the last placed line
+        self.red_state: RedactorState = CLEAN_STATE
         self.ident = Identity(config.job_id, config.pod, container, config.phase)
         self.name = f"{config.pod}/{container}"
         self.log_path = config.logs_dir / f"{container}.log"
@@ -109,8 +109,6 @@ class Stream:
         self.sent_exit_code: int | None = None
         self.in_flight: Batch | None = None
         self.sent_anything = False
-        self._redactions: Counter[str] = Counter()
-        self._truncated = 0
         self._queued_bytes = 0
         self._labels = {"container": container}
         self._cp_next: Checkpoint | None = None
@@ -163,10 +161,17 @@ class Stream:
             chunk = self.reader.read()
             if chunk is not None:
                 idle_since = time.monotonic()
-                if chunk.raws:
-                    await self._take(chunk)
+                if chunk.count:
+                    self._submit(chunk)
+                    while len(self.preparing) > self.prepare_depth:
+                        await self._place_next()
                 await self._flush_if_lingered()
                 await asyncio.sleep(0)  # let other streams and the sender run between bulk reads
+                continue
+            if self.preparing:
+                # Placing awaits: more lines, and the drain, may arrive meanwhile. Read again before
+                # concluding that the file is at its end.
+                await self._settle()
                 continue
             change = self.reader.check_generation()
             if change is not None:
@@ -192,47 +197,54 @@ class Stream:
                 await self._flush(force=True)  # tell the aggregator the exit status promptly
             await self._wait(self.config.poll_interval)
 
-    def _sanitise(self, chunk: Chunk) -> list[str]:
-        san, raws = self.sanitiser, chunk.raws
-        if not chunk.extras:
-            joined, ends = chunk.joined, None
-            if joined is not None:  # the reader's one piece: line ends follow from the offsets
-                ends = list(map((-chunk.offs[0]).__add__, chunk.offs[1:]))
-                ends.append(chunk.end - chunk.offs[0])
-            texts = san.lines(raws, joined, ends)
-        else:
-            texts = []
-            prev = 0
-            for i in sorted(chunk.extras):
-                if i > prev:
-                    texts.extend(san.lines(raws[prev:i]))
-                texts.append(san.line(raws[i], chunk.extras[i]))
-                prev = i + 1
-            if prev < len(raws):
-                texts.extend(san.lines(raws[prev:]))
-        if san.redactions != self._redactions:
-            for kind, count in san.redactions.items():
-                grew = count - self._redactions.get(kind, 0)
-                if grew > 0:
-                    self.metrics.redacted.labels(kind=kind).inc(grew)
-            self._redactions = Counter(san.redactions)
-        if san.truncated != self._truncated:
-            self.metrics.truncated.labels(**self._labels).inc(max(san.truncated - self._truncated, 0))
-            self._truncated = san.truncated
-        return texts
+    def _submit(self, chunk: Chunk) -> None:
+        """Start preparing `chunk`: in a worker when there is a pool and the chunk is plain lines.
+
+        A worker starts from the redactor state the previous chunk ends in when that is known (no
+        chunk in flight), and otherwise from the clean state, which is right unless a PEM block or
+        an env entry spans the read boundary; `_place_next` checks and redoes it here if not.
+        """
+        reply = None
+        if self.pool is not None and not chunk.extras and chunk.joined is not None:
+            reply = self.pool.submit(chunk, CLEAN_STATE if self.preparing else self.red_state)
+        self.preparing.append((chunk, reply))
+
+    async def _place_next(self) -> None:
+        chunk, reply = self.preparing[0]
+        prepared = await reply if reply is not None else None
+        self.preparing.popleft()
+        if prepared is None or prepared.start != self.red_state:
+            prepared = prepare(self.sanitiser, chunk, self.red_state)
+        self.red_state = prepared.state
+        await self._place(chunk, prepared)
+
+    async def _settle(self) -> None:
+        """Place every chunk still being prepared, in order."""
+        while self.preparing:
+            await self._place_next()
 
     async def _take(self, chunk: Chunk) -> None:
-        """Sanitise a chunk's lines and put them into batches, or into the tail ring past the budget.
+        """Prepare and place one chunk now, after those in flight."""
+        self._submit(chunk)
+        await self._settle()
+
+    def _count_prepared(self, prepared: Prepared) -> None:
+        for kind, count in prepared.redactions.items():
+            self.metrics.redacted.labels(kind=kind).inc(count)
+        if prepared.truncated:
+            self.metrics.truncated.labels(**self._labels).inc(prepared.truncated)
+
+    async def _place(self, chunk: Chunk, prepared: Prepared) -> None:
+        """Put a prepared chunk's events into batches, or into the tail ring past the budget.
 
         Whole runs of lines go into a batch at once: where the batch fills up (events, bytes) or
         the stream budget is reached is found by bisecting running sums, not line by line.
         """
         self.eof_acked = False
-        texts = self._sanitise(chunk)
-        offs, ts, n = chunk.offs, chunk.ts, len(chunk.offs)
+        self._count_prepared(prepared)
+        offs, events, ts, n = prepared.offs, prepared.events, chunk.ts, len(prepared.offs)
         self.metrics.lines_read.labels(**self._labels).inc(n)
-        self.metrics.bytes_read.labels(**self._labels).inc(chunk.end - offs[0])
-        events = encode_events(offs, ts, texts)
+        self.metrics.bytes_read.labels(**self._labels).inc(chunk.end - chunk.first)
         ends = offs[1:]
         ends.append(chunk.end)
         # sizes[k]: bytes of events[:k], each with one separator
@@ -488,6 +500,7 @@ class Stream:
         self.metrics.lag_seconds.labels(**self._labels).set(time.time() - oldest if oldest else 0.0)
 
     def undelivered(self) -> Undelivered:
-        pending = len(self.builder.events) + len(self.ring) + self.pending_lines
+        pending = (len(self.builder.events) + len(self.ring) + self.pending_lines
+                   + sum(len(chunk) for chunk, _ in self.preparing))
         return Undelivered(self.container, self.acked_off, self.reader.stream_end(), pending,
                            self.eof_acked)

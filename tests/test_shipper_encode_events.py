@@ -10,7 +10,7 @@ from shipper.batch import encode_event, encode_events
 
 TRICKY = [
     "", "plain", '"', '","', '\\', '\\"', 'a","b', '\\","\\', '"",""', "é日本語😀", "\t tab",
-    "\u2028\u2029", "\ufffd", '{"off":1,"ts":2,"line":"x"}', "[REDACTED:token]", " [... 12 chars cut]",
+    "\u2028\u2029", "\ufffd", 'x",', '\\",', '{"off":1,"ts":2,"line":"x"}', "[REDACTED:token]", " [... 12 chars cut]",
 ]
 
 

@@ -1,0 +1,147 @@
+"""`SanitiserPool`: sanitising worker processes, fed chunks and answering in order.
+
+Each worker (`shipper.sanitise_worker`) answers its requests first in, first out; the pool hands a
+chunk to the worker with the fewest outstanding, and gives back a future per chunk. A future whose
+result is None means "prepare this chunk yourself": the worker failed on it, died, or none is
+running. Nothing is lost that way, only parallelism: the stream prepares the chunk in its own
+process, from the redactor state it knows exactly. A worker that dies is started again after
+`RESPAWN_DELAY`; the pool never waits on a worker to make progress.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import sys
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Final
+
+from shipper.prepare import Prepared
+from shipper.reader import Chunk
+from shipper.redact import RedactorState
+from shipper.sanitise_worker import REPLY, decode_reply, encode_request, reply_body_size
+
+log = logging.getLogger("shipper.workers")
+
+#: Seconds before a worker that exited is started again.
+RESPAWN_DELAY: Final = 1.0
+#: Seconds a worker gets to exit after its stdin closes, before it is killed.
+STOP_TIMEOUT: Final = 2.0
+
+Reply = asyncio.Future[Prepared | None]
+
+
+@dataclass(eq=False)
+class _Worker:
+    proc: asyncio.subprocess.Process
+    waiting: deque[tuple[Reply, RedactorState]] = field(default_factory=deque)
+    alive: bool = True
+    replies: asyncio.Task[None] | None = None
+
+
+def worker_environment(environ: dict[str, str] | os._Environ[str]) -> dict[str, str]:
+    """The shipper's environment without its own settings: the worker never sees the token."""
+    return {k: v for k, v in environ.items() if not k.startswith("BLAST_LOGS_")}
+
+
+class SanitiserPool:
+    def __init__(self, size: int, max_line_chars: int) -> None:
+        self.size = size
+        self.max_line_chars = max_line_chars
+        self.workers: list[_Worker] = []
+        self.restarts = 0
+        self._closing = False
+        self._respawns: set[asyncio.Task[None]] = set()
+
+    @property
+    def live(self) -> int:
+        return sum(w.alive for w in self.workers)
+
+    async def start(self) -> None:
+        for _ in range(self.size):
+            await self._spawn()
+
+    async def _spawn(self) -> None:
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "shipper.sanitise_worker",
+                "--max-line-chars", str(self.max_line_chars),
+                stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+                env=worker_environment(os.environ), close_fds=True)
+        except OSError as exc:
+            log.error("cannot start a sanitising worker; sanitising in the shipper's own process",
+                      extra={"error": str(exc)})
+            return
+        worker = _Worker(proc)
+        worker.replies = asyncio.create_task(self._read_replies(worker), name=f"sanitise worker {proc.pid}")
+        self.workers.append(worker)
+
+    def submit(self, chunk: Chunk, start: RedactorState) -> Reply:
+        """Prepare `chunk` (complete lines, `joined` set) from redactor state `start` in a worker."""
+        fut: Reply = asyncio.get_running_loop().create_future()
+        live = [w for w in self.workers if w.alive]
+        if not live or chunk.joined is None:
+            fut.set_result(None)
+            return fut
+        worker = min(live, key=lambda w: len(w.waiting))
+        stdin = worker.proc.stdin
+        assert stdin is not None
+        worker.waiting.append((fut, start))
+        stdin.write(encode_request(chunk.first, chunk.joined, chunk.ts, start))
+        return fut
+
+    async def _read_replies(self, worker: _Worker) -> None:
+        stdout = worker.proc.stdout
+        assert stdout is not None
+        try:
+            while True:
+                head = await stdout.readexactly(REPLY.size)
+                body = await stdout.readexactly(reply_body_size(head))
+                fut, start = worker.waiting.popleft()
+                if not fut.done():
+                    fut.set_result(decode_reply(head, body, start))
+        except (asyncio.IncompleteReadError, ConnectionError, IndexError):
+            pass
+        finally:
+            worker.alive = False
+            while worker.waiting:
+                fut, _ = worker.waiting.popleft()
+                if not fut.done():
+                    fut.set_result(None)
+            if not self._closing:
+                code = await worker.proc.wait()
+                log.error("a sanitising worker exited; its chunks are sanitised in the shipper's own "
+                          "process until it is back", extra={"pid": worker.proc.pid, "status": code})
+                self.workers.remove(worker)
+                task = asyncio.create_task(self._respawn())
+                self._respawns.add(task)
+                task.add_done_callback(self._respawns.discard)
+
+    async def _respawn(self) -> None:
+        await asyncio.sleep(RESPAWN_DELAY)
+        if not self._closing:
+            self.restarts += 1
+            await self._spawn()
+
+    async def close(self) -> None:
+        """Close every worker's stdin and wait for it to exit (killing it after `STOP_TIMEOUT`)."""
+        self._closing = True
+        for task in list(self._respawns):
+            task.cancel()
+        for w in self.workers:
+            if w.proc.stdin is not None:
+                w.proc.stdin.close()
+        for w in self.workers:
+            try:
+                await asyncio.wait_for(w.proc.wait(), STOP_TIMEOUT)
+            except TimeoutError:
+                with contextlib.suppress(ProcessLookupError):
+                    w.proc.kill()
+                await w.proc.wait()
+            if w.replies is not None:
+                w.replies.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await w.replies

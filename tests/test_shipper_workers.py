@@ -1,0 +1,224 @@
+"""Sanitising worker processes: the same bytes as sanitising in the shipper's own process, state
+across reads, a worker that fails or dies, and a worker that never sees the job token."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import orjson
+import pytest
+from shipper_helpers import ROOT, TOKEN, Recorder, append, eventually, start_shipper
+
+from shipper.prepare import Prepared, prepare
+from shipper.reader import Chunk, LineReader
+from shipper.redact import CLEAN_STATE, marker
+from shipper.sanitise import Sanitiser
+from shipper.sanitise_worker import (
+    REPLY,
+    REQUEST,
+    STATUS_FAILED,
+    STATUS_OK,
+    decode_reply,
+    encode_request,
+    reply_body_size,
+)
+from shipper.workers import SanitiserPool
+
+DATA = ROOT / "tests" / "data"
+PEM = [
+    "-----BEGIN RSA PRIVATE KEY-----",
+    "MIIEpAIBAAKCAQEA1c3Fh0wVvL1r3R7C8c0u0m4tH6pC1cX3yK0bq8r3Hk8mV2bE",
+    "q3Vf5Q2xj0pQ7z8c9wF2gkqhkiG9w0BAQEFAASCBKgwggSkAgEAAoIBAQDVzcWH",
+    "aBcDeFgHiJkLmNoPqRsTuVwXyZ0123456789+/==",
+    "-----END RSA PRIVATE KEY-----",
+]
+ENV_ENTRY = ["    - name: DB_PASSWORD", '      value: "hunter2-Very-Secret-99"']
+
+
+def mixed_log(lines: int, seed: int = 3) -> bytes:
+    """Ordinary BLAST lines, secrets, ANSI and carriage returns, long lines, invalid UTF-8, and
+    PEM blocks and Kubernetes env entries whose state spans lines."""
+    rnd = random.Random(seed)
+    ordinary = (DATA / "ordinary-corpus-blast.log").read_bytes().splitlines()
+    secrets = [ln.encode() for rec in map(orjson.loads, (DATA / "secrets-corpus.jsonl").read_bytes().splitlines())
+               for ln in rec["lines"]]
+    out: list[bytes] = []
+    while len(out) < lines:
+        r = rnd.random()
+        if r < 0.01:
+            out.extend(x.encode() for x in PEM)
+        elif r < 0.02:
+            out.extend(x.encode() for x in ENV_ENTRY)
+        elif r < 0.06:
+            out.append(rnd.choice(secrets))
+        elif r < 0.08:
+            out.append(b"\x1b[1;31mError:\x1b[0m " + rnd.choice(ordinary))
+        elif r < 0.09:
+            out.append(b"10%\r50%\r100% " + rnd.choice(ordinary))
+        elif r < 0.095:
+            out.append(rnd.choice(ordinary) * 60)  # over the 4,000-character cap
+        elif r < 0.097:
+            out.append(b"bad \xff\xfe bytes " + rnd.choice(ordinary))
+        else:
+            out.append(rnd.choice(ordinary))
+    return b"\n".join(out) + b"\n"
+
+
+def chunks_of(path: Path, read_size: int) -> list[Chunk]:
+    reader = LineReader(path, read_size, 64 * 1024)
+    assert reader.open()
+    chunks = []
+    while (chunk := reader.read()) is not None:
+        if chunk.count:
+            chunks.append(chunk)
+    reader.close()
+    return chunks
+
+
+def same(a: Prepared, b: Prepared) -> None:
+    assert a.offs == b.offs
+    assert a.events == b.events
+    assert a.redactions == b.redactions
+    assert a.truncated == b.truncated
+    assert a.state == b.state
+
+
+@pytest.mark.parametrize("read_size", [512, 8192, 256 * 1024])
+async def test_workers_give_the_bytes_the_shipper_gives_itself(tmp_path: Path, read_size: int) -> None:
+    path = tmp_path / "blast.log"
+    path.write_bytes(mixed_log(6000))
+    chunks = chunks_of(path, read_size)
+    pool = SanitiserPool(2, 4000)
+    await pool.start()
+    try:
+        assert pool.live == 2
+        here = Sanitiser()
+        state = CLEAN_STATE
+        expected: list[Prepared] = []
+        for chunk in chunks:  # in order, each from the state the one before ended in
+            expected.append(prepare(here, chunk, state))
+            state = expected[-1].state
+        replies = [pool.submit(chunk, p.start) for chunk, p in zip(chunks, expected, strict=True)]
+        got = await asyncio.gather(*replies)
+    finally:
+        await pool.close()
+    assert all(g is not None for g in got)
+    for g, e in zip(got, expected, strict=True):
+        assert g is not None
+        same(g, e)
+    assert any(e.start != CLEAN_STATE for e in expected) or read_size > 8192  # state did cross reads
+    assert sum(e.redactions.get("private_key", 0) for e in expected) > 0
+
+
+def test_a_worker_answers_a_bad_request_with_a_failure_and_keeps_serving() -> None:
+    proc = subprocess.Popen([sys.executable, "-m", "shipper.sanitise_worker", "--max-line-chars", "4000"],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert proc.stdin is not None and proc.stdout is not None
+    try:
+        # An env name that is not UTF-8 cannot be a state the shipper sent: the worker says so.
+        bad = REQUEST.pack(3, 0, 1.0, -1, 1) + b"\xff" + b"abc"
+        proc.stdin.write(bad)
+        proc.stdin.flush()
+        head = proc.stdout.read(REPLY.size)
+        assert head[0] == STATUS_FAILED and reply_body_size(head) == 0
+        assert decode_reply(head, b"", CLEAN_STATE) is None
+        proc.stdin.write(encode_request(100, b"password=hunter2-Secret-1\nplain", 2.0, CLEAN_STATE))
+        proc.stdin.flush()
+        head = proc.stdout.read(REPLY.size)
+        assert head[0] == STATUS_OK
+        p = decode_reply(head, proc.stdout.read(reply_body_size(head)), CLEAN_STATE)
+        assert p is not None and p.offs == [100, 126]
+        assert [orjson.loads(e)["line"] for e in p.events] == [f"password={marker('password')}", "plain"]
+        assert p.redactions == {"password": 1}
+    finally:
+        proc.stdin.close()
+        assert proc.wait(10) == 0  # stdin closed: it exits by itself
+
+
+def children(pid: int) -> list[int]:
+    out: list[int] = []
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        out.extend(int(c) for c in Path(f"/proc/{pid}/task/{tid}/children").read_text().split())
+    return out
+
+
+async def test_a_pem_block_across_many_small_reads_is_hidden_with_workers(volume: Path, recorder: Recorder) -> None:
+    lines = ["before", *PEM, "after", *ENV_ENTRY, "tail"] * 3
+    (volume / "logs" / "blast.log").write_text("".join(f"{x}\n" for x in lines))
+    shipper = await start_shipper(volume, [recorder.url], "--read-size", "64", "--sanitise-workers", "2")
+    try:
+        await eventually(lambda: len(recorder.lines("blast")) == len(lines), what="every line")
+        shipper.signal(signal.SIGTERM)
+        assert await shipper.wait() == 0
+    finally:
+        if shipper.proc.returncode is None:
+            shipper.proc.kill()
+    got = recorder.lines("blast")
+    here = Sanitiser()
+    assert got == here.lines([x.encode() for x in lines])
+    text = "\n".join(got)
+    assert "MIIEpAIB" not in text and "hunter2" not in text and "aBcDeFgH" not in text
+    assert got.count(marker("private_key")) == len(PEM) * 3
+
+
+async def test_a_killed_worker_loses_nothing_and_is_replaced(volume: Path, recorder: Recorder) -> None:
+    path = volume / "logs" / "blast.log"
+    path.write_bytes(b"")
+    written: list[bytes] = []
+    shipper = await start_shipper(volume, [recorder.url], "--sanitise-workers", "1")
+    try:
+        await shipper.started()
+        await eventually(lambda: len(children(shipper.proc.pid)) == 1, what="the worker")
+        (worker,) = children(shipper.proc.pid)
+        environ = _environ(worker)
+        assert TOKEN.encode() not in environ and b"BLAST_LOGS_" not in environ
+
+        async def write(n: int) -> None:
+            for _ in range(n):
+                block = mixed_log(400, seed=len(written)).split(b"\n")[:-1]
+                append(path, b"\n".join(block) + b"\n")
+                written.extend(block)
+                await asyncio.sleep(0.01)
+
+        await write(20)
+        os.kill(worker, signal.SIGKILL)
+        await write(20)
+        await eventually(lambda: any(c != worker for c in children(shipper.proc.pid)), what="a new worker")
+        await write(20)
+        await eventually(lambda: len(recorder.lines("blast")) == len(written), what="every line")
+        shipper.signal(signal.SIGTERM)
+        assert await shipper.wait() == 0
+    finally:
+        if shipper.proc.returncode is None:
+            shipper.proc.kill()
+    assert recorder.lines("blast") == Sanitiser().lines(written)
+    assert any(r.get("msg", "").startswith("a sanitising worker exited") for r in shipper.log())
+
+
+async def test_workers_exit_with_a_killed_shipper(volume: Path, recorder: Recorder) -> None:
+    (volume / "logs" / "blast.log").write_bytes(b"hello\n")
+    shipper = await start_shipper(volume, [recorder.url], "--sanitise-workers", "2")
+    await shipper.started()
+    await eventually(lambda: len(children(shipper.proc.pid)) == 2, what="two workers")
+    workers = children(shipper.proc.pid)
+    shipper.proc.kill()
+    await shipper.wait()
+    await eventually(lambda: not any(Path(f"/proc/{w}").exists() and "Z" not in _state(w) for w in workers),
+                     limit=10, what="the workers to exit")
+
+
+def _environ(pid: int) -> bytes:
+    return Path(f"/proc/{pid}/environ").read_bytes()
+
+
+def _state(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return "Z"
