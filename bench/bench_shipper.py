@@ -9,8 +9,11 @@
 - throughput: `blast-log-shipper run` and syslog-ng (file source -> http() with JSON batches,
   bench/syslog-ng.conf.tmpl) ship the same generated file to bench/sink.py, in alternation, `--runs`
   times each. Time runs from the process start to the sink's receipt of the last line; CPU seconds
-  are the child's user+sys (os.wait4), peak RSS its VmHWM (polled from /proc every 50 ms; ru_maxrss
-  is kept in the JSON but can include this script's own RSS, inherited across vfork+exec).
+  are the child's user+sys (os.wait4, which includes its reaped children: the shipper's sanitising
+  workers), peak RSS the sum of VmHWM over the child and its descendants (polled from /proc every
+  50 ms; counts pages shared between them once per process), and peak PSS the largest sum of their
+  proportional set sizes seen (each shared page split among its processes: what the tree occupies).
+  ru_maxrss is kept in the JSON but can include this script's own RSS (vfork+exec).
   The shipper runs with its defaults (sanitising and redaction on, no gzip) except an unlimited
   per-stream budget, so that both ship every line.
 - limits: `cat FILE > /dev/null` and one `curl --data-binary @FILE` into the sink.
@@ -109,8 +112,7 @@ class Sink:
         self.proc.wait(10)
 
 
-def proc_status(pid: int) -> tuple[int, float]:
-    """(VmHWM in bytes, user+sys CPU seconds) of a running process; (0, 0.0) once it is gone."""
+def _one_status(pid: int) -> tuple[int, float]:
     hwm = 0
     try:
         with open(f"/proc/{pid}/status") as f:
@@ -126,6 +128,46 @@ def proc_status(pid: int) -> tuple[int, float]:
     return hwm, cpu
 
 
+def descendants(pid: int) -> list[int]:
+    """`pid` and every process below it (the shipper's sanitising workers), from /proc."""
+    found, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        found.append(p)
+        try:
+            for tid in os.listdir(f"/proc/{p}/task"):
+                with open(f"/proc/{p}/task/{tid}/children") as f:
+                    todo.extend(int(c) for c in f.read().split())
+        except (OSError, ValueError):
+            continue
+    return found
+
+
+def pss(pid: int) -> int:
+    """Proportional set size in bytes: private pages plus a share of pages mapped by several
+    processes (the interpreter and libraries a worker shares with the shipper), so a tree's PSS
+    adds up to what it really occupies; 0 once the process is gone."""
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as f:
+            for line in f:
+                if line.startswith("Pss:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0
+
+
+def proc_status(pid: int) -> tuple[int, float]:
+    """(VmHWM in bytes, user+sys CPU seconds) of a running process and its descendants, summed
+    (a sum of peaks: an upper bound of the tree's peak); (0, 0.0) once it is gone."""
+    hwm, cpu = 0, 0.0
+    for p in descendants(pid):
+        h, c = _one_status(p)
+        hwm += h
+        cpu += c
+    return hwm, cpu
+
+
 @dataclass
 class Child:
     """A measured child process: VmHWM polled while it runs, rusage when reaped."""
@@ -136,6 +178,8 @@ class Child:
     proc: subprocess.Popen[bytes] = field(init=False)
     started: float = 0.0
     hwm: int = 0
+    #: the process tree's largest PSS sum seen while polling
+    pss: int = 0
     status: int | None = None
     rusage: Any = None
     _stop: threading.Event = field(default_factory=threading.Event)
@@ -148,9 +192,13 @@ class Child:
         return self
 
     def _poll(self) -> None:
+        peaks: dict[int, int] = {}  # per process: a worker's peak counts after it exited too
         while not self._stop.is_set():
-            hwm, _ = proc_status(self.proc.pid)
-            self.hwm = max(self.hwm, hwm)
+            tree = descendants(self.proc.pid)
+            for p in tree:
+                peaks[p] = max(peaks.get(p, 0), _one_status(p)[0])
+            self.hwm = max(self.hwm, sum(peaks.values()))
+            self.pss = max(self.pss, sum(map(pss, tree)))
             self._stop.wait(0.05)
 
     def cpu_now(self) -> float:
@@ -324,6 +372,7 @@ class Run:
     cpu: float
     hwm: int
     maxrss: int
+    pss: int
     exit: int | None
 
     @property
@@ -360,7 +409,7 @@ def ship_once(who: str, inp: Input, sink: Sink, run_dir: Path, timeout: float, *
         print(f"  warning: {who}: sink counted {stats['events']} events for {inp.lines} lines, "
               f"{stats['bad']} bad bodies", file=sys.stderr)
     return Run(who, inp.lines, inp.bytes, stats["last_event"] - child.started, child.cpu, child.hwm,
-               child.maxrss, status)
+               child.maxrss, child.pss, status)
 
 
 # ---- reporting -----------------------------------------------------------------------------------
@@ -376,7 +425,8 @@ def throughput_table(runs: dict[str, list[Run]]) -> str:
         ("MB/s", lambda r: r.mb_per_s, ".1f", True),
         ("wall s", lambda r: r.seconds, ".2f", False),
         ("CPU s (user+sys)", lambda r: r.cpu, ".2f", False),
-        ("peak RSS MiB (VmHWM)", lambda r: r.hwm / MiB, ".1f", False),
+        ("peak RSS MiB (VmHWM, summed over its processes)", lambda r: r.hwm / MiB, ".1f", False),
+        ("peak PSS MiB (all its processes)", lambda r: r.pss / MiB, ".1f", False),
     ]
     who = [w for w in ("shipper", "syslog-ng") if runs.get(w)]
     head = "| metric | " + " | ".join(f"{w}: median (range)" for w in who)
@@ -399,19 +449,33 @@ def throughput_table(runs: dict[str, list[Run]]) -> str:
 def mode_throughput(args: argparse.Namespace) -> dict[str, Any]:
     inp = ensure_input(args.workdir, lines=args.lines)
     warm(inp.path)
-    contenders = ["shipper"] + (["syslog-ng"] if not args.no_syslog_ng and have_syslog_ng() else [])
+    # extra shipper settings to compare in the same alternation: "name:KEY=VALUE,KEY=VALUE"
+    variants: dict[str, dict[str, str]] = {}
+    for spec in args.variant or []:
+        name, _, settings = spec.partition(":")
+        variants[f"shipper {name}"] = dict(kv.split("=", 1) for kv in settings.split(",") if kv)
+    contenders = ["shipper", *variants] + (["syslog-ng"] if not args.no_syslog_ng and have_syslog_ng() else [])
     sink = Sink()
     runs: dict[str, list[Run]] = {w: [] for w in contenders}
     try:
         for i in range(args.runs):
             for who in contenders if i % 2 == 0 else reversed(contenders):
-                r = ship_once(who, inp, sink, args.workdir / f"run-{who}", args.timeout)
+                kind = "syslog-ng" if who == "syslog-ng" else "shipper"
+                r = ship_once(kind, inp, sink, args.workdir / f"run-{kind}", args.timeout,
+                              **variants.get(who, {}))
+                r.who = who
                 runs[who].append(r)
                 print(f"  run {i + 1} {who:9s}: {r.lines_per_s:10,.0f} lines/s {r.mb_per_s:6.1f} MB/s "
-                      f"{r.seconds:6.2f} s  CPU {r.cpu:6.2f} s  RSS {r.hwm / MiB:6.1f} MiB  exit {r.exit}",
+                      f"{r.seconds:6.2f} s  CPU {r.cpu:6.2f} s  RSS {r.hwm / MiB:6.1f} MiB  PSS {r.pss / MiB:6.1f} MiB  "
+                      f"exit {r.exit}",
                       flush=True)
     finally:
         sink.stop()
+    for who in variants:
+        rs = runs[who]
+        print(f"{who}: {med_range([r.lines_per_s for r in rs], ',.0f')} lines/s, "
+              f"CPU {med_range([r.cpu for r in rs], '.2f')} s, RSS {med_range([r.hwm / MiB for r in rs], '.1f')} MiB, "
+              f"PSS {med_range([r.pss / MiB for r in rs], '.1f')} MiB")
     table = throughput_table(runs)
     print(f"\n{inp.lines:,} lines, {inp.bytes / 1e6:.1f} MB ({inp.path}), {args.runs} runs each\n")
     print(table)
@@ -508,7 +572,7 @@ def live_once(who: str, args: argparse.Namespace, sink: Sink, filler: list[bytes
     row = {"who": who, "lines": written, "seconds": round(t1 - t0, 2), "cpu_s": round(cpu1 - cpu0, 2),
            "cpu_share_pct": round(100 * share, 1), "lag_p50": stats.get("lag_p50"),
            "lag_p99": stats.get("lag_p99"), "lag_max": stats.get("lag_max"), "lag_n": stats["lag_n"],
-           "peak_rss_mib": round(child.hwm / MiB, 1)}
+           "peak_rss_mib": round(child.hwm / MiB, 1), "peak_pss_mib": round(child.pss / MiB, 1)}
     print(f"  {who:9s}: {written} lines in {t1 - t0:.1f} s, CPU {100 * share:.1f} % of one core, lag "
           f"p50 {row['lag_p50']:.3f} s p99 {row['lag_p99']:.3f} s max {row['lag_max']:.3f} s", flush=True)
     return row
@@ -561,7 +625,7 @@ def mode_drain(args: argparse.Namespace) -> dict[str, Any]:
                 rows.append({"case": label, "seconds": round(took, 2), "exit": status,
                              "unshipped_lines_at_sigterm": inp.lines - before, "events": after["events"],
                              "eof": after["eof"], "cpu_s": round(child.cpu, 2),
-                             "peak_rss_mib": round(child.hwm / MiB, 1)})
+                             "peak_rss_mib": round(child.hwm / MiB, 1), "peak_pss_mib": round(child.pss / MiB, 1)})
                 print(f"  {label}: {took:.2f} s, exit {status}, {after['events']:,} events "
                       f"({inp.lines - before:,} lines unshipped at SIGTERM), eof {after['eof']}", flush=True)
     finally:
@@ -603,19 +667,21 @@ def mode_memory(args: argparse.Namespace) -> dict[str, Any]:
             rows.append({"size": inp.bytes, "lines": inp.lines, "case": label, "exit": status,
                          "seconds": round(took, 1), "events": sink.stats()["events"],
                          "cpu_s": round(child.cpu, 1), "peak_rss_mib": round(child.hwm / MiB, 1),
+                         "peak_pss_mib": round(child.pss / MiB, 1),
                          "ru_maxrss_mib": round(child.maxrss / MiB, 1)})
             print(f"  {inp.bytes / 1e6:8.0f} MB {label}: peak RSS {child.hwm / MiB:.1f} MiB, "
+                  f"PSS {child.pss / MiB:.1f} MiB, "
                   f"{took:.1f} s, exit {status}", flush=True)
             if inp.bytes > 500 * 1e6 and not args.keep:
                 inp.path.unlink()
                 inp.path.with_suffix(".json").unlink()
     finally:
         sink.stop()
-    table = ["| input | lines | shipper config | events at sink | wall s | CPU s | peak RSS MiB (VmHWM) |",
-             "|---|---|---|---|---|---|---|"]
+    table = ["| input | lines | shipper config | events at sink | wall s | CPU s | peak RSS MiB (VmHWM, summed) "
+             "| peak PSS MiB |", "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         table.append(f"| {r['size'] / 1e6:,.0f} MB | {r['lines']:,} | {r['case']} | {r['events']:,} | "
-                     f"{r['seconds']} | {r['cpu_s']} | {r['peak_rss_mib']} |")
+                     f"{r['seconds']} | {r['cpu_s']} | {r['peak_rss_mib']} | {r['peak_pss_mib']} |")
     text = "\n".join(table)
     print()
     print(text)
@@ -652,6 +718,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--timeout", type=float, default=600.0, help="seconds per run")
     parser.add_argument("--no-syslog-ng", action="store_true")
+    parser.add_argument("--variant", action="append", metavar="NAME:KEY=VALUE,...",
+                        help="throughput: also run the shipper with these BLAST_LOGS_* settings, in the alternation")
     parser.add_argument("--rate", type=int, default=10_000)
     parser.add_argument("--seconds", type=float, default=30.0)
     parser.add_argument("--size", type=_size, default=_size("100M"))
