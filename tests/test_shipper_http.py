@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import signal
 import ssl
 import subprocess
 import sys
@@ -16,7 +17,7 @@ import orjson
 import pytest
 from aiohttp import web
 from conftest import ROOT, free_port
-from shipper_helpers import TOKEN, Recorder
+from shipper_helpers import TOKEN, Recorder, eventually, start_shipper
 
 from shipper.http import (
     ConnectError,
@@ -360,3 +361,22 @@ async def test_metrics_server_closes_on_malformed_or_oversized_requests(metrics_
     assert (await _raw(port, b"hello there\r\n\r\n")).startswith(b"HTTP/1.1 400 ")
     assert await _raw(port, b"GET /metrics HTTP/1.1\r\nX: " + b"a" * 20_000 + b"\r\n\r\n") == b""
     assert await _raw(port, b"GET /metr") == b""  # half a request, then the client's FIN
+
+
+async def test_the_shipper_ships_over_https(tmp_path: Path, volume: Path) -> None:
+    """The real shipper process: the default context, trusting the test CA through SSL_CERT_FILE."""
+    cert, key = _self_signed(tmp_path)
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_ctx.load_cert_chain(cert, key)
+    rec = await Recorder(ssl_context=server_ctx).start()
+    (volume / "logs" / "blast.log").write_bytes(b"over tls\n")
+    shipper = await start_shipper(volume, [rec.url], SSL_CERT_FILE=str(cert))
+    try:
+        await eventually(lambda: rec.lines("blast") == ["over tls"], what="the line over https")
+        await shipper.started()
+        shipper.signal(signal.SIGTERM)
+        assert await shipper.wait() == 0 and rec.eof("blast")
+    finally:
+        if shipper.proc.returncode is None:
+            shipper.proc.kill()
+        await rec.stop()
