@@ -22,9 +22,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import aiohttp
-
 from blastlogs.protocol import INGEST_PATH
+from shipper.http import HttpClient, HttpError
 from shipper.metrics import ShipperMetrics
 
 log = logging.getLogger("shipper.client")
@@ -86,11 +85,11 @@ class Outcome:
 class AggregatorClient:
     """One per process: the current URL is shared, so every stream fails over together."""
 
-    def __init__(self, session: aiohttp.ClientSession, urls: tuple[str, ...], token: str, *,
+    def __init__(self, http: HttpClient, urls: tuple[str, ...], token: str, *,
                  timeout: float, use_gzip: bool, backoff_base: float, backoff_max: float,
                  retry_after_max: float, reject_backoff: float, metrics: ShipperMetrics,
                  rand: Callable[[], float] = random.random) -> None:
-        self.session = session
+        self.http = http
         self.urls = urls
         self._auth = f"Bearer {token}"
         self.timeout = timeout
@@ -112,15 +111,12 @@ class AggregatorClient:
             data = gzip.compress(body, compresslevel=1)
             headers["Content-Encoding"] = "gzip"
         try:
-            async with self.session.post(url + INGEST_PATH, data=data, headers=headers,
-                                         timeout=aiohttp.ClientTimeout(total=self.timeout)) as resp:
-                text = "" if 200 <= resp.status < 300 else (await resp.text(errors="replace"))[:300]
-                if 200 <= resp.status < 300:
-                    await resp.read()
-                return Outcome(classify(resp.status), resp.status,
-                               parse_retry_after(resp.headers.get("Retry-After")), text, url)
-        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            resp = await self.http.post(url + INGEST_PATH, data, headers, timeout=self.timeout)
+        except HttpError as exc:
             return Outcome(Verdict.RETRY, None, None, f"{type(exc).__name__}: {exc}"[:300], url)
+        text = "" if 200 <= resp.status < 300 else resp.body[:1200].decode(errors="replace")[:300]
+        return Outcome(classify(resp.status), resp.status, parse_retry_after(resp.header("Retry-After")),
+                       text, url)
 
     async def deliver(self, body: bytes, stream: str) -> Outcome:
         """Send until 2xx or 413; waits between attempts as the policy says. Cancel to give up."""

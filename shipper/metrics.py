@@ -1,14 +1,19 @@
 """Prometheus metrics (an own registry, so tests and embedders never collide) and the local
-`/metrics` + `/healthz` server."""
+`/metrics` + `/healthz` server: a minimal HTTP/1.1 responder on `asyncio.start_server` (GET and
+HEAD, one request per connection), so that the shipper does not import aiohttp's server."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
+from typing import Final
 
-from aiohttp import web
+import orjson
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, generate_latest
 
 _P = "blast_logs_shipper_"
+MAX_REQUEST_HEAD: Final = 8 * 1024  # request line and headers; a longer head is closed unanswered
+REQUEST_TIMEOUT: Final = 10.0  # for the request head to arrive and the answer to be taken
 
 
 class ShipperMetrics:
@@ -45,21 +50,44 @@ class ShipperMetrics:
 
 
 async def start_server(metrics: ShipperMetrics, host: str, port: int,
-                       health: Callable[[], dict[str, object]]) -> web.AppRunner | None:
+                       health: Callable[[], dict[str, object]]) -> asyncio.Server | None:
     """Serve /metrics and /healthz on host:port; port 0 disables the server."""
     if port == 0:
         return None
 
-    async def metrics_handler(_: web.Request) -> web.Response:
-        return web.Response(body=metrics.render(), headers={"Content-Type": CONTENT_TYPE_LATEST})
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            async with asyncio.timeout(REQUEST_TIMEOUT):
+                writer.write(_answer(await reader.readuntil(b"\r\n\r\n"), metrics, health))
+                await writer.drain()
+        except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, TimeoutError, OSError):
+            pass  # incomplete, oversized or slow request head, or the scraper went away: just close
+        finally:
+            writer.close()
 
-    async def health_handler(_: web.Request) -> web.Response:
-        return web.json_response({"status": "ok", **health()})
+    return await asyncio.start_server(handle, host, port, limit=MAX_REQUEST_HEAD)
 
-    app = web.Application()
-    app.router.add_get("/metrics", metrics_handler)
-    app.router.add_get("/healthz", health_handler)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    await web.TCPSite(runner, host, port).start()
-    return runner
+
+def _answer(head: bytes, metrics: ShipperMetrics, health: Callable[[], dict[str, object]]) -> bytes:
+    """The whole answer to one request head (`Connection: close`)."""
+    request_line = head.split(b"\r\n", 1)[0].split(b" ")
+    if len(request_line) != 3 or not request_line[2].startswith(b"HTTP/1."):
+        return _response(400, "Bad Request", b"bad request\n", "text/plain")
+    method, path = request_line[0], request_line[1].split(b"?", 1)[0]
+    if method not in (b"GET", b"HEAD"):
+        return _response(405, "Method Not Allowed", b"method not allowed\n", "text/plain",
+                         extra="Allow: GET, HEAD\r\n")
+    head_only = method == b"HEAD"
+    if path == b"/metrics":
+        return _response(200, "OK", metrics.render(), CONTENT_TYPE_LATEST, head_only=head_only)
+    if path == b"/healthz":
+        return _response(200, "OK", orjson.dumps({"status": "ok", **health()}), "application/json",
+                         head_only=head_only)
+    return _response(404, "Not Found", b"not found\n", "text/plain", head_only=head_only)
+
+
+def _response(status: int, reason: str, body: bytes, content_type: str, *, extra: str = "",
+              head_only: bool = False) -> bytes:
+    head = (f"HTTP/1.1 {status} {reason}\r\nContent-Type: {content_type}\r\n"
+            f"Content-Length: {len(body)}\r\n{extra}Connection: close\r\n\r\n").encode()
+    return head if head_only else head + body

@@ -15,11 +15,10 @@ import signal
 import sys
 import time
 
-import aiohttp
-
 from shipper.checkpoints import Checkpointer
 from shipper.client import AggregatorClient
 from shipper.config import EXIT_UNDELIVERED, ShipperConfig
+from shipper.http import HttpClient
 from shipper.metrics import ShipperMetrics, start_server
 from shipper.signals import HANDLED, take_pending
 from shipper.stream import Stream
@@ -99,11 +98,10 @@ class Runner:
             "dir": str(cfg.volume), "aggregators": list(cfg.urls), "job_id": cfg.job_id, "pod": cfg.pod,
             "namespace": cfg.namespace, "phase": cfg.phase,
             "metrics": f"{cfg.metrics_host}:{cfg.metrics_port}" if cfg.metrics_port else "off"})
-        connector = aiohttp.TCPConnector(limit=32)
         try:
-            async with aiohttp.ClientSession(connector=connector) as session:
+            async with HttpClient() as http:
                 client = AggregatorClient(
-                    session, cfg.urls, cfg.token, timeout=cfg.request_timeout, use_gzip=cfg.gzip,
+                    http, cfg.urls, cfg.token, timeout=cfg.request_timeout, use_gzip=cfg.gzip,
                     backoff_base=cfg.backoff_base, backoff_max=cfg.backoff_max,
                     retry_after_max=cfg.retry_after_max, reject_backoff=cfg.reject_backoff,
                     metrics=self.metrics)
@@ -119,7 +117,8 @@ class Runner:
             if self.pool is not None:
                 await self.pool.close()
             if server is not None:
-                await server.cleanup()
+                server.close()
+                await server.wait_closed()
 
     def _install_logwrap(self) -> None:
         from shipper.logwrap import install_logwrap

@@ -1,6 +1,6 @@
 """Signals that arrive before the event loop's handlers exist are remembered, not fatal.
 
-Importing aiohttp and building the runner takes a moment; a SIGTERM in that window (a sidecar
+Importing the runner's modules and building it takes a moment; a SIGTERM in that window (a sidecar
 restarted just as the pod ends) would otherwise kill the shipper without a drain.
 """
 

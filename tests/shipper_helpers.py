@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import gzip
 import os
+import ssl
 import sys
 import time
 from collections.abc import Iterable
@@ -36,6 +37,7 @@ class Recorder:
     encodings: list[str] = field(default_factory=list)
     runner: web.AppRunner | None = None
     url: str = ""
+    ssl_context: ssl.SSLContext | None = None  # serve https (as https://localhost:PORT)
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         raw = await request.read()
@@ -62,10 +64,10 @@ class Recorder:
         app.router.add_post("/v1/ingest", self.handle)
         self.runner = web.AppRunner(app, access_log=None)
         await self.runner.setup()
-        site = web.TCPSite(self.runner, "127.0.0.1", 0)
+        site = web.TCPSite(self.runner, "127.0.0.1", 0, ssl_context=self.ssl_context)
         await site.start()
         port = self.runner.addresses[0][1]
-        self.url = f"http://127.0.0.1:{port}"
+        self.url = f"https://localhost:{port}" if self.ssl_context else f"http://127.0.0.1:{port}"
         return self
 
     async def stop(self) -> None:

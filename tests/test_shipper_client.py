@@ -5,7 +5,6 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-import aiohttp
 import orjson
 import pytest
 from shipper_helpers import TOKEN, Recorder
@@ -14,6 +13,7 @@ from blastlogs.protocol import MAX_BATCH_BYTES
 from shipper.batch import Batch, Dropped, Identity, encode_batch, encode_event, header_reserve, split_batch
 from shipper.client import AggregatorClient, Verdict, backoff_delay, classify, parse_retry_after
 from shipper.config import ConfigError, load_config
+from shipper.http import HttpClient
 from shipper.metrics import ShipperMetrics
 from shipper.reader import Cursor
 
@@ -63,9 +63,9 @@ def test_batch_encoding_and_split() -> None:
 async def test_deliver_fails_over_and_retries() -> None:
     rec = await Recorder(script=[503, "drop", 503]).start()
     try:
-        async with aiohttp.ClientSession() as session:
+        async with HttpClient() as http:
             metrics = ShipperMetrics()
-            client = AggregatorClient(session, ("http://127.0.0.1:9", rec.url), TOKEN, timeout=5,
+            client = AggregatorClient(http, ("http://127.0.0.1:9", rec.url), TOKEN, timeout=5,
                                       use_gzip=True, backoff_base=0.01, backoff_max=0.05,
                                       retry_after_max=5, reject_backoff=0.05, metrics=metrics)
             body = encode_batch(Identity("elb-1", "p", "c", "running"), 0, Batch())
