@@ -34,13 +34,13 @@ class Prepared:
 
 def sanitise_chunk(san: Sanitiser, chunk: Chunk) -> list[str]:
     """The chunk's lines sanitised, in as few bulk passes as its shape allows."""
+    if not chunk.count:
+        return []
+    if chunk.joined is not None:  # the reader's one piece (never with extras)
+        return san.joined_lines(chunk.joined, chunk.ends)
     raws = chunk.raws
     if not chunk.extras:
-        joined, ends = chunk.joined, None
-        if joined is not None:  # the reader's one piece: line ends follow from the offsets
-            ends = list(map((-chunk.offs[0]).__add__, chunk.offs[1:]))
-            ends.append(chunk.end - chunk.offs[0])
-        return san.lines(raws, joined, ends)
+        return san.lines(raws)
     texts: list[str] = []
     prev = 0
     for i in sorted(chunk.extras):

@@ -78,6 +78,8 @@ class Chunk:
     pieces: list[bytes] | None = None
     #: their stream offsets, likewise
     piece_offs: list[int] | None = None
+    #: `ends`, when the chunk was made from them (a sanitising worker gets them with the bytes)
+    given_ends: list[int] | None = None
 
     def __len__(self) -> int:
         return self.count
@@ -89,11 +91,22 @@ class Chunk:
         return self.joined.split(b"\n") if self.joined is not None else []
 
     @cached_property
+    def ends(self) -> list[int]:
+        """For each line, the offset just past its newline, counted from the first line's start."""
+        if self.given_ends is not None:
+            return self.given_ends
+        return list(accumulate(map(_PLUS_ONE, map(len, self.raws))))
+
+    @cached_property
     def offs(self) -> list[int]:
         if self.piece_offs is not None:
             return self.piece_offs
-        offs = list(accumulate(map(_PLUS_ONE, map(len, self.raws)), initial=self.first))
-        offs.pop()
+        if self.given_ends is None and "ends" not in self.__dict__:
+            offs = list(accumulate(map(_PLUS_ONE, map(len, self.raws)), initial=self.first))
+            offs.pop()
+            return offs
+        offs = [self.first]
+        offs.extend(map(self.first.__add__, self.ends[:-1]))
         return offs
 
 

@@ -153,18 +153,21 @@ class Sanitiser:
         """
         if not raws:
             return []
-        if joined is not None:
-            joined_raw = joined
-        else:
-            joined_raw = b"\n".join(raws)
-            if joined_raw.count(b"\n") != len(raws) - 1:  # a raw line holding "\n": not a reader's line
+        if joined is None:
+            joined = b"\n".join(raws)
+            if joined.count(b"\n") != len(raws) - 1:  # a raw line holding "\n": not a reader's line
                 return [self.line(r) for r in raws]
+        return self.joined_lines(joined, ends)
+
+    def joined_lines(self, joined_raw: bytes, ends: list[int] | None = None) -> list[str]:
+        """`lines` of `joined_raw.split(b"\\n")`, without making that list: `ends` (their
+        `line_ends`) is all it needs of the lines, and is made here only if some line needs work."""
         texts = joined_raw.decode("utf-8", "replace").split("\n")
         rendered: list[int] = []
         controls = control_positions(joined_raw)
         if controls:
             if ends is None:
-                ends = line_ends(raws)
+                ends = line_ends(joined_raw.split(b"\n"))
             rendered = sorted(set(map(partial(bisect_right, ends), controls)))
             for i in rendered:
                 texts[i] = render(texts[i])

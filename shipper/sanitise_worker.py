@@ -9,13 +9,13 @@ cannot outlive the shipper.
 Wire format, both directions little-endian over the worker's stdin and stdout (the pipes are raised
 to 1 MiB where the kernel allows):
 
-- request: `<QqdqI` = data length, stream offset of the first line, ts, PEM lines (-1 when none),
-  env-name length; then the env name (UTF-8) and the data (complete lines joined with "\\n", no
-  trailing newline).
-- reply: `<BQQqII` = status (0 ok, 1 failed: fall back), events length, offsets length, PEM lines,
-  env-name length, counts length, truncated (`<I`); then the env name, the redaction counts
-  (JSON), the events joined with "\\n" (encoded events never hold a raw newline) and the offsets
-  (`array('q')` bytes).
+- request: `<QqdqII` = data length, stream offset of the first line, ts, PEM lines (-1 when none),
+  env-name length, number of lines; then the env name (UTF-8), the line ends (`array('q')` bytes,
+  `Chunk.ends`: the shipper's reader splits the lines anyway) and the data (complete lines joined
+  with "\\n", no trailing newline).
+- reply: `<BQqIII` = status (0 ok, 1 failed: the shipper redoes the chunk), events length, PEM
+  lines, env-name length, counts length, truncated; then the env name, the redaction counts (JSON)
+  and the events joined with "\\n" (an encoded event never holds a raw newline).
 
     python -m shipper.sanitise_worker --max-line-chars 4000
 """
@@ -29,7 +29,6 @@ import signal
 import struct
 import sys
 from array import array
-from itertools import accumulate
 from typing import BinaryIO, Final
 
 import orjson
@@ -39,14 +38,13 @@ from shipper.reader import Chunk, Cursor
 from shipper.redact import RedactorState
 from shipper.sanitise import Sanitiser
 
-REQUEST: Final = struct.Struct("<QqdqI")
-REPLY: Final = struct.Struct("<BQQqIII")
+REQUEST: Final = struct.Struct("<QqdqII")
+REPLY: Final = struct.Struct("<BQqIII")
 STATUS_OK: Final = 0
 STATUS_FAILED: Final = 1
 #: F_SETPIPE_SZ (Linux): fewer context switches per 256 KiB read than the default 64 KiB pipe.
 _F_SETPIPE_SZ: Final = 1031
 PIPE_SIZE: Final = 1024 * 1024
-_PLUS_ONE: Final = (1).__add__
 _NO_CURSOR: Final = Cursor(0, 0, 0, 0)
 
 
@@ -58,48 +56,61 @@ def widen_pipe(fd: int) -> None:
         pass
 
 
-def encode_request(start: int, data: bytes, ts: float, state: RedactorState) -> bytes:
+def encode_request(chunk: Chunk, state: RedactorState) -> list[bytes]:
+    """The request for a plain chunk (`joined` set), as pieces to write in order."""
+    assert chunk.joined is not None
     env = state[1].encode()
-    return REQUEST.pack(len(data), start, ts, state[0], len(env)) + env + data
+    ends = array("q", chunk.ends).tobytes()
+    return [REQUEST.pack(len(chunk.joined), chunk.first, chunk.ts, state[0], len(env), chunk.count),
+            env, ends, chunk.joined]
 
 
-def chunk_from_data(start: int, data: bytes, ts: float) -> Chunk:
-    """The `Chunk` a reader would have made of complete lines `data` starting at stream offset `start`."""
-    raws = data.split(b"\n")
-    offs = list(accumulate(map(_PLUS_ONE, map(len, raws)), initial=start))
-    end = offs.pop()
-    return Chunk(start, len(raws), end, ts, _NO_CURSOR, data, pieces=raws, piece_offs=offs)
+def decode_request(head: bytes, body: bytes) -> tuple[Chunk, RedactorState]:
+    n_data, first, ts, pem, n_env, count = REQUEST.unpack(head)
+    ends = array("q")
+    ends.frombytes(body[n_env : n_env + 8 * count])
+    given = ends.tolist()
+    data = body[n_env + 8 * count :]
+    if len(given) != count or len(data) != n_data or (count and given[-1] != n_data + 1):
+        raise ValueError("inconsistent request")
+    chunk = Chunk(first, count, first + n_data + 1, ts, _NO_CURSOR, data, given_ends=given)
+    return chunk, (pem, body[:n_env].decode())
+
+
+def request_body_size(head: bytes) -> int:
+    n_data, _, _, _, n_env, count = REQUEST.unpack(head)
+    return int(n_env + 8 * count + n_data)
 
 
 def encode_reply(p: Prepared) -> bytes:
     env = p.state[1].encode()
     counts = orjson.dumps(p.redactions)
     events = b"\n".join(p.events)
-    offs = array("q", p.offs).tobytes()
-    head = REPLY.pack(STATUS_OK, len(events), len(offs), p.state[0], len(env), len(counts), p.truncated)
-    return b"".join((head, env, counts, events, offs))
+    head = REPLY.pack(STATUS_OK, len(events), p.state[0], len(env), len(counts), p.truncated)
+    return b"".join((head, env, counts, events))
 
 
-FAILED_REPLY: Final = REPLY.pack(STATUS_FAILED, 0, 0, -1, 0, 0, 0)
+FAILED_REPLY: Final = REPLY.pack(STATUS_FAILED, 0, -1, 0, 0, 0)
 
 
-def decode_reply(head: bytes, body: bytes, start: RedactorState) -> Prepared | None:
-    """The `Prepared` a reply carries (`body` is everything after the header); None for a failure."""
-    status, n_events, n_offs, pem, n_env, n_counts, truncated = REPLY.unpack(head)
+def decode_reply(head: bytes, body: bytes, offs: list[int], start: RedactorState) -> Prepared | None:
+    """The `Prepared` a reply carries (`body` is everything after the header) for a chunk with
+    offsets `offs`; None for a failure."""
+    status, n_events, pem, n_env, n_counts, truncated = REPLY.unpack(head)
     if status != STATUS_OK:
         return None
     pos = n_env + n_counts
     env = body[:n_env].decode()
     counts: dict[str, int] = orjson.loads(body[n_env:pos]) if n_counts else {}
     events = body[pos : pos + n_events].split(b"\n") if n_events else []
-    offs = array("q")
-    offs.frombytes(body[pos + n_events : pos + n_events + n_offs])
-    return Prepared(offs.tolist(), events, counts, truncated, start, (pem, env))
+    if len(events) != len(offs):
+        return None
+    return Prepared(offs, events, counts, truncated, start, (pem, env))
 
 
 def reply_body_size(head: bytes) -> int:
-    _, n_events, n_offs, _, n_env, n_counts, _ = REPLY.unpack(head)
-    return int(n_events + n_offs + n_env + n_counts)
+    _, n_events, _, n_env, n_counts, _ = REPLY.unpack(head)
+    return int(n_events + n_env + n_counts)
 
 
 def _read_exactly(stream: BinaryIO, n: int) -> bytes | None:
@@ -113,13 +124,12 @@ def serve(stdin: BinaryIO, stdout: BinaryIO, san: Sanitiser) -> None:
         head = _read_exactly(stdin, REQUEST.size)
         if head is None:
             return
-        n_data, start, ts, pem, n_env = REQUEST.unpack(head)
-        body = _read_exactly(stdin, n_env + n_data)
+        body = _read_exactly(stdin, request_body_size(head))
         if body is None:
             return
         try:
-            state = (pem, body[:n_env].decode())
-            reply = encode_reply(prepare(san, chunk_from_data(start, body[n_env:], ts), state))
+            chunk, state = decode_request(head, body)
+            reply = encode_reply(prepare(san, chunk, state))
         except Exception:  # the shipper redoes the chunk itself; say nothing of its content
             print("blast-log-shipper sanitise worker: a chunk failed; the shipper redoes it", file=sys.stderr)
             reply = FAILED_REPLY

@@ -37,7 +37,7 @@ Reply = asyncio.Future[Prepared | None]
 @dataclass(eq=False)
 class _Worker:
     proc: asyncio.subprocess.Process
-    waiting: deque[tuple[Reply, RedactorState]] = field(default_factory=deque)
+    waiting: deque[tuple[Reply, Chunk, RedactorState]] = field(default_factory=deque)
     alive: bool = True
     replies: asyncio.Task[None] | None = None
 
@@ -89,8 +89,8 @@ class SanitiserPool:
         worker = min(live, key=lambda w: len(w.waiting))
         stdin = worker.proc.stdin
         assert stdin is not None
-        worker.waiting.append((fut, start))
-        stdin.write(encode_request(chunk.first, chunk.joined, chunk.ts, start))
+        worker.waiting.append((fut, chunk, start))
+        stdin.writelines(encode_request(chunk, start))
         return fut
 
     async def _read_replies(self, worker: _Worker) -> None:
@@ -100,15 +100,15 @@ class SanitiserPool:
             while True:
                 head = await stdout.readexactly(REPLY.size)
                 body = await stdout.readexactly(reply_body_size(head))
-                fut, start = worker.waiting.popleft()
+                fut, chunk, start = worker.waiting.popleft()
                 if not fut.done():
-                    fut.set_result(decode_reply(head, body, start))
+                    fut.set_result(decode_reply(head, body, chunk.offs, start))
         except (asyncio.IncompleteReadError, ConnectionError, IndexError):
             pass
         finally:
             worker.alive = False
             while worker.waiting:
-                fut, _ = worker.waiting.popleft()
+                fut, _, _ = worker.waiting.popleft()
                 if not fut.done():
                     fut.set_result(None)
             if not self._closing:

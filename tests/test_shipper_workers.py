@@ -9,6 +9,7 @@ import random
 import signal
 import subprocess
 import sys
+from array import array
 from pathlib import Path
 
 import orjson
@@ -16,7 +17,7 @@ import pytest
 from shipper_helpers import ROOT, TOKEN, Recorder, append, eventually, start_shipper
 
 from shipper.prepare import Prepared, prepare
-from shipper.reader import Chunk, LineReader
+from shipper.reader import Chunk, Cursor, LineReader
 from shipper.redact import CLEAN_STATE, marker
 from shipper.sanitise import Sanitiser
 from shipper.sanitise_worker import (
@@ -121,20 +122,25 @@ def test_a_worker_answers_a_bad_request_with_a_failure_and_keeps_serving() -> No
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert proc.stdin is not None and proc.stdout is not None
     try:
-        # An env name that is not UTF-8 cannot be a state the shipper sent: the worker says so.
-        bad = REQUEST.pack(3, 0, 1.0, -1, 1) + b"\xff" + b"abc"
-        proc.stdin.write(bad)
-        proc.stdin.flush()
-        head = proc.stdout.read(REPLY.size)
-        assert head[0] == STATUS_FAILED and reply_body_size(head) == 0
-        assert decode_reply(head, b"", CLEAN_STATE) is None
-        proc.stdin.write(encode_request(100, b"password=hunter2-Secret-1\nplain", 2.0, CLEAN_STATE))
+        # An env name that is not UTF-8, or line ends that do not fit the data, cannot be what the
+        # shipper sent: the worker says it failed and serves the next request.
+        for bad in (REQUEST.pack(3, 0, 1.0, -1, 1, 1) + b"\xff" + array("q", [4]).tobytes() + b"abc",
+                    REQUEST.pack(3, 0, 1.0, -1, 0, 1) + array("q", [9]).tobytes() + b"abc"):
+            proc.stdin.write(bad)
+            proc.stdin.flush()
+            head = proc.stdout.read(REPLY.size)
+            assert head[0] == STATUS_FAILED and reply_body_size(head) == 0
+            assert decode_reply(head, b"", [0], CLEAN_STATE) is None
+        data = b"password=hunter2-Secret-1\nplain"
+        chunk = Chunk(100, 2, 100 + len(data) + 1, 2.0, Cursor(0, 0, 0, 0), data)
+        proc.stdin.write(b"".join(encode_request(chunk, CLEAN_STATE)))
         proc.stdin.flush()
         head = proc.stdout.read(REPLY.size)
         assert head[0] == STATUS_OK
-        p = decode_reply(head, proc.stdout.read(reply_body_size(head)), CLEAN_STATE)
+        p = decode_reply(head, proc.stdout.read(reply_body_size(head)), chunk.offs, CLEAN_STATE)
         assert p is not None and p.offs == [100, 126]
-        assert [orjson.loads(e)["line"] for e in p.events] == [f"password={marker('password')}", "plain"]
+        assert [orjson.loads(e) for e in p.events] == [
+            {"off": 100, "ts": 2.0, "line": f"password={marker('password')}"}, {"off": 126, "ts": 2.0, "line": "plain"}]
         assert p.redactions == {"password": 1}
     finally:
         proc.stdin.close()
