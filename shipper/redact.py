@@ -18,10 +18,10 @@ from bisect import bisect_right
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from itertools import accumulate
+from itertools import accumulate, product
 from typing import Final
 
-from ahocorasick_rs import BytesAhoCorasick
+from ahocorasick_rs import BytesAhoCorasick, Implementation
 
 #: A PEM block that never ends (a truncated log) stops being redacted after this many lines,
 #: so one stray BEGIN line cannot hide the rest of a stream. Real keys are far shorter (RSA-4096: 51).
@@ -261,10 +261,19 @@ NEEDLES_EXACT: Final = (
     "github_pat_",
     "AIza",
 )
-#: One automaton over the ASCII-lowercased bytes finds every needle in a single pass (the exact
-#: needles lowered too: a case variant of one only makes its line a candidate, never hides one).
+
+
+def _case_variants(word: str) -> set[str]:
+    return {"".join(c) for c in product(*[(ch.lower(), ch.upper()) if ch.isalpha() else (ch,) for ch in word])}
+
+
+#: One automaton finds every needle in any ASCII case in a single pass over the raw bytes (a DFA
+#: of about 900 case variants: 0.24 s per 100 MB here, against 0.30 s for lowering a copy and
+#: scanning that, for 0.3 MiB more). The exact needles match in any case too: a case variant of
+#: one only makes its line a candidate, never hides one.
 _NEEDLE_SCAN: Final = BytesAhoCorasick(
-    sorted({n.lower().encode() for n in (*NEEDLES_FOLDED, *NEEDLES_EXACT)})
+    sorted({v.encode() for n in (*NEEDLES_FOLDED, *NEEDLES_EXACT) for v in _case_variants(n.lower())}),
+    implementation=Implementation.DFA,
 )
 
 
@@ -278,11 +287,11 @@ def might_hold_secret(text: str) -> bool:
 def needle_positions(data: bytes) -> list[int]:
     """Byte offsets in `data` (raw UTF-8 of many lines) where a needle starts; empty when none.
 
-    The byte form of `might_hold_secret` for a whole batch: one lowercasing copy and one
-    Aho-Corasick scan (the Rust `aho-corasick` crate), however many needles there are. Matches do
+    The byte form of `might_hold_secret` for a whole batch: one Aho-Corasick scan (the Rust
+    `aho-corasick` crate), however many needles there are. Matches do
     not overlap, so a line may report fewer hits than it holds needles, but never none.
     """
-    return [start for _, start, _ in _NEEDLE_SCAN.find_matches_as_indexes(data.lower())]
+    return [start for _, start, _ in _NEEDLE_SCAN.find_matches_as_indexes(data)]
 
 
 def line_ends(raws: Sequence[bytes]) -> list[int]:
