@@ -32,7 +32,7 @@ from shipper.prepare import Prepared, prepare
 from shipper.reader import Chunk, Cursor, Generation, LineReader
 from shipper.redact import CLEAN_STATE, RedactorState
 from shipper.sanitise import Sanitiser
-from shipper.workers import Reply, SanitiserPool
+from shipper.workers import MAX_QUEUED, Reply, SanitiserPool
 
 log = logging.getLogger("shipper.stream")
 
@@ -80,8 +80,8 @@ class Stream:
         self.pool = pool
         #: chunks read and being prepared (by the pool), placed into batches in read order
         self.preparing: deque[tuple[Chunk, Reply | None]] = deque()
-        #: chunks in flight beyond the one being placed: each worker has the next one queued
-        self.prepare_depth = pool.size + 1 if pool is not None else 0
+        #: chunks in flight beyond the one being placed: enough to keep every worker's queue full
+        self.prepare_depth = pool.size * MAX_QUEUED if pool is not None else 0
         #: the redactor state after the last placed line
         self.red_state: RedactorState = CLEAN_STATE
         self.ident = Identity(config.job_id, config.pod, container, config.phase)
@@ -202,7 +202,8 @@ class Stream:
 
         A worker starts from the redactor state the previous chunk ends in when that is known (no
         chunk in flight), and otherwise from the clean state, which is right unless a PEM block or
-        an env entry spans the read boundary; `_place_next` checks and redoes it here if not.
+        an env entry spans the read boundary; `_place_next` checks and redoes it here if not. A
+        chunk no worker takes now is prepared here when its turn comes.
         """
         reply = None
         if self.pool is not None and not chunk.extras and chunk.joined is not None:

@@ -1,11 +1,14 @@
 """`SanitiserPool`: sanitising worker processes, fed chunks and answering in order.
 
 Each worker (`shipper.sanitise_worker`) answers its requests first in, first out; the pool hands a
-chunk to the worker with the fewest outstanding, and gives back a future per chunk. A future whose
-result is None means "prepare this chunk yourself": the worker failed on it, died, or none is
-running. Nothing is lost that way, only parallelism: the stream prepares the chunk in its own
-process, from the redactor state it knows exactly. A worker that dies is started again after
-`RESPAWN_DELAY`; the pool never waits on a worker to make progress.
+chunk to the worker with the fewest outstanding, and gives back a future per chunk. No future
+(`submit` returns None) when every worker already holds `MAX_QUEUED` chunks: the stream prepares
+that chunk itself, so a flood is shared between the workers and the shipper's own process in
+proportion to their speed, and memory stays bounded however many streams there are. A future
+whose result is None means the same: the worker failed on the chunk or died. Nothing is lost
+that way, only parallelism: the stream prepares the chunk from the redactor state it knows
+exactly. A worker that dies is started again after `RESPAWN_DELAY`; the pool never waits on a
+worker to make progress.
 """
 
 from __future__ import annotations
@@ -30,6 +33,8 @@ log = logging.getLogger("shipper.workers")
 RESPAWN_DELAY: Final = 1.0
 #: Seconds a worker gets to exit after its stdin closes, before it is killed.
 STOP_TIMEOUT: Final = 2.0
+#: Chunks a worker holds at most (one being prepared, one waiting in its pipe).
+MAX_QUEUED: Final = 2
 
 Reply = asyncio.Future[Prepared | None]
 
@@ -79,13 +84,13 @@ class SanitiserPool:
         worker.replies = asyncio.create_task(self._read_replies(worker), name=f"sanitise worker {proc.pid}")
         self.workers.append(worker)
 
-    def submit(self, chunk: Chunk, start: RedactorState) -> Reply:
-        """Prepare `chunk` (complete lines, `joined` set) from redactor state `start` in a worker."""
-        fut: Reply = asyncio.get_running_loop().create_future()
-        live = [w for w in self.workers if w.alive]
+    def submit(self, chunk: Chunk, start: RedactorState) -> Reply | None:
+        """Prepare `chunk` (complete lines, `joined` set) from redactor state `start` in a worker;
+        None when no worker can take it now."""
+        live = [w for w in self.workers if w.alive and len(w.waiting) < MAX_QUEUED]
         if not live or chunk.joined is None:
-            fut.set_result(None)
-            return fut
+            return None
+        fut: Reply = asyncio.get_running_loop().create_future()
         worker = min(live, key=lambda w: len(w.waiting))
         stdin = worker.proc.stdin
         assert stdin is not None

@@ -29,7 +29,7 @@ from shipper.sanitise_worker import (
     encode_request,
     reply_body_size,
 )
-from shipper.workers import SanitiserPool
+from shipper.workers import MAX_QUEUED, SanitiserPool
 
 DATA = ROOT / "tests" / "data"
 PEM = [
@@ -105,11 +105,17 @@ async def test_workers_give_the_bytes_the_shipper_gives_itself(tmp_path: Path, r
         for chunk in chunks:  # in order, each from the state the one before ended in
             expected.append(prepare(here, chunk, state))
             state = expected[-1].state
-        replies = [pool.submit(chunk, p.start) for chunk, p in zip(chunks, expected, strict=True)]
-        got = await asyncio.gather(*replies)
+        got: list[Prepared | None] = []
+        room = pool.size * MAX_QUEUED
+        for i in range(0, len(chunks), room):
+            replies = [pool.submit(chunk, p.start) for chunk, p in zip(chunks[i:i + room], expected[i:i + room],
+                                                                        strict=True)]
+            assert all(r is not None for r in replies)  # the workers had room for these
+            if len(replies) == room:
+                assert pool.submit(chunks[0], CLEAN_STATE) is None  # and for no more
+            got.extend(await asyncio.gather(*[r for r in replies if r is not None]))
     finally:
         await pool.close()
-    assert all(g is not None for g in got)
     for g, e in zip(got, expected, strict=True):
         assert g is not None
         same(g, e)
