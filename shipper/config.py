@@ -28,7 +28,7 @@
 | `--grace` | `BLAST_LOGS_GRACE` | 25 s | drain budget after SIGTERM |
 | `--metrics-host` | `BLAST_LOGS_METRICS_HOST` | `127.0.0.1` | where `/metrics` and `/healthz` listen |
 | `--metrics-port` | `BLAST_LOGS_METRICS_PORT` | 9090 | their port; 0 disables the server |
-| `--sanitise-workers` | `BLAST_LOGS_SANITISE_WORKERS` | 1 | child processes that sanitise and encode lines while the shipper reads and sends (a log flood gets a second core; each adds about 14 MiB); 0 does everything in the shipper's one process |
+| `--sanitise-workers` | `BLAST_LOGS_SANITISE_WORKERS` | `auto` | child processes that sanitise and encode lines while the shipper reads and sends, so a log flood gets a second core (each adds about 14 MiB PSS); `auto` starts one when at least 2 CPUs are available to the container (its affinity and cgroup CPU quota: the injected default limit of 500m gives none), 0 keeps everything in the shipper's one process |
 """
 
 from __future__ import annotations
@@ -65,7 +65,8 @@ DEFAULT_REJECT_BACKOFF: Final = 30.0
 DEFAULT_GRACE: Final = 25.0
 DEFAULT_METRICS_HOST: Final = "127.0.0.1"
 DEFAULT_METRICS_PORT: Final = 9090
-DEFAULT_SANITISE_WORKERS: Final = 1
+#: `auto`: one worker when 2 or more CPUs are available (see `shipper.workers.auto_workers`).
+DEFAULT_SANITISE_WORKERS: Final = "auto"
 
 #: Exit status when the drain could not deliver everything within the grace budget.
 EXIT_UNDELIVERED: Final = 3
@@ -105,7 +106,8 @@ class ShipperConfig:
     grace: float = DEFAULT_GRACE
     metrics_host: str = DEFAULT_METRICS_HOST
     metrics_port: int = DEFAULT_METRICS_PORT
-    sanitise_workers: int = DEFAULT_SANITISE_WORKERS
+    #: None: decided at start-up from the CPUs available (`auto`)
+    sanitise_workers: int | None = None
 
     @property
     def logs_dir(self) -> Path:
@@ -140,8 +142,6 @@ _NUMERIC: Final[tuple[tuple[str, str, type, float | int, str], ...]] = (
      "wait after a 4xx rejection (data kept)"),
     ("--grace", "GRACE", float, DEFAULT_GRACE, "drain budget in seconds after SIGTERM"),
     ("--metrics-port", "METRICS_PORT", int, DEFAULT_METRICS_PORT, "metrics/health port, 0 disables"),
-    ("--sanitise-workers", "SANITISE_WORKERS", int, DEFAULT_SANITISE_WORKERS,
-     "sanitising worker processes, 0 for none"),
 )
 _TEXT: Final[tuple[tuple[str, str, str | None, str], ...]] = (
     ("--dir", "DIR", DEFAULT_DIR, "the shared volume"),
@@ -152,6 +152,8 @@ _TEXT: Final[tuple[tuple[str, str, str | None, str], ...]] = (
     ("--namespace", "NAMESPACE", "", "the pod namespace"),
     ("--phase", "PHASE", DEFAULT_PHASE, "the pod's default phase"),
     ("--metrics-host", "METRICS_HOST", DEFAULT_METRICS_HOST, "metrics/health address"),
+    ("--sanitise-workers", "SANITISE_WORKERS", DEFAULT_SANITISE_WORKERS,
+     "sanitising worker processes: a number, or auto"),
 )
 
 
@@ -238,8 +240,21 @@ def load_config(argv: Sequence[str], environ: Mapping[str, str] | None = None) -
         grace=nums["grace"],
         metrics_host=texts["metrics_host"],
         metrics_port=int(nums["metrics_port"]),
-        sanitise_workers=int(nums["sanitise_workers"]),
+        sanitise_workers=_workers(texts["sanitise_workers"]),
     )
+
+
+def _workers(text: str) -> int | None:
+    value = text.strip().lower()
+    if value in ("", "auto"):
+        return None
+    try:
+        count = int(value)
+    except ValueError:
+        raise ConfigError(f"--sanitise-workers: not a number or auto: {text!r}") from None
+    if count < 0:
+        raise ConfigError("--sanitise-workers must not be negative")
+    return count
 
 
 def _token(env: Mapping[str, str], token_file: str) -> str:

@@ -23,7 +23,7 @@ from shipper.metrics import ShipperMetrics, start_server
 from shipper.signals import HANDLED, take_pending
 from shipper.stream import Stream
 from shipper.watcher import discover
-from shipper.workers import SanitiserPool
+from shipper.workers import SanitiserPool, auto_workers, available_cpus
 
 log = logging.getLogger("shipper.runner")
 
@@ -38,7 +38,9 @@ class Runner:
         self.streams: dict[str, Stream] = {}
         self.tasks: dict[str, asyncio.Task[None]] = {}
         self.rejected_names: set[str] = set()
-        self.pool = SanitiserPool(config.sanitise_workers, config.max_line_chars) if config.sanitise_workers else None
+        self.cpus = available_cpus()
+        self.workers = config.sanitise_workers if config.sanitise_workers is not None else auto_workers(self.cpus)
+        self.pool = SanitiserPool(self.workers, config.max_line_chars) if self.workers else None
 
     def _on_signal(self, signum: int) -> None:
         if self.drain.is_set():
@@ -97,7 +99,8 @@ class Runner:
         log.info("shipper started", extra={
             "dir": str(cfg.volume), "aggregators": list(cfg.urls), "job_id": cfg.job_id, "pod": cfg.pod,
             "namespace": cfg.namespace, "phase": cfg.phase,
-            "metrics": f"{cfg.metrics_host}:{cfg.metrics_port}" if cfg.metrics_port else "off"})
+            "metrics": f"{cfg.metrics_host}:{cfg.metrics_port}" if cfg.metrics_port else "off",
+            "sanitise_workers": self.workers, "cpus": round(self.cpus, 2)})
         try:
             async with HttpClient() as http:
                 client = AggregatorClient(

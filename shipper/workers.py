@@ -20,6 +20,7 @@ import os
 import sys
 from collections import deque
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Final
 
 from shipper.prepare import Prepared
@@ -45,6 +46,32 @@ class _Worker:
     waiting: deque[tuple[Reply, Chunk, RedactorState]] = field(default_factory=deque)
     alive: bool = True
     replies: asyncio.Task[None] | None = None
+
+
+def available_cpus(cgroup: Path = Path("/sys/fs/cgroup")) -> float:
+    """CPUs this process may use: its affinity, capped by a cgroup CPU quota (v2 `cpu.max`, or v1
+    `cpu.cfs_quota_us` / `cpu.cfs_period_us`), as Kubernetes sets from a container's CPU limit."""
+    cpus = float(len(os.sched_getaffinity(0)))
+    try:
+        quota, period = (cgroup / "cpu.max").read_text().split()[:2]
+    except (OSError, ValueError):
+        try:
+            quota = (cgroup / "cpu" / "cpu.cfs_quota_us").read_text().strip()
+            period = (cgroup / "cpu" / "cpu.cfs_period_us").read_text().strip()
+        except OSError:
+            return cpus
+    if quota in ("max", "-1"):
+        return cpus
+    try:
+        return min(cpus, int(quota) / int(period))
+    except (ValueError, ZeroDivisionError):
+        return cpus
+
+
+def auto_workers(cpus: float) -> int:
+    """One worker when there is a second CPU for it; a worker under a one-CPU quota only adds
+    the cost of handing chunks over."""
+    return 1 if cpus >= 2 else 0
 
 
 def worker_environment(environ: dict[str, str] | os._Environ[str]) -> dict[str, str]:

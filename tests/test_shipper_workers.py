@@ -16,6 +16,7 @@ import orjson
 import pytest
 from shipper_helpers import ROOT, TOKEN, Recorder, append, eventually, start_shipper
 
+from shipper.config import ConfigError, load_config
 from shipper.prepare import Prepared, prepare
 from shipper.reader import Chunk, Cursor, LineReader
 from shipper.redact import CLEAN_STATE, marker
@@ -29,7 +30,7 @@ from shipper.sanitise_worker import (
     encode_request,
     reply_body_size,
 )
-from shipper.workers import MAX_QUEUED, SanitiserPool
+from shipper.workers import MAX_QUEUED, SanitiserPool, auto_workers, available_cpus
 
 DATA = ROOT / "tests" / "data"
 PEM = [
@@ -234,3 +235,49 @@ def _state(pid: int) -> str:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
     except OSError:
         return "Z"
+
+
+def test_sanitise_workers_setting() -> None:
+    env = {"BLAST_LOGS_AGGREGATOR_URL": "http://a:8080", "BLAST_LOGS_JOB_ID": "elb-1", "BLAST_LOGS_POD": "p",
+           "BLAST_LOGS_TOKEN": "t"}
+    assert load_config([], env).sanitise_workers is None  # auto
+    assert load_config([], {**env, "BLAST_LOGS_SANITISE_WORKERS": "AUTO"}).sanitise_workers is None
+    assert load_config(["--sanitise-workers", "0"], {**env, "BLAST_LOGS_SANITISE_WORKERS": "3"}).sanitise_workers == 0
+    assert load_config([], {**env, "BLAST_LOGS_SANITISE_WORKERS": "2"}).sanitise_workers == 2
+    for bad in ("-1", "two", "1.5"):
+        with pytest.raises(ConfigError, match="sanitise-workers"):
+            load_config(["--sanitise-workers", bad], env)
+
+
+@pytest.mark.parametrize(("files", "expected"), [
+    ({}, None),  # no cgroup files: the affinity alone
+    ({"cpu.max": "max 100000\n"}, None),
+    ({"cpu.max": "50000 100000\n"}, 0.5),  # a 500m limit
+    ({"cpu.max": "250000 100000\n"}, 2.5),
+    ({"cpu/cpu.cfs_quota_us": "-1\n", "cpu/cpu.cfs_period_us": "100000\n"}, None),
+    ({"cpu/cpu.cfs_quota_us": "150000\n", "cpu/cpu.cfs_period_us": "100000\n"}, 1.5),
+    ({"cpu.max": "garbage\n"}, None),
+])
+def test_available_cpus_follows_the_cgroup_quota(tmp_path: Path, files: dict[str, str], expected: float | None) -> None:
+    for name, text in files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text)
+    affinity = float(len(os.sched_getaffinity(0)))
+    assert available_cpus(tmp_path) == (affinity if expected is None else min(affinity, expected))
+    assert auto_workers(0.5) == 0 and auto_workers(1.5) == 0 and auto_workers(2.0) == 1 and auto_workers(16) == 1
+
+
+async def test_no_workers_when_asked_for_none(volume: Path, recorder: Recorder) -> None:
+    (volume / "logs" / "blast.log").write_bytes(b"password=hunter2-Secret-9\nplain\n")
+    shipper = await start_shipper(volume, [recorder.url], "--sanitise-workers", "0")
+    try:
+        await eventually(lambda: len(recorder.lines("blast")) == 2, what="both lines")
+        assert children(shipper.proc.pid) == []
+        started = next(r for r in shipper.log() if r.get("msg") == "shipper started")
+        assert started["sanitise_workers"] == 0
+        shipper.signal(signal.SIGTERM)
+        assert await shipper.wait() == 0
+    finally:
+        if shipper.proc.returncode is None:
+            shipper.proc.kill()
+    assert recorder.lines("blast") == [f"password={marker('password')}", "plain"]
