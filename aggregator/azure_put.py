@@ -17,13 +17,15 @@ import hmac
 import random
 import time
 from email.utils import formatdate
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 from urllib.parse import quote, urlsplit
 
 import aiohttp
-from azure.core.credentials import AccessToken
-from azure.core.credentials_async import AsyncTokenCredential
 from yarl import URL
+
+if TYPE_CHECKING:  # the Azure SDK stays in azure_store.py; these are types only
+    from azure.core.credentials import AccessToken
+    from azure.core.credentials_async import AsyncTokenCredential
 
 #: The scope of a token for Azure Storage (what the SDK asks for).
 STORAGE_SCOPE = "https://storage.azure.com/.default"
