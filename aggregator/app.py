@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -28,6 +29,10 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 #: Successful requests to these are logged at DEBUG: probes, scrapes, and ingest, which comes at
 #: batch rate and is counted by the metrics (its failures stay at INFO and above).
 QUIET_ROUTES = frozenset({"/healthz", "/readyz", "/metrics", "/v1/ingest"})
+#: The garbage collector's first threshold while serving. Python's default (700) is below what one
+#: 1,000-event batch keeps alive while it is checked and staged (a few thousand tuples), so every
+#: ingest paid several young collections that found nothing to free (about 0.4 ms per batch).
+GC_GEN0_THRESHOLD = 20_000
 ERROR_CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
                405: "method_not_allowed", 408: "timeout", 413: "too_large", 429: "busy", 503: "unavailable"}
 
@@ -76,6 +81,7 @@ def make_app(config: AggregatorConfig, *, store: Store | None = None) -> web.App
         runtime.draining = True
 
     app.cleanup_ctx.append(store_ctx)
+    app.on_startup.append(_raise_gc_threshold)
     app.on_shutdown.append(on_shutdown)
 
     async def healthz(_request: web.Request) -> web.Response:
@@ -111,6 +117,13 @@ def make_app(config: AggregatorConfig, *, store: Store | None = None) -> web.App
 
     app.router.add_get(OPENAPI_PATH, openapi_route)
     return app
+
+
+async def _raise_gc_threshold(_app: web.Application) -> None:
+    """Young collections per GC_GEN0_THRESHOLD allocations, not per Python's default 700 (process-wide)."""
+    gen0, gen1, gen2 = gc.get_threshold()
+    if 0 < gen0 < GC_GEN0_THRESHOLD:
+        gc.set_threshold(GC_GEN0_THRESHOLD, gen1, gen2)
 
 
 def start_draining(app: web.Application) -> None:

@@ -13,6 +13,7 @@ import os
 import re
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any, TypeVar
+from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
 from azure.core.credentials_async import AsyncTokenCredential
@@ -26,6 +27,7 @@ from azure.core.exceptions import (
 )
 from azure.storage.blob.aio import ContainerClient, LinearRetry
 
+from aggregator.azure_put import Auth, Bearer, BlobPutError, BlobPutter, Sas, SharedKey
 from aggregator.store import StoreError, check_key, check_prefix
 
 # Defaults, bounded so that an outage surfaces as StoreError within a few seconds.
@@ -73,6 +75,8 @@ def describe_failure(exc: BaseException) -> str:
     if isinstance(exc, HttpResponseError) and exc.status_code is not None:
         code = f" {_error_code(exc)}" if _error_code(exc) else ""
         return f"HTTP {exc.status_code}{code}"
+    if isinstance(exc, BlobPutError) and exc.status is not None:
+        return f"HTTP {exc.status}{f' {exc.code}' if exc.code else ''}"
     first_line = (str(exc).strip().splitlines() or [""])[0]
     kind = "cannot reach storage" if isinstance(
         exc, ServiceRequestError | ServiceResponseError | aiohttp.ClientError | OSError
@@ -81,17 +85,23 @@ def describe_failure(exc: BaseException) -> str:
 
 
 class AzureStore:
-    """A blob container. put-if-absent uses `If-None-Match: *`, so concurrent replicas agree on one writer."""
+    """A blob container. put-if-absent uses `If-None-Match: *`, so concurrent replicas agree on one writer.
+
+    `put` goes through `BlobPutter` (one signed request, the ingest hot path); everything else
+    through the SDK's `client`.
+    """
 
     def __init__(
         self,
         client: ContainerClient,
+        putter: BlobPutter,
         *,
         credential: AsyncTokenCredential | None = None,
         secrets: Iterable[str] = (),
         operation_timeout: float = OPERATION_TIMEOUT_S,
     ) -> None:
         self._client = client
+        self._putter = putter
         self._credential = credential
         self._secrets = [s for s in secrets if s]
         self._operation_timeout = operation_timeout
@@ -120,7 +130,15 @@ class AzureStore:
         except ValueError:
             # The SDK's message could quote the string; ours never does.
             raise ValueError("malformed Azure connection string") from None
-        return cls(client, secrets=connection_string_secrets(connection_string),
+        auth: Auth
+        # The SDK's parsed credential (it also expands UseDevelopmentStorage=true): a key, or none for a SAS.
+        account_key = getattr(client.credential, "account_key", None)
+        if isinstance(account_key, str) and account_key:
+            auth = SharedKey(client.account_name or "", account_key)
+        else:
+            auth = Sas(urlsplit(client.url).query)
+        putter = _putter(client, auth, connection_timeout, read_timeout, retry_total)
+        return cls(client, putter, secrets=connection_string_secrets(connection_string),
                    operation_timeout=operation_timeout)
 
     @classmethod
@@ -133,16 +151,22 @@ class AzureStore:
         read_timeout: float = READ_TIMEOUT_S,
         retry_total: int = RETRY_TOTAL,
         operation_timeout: float = OPERATION_TIMEOUT_S,
+        credential: AsyncTokenCredential | None = None,
     ) -> AzureStore:
-        """Production: `DefaultAzureCredential` (workload identity, managed identity, az login)."""
-        from azure.identity.aio import DefaultAzureCredential
+        """Production: `DefaultAzureCredential` (workload identity, managed identity, az login).
 
-        credential = DefaultAzureCredential()
+        `credential` replaces it (tests); the store closes it either way.
+        """
+        if credential is None:
+            from azure.identity.aio import DefaultAzureCredential
+
+            credential = DefaultAzureCredential()
         client = ContainerClient(
             account_url, container, credential=credential,
             **_client_options(connection_timeout, read_timeout, retry_total),
         )
-        return cls(client, credential=credential, secrets=_url_secrets(account_url),
+        putter = _putter(client, Bearer(credential), connection_timeout, read_timeout, retry_total)
+        return cls(client, putter, credential=credential, secrets=_url_secrets(account_url),
                    operation_timeout=operation_timeout)
 
     async def get(self, key: str) -> bytes | None:
@@ -163,26 +187,16 @@ class AzureStore:
         async def op() -> bool:
             generation = self._container_generation
             try:
-                return await self._upload(key, data, overwrite)
-            except ResourceNotFoundError as e:
-                if _error_code(e) != _CONTAINER_NOT_FOUND:
+                # A retry after a lost response can find our own write and report False: callers
+                # that must know (the finalize lock) read the object back.
+                return await self._putter.put(key, data, overwrite=overwrite)
+            except BlobPutError as e:
+                if e.code != _CONTAINER_NOT_FOUND:
                     raise
             await self._create_container(generation)
-            return await self._upload(key, data, overwrite)
+            return await self._putter.put(key, data, overwrite=overwrite)
 
         return await self._run("put", key, op)
-
-    async def _upload(self, key: str, data: bytes, overwrite: bool) -> bool:
-        try:
-            # overwrite=False makes the SDK send If-None-Match: * (and turns a 412 into ResourceExistsError).
-            # A retry after a lost response can find our own write and report False: callers that
-            # must know (the finalize lock) read the object back.
-            await self._client.upload_blob(key, data, overwrite=overwrite)
-        except ResourceExistsError:
-            if overwrite:
-                raise
-            return False
-        return True
 
     async def delete(self, key: str) -> None:
         check_key(key)
@@ -221,6 +235,7 @@ class AzureStore:
 
     async def close(self) -> None:
         try:
+            await self._putter.close()
             await self._client.close()
         finally:
             if self._credential is not None:
@@ -243,7 +258,7 @@ class AzureStore:
         try:
             async with deadline:
                 return await op()
-        except (AzureError, aiohttp.ClientError, OSError, TimeoutError) as e:
+        except (AzureError, BlobPutError, aiohttp.ClientError, OSError, TimeoutError) as e:
             if deadline.expired():
                 detail = f"no answer within {self._operation_timeout:g}s"
             else:
@@ -270,6 +285,15 @@ def _client_options(connection_timeout: float, read_timeout: float, retry_total:
         # only where a proxy is configured.
         "use_env_settings": proxy_configured(os.environ),
     }
+
+
+def _putter(client: ContainerClient, auth: Auth, connection_timeout: float, read_timeout: float,
+            retry_total: int) -> BlobPutter:
+    """The put path, with the client's URL, API version, timeouts, retries and proxy choice."""
+    container_url = urlunsplit(urlsplit(client.url)._replace(query="", fragment=""))
+    return BlobPutter(container_url, auth, api_version=client.api_version, connection_timeout=connection_timeout,
+                      read_timeout=read_timeout, retry_total=retry_total, retry_backoff=RETRY_BACKOFF_S,
+                      trust_env=proxy_configured(os.environ))
 
 
 def proxy_configured(environ: Mapping[str, str]) -> bool:

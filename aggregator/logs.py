@@ -13,6 +13,10 @@ from typing import Any
 
 import orjson
 
+#: azure-core's HttpLoggingPolicy logs every storage request and response, headers included, at
+#: INFO: two multi-line records per ingested batch. They are shown only at DEBUG.
+AZURE_HTTP_LOGGER = "azure.core.pipeline.policies.http_logging_policy"
+
 
 class JsonFormatter(logging.Formatter):
     """`{"ts", "level", "logger", "msg", ...fields, "exc"?}` as one line."""
@@ -43,5 +47,7 @@ def setup_logging(level: str | int = logging.INFO) -> None:
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(level)
+    azure_http = logging.getLogger(AZURE_HTTP_LOGGER)
+    azure_http.setLevel(logging.NOTSET if root.level <= logging.DEBUG else max(root.level, logging.WARNING))
     # Our middleware logs each request as JSON; aiohttp's access log would duplicate it as text.
     logging.getLogger("aiohttp.access").disabled = True

@@ -301,3 +301,18 @@ def test_pod_name_is_a_kubernetes_name() -> None:
     from blastlogs.protocol import valid_k8s_name
 
     assert valid_k8s_name(POD)
+
+
+async def test_serving_raises_the_young_gc_threshold(aiohttp_client: Any, local_kit: Any) -> None:
+    """One batch keeps thousands of objects alive; Python's default threshold (700) collected per batch."""
+    import gc
+
+    from aggregator.app import GC_GEN0_THRESHOLD
+
+    before = gc.get_threshold()
+    gc.set_threshold(700, before[1], before[2])
+    try:
+        await aiohttp_client(make_app(make_config(), store=local_kit.open()))
+        assert gc.get_threshold() == (GC_GEN0_THRESHOLD, before[1], before[2])
+    finally:
+        gc.set_threshold(*before)
