@@ -95,7 +95,9 @@ class Chunk:
         """For each line, the offset just past its newline, counted from the first line's start."""
         if self.given_ends is not None:
             return self.given_ends
-        return list(accumulate(map(_PLUS_ONE, map(len, self.raws))))
+        # The lines themselves are not kept: only their lengths are needed here.
+        lines = self.raws if "raws" in self.__dict__ or self.joined is None else self.joined.split(b"\n")
+        return list(accumulate(map(_PLUS_ONE, map(len, lines))))
 
     @cached_property
     def offs(self) -> list[int]:

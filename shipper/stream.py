@@ -79,7 +79,7 @@ class Stream:
         self.drain = drain
         self.pool = pool
         #: chunks read and being prepared (by the pool), placed into batches in read order
-        self.preparing: deque[tuple[Chunk, Reply | None]] = deque()
+        self.preparing: deque[tuple[Chunk, Reply | Prepared | None]] = deque()
         #: chunks in flight beyond the one being placed: enough to keep every worker's queue full
         self.prepare_depth = pool.size * MAX_QUEUED if pool is not None else 0
         #: the redactor state after the last placed line
@@ -200,19 +200,23 @@ class Stream:
     def _submit(self, chunk: Chunk) -> None:
         """Start preparing `chunk`: in a worker when there is a pool and the chunk is plain lines.
 
-        A worker starts from the redactor state the previous chunk ends in when that is known (no
-        chunk in flight), and otherwise from the clean state, which is right unless a PEM block or
-        an env entry spans the read boundary; `_place_next` checks and redoes it here if not. A
-        chunk no worker takes now is prepared here when its turn comes.
+        A chunk is prepared from the redactor state the previous chunk ends in when that is known
+        (no chunk in flight), and otherwise from the clean state, which is right unless a PEM block
+        or an env entry spans the read boundary; `_place_next` checks and redoes it if not. When
+        every worker is busy the chunk is prepared here at once, so this process works beside the
+        workers instead of waiting for their answers.
         """
-        reply = None
+        pending: Reply | Prepared | None = None
         if self.pool is not None and not chunk.extras and chunk.joined is not None:
-            reply = self.pool.submit(chunk, CLEAN_STATE if self.preparing else self.red_state)
-        self.preparing.append((chunk, reply))
+            guess = CLEAN_STATE if self.preparing else self.red_state
+            pending = self.pool.submit(chunk, guess)
+            if pending is None:
+                pending = prepare(self.sanitiser, chunk, guess)
+        self.preparing.append((chunk, pending))
 
     async def _place_next(self) -> None:
-        chunk, reply = self.preparing[0]
-        prepared = await reply if reply is not None else None
+        chunk, pending = self.preparing[0]
+        prepared = await pending if isinstance(pending, asyncio.Future) else pending
         self.preparing.popleft()
         if prepared is None or prepared.start != self.red_state:
             prepared = prepare(self.sanitiser, chunk, self.red_state)
