@@ -148,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
     widen_pipe(0)
     widen_pipe(1)
     san = Sanitiser(max_chars=args.max_line_chars)
-    serve(os.fdopen(0, "rb", buffering=PIPE_SIZE), os.fdopen(1, "wb", buffering=0), san)
+    serve(os.fdopen(0, "rb"), os.fdopen(1, "wb", buffering=0), san)
     return 0
 
 
