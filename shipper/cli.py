@@ -56,7 +56,7 @@ def run_command(argv: Sequence[str]) -> int:
 
     catch_early()
     from shipper.config import EXIT_CONFIG, ConfigError, load_config
-    from shipper.runner import run
+    from shipper.worker_process import WorkerPlan
 
     setup_logging()
     try:
@@ -65,7 +65,11 @@ def run_command(argv: Sequence[str]) -> int:
         logging.getLogger("shipper").error("bad configuration", extra={"error": str(exc)})
         print(f"blast-log-shipper run: {exc}", file=sys.stderr)
         return EXIT_CONFIG
-    return run(config)
+    workers = WorkerPlan.decide(config)
+    workers.start(config.max_line_chars)  # their start-up overlaps importing the rest of the shipper
+    from shipper.runner import run
+
+    return run(config, workers)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -23,13 +23,14 @@ from shipper.metrics import ShipperMetrics, start_server
 from shipper.signals import HANDLED, take_pending
 from shipper.stream import Stream
 from shipper.watcher import discover
-from shipper.workers import SanitiserPool, auto_workers, available_cpus
+from shipper.worker_process import WorkerPlan
+from shipper.workers import SanitiserPool
 
 log = logging.getLogger("shipper.runner")
 
 
 class Runner:
-    def __init__(self, config: ShipperConfig) -> None:
+    def __init__(self, config: ShipperConfig, workers: WorkerPlan | None = None) -> None:
         self.config = config
         self.metrics = ShipperMetrics()
         self.checkpointer = Checkpointer(config.state_dir)
@@ -38,9 +39,9 @@ class Runner:
         self.streams: dict[str, Stream] = {}
         self.tasks: dict[str, asyncio.Task[None]] = {}
         self.rejected_names: set[str] = set()
-        self.cpus = available_cpus()
-        self.workers = config.sanitise_workers if config.sanitise_workers is not None else auto_workers(self.cpus)
-        self.pool = SanitiserPool(self.workers, config.max_line_chars) if self.workers else None
+        plan = workers if workers is not None else WorkerPlan.decide(config)
+        self.cpus, self.workers = plan.cpus, plan.count
+        self.pool = SanitiserPool(plan.count, config.max_line_chars, plan.started) if plan.count else None
 
     def _on_signal(self, signum: int) -> None:
         if self.drain.is_set():
@@ -160,5 +161,5 @@ class Runner:
         return EXIT_UNDELIVERED
 
 
-def run(config: ShipperConfig) -> int:
-    return asyncio.run(Runner(config).run())
+def run(config: ShipperConfig, workers: WorkerPlan | None = None) -> int:
+    return asyncio.run(Runner(config, workers).run())

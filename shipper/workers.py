@@ -16,17 +16,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
-import sys
+import subprocess
 from collections import deque
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Final
 
 from shipper.prepare import Prepared
 from shipper.reader import Chunk
 from shipper.redact import RedactorState
 from shipper.sanitise_worker import REPLY, decode_reply, encode_request, reply_body_size
+from shipper.worker_process import spawn_worker
 
 log = logging.getLogger("shipper.workers")
 
@@ -47,49 +46,25 @@ Reply = asyncio.Future[Prepared | None]
 
 @dataclass(eq=False)
 class _Worker:
-    proc: asyncio.subprocess.Process
+    proc: subprocess.Popen[bytes]
+    stdin: asyncio.WriteTransport
+    stdout: asyncio.StreamReader
     waiting: deque[tuple[Reply, Chunk, RedactorState]] = field(default_factory=deque)
     alive: bool = True
     replies: asyncio.Task[None] | None = None
 
-
-def available_cpus(cgroup: Path = Path("/sys/fs/cgroup")) -> float:
-    """CPUs this process may use: its affinity, capped by a cgroup CPU quota (v2 `cpu.max`, or v1
-    `cpu.cfs_quota_us` / `cpu.cfs_period_us`), as Kubernetes sets from a container's CPU limit."""
-    cpus = float(len(os.sched_getaffinity(0)))
-    try:
-        quota, period = (cgroup / "cpu.max").read_text().split()[:2]
-    except (OSError, ValueError):
-        try:
-            quota = (cgroup / "cpu" / "cpu.cfs_quota_us").read_text().strip()
-            period = (cgroup / "cpu" / "cpu.cfs_period_us").read_text().strip()
-        except OSError:
-            return cpus
-    if quota in ("max", "-1"):
-        return cpus
-    try:
-        return min(cpus, int(quota) / int(period))
-    except (ValueError, ZeroDivisionError):
-        return cpus
-
-
-def auto_workers(cpus: float) -> int:
-    """One worker when there is a second CPU for it; a worker under a one-CPU quota only adds
-    the cost of handing chunks over."""
-    return 1 if cpus >= 2 else 0
-
-
-def worker_environment(environ: dict[str, str] | os._Environ[str]) -> dict[str, str]:
-    """The shipper's environment without its own settings: the worker never sees the token."""
-    return {k: v for k, v in environ.items() if not k.startswith("BLAST_LOGS_")}
+    async def exited(self) -> int:
+        """The exit status once the process is gone."""
+        return await asyncio.to_thread(self.proc.wait)
 
 
 class SanitiserPool:
-    def __init__(self, size: int, max_line_chars: int) -> None:
+    def __init__(self, size: int, max_line_chars: int, started: list[subprocess.Popen[bytes]] | None = None) -> None:
         self.size = size
         self.max_line_chars = max_line_chars
         self.workers: list[_Worker] = []
         self.restarts = 0
+        self._started = list(started or [])
         self._closing = False
         self._respawns: set[asyncio.Task[None]] = set()
 
@@ -98,21 +73,29 @@ class SanitiserPool:
         return sum(w.alive for w in self.workers)
 
     async def start(self) -> None:
-        for _ in range(self.size):
+        """Adopt the workers started already (`spawn_worker`) and start the rest of `size`."""
+        started, self._started = self._started, []
+        for proc in started:
+            await self._adopt(proc)
+        for _ in range(self.size - len(started)):
             await self._spawn()
 
     async def _spawn(self) -> None:
         try:
-            proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "shipper.sanitise_worker",
-                "--max-line-chars", str(self.max_line_chars),
-                stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
-                env=worker_environment(os.environ), close_fds=True)
+            proc = spawn_worker(self.max_line_chars)
         except OSError as exc:
             log.error("cannot start a sanitising worker; sanitising in the shipper's own process",
                       extra={"error": str(exc)})
             return
-        worker = _Worker(proc)
+        await self._adopt(proc)
+
+    async def _adopt(self, proc: subprocess.Popen[bytes]) -> None:
+        assert proc.stdin is not None and proc.stdout is not None
+        loop = asyncio.get_running_loop()
+        reader = asyncio.StreamReader()
+        await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), proc.stdout)
+        stdin, _ = await loop.connect_write_pipe(asyncio.BaseProtocol, proc.stdin)
+        worker = _Worker(proc, stdin, reader)
         worker.replies = asyncio.create_task(self._read_replies(worker), name=f"sanitise worker {proc.pid}")
         self.workers.append(worker)
 
@@ -124,15 +107,12 @@ class SanitiserPool:
             return None
         fut: Reply = asyncio.get_running_loop().create_future()
         worker = min(live, key=lambda w: len(w.waiting))
-        stdin = worker.proc.stdin
-        assert stdin is not None
         worker.waiting.append((fut, chunk, start))
-        stdin.writelines(encode_request(chunk, start))
+        worker.stdin.writelines(encode_request(chunk, start))
         return fut
 
     async def _read_replies(self, worker: _Worker) -> None:
-        stdout = worker.proc.stdout
-        assert stdout is not None
+        stdout = worker.stdout
         try:
             while True:
                 head = await stdout.readexactly(REPLY.size)
@@ -148,8 +128,9 @@ class SanitiserPool:
                 fut, _, _ = worker.waiting.popleft()
                 if not fut.done():
                     fut.set_result(None)
+            worker.stdin.close()
             if not self._closing:
-                code = await worker.proc.wait()
+                code = await worker.exited()
                 log.error("a sanitising worker exited; its chunks are sanitised in the shipper's own "
                           "process until it is back", extra={"pid": worker.proc.pid, "status": code})
                 self.workers.remove(worker)
@@ -168,16 +149,18 @@ class SanitiserPool:
         self._closing = True
         for task in list(self._respawns):
             task.cancel()
+        for proc in self._started:  # started but never adopted
+            proc.kill()
+            proc.wait()
         for w in self.workers:
-            if w.proc.stdin is not None:
-                w.proc.stdin.close()
+            w.stdin.close()
         for w in self.workers:
             try:
-                await asyncio.wait_for(w.proc.wait(), STOP_TIMEOUT)
+                await asyncio.wait_for(w.exited(), STOP_TIMEOUT)
             except TimeoutError:
                 with contextlib.suppress(ProcessLookupError):
                     w.proc.kill()
-                await w.proc.wait()
+                await w.exited()
             if w.replies is not None:
                 w.replies.cancel()
                 with contextlib.suppress(asyncio.CancelledError):

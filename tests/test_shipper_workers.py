@@ -30,7 +30,8 @@ from shipper.sanitise_worker import (
     encode_request,
     reply_body_size,
 )
-from shipper.workers import MAX_QUEUED, SanitiserPool, auto_workers, available_cpus
+from shipper.worker_process import auto_workers, available_cpus
+from shipper.workers import MAX_QUEUED, SanitiserPool
 
 DATA = ROOT / "tests" / "data"
 PEM = [
