@@ -326,6 +326,10 @@ def save(kind: str, data: dict[str, Any]) -> Path:
 # ---- the two contenders --------------------------------------------------------------------------
 
 
+#: `--set KEY=VALUE`: shipper settings for every run of any mode (e.g. BLAST_LOGS_SANITISE_WORKERS=0).
+SHIPPER_SETTINGS: dict[str, str] = {}
+
+
 def shipper_env(volume: Path, sink: Sink, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("BLAST_LOGS_")}
     env.update({
@@ -333,6 +337,7 @@ def shipper_env(volume: Path, sink: Sink, **extra: str) -> dict[str, str]:
         "BLAST_LOGS_TOKEN": "bench.not-checked", "BLAST_LOGS_JOB_ID": "bench",
         "BLAST_LOGS_POD": "bench-pod", "BLAST_LOGS_PHASE": "running", "BLAST_LOGS_METRICS_PORT": "0",
     })
+    env.update(SHIPPER_SETTINGS)
     env.update(extra)
     return env
 
@@ -720,6 +725,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-syslog-ng", action="store_true")
     parser.add_argument("--variant", action="append", metavar="NAME:KEY=VALUE,...",
                         help="throughput: also run the shipper with these BLAST_LOGS_* settings, in the alternation")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="a BLAST_LOGS_* setting for every shipper run of any mode")
     parser.add_argument("--rate", type=int, default=10_000)
     parser.add_argument("--seconds", type=float, default=30.0)
     parser.add_argument("--size", type=_size, default=_size("100M"))
@@ -728,6 +735,7 @@ def main(argv: list[str] | None = None) -> int:
                         default="10M,1G")
     parser.add_argument("--keep", action="store_true", help="keep files over 500 MB")
     args = parser.parse_args(argv)
+    SHIPPER_SETTINGS.update(kv.split("=", 1) for kv in args.set)
     if args.mode == "drain":
         args.runs = min(args.runs, 3)
     args.workdir.mkdir(parents=True, exist_ok=True)
