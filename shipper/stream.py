@@ -133,6 +133,8 @@ class Stream:
             sender.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await sender
+            if self.pool is not None:  # a stream that stopped early gives back what it held
+                self.pool.held -= len(self.preparing)  # (kept for `undelivered`)
             if self._cp_writer is not None and not self._cp_writer.done():
                 self._cp_writer.cancel()  # the write in its thread still completes, whole
                 with contextlib.suppress(asyncio.CancelledError):
@@ -163,7 +165,8 @@ class Stream:
                 idle_since = time.monotonic()
                 if chunk.count:
                     self._submit(chunk)
-                    while len(self.preparing) > self.prepare_depth:
+                    while len(self.preparing) > self.prepare_depth or (
+                            self.pool is not None and self.pool.crowded and len(self.preparing) > 1):
                         await self._place_next()
                 await self._flush_if_lingered()
                 await asyncio.sleep(0)  # let other streams and the sender run between bulk reads
@@ -213,11 +216,15 @@ class Stream:
             if pending is None:
                 pending = prepare(self.sanitiser, chunk, guess)
         self.preparing.append((chunk, pending))
+        if self.pool is not None:
+            self.pool.held += 1
 
     async def _place_next(self) -> None:
         chunk, pending = self.preparing[0]
         prepared = await pending if isinstance(pending, asyncio.Future) else pending
         self.preparing.popleft()
+        if self.pool is not None:
+            self.pool.held -= 1
         if prepared is None or prepared.start != self.red_state:
             prepared = prepare(self.sanitiser, chunk, self.red_state)
         self.red_state = prepared.state

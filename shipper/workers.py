@@ -65,12 +65,21 @@ class SanitiserPool:
         self.workers: list[_Worker] = []
         self.restarts = 0
         self._started = list(started or [])
+        #: chunks read and not yet placed, over every stream (in workers, prepared here, or waiting)
+        self.held = 0
         self._closing = False
         self._respawns: set[asyncio.Task[None]] = set()
 
     @property
     def live(self) -> int:
         return sum(w.alive for w in self.workers)
+
+    @property
+    def crowded(self) -> bool:
+        """More chunks held, over all streams, than the workers' queues take: a stream that holds
+        more than one should place before it reads on, so memory stays bounded however many
+        streams flood at once (one stream alone never waits on this)."""
+        return self.held > self.size * MAX_QUEUED
 
     async def start(self) -> None:
         """Adopt the workers started already (`spawn_worker`) and start the rest of `size`."""

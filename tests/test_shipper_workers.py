@@ -282,3 +282,24 @@ async def test_no_workers_when_asked_for_none(volume: Path, recorder: Recorder) 
         if shipper.proc.returncode is None:
             shipper.proc.kill()
     assert recorder.lines("blast") == [f"password={marker('password')}", "plain"]
+
+
+async def test_three_streams_flooding_share_one_worker(volume: Path, recorder: Recorder) -> None:
+    """Streams take turns placing when the worker's queue is full (memory stays bounded over all
+    of them); every line of every stream arrives once, sanitised as in one process."""
+    logs = {name: mixed_log(8000, seed=i).split(b"\n")[:-1]
+            for i, name in enumerate(("blast", "results-export", "get-blastdb"))}
+    for name, lines in logs.items():
+        (volume / "logs" / f"{name}.log").write_bytes(b"\n".join(lines) + b"\n")
+    shipper = await start_shipper(volume, [recorder.url], "--sanitise-workers", "1", "--read-size", "8192")
+    try:
+        await eventually(lambda: all(len(recorder.lines(n)) == len(v) for n, v in logs.items()),
+                         limit=60, what="every line of every stream")
+        shipper.signal(signal.SIGTERM)
+        assert await shipper.wait() == 0
+    finally:
+        if shipper.proc.returncode is None:
+            shipper.proc.kill()
+    for name, lines in logs.items():
+        assert recorder.lines(name) == Sanitiser().lines(lines), name
+        assert recorder.eof(name)
