@@ -43,6 +43,11 @@ class ShipperMetrics:
                                ["container"], registry=r)
         self.lag_seconds = Gauge(_P + "lag_seconds", "Age of the oldest unacknowledged line",
                                  ["container"], registry=r)
+        self.workers = Gauge(_P + "sanitise_workers", "Sanitising worker processes running", registry=r)
+        self.worker_restarts = Counter(_P + "sanitise_worker_restarts",
+                                       "Sanitising workers started again after one exited", registry=r)
+        self.prepared = Counter(_P + "chunks_prepared", "Chunks of lines sanitised and encoded, by where",
+                                ["where"], registry=r)
         self.streams = Gauge(_P + "streams", "Streams being shipped", registry=r)
 
     def render(self) -> bytes:

@@ -41,7 +41,8 @@ class Runner:
         self.rejected_names: set[str] = set()
         plan = workers if workers is not None else WorkerPlan.decide(config)
         self.cpus, self.workers = plan.cpus, plan.count
-        self.pool = SanitiserPool(plan.count, config.max_line_chars, plan.started) if plan.count else None
+        self.pool = (SanitiserPool(plan.count, config.max_line_chars, plan.started, self.metrics)
+                     if plan.count else None)
 
     def _on_signal(self, signum: int) -> None:
         if self.drain.is_set():

@@ -221,12 +221,18 @@ class Stream:
 
     async def _place_next(self) -> None:
         chunk, pending = self.preparing[0]
+        in_worker = isinstance(pending, asyncio.Future)
         prepared = await pending if isinstance(pending, asyncio.Future) else pending
         self.preparing.popleft()
         if self.pool is not None:
             self.pool.held -= 1
+        # worker; shipper (every worker busy, or none); redone (a wrong state guess, a failed worker)
+        where = "worker" if in_worker else "shipper"
         if prepared is None or prepared.start != self.red_state:
+            where = "redone" if in_worker or prepared is not None else "shipper"
             prepared = prepare(self.sanitiser, chunk, self.red_state)
+        if self.pool is not None:
+            self.metrics.prepared.labels(where=where).inc()
         self.red_state = prepared.state
         await self._place(chunk, prepared)
 

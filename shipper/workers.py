@@ -21,6 +21,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Final
 
+from shipper.metrics import ShipperMetrics
 from shipper.prepare import Prepared
 from shipper.reader import Chunk
 from shipper.redact import RedactorState
@@ -59,8 +60,10 @@ class _Worker:
 
 
 class SanitiserPool:
-    def __init__(self, size: int, max_line_chars: int, started: list[subprocess.Popen[bytes]] | None = None) -> None:
+    def __init__(self, size: int, max_line_chars: int, started: list[subprocess.Popen[bytes]] | None = None,
+                 metrics: ShipperMetrics | None = None) -> None:
         self.size = size
+        self.metrics = metrics
         self.max_line_chars = max_line_chars
         self.workers: list[_Worker] = []
         self.restarts = 0
@@ -107,6 +110,11 @@ class SanitiserPool:
         worker = _Worker(proc, stdin, reader)
         worker.replies = asyncio.create_task(self._read_replies(worker), name=f"sanitise worker {proc.pid}")
         self.workers.append(worker)
+        self._count_live()
+
+    def _count_live(self) -> None:
+        if self.metrics is not None:
+            self.metrics.workers.set(self.live)
 
     def submit(self, chunk: Chunk, start: RedactorState) -> Reply | None:
         """Prepare `chunk` (complete lines, `joined` set) from redactor state `start` in a worker;
@@ -133,6 +141,7 @@ class SanitiserPool:
             pass
         finally:
             worker.alive = False
+            self._count_live()
             while worker.waiting:
                 fut, _, _ = worker.waiting.popleft()
                 if not fut.done():
@@ -151,6 +160,8 @@ class SanitiserPool:
         await asyncio.sleep(RESPAWN_DELAY)
         if not self._closing:
             self.restarts += 1
+            if self.metrics is not None:
+                self.metrics.worker_restarts.inc()
             await self._spawn()
 
     async def close(self) -> None:

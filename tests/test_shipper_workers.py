@@ -12,8 +12,10 @@ import sys
 from array import array
 from pathlib import Path
 
+import aiohttp
 import orjson
 import pytest
+from conftest import free_port
 from shipper_helpers import ROOT, TOKEN, Recorder, append, eventually, start_shipper
 
 from shipper.config import ConfigError, load_config
@@ -185,7 +187,8 @@ async def test_a_killed_worker_loses_nothing_and_is_replaced(volume: Path, recor
     path = volume / "logs" / "blast.log"
     path.write_bytes(b"")
     written: list[bytes] = []
-    shipper = await start_shipper(volume, [recorder.url], "--sanitise-workers", "1")
+    port = free_port()
+    shipper = await start_shipper(volume, [recorder.url], "--sanitise-workers", "1", "--metrics-port", str(port))
     try:
         await shipper.started()
         await eventually(lambda: len(children(shipper.proc.pid)) == 1, what="the worker")
@@ -206,6 +209,11 @@ async def test_a_killed_worker_loses_nothing_and_is_replaced(volume: Path, recor
         await eventually(lambda: any(c != worker for c in children(shipper.proc.pid)), what="a new worker")
         await write(20)
         await eventually(lambda: len(recorder.lines("blast")) == len(written), what="every line")
+        async with aiohttp.ClientSession() as session, session.get(f"http://127.0.0.1:{port}/metrics") as resp:
+            text = await resp.text()
+        assert "blast_logs_shipper_sanitise_worker_restarts_total 1.0" in text
+        assert "blast_logs_shipper_sanitise_workers 1.0" in text
+        assert 'blast_logs_shipper_chunks_prepared_total{where="worker"}' in text
         shipper.signal(signal.SIGTERM)
         assert await shipper.wait() == 0
     finally:
