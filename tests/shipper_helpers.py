@@ -4,12 +4,14 @@ like the aggregator and can be told to fail) and a way to run `blast-log-shipper
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gzip
 import os
+import signal
 import ssl
 import sys
 import time
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -101,6 +103,11 @@ class Shipper:
     def signal(self, sig: int) -> None:
         self.proc.send_signal(sig)
 
+    async def stop(self, limit: float = 60) -> int:
+        """SIGTERM (the drain) and the exit status."""
+        self.signal(signal.SIGTERM)
+        return await self.wait(limit)
+
     async def started(self) -> None:
         """Wait until the signal handlers are in place (the startup log line is written after)."""
         await eventually(lambda: any(r.get("msg") == "shipper started" for r in self.log()),
@@ -144,6 +151,18 @@ async def start_shipper(volume: Path, urls: Iterable[str], *args: str, token: st
     finally:
         out.close()
     return Shipper(proc, log_path)
+
+
+@contextlib.asynccontextmanager
+async def shipping(volume: Path, urls: Iterable[str], *args: str, **env: str) -> AsyncIterator[Shipper]:
+    """`start_shipper`, killed on the way out if the test did not stop it."""
+    shipper = await start_shipper(volume, urls, *args, **env)
+    try:
+        yield shipper
+    finally:
+        if shipper.proc.returncode is None:
+            shipper.proc.kill()
+            await shipper.proc.wait()
 
 
 def _open_for_child(path: Path) -> BinaryIO:

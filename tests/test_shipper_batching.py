@@ -8,27 +8,21 @@ header reserve). The stream budget cuts after the line that reaches it.
 from __future__ import annotations
 
 import asyncio
-import signal
 from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
-from shipper_helpers import JOB_ID, POD, Recorder, eventually, start_shipper
+from shipper_helpers import JOB_ID, POD, Recorder, eventually, shipping
 
 from shipper.batch import Identity, encode_event, header_reserve
 
 
 async def _ship(volume: Path, recorder: Recorder, lines: list[str], *args: str) -> list[dict[str, Any]]:
     (volume / "logs" / "blast.log").write_bytes("".join(s + "\n" for s in lines).encode())
-    shipper = await start_shipper(volume, [recorder.url], *args)
-    try:
+    async with shipping(volume, [recorder.url], *args) as shipper:
         await eventually(lambda: recorder.lines("blast"), what="some lines")
         await asyncio.sleep(0.3)
-        shipper.signal(signal.SIGTERM)
-        assert await shipper.wait() == 0
-    finally:
-        if shipper.proc.returncode is None:
-            shipper.proc.kill()
+        assert await shipper.stop() == 0
     return [b for b in recorder.batches("blast") if b["events"]]
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import datetime
-import signal
 import ssl
 import subprocess
 import sys
@@ -17,7 +16,7 @@ import orjson
 import pytest
 from aiohttp import web
 from conftest import ROOT, free_port
-from shipper_helpers import TOKEN, Recorder, eventually, start_shipper
+from shipper_helpers import TOKEN, Recorder, eventually, shipping
 
 from shipper.http import (
     ConnectError,
@@ -370,13 +369,10 @@ async def test_the_shipper_ships_over_https(tmp_path: Path, volume: Path) -> Non
     server_ctx.load_cert_chain(cert, key)
     rec = await Recorder(ssl_context=server_ctx).start()
     (volume / "logs" / "blast.log").write_bytes(b"over tls\n")
-    shipper = await start_shipper(volume, [rec.url], SSL_CERT_FILE=str(cert))
     try:
-        await eventually(lambda: rec.lines("blast") == ["over tls"], what="the line over https")
-        await shipper.started()
-        shipper.signal(signal.SIGTERM)
-        assert await shipper.wait() == 0 and rec.eof("blast")
+        async with shipping(volume, [rec.url], SSL_CERT_FILE=str(cert)) as shipper:
+            await eventually(lambda: rec.lines("blast") == ["over tls"], what="the line over https")
+            await shipper.started()
+            assert await shipper.stop() == 0 and rec.eof("blast")
     finally:
-        if shipper.proc.returncode is None:
-            shipper.proc.kill()
         await rec.stop()

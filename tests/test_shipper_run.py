@@ -9,7 +9,7 @@ from pathlib import Path
 
 import aiohttp
 from conftest import free_port
-from shipper_helpers import Recorder, append, eventually, start_shipper
+from shipper_helpers import Recorder, append, eventually, shipping, start_shipper
 
 from blastlogs.protocol import MAX_LINE_CHARS
 from shipper.checkpoints import Checkpointer
@@ -18,8 +18,7 @@ from shipper.checkpoints import Checkpointer
 async def test_late_files_first_batch_drain_with_unterminated_line(volume: Path, recorder: Recorder) -> None:
     logs = volume / "logs"
     (logs / "blast.log").write_bytes(b"one\ntwo\n")
-    shipper = await start_shipper(volume, [recorder.url])
-    try:
+    async with shipping(volume, [recorder.url]) as shipper:
         await eventually(lambda: recorder.lines("blast") == ["one", "two"], what="blast lines")
         assert recorder.batches("blast")[0]["seq"] == 0
         assert (volume / "bin" / "logwrap").exists()
@@ -30,11 +29,7 @@ async def test_late_files_first_batch_drain_with_unterminated_line(volume: Path,
         append(logs / "results-export.log", b"exporting\npartial without newline")
         (logs / "results-export.exit").write_text("7\n")
         await eventually(lambda: recorder.lines("results-export") == ["exporting"], what="late file")
-        shipper.signal(signal.SIGTERM)
-        assert await shipper.wait() == 0
-    finally:
-        if shipper.proc.returncode is None:
-            shipper.proc.kill()
+        assert await shipper.stop() == 0
     assert recorder.lines("results-export") == ["exporting", "partial without newline"]
     for container in ("blast", "results-export"):
         batches = recorder.batches(container)
@@ -52,14 +47,9 @@ async def test_long_line_and_invalid_utf8(volume: Path, recorder: Recorder) -> N
     block = ("é" * 512).encode() + b"x" * 1024  # 1,536 chars in 2,048 bytes
     path.write_bytes(b"before\n")
     append(path, block * (big // len(block)) + b"\nafter \xff\xfe bad\n")
-    shipper = await start_shipper(volume, [recorder.url])
-    try:
+    async with shipping(volume, [recorder.url]) as shipper:
         await eventually(lambda: len(recorder.lines("blast")) == 3, limit=60, what="three lines")
-        shipper.signal(signal.SIGTERM)
-        assert await shipper.wait() == 0
-    finally:
-        if shipper.proc.returncode is None:
-            shipper.proc.kill()
+        assert await shipper.stop() == 0
     before, long, after = recorder.lines("blast")
     assert before == "before"
     assert len(long) == MAX_LINE_CHARS
@@ -76,16 +66,11 @@ async def test_budget_keeps_a_tail_and_reports_dropped(volume: Path, recorder: R
     path = volume / "logs" / "blast.log"
     lines = [f"line {i:05d}" for i in range(5000)]
     path.write_bytes("".join(s + "\n" for s in lines).encode())
-    shipper = await start_shipper(volume, [recorder.url], "--stream-budget-bytes", "10000",
-                                  "--tail-ring-bytes", "5000")
-    try:
+    async with shipping(volume, [recorder.url], "--stream-budget-bytes", "10000",
+                        "--tail-ring-bytes", "5000") as shipper:
         await eventually(lambda: recorder.lines("blast"), what="some lines")
         await asyncio.sleep(0.5)
-        shipper.signal(signal.SIGTERM)
-        assert await shipper.wait() == 0
-    finally:
-        if shipper.proc.returncode is None:
-            shipper.proc.kill()
+        assert await shipper.stop() == 0
     got = recorder.lines("blast")
     head = 10000 // 11 + (1 if 10000 % 11 else 0)  # lines until the budget is reached
     assert got[:head] == lines[:head]
@@ -104,15 +89,10 @@ async def test_retry_after_and_failover(volume: Path, recorder: Recorder) -> Non
     recorder.script = [503, 429, "drop"]
     recorder.retry_after = "1"
     dead = "http://127.0.0.1:9"  # nothing listens on the discard port
-    shipper = await start_shipper(volume, [dead, recorder.url])
-    start = time.monotonic()
-    try:
+    async with shipping(volume, [dead, recorder.url]) as shipper:
+        start = time.monotonic()
         await eventually(lambda: recorder.lines("blast") == ["a", "b"], what="delivery after failures")
-        shipper.signal(signal.SIGTERM)
-        assert await shipper.wait() == 0
-    finally:
-        if shipper.proc.returncode is None:
-            shipper.proc.kill()
+        assert await shipper.stop() == 0
     times = [t for t, _, _ in recorder.requests]
     # Retry-After: 1 after the 503 and after the 429: the next attempts waited at least that.
     assert times[1] - times[0] >= 0.95 and times[2] - times[1] >= 0.95
@@ -126,14 +106,9 @@ async def test_rejected_batches_are_kept_and_split_on_413(volume: Path, recorder
     lines = [f"row {i}" for i in range(300)]
     (volume / "logs" / "blast.log").write_bytes("".join(s + "\n" for s in lines).encode())
     recorder.script = [200, 400, 413, 413]
-    shipper = await start_shipper(volume, [recorder.url], "--reject-backoff", "0.5")
-    try:
+    async with shipping(volume, [recorder.url], "--reject-backoff", "0.5") as shipper:
         await eventually(lambda: recorder.lines("blast") == lines, what="all lines after 400 and 413")
-        shipper.signal(signal.SIGTERM)
-        assert await shipper.wait() == 0
-    finally:
-        if shipper.proc.returncode is None:
-            shipper.proc.kill()
+        assert await shipper.stop() == 0
     rejected = [r for r in shipper.log() if r.get("status") == 400]
     assert rejected and rejected[0]["level"] == "error"
     sizes = [len(b["events"]) for _, action, b in recorder.requests if b["events"]]
@@ -183,8 +158,7 @@ async def test_kill9_restart_with_a_writer_appending(volume: Path, recorder: Rec
     await eventually(lambda: len(recorder.lines("blast")) > len(written) // 2 + 1000, what="second progress")
     stop.set()
     await task
-    second.signal(signal.SIGTERM)
-    assert await second.wait() == 0
+    assert await second.stop() == 0
     assert recorder.lines("blast") == written
     assert recorder.eof("blast")
     # After the eof ack the checkpoint says so, and a restart sends nothing more.
@@ -194,16 +168,14 @@ async def test_kill9_restart_with_a_writer_appending(volume: Path, recorder: Rec
     third = await start_shipper(volume, [recorder.url])
     await third.started()
     await asyncio.sleep(0.3)
-    third.signal(signal.SIGTERM)
-    assert await third.wait() == 0
+    assert await third.stop() == 0
     assert len(recorder.requests) == before
 
 
 async def test_metrics_and_health(volume: Path, recorder: Recorder) -> None:
     (volume / "logs" / "blast.log").write_bytes(b"password=hunter2 x\nplain\n")
     port = free_port()
-    shipper = await start_shipper(volume, [recorder.url], "--metrics-port", str(port))
-    try:
+    async with shipping(volume, [recorder.url], "--metrics-port", str(port)) as shipper:
         await eventually(lambda: len(recorder.lines("blast")) == 2, what="lines")
         await shipper.started()
         async with aiohttp.ClientSession() as session:
@@ -216,11 +188,7 @@ async def test_metrics_and_health(volume: Path, recorder: Recorder) -> None:
         assert 'blast_logs_shipper_redacted_total{kind="password"} 1.0' in text
         assert "hunter2" not in recorder.lines("blast")[0]
         assert "blast_logs_shipper_lag_bytes" in text and "blast_logs_shipper_queue_bytes" in text
-        shipper.signal(signal.SIGTERM)
-        assert await shipper.wait() == 0
-    finally:
-        if shipper.proc.returncode is None:
-            shipper.proc.kill()
+        assert await shipper.stop() == 0
 
 
 async def test_second_signal_exits_at_once(volume: Path) -> None:
@@ -237,19 +205,14 @@ async def test_a_restarted_container_reports_no_stale_exit_code(volume: Path, re
     logs = volume / "logs"
     (logs / "blast.log").write_bytes(b"first run\n")
     (logs / "blast.exit").write_text("3\n")
-    shipper = await start_shipper(volume, [recorder.url])
-    try:
+    async with shipping(volume, [recorder.url]) as shipper:
         await eventually(lambda: any(b.get("exit_code") == 3 for b in recorder.batches("blast")),
                          what="first run's exit code")
         # The container restarts: logwrap removes the exit file and appends to the log.
         (logs / "blast.exit").unlink()
         append(logs / "blast.log", b"second run\n")
         await eventually(lambda: recorder.lines("blast") == ["first run", "second run"], what="2nd run")
-        shipper.signal(signal.SIGTERM)
-        assert await shipper.wait() == 0
-    finally:
-        if shipper.proc.returncode is None:
-            shipper.proc.kill()
+        assert await shipper.stop() == 0
     after = [b for b in recorder.batches("blast") if any(e["line"] == "second run" for e in b["events"])]
     assert after and all(b.get("exit_code") is None for b in after)
     assert recorder.batches("blast")[-1]["eof"] is True
@@ -268,16 +231,11 @@ def _catches(pid: int, sig: int) -> bool:
 
 async def test_a_sigterm_while_starting_up_still_drains(volume: Path, recorder: Recorder) -> None:
     (volume / "logs" / "blast.log").write_bytes(b"written before the sidecar started\n")
-    shipper = await start_shipper(volume, [recorder.url])
-    try:
+    async with shipping(volume, [recorder.url]) as shipper:
         # The moment the first handler exists, long before the event loop runs: still starting.
         await eventually(lambda: _catches(shipper.proc.pid, signal.SIGTERM) or shipper.proc.returncode,
                          limit=20, what="early handler")
         assert not any(r.get("msg") == "shipper started" for r in shipper.log())
-        shipper.signal(signal.SIGTERM)
-        assert await shipper.wait() == 0
-    finally:
-        if shipper.proc.returncode is None:
-            shipper.proc.kill()
+        assert await shipper.stop() == 0
     assert recorder.lines("blast") == ["written before the sidecar started"]
     assert recorder.batches("blast")[-1]["eof"] is True

@@ -16,7 +16,7 @@ import aiohttp
 import orjson
 import pytest
 from conftest import free_port
-from shipper_helpers import ROOT, TOKEN, Recorder, append, eventually, start_shipper
+from shipper_helpers import ROOT, TOKEN, Recorder, append, eventually, shipping, start_shipper
 
 from shipper.config import ConfigError, load_config
 from shipper.prepare import Prepared, prepare
@@ -167,14 +167,9 @@ def children(pid: int) -> list[int]:
 async def test_a_pem_block_across_many_small_reads_is_hidden_with_workers(volume: Path, recorder: Recorder) -> None:
     lines = ["before", *PEM, "after", *ENV_ENTRY, "tail"] * 3
     (volume / "logs" / "blast.log").write_text("".join(f"{x}\n" for x in lines))
-    shipper = await start_shipper(volume, [recorder.url], "--read-size", "64", "--sanitise-workers", "2")
-    try:
+    async with shipping(volume, [recorder.url], "--read-size", "64", "--sanitise-workers", "2") as shipper:
         await eventually(lambda: len(recorder.lines("blast")) == len(lines), what="every line")
-        shipper.signal(signal.SIGTERM)
-        assert await shipper.wait() == 0
-    finally:
-        if shipper.proc.returncode is None:
-            shipper.proc.kill()
+        assert await shipper.stop() == 0
     got = recorder.lines("blast")
     here = Sanitiser()
     assert got == here.lines([x.encode() for x in lines])
@@ -188,8 +183,7 @@ async def test_a_killed_worker_loses_nothing_and_is_replaced(volume: Path, recor
     path.write_bytes(b"")
     written: list[bytes] = []
     port = free_port()
-    shipper = await start_shipper(volume, [recorder.url], "--sanitise-workers", "1", "--metrics-port", str(port))
-    try:
+    async with shipping(volume, [recorder.url], "--sanitise-workers", "1", "--metrics-port", str(port)) as shipper:
         await shipper.started()
         await eventually(lambda: len(children(shipper.proc.pid)) == 1, what="the worker")
         (worker,) = children(shipper.proc.pid)
@@ -214,11 +208,7 @@ async def test_a_killed_worker_loses_nothing_and_is_replaced(volume: Path, recor
         assert "blast_logs_shipper_sanitise_worker_restarts_total 1.0" in text
         assert "blast_logs_shipper_sanitise_workers 1.0" in text
         assert 'blast_logs_shipper_chunks_prepared_total{where="worker"}' in text
-        shipper.signal(signal.SIGTERM)
-        assert await shipper.wait() == 0
-    finally:
-        if shipper.proc.returncode is None:
-            shipper.proc.kill()
+        assert await shipper.stop() == 0
     assert recorder.lines("blast") == Sanitiser().lines(written)
     assert any(r.get("msg", "").startswith("a sanitising worker exited") for r in shipper.log())
 
@@ -278,17 +268,12 @@ def test_available_cpus_follows_the_cgroup_quota(tmp_path: Path, files: dict[str
 
 async def test_no_workers_when_asked_for_none(volume: Path, recorder: Recorder) -> None:
     (volume / "logs" / "blast.log").write_bytes(b"password=hunter2-Secret-9\nplain\n")
-    shipper = await start_shipper(volume, [recorder.url], "--sanitise-workers", "0")
-    try:
+    async with shipping(volume, [recorder.url], "--sanitise-workers", "0") as shipper:
         await eventually(lambda: len(recorder.lines("blast")) == 2, what="both lines")
         assert children(shipper.proc.pid) == []
         started = next(r for r in shipper.log() if r.get("msg") == "shipper started")
         assert started["sanitise_workers"] == 0
-        shipper.signal(signal.SIGTERM)
-        assert await shipper.wait() == 0
-    finally:
-        if shipper.proc.returncode is None:
-            shipper.proc.kill()
+        assert await shipper.stop() == 0
     assert recorder.lines("blast") == [f"password={marker('password')}", "plain"]
 
 
@@ -299,15 +284,10 @@ async def test_three_streams_flooding_share_one_worker(volume: Path, recorder: R
             for i, name in enumerate(("blast", "results-export", "get-blastdb"))}
     for name, lines in logs.items():
         (volume / "logs" / f"{name}.log").write_bytes(b"\n".join(lines) + b"\n")
-    shipper = await start_shipper(volume, [recorder.url], "--sanitise-workers", "1", "--read-size", "8192")
-    try:
+    async with shipping(volume, [recorder.url], "--sanitise-workers", "1", "--read-size", "8192") as shipper:
         await eventually(lambda: all(len(recorder.lines(n)) == len(v) for n, v in logs.items()),
                          limit=60, what="every line of every stream")
-        shipper.signal(signal.SIGTERM)
-        assert await shipper.wait() == 0
-    finally:
-        if shipper.proc.returncode is None:
-            shipper.proc.kill()
+        assert await shipper.stop() == 0
     for name, lines in logs.items():
         assert recorder.lines(name) == Sanitiser().lines(lines), name
         assert recorder.eof(name)
