@@ -33,7 +33,6 @@ import argparse
 import asyncio
 import json
 import os
-import platform
 import random
 import resource
 import statistics
@@ -53,6 +52,8 @@ import orjson
 BENCH: Final = Path(__file__).resolve().parent
 ROOT: Final = BENCH.parent
 sys.path.insert(0, str(ROOT))
+
+from machine_info import machine  # noqa: E402
 
 from aggregator.auth import job_token  # noqa: E402
 from tests.conftest import (  # noqa: E402
@@ -247,22 +248,6 @@ async def finalize(session: aiohttp.ClientSession, url: str, job_id: str, lines:
 
 
 # ---- the whole run -------------------------------------------------------------------------------
-
-
-def machine() -> dict[str, Any]:
-    cpu_model = "unknown"
-    with open("/proc/cpuinfo") as f:
-        for line in f:
-            if line.startswith("model name"):
-                cpu_model = line.split(":", 1)[1].strip()
-                break
-    mem_kb = 0
-    with open("/proc/meminfo") as f:
-        for line in f:
-            if line.startswith("MemTotal:"):
-                mem_kb = int(line.split()[1])
-    return {"nproc": os.cpu_count(), "cpu": cpu_model, "mem_gib": round(mem_kb / 1024 / 1024, 1),
-            "python": platform.python_version(), "kernel": platform.release()}
 
 
 def loadavg() -> str:

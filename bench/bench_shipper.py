@@ -36,7 +36,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import signal
 import statistics
@@ -56,6 +55,7 @@ ROOT: Final = BENCH.parent
 sys.path.insert(0, str(BENCH))
 
 from gen_logs import _size, write_log  # noqa: E402
+from machine_info import machine as machine_info  # noqa: E402
 
 from shipper.config import DEFAULT_STREAM_BUDGET_BYTES  # noqa: E402
 
@@ -291,21 +291,11 @@ def warm(path: Path) -> None:
 
 
 def machine() -> dict[str, Any]:
-    model = "?"
-    with open("/proc/cpuinfo") as f:
-        for line in f:
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    with open("/proc/meminfo") as f:
-        mem_kib = int(f.readline().split()[1])
     sng = "absent"
     if shutil.which(SYSLOG_NG):
         out = subprocess.run([SYSLOG_NG, "--version"], capture_output=True, text=True).stdout
         sng = out.splitlines()[0] if out else "?"
-    return {"nproc": os.cpu_count(), "cpu": model, "mem_gib": round(mem_kib / MiB, 1),
-            "kernel": platform.release(), "python": platform.python_version(), "syslog_ng": sng,
-            "load_avg": [round(x, 2) for x in os.getloadavg()]}
+    return {**machine_info(), "syslog_ng": sng}
 
 
 def have_syslog_ng() -> bool:
