@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from itertools import accumulate
@@ -23,6 +24,11 @@ from typing import Final
 
 _CONTINUATION: Final = bytes(range(0x80, 0xC0))
 _PLUS_ONE: Final = (1).__add__
+
+
+def line_ends(raws: Sequence[bytes]) -> list[int]:
+    """For lines joined with b"\\n": the offset just past each line's newline, for `bisect_right`."""
+    return list(accumulate(map(_PLUS_ONE, map(len, raws))))
 
 
 def count_chars(data: bytes) -> int:
@@ -96,17 +102,12 @@ class Chunk:
         if self.given_ends is not None:
             return self.given_ends
         # The lines themselves are not kept: only their lengths are needed here.
-        lines = self.raws if "raws" in self.__dict__ or self.joined is None else self.joined.split(b"\n")
-        return list(accumulate(map(_PLUS_ONE, map(len, lines))))
+        return line_ends(self.raws if "raws" in self.__dict__ or self.joined is None else self.joined.split(b"\n"))
 
     @cached_property
     def offs(self) -> list[int]:
         if self.piece_offs is not None:
             return self.piece_offs
-        if self.given_ends is None and "ends" not in self.__dict__:
-            offs = list(accumulate(map(_PLUS_ONE, map(len, self.raws)), initial=self.first))
-            offs.pop()
-            return offs
         offs = [self.first]
         offs.extend(map(self.first.__add__, self.ends[:-1]))
         return offs

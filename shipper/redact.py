@@ -18,10 +18,12 @@ from bisect import bisect_right
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from itertools import accumulate, product
+from itertools import product
 from typing import Final
 
 from ahocorasick_rs import BytesAhoCorasick, Implementation
+
+from shipper.reader import line_ends
 
 #: A PEM block that never ends (a truncated log) stops being redacted after this many lines,
 #: so one stray BEGIN line cannot hide the rest of a stream. Real keys are far shorter (RSA-4096: 51).
@@ -292,11 +294,6 @@ def needle_positions(data: bytes) -> list[int]:
     not overlap, so a line may report fewer hits than it holds needles, but never none.
     """
     return [start for _, start, _ in _NEEDLE_SCAN.find_matches_as_indexes(data)]
-
-
-def line_ends(raws: Sequence[bytes]) -> list[int]:
-    """For lines joined with b"\\n": the offset just past each line's newline, for `bisect_right`."""
-    return list(accumulate(map((1).__add__, map(len, raws))))
 
 
 def _needle_lines(texts: list[str], which: Iterable[int]) -> set[int]:

@@ -20,7 +20,8 @@ from itertools import compress
 from typing import Final
 
 from blastlogs.protocol import MAX_LINE_CHARS, cap_line
-from shipper.redact import CLEAN_STATE, Redactor, RedactorState, line_ends
+from shipper.reader import line_ends
+from shipper.redact import CLEAN_STATE, Redactor, RedactorState
 
 # Escape sequences (ECMA-48), 7-bit and 8-bit forms. An unterminated string sequence (OSC, DCS,
 # ...) swallows the rest of the line, as a terminal would.

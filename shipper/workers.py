@@ -66,7 +66,6 @@ class SanitiserPool:
         self.metrics = metrics
         self.max_line_chars = max_line_chars
         self.workers: list[_Worker] = []
-        self.restarts = 0
         self._started = list(started or [])
         #: chunks read and not yet placed, over every stream (in workers, prepared here, or waiting)
         self.held = 0
@@ -159,7 +158,6 @@ class SanitiserPool:
     async def _respawn(self) -> None:
         await asyncio.sleep(RESPAWN_DELAY)
         if not self._closing:
-            self.restarts += 1
             if self.metrics is not None:
                 self.metrics.worker_restarts.inc()
             await self._spawn()

@@ -5,8 +5,7 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
-from shipper.reader import LineReader
-from shipper.redact import line_ends
+from shipper.reader import LineReader, line_ends
 from shipper.sanitise import Sanitiser
 
 TRICKY = [
