@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Installs what blast-logs needs on a fresh machine, idempotently:
-#   Debian packages (busybox, ncbi-blast+), a virtualenv in .venv with the project and its dev
-#   extras, and Azurite (npm azurite@3.35) in .tools/. Sourced by scripts/test.sh and scripts/demo.sh.
+#   Debian packages (BLAST_LOGS_DEBS; default: what the tests need), a virtualenv in .venv with the
+#   project and its extras (BLAST_LOGS_EXTRAS; default: dev), and Azurite (npm azurite@3.35) in
+#   .tools/ unless BLAST_LOGS_NO_AZURITE is set. Sourced by scripts/test.sh and scripts/demo.sh,
+#   which say what each needs.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
@@ -27,11 +29,13 @@ if [ ! -x .venv/bin/python ]; then
   echo "bootstrap: creating .venv" >&2
   "$PY" -m venv .venv
 fi
-stamp=.venv/.installed-$(sha256sum pyproject.toml | cut -c1-16)
+extras="${BLAST_LOGS_EXTRAS-dev}"
+# One stamp per pyproject.toml and extras: the demo's smaller install does not stand in for the tests'.
+stamp=.venv/.installed-$(sha256sum pyproject.toml | cut -c1-16)-${extras:-none}
 if [ ! -f "$stamp" ]; then
-  echo "bootstrap: installing the project and its dev extras into .venv" >&2
-  .venv/bin/pip install -q --disable-pip-version-check -e '.[dev]'
-  rm -f .venv/.installed-*; touch "$stamp"
+  echo "bootstrap: installing the project${extras:+ with extras [$extras]} into .venv" >&2
+  .venv/bin/pip install -q --disable-pip-version-check -e ".${extras:+[$extras]}"
+  touch "$stamp"
 fi
 
 if [ "${BLAST_LOGS_NO_AZURITE:-}" = "" ] && [ ! -x .tools/node_modules/.bin/azurite-blob ]; then

@@ -15,6 +15,8 @@
 #   BLAST_LOGS_RIG_KEEP=1 leave the stack and the podman service up after the check, for a look
 #                         (the script prints how to reach it and how to tear it down).
 #   BLAST_LOGS_RIG_POD_TIMEOUT  seconds to wait for the BLAST container to end (default 300).
+#   BLAST_LOGS_RIG_RUNTIME  the OCI runtime podman uses (crun or runc); by default oci_runtime
+#                         picks one from the machine's cgroup layout.
 # Sourcing this file defines the stages without running them (tests/test_compose_rig.py).
 set -euo pipefail
 
@@ -65,10 +67,48 @@ print_timings() {
 }
 
 # ---------------------------------------------------------------------------------------------
+# Stage: which OCI runtime. Debian's podman uses crun 1.8 by default, and crun refuses every
+# container ("cgroups in hybrid mode not supported, drop all controllers from cgroupv2") on a
+# hybrid layout (cgroup v1 controllers plus the unified v2 mount at <root>/unified) whose unified
+# mount offers any controller (hugetlb on some machines of this kind). Debian's runc 1.1 runs
+# there. Pure cgroup v1, pure v2 (controllers at <root>/cgroup.controllers) and hybrid with an
+# empty unified mount keep crun.
+
+# cgroup_layout [CGROUP_ROOT]: v2, hybrid+controllers (v1 with a unified mount that offers
+# controllers), or v1 (hybrid with an empty unified mount counts as v1), for the tree under
+# CGROUP_ROOT (default /sys/fs/cgroup). cgroupfs files report size 0: the file is read, not stat'ed.
+cgroup_layout() {
+  local root="${1:-/sys/fs/cgroup}"
+  if [ -e "$root/cgroup.controllers" ]; then
+    echo v2
+  elif [ -r "$root/unified/cgroup.controllers" ] && grep -q '[^[:space:]]' "$root/unified/cgroup.controllers"; then
+    echo hybrid+controllers
+  else
+    echo v1
+  fi
+}
+
+# oci_runtime [CGROUP_ROOT]: crun, or runc where crun would refuse; BLAST_LOGS_RIG_RUNTIME wins.
+oci_runtime() {
+  case "${BLAST_LOGS_RIG_RUNTIME:-}" in
+  crun | runc) echo "$BLAST_LOGS_RIG_RUNTIME" ;;
+  "") if [ "$(cgroup_layout "$@")" = hybrid+controllers ]; then echo runc; else echo crun; fi ;;
+  *) die "BLAST_LOGS_RIG_RUNTIME must be crun or runc, not '$BLAST_LOGS_RIG_RUNTIME'" ;;
+  esac
+}
+
+RUNTIME=""
+
+choose_runtime() {
+  RUNTIME=$(oci_runtime)
+  log "OCI runtime: $RUNTIME (cgroup layout: $(cgroup_layout)${BLAST_LOGS_RIG_RUNTIME:+; set by BLAST_LOGS_RIG_RUNTIME})"
+}
+
+# ---------------------------------------------------------------------------------------------
 # Stage: Debian packages.
 
 install_packages() {
-  local want=(podman debootstrap docker-compose) missing=() p
+  local want=(podman debootstrap docker-compose "$RUNTIME") missing=() p
   for p in "${want[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
   command -v npm >/dev/null 2>&1 || missing+=(npm)
   if [ ${#missing[@]} -gt 0 ]; then
@@ -82,14 +122,15 @@ install_packages() {
 # Stage: podman's configuration and state folder. Everything is written before the first podman
 # command; storage.conf never changes once written.
 
-render() { # TEMPLATE DEST: fills in @STATE@, @NOFILE@, @NPROC@; rewrites DEST only if it differs
+render() { # TEMPLATE DEST: fills in @STATE@, @NOFILE@, @NPROC@, @RUNTIME@; rewrites DEST only if it differs
   local nofile nproc tmp
   nofile=$(ulimit -Hn)
   [ "$nofile" = unlimited ] && nofile=1048576
   nproc=$(ulimit -Hu)
   if [ "$nproc" = unlimited ] || [ "$nproc" -gt 32768 ]; then nproc=32768; fi
   tmp="$2.new"
-  sed -e "s|@STATE@|$STATE|g" -e "s|@NOFILE@|$nofile|g" -e "s|@NPROC@|$nproc|g" "$1" >"$tmp"
+  sed -e "s|@STATE@|$STATE|g" -e "s|@NOFILE@|$nofile|g" -e "s|@NPROC@|$nproc|g" \
+    -e "s|@RUNTIME@|${RUNTIME:-$(oci_runtime)}|g" "$1" >"$tmp"
   if cmp -s "$tmp" "$2"; then rm -f "$tmp"; else mv "$tmp" "$2"; fi
 }
 
@@ -427,6 +468,7 @@ main() {
   trap teardown EXIT
   trap 'exit 130' INT TERM
 
+  choose_runtime
   timed "packages" install_packages
   timed "podman config" configure_podman
   timed "podman service" start_service

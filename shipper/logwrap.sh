@@ -12,6 +12,8 @@
 # (all busybox applets). If GNU `env --default-signal` exists, CMD starts with SIGINT and
 # SIGQUIT at their defaults; otherwise CMD inherits them ignored (a POSIX shell ignores them
 # for background commands) and a SIGINT we receive is forwarded as SIGTERM so CMD still stops.
+# A signal ignored when logwrap starts (nohup, a background shell) stays ignored: a POSIX shell
+# cannot trap it, so it is neither forwarded nor fatal; SIGTERM still stops CMD.
 #
 # Choices:
 # - Usage errors exit 2 with a message on stderr. When NAME is valid, the message is also

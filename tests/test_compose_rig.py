@@ -91,3 +91,64 @@ def test_rig_builds_each_image_once() -> None:
     images = [line.split()[1] for line in proc.stdout.splitlines()]
     assert len(images) == len(set(images))
     assert "blast-logs-aggregator:dev" in images
+
+
+def _layout(root: Path, kind: str) -> Path:
+    """A cgroup tree like /sys/fs/cgroup on one kind of machine, as the rig's script reads it."""
+    root.mkdir()
+    if kind == "v2":
+        (root / "cgroup.controllers").write_text("cpuset cpu io memory hugetlb pids\n")
+        return root
+    for controller in ("cpu", "memory", "pids", "systemd"):
+        (root / controller).mkdir()
+    if kind.startswith("hybrid"):
+        (root / "unified").mkdir()
+        (root / "unified" / "cgroup.controllers").write_text("hugetlb\n" if kind == "hybrid+hugetlb" else "")
+    return root
+
+
+def _rig(prog: str, **env: str) -> subprocess.CompletedProcess[str]:
+    full_env = {k: v for k, v in os.environ.items() if k != "BLAST_LOGS_RIG_RUNTIME"} | env
+    return subprocess.run(["bash", "-c", f'source "{SCRIPT}"; {prog}'], capture_output=True, text=True,
+                          cwd=ROOT, env=full_env)
+
+
+@pytest.mark.parametrize(("kind", "layout", "runtime"), [
+    ("hybrid+hugetlb", "hybrid+controllers", "runc"),  # crun 1.8 refuses every container here
+    ("hybrid-empty", "v1", "crun"),
+    ("v1", "v1", "crun"),
+    ("v2", "v2", "crun"),
+])
+def test_rig_picks_the_oci_runtime_from_the_cgroup_layout(tmp_path: Path, kind: str, layout: str,
+                                                          runtime: str) -> None:
+    root = _layout(tmp_path / "cgroup", kind)
+    proc = _rig(f'cgroup_layout "{root}"; oci_runtime "{root}"')
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == [layout, runtime]
+
+
+def test_rig_runtime_can_be_forced_and_is_rendered_into_containers_conf(tmp_path: Path) -> None:
+    root = _layout(tmp_path / "cgroup", "hybrid+hugetlb")
+    forced = _rig(f'oci_runtime "{root}"', BLAST_LOGS_RIG_RUNTIME="crun")
+    assert forced.stdout.split() == ["crun"]
+    bad = _rig(f'oci_runtime "{root}"', BLAST_LOGS_RIG_RUNTIME="kata")
+    assert bad.returncode != 0 and "must be crun or runc" in bad.stderr
+    state = tmp_path / "state"
+    proc = _rig('mkdir -p "$STATE"; RUNTIME=runc; render compose/podman/containers.conf.in "$CONTAINERS_CONF"',
+                BLAST_LOGS_RIG_STATE=str(state))
+    assert proc.returncode == 0, proc.stderr
+    assert '\nruntime = "runc"\n' in (state / "containers.conf").read_text()
+
+
+def test_rig_on_this_machine_renders_the_runtime_its_layout_needs(tmp_path: Path) -> None:
+    """Without RUNTIME set, render asks oci_runtime about the real /sys/fs/cgroup."""
+    state = tmp_path / "state"
+    proc = _rig('mkdir -p "$STATE"; render compose/podman/containers.conf.in "$CONTAINERS_CONF"; oci_runtime',
+                BLAST_LOGS_RIG_STATE=str(state))
+    assert proc.returncode == 0, proc.stderr
+    unified = Path("/sys/fs/cgroup/unified/cgroup.controllers")
+    hybrid_with_controllers = (not Path("/sys/fs/cgroup/cgroup.controllers").exists() and unified.exists()
+                               and unified.read_text().strip() != "")
+    expected = "runc" if hybrid_with_controllers else "crun"
+    assert proc.stdout.split() == [expected]
+    assert f'\nruntime = "{expected}"\n' in (state / "containers.conf").read_text()

@@ -36,6 +36,20 @@ APPLETS = (
 )
 SHELLS = ("sh", "busybox sh", "busybox only")
 DEADLINE = 10.0
+# The signals these tests send. A process inherits ignored dispositions (a background shell
+# ignores SIGINT, nohup ignores SIGHUP), and a POSIX shell cannot trap a signal ignored on entry,
+# so every logwrap here starts with them at their defaults unless a test says otherwise.
+TESTED_SIGNALS = (signal.SIGINT, signal.SIGHUP, signal.SIGTERM, signal.SIGQUIT)
+
+
+def dispositions(ignored: tuple[signal.Signals, ...] = ()) -> Callable[[], None]:
+    """A preexec_fn: the tested signals at their defaults, except `ignored`, which are ignored."""
+
+    def reset() -> None:
+        for sig in TESTED_SIGNALS:
+            signal.signal(sig, signal.SIG_IGN if sig in ignored else signal.SIG_DFL)
+
+    return reset
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -55,13 +69,16 @@ class Wrapper:
 
     def run(self, name: str, *cmd: str, input: bytes | None = None) -> subprocess.CompletedProcess[bytes]:
         return subprocess.run(
-            self.argv(name, *cmd), env=self.env, input=input, capture_output=True, timeout=30
+            self.argv(name, *cmd), env=self.env, input=input, capture_output=True, timeout=30,
+            preexec_fn=dispositions(),
         )
 
     def popen(
-        self, name: str, *cmd: str, stdout: int | None = None, stderr: int | None = None
+        self, name: str, *cmd: str, stdout: int | None = None, stderr: int | None = None,
+        ignored: tuple[signal.Signals, ...] = (),
     ) -> subprocess.Popen[bytes]:
-        return subprocess.Popen(self.argv(name, *cmd), env=self.env, stdout=stdout, stderr=stderr)
+        return subprocess.Popen(self.argv(name, *cmd), env=self.env, stdout=stdout, stderr=stderr,
+                                preexec_fn=dispositions(ignored))
 
     def log(self, name: str) -> bytes:
         return (self.volume / "logs" / f"{name}.log").read_bytes()
@@ -126,10 +143,14 @@ def test_command_killed_by_a_signal_gives_128_plus_n(wrapper: Wrapper) -> None:
     assert b"Killed" not in done.stderr
 
 
-def _signal_when_ready(w: Wrapper, sig: int, script: str) -> tuple[int, bytes]:
-    proc = w.popen("blast", "sh", "-c", script, stdout=subprocess.PIPE)
+def _signal_when_ready(w: Wrapper, sig: int, script: str, *, first: tuple[signal.Signals, ...] = (),
+                       ignored: tuple[signal.Signals, ...] = ()) -> tuple[int, bytes]:
+    """Starts logwrap (with `ignored` ignored on entry), sends it `first`, then `sig`."""
+    proc = w.popen("blast", "sh", "-c", script, stdout=subprocess.PIPE, ignored=ignored)
     try:
         wait_for(log_has(w, "blast", b"ready\n"), "the command to start")
+        for early in first:
+            proc.send_signal(early)
         proc.send_signal(sig)
         out, _ = proc.communicate(timeout=20)
     finally:
@@ -161,6 +182,21 @@ def test_sigint_is_forwarded(wrapper: Wrapper) -> None:
     expected = signal.SIGINT if wrapper.gnu_env else signal.SIGTERM
     assert code == 128 + expected
     assert wrapper.exit_file("blast").read_text() == f"{128 + expected}\n"
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGHUP])
+def test_a_signal_ignored_on_entry_stays_ignored(wrapper: Wrapper, sig: signal.Signals) -> None:
+    """README (logwrap and signals): started with SIG ignored (nohup, a background shell), logwrap
+    cannot trap it (POSIX), so it neither forwards it nor dies of it; SIGTERM still stops CMD.
+
+    Both signals are pending together when logwrap's traps run, the lower number first: had
+    logwrap forwarded SIG, CMD (`sleep`, SIGINT reset by GNU env) would end of it, not of SIGTERM.
+    """
+    code, out = _signal_when_ready(wrapper, signal.SIGTERM, "echo ready; exec sleep 30",
+                                   first=(sig,), ignored=(sig,))
+    assert code == 128 + signal.SIGTERM
+    assert wrapper.exit_file("blast").read_text() == f"{128 + signal.SIGTERM}\n"
+    assert wrapper.log("blast") == out == b"ready\n"
 
 
 def test_stdout_and_stderr_keep_their_order(wrapper: Wrapper) -> None:
