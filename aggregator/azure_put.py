@@ -23,6 +23,8 @@ from urllib.parse import quote, urlsplit
 import aiohttp
 from yarl import URL
 
+from aggregator.errors import BlobPutError
+
 if TYPE_CHECKING:  # the Azure SDK stays in azure_store.py; these are types only
     from azure.core.credentials import AccessToken
     from azure.core.credentials_async import AsyncTokenCredential
@@ -36,15 +38,6 @@ CONTENT_TYPE = "application/octet-stream"
 _EXISTS = {(409, "BlobAlreadyExists"), (412, "ConditionNotMet")}
 #: Characters a key keeps unescaped in the URL (RFC 3986 unreserved, and the path separator).
 _SAFE = "/-_.~"
-
-
-class BlobPutError(Exception):
-    """A Put Blob that failed: `status` and Azure's `code` when storage answered, else None."""
-
-    def __init__(self, message: str, status: int | None = None, code: str | None = None) -> None:
-        super().__init__(message)
-        self.status = status
-        self.code = code
 
 
 class Auth(Protocol):

@@ -27,7 +27,8 @@ from azure.core.exceptions import (
 )
 from azure.storage.blob.aio import ContainerClient, LinearRetry
 
-from aggregator.azure_put import Auth, Bearer, BlobPutError, BlobPutter, Sas, SharedKey
+from aggregator.azure_put import Auth, Bearer, BlobPutter, Sas, SharedKey
+from aggregator.errors import BlobPutError, ConfigError
 from aggregator.store import StoreError, check_key, check_prefix
 
 # Defaults, bounded so that an outage surfaces as StoreError within a few seconds.
@@ -129,7 +130,7 @@ class AzureStore:
             )
         except ValueError:
             # The SDK's message could quote the string; ours never does.
-            raise ValueError("malformed Azure connection string") from None
+            raise ConfigError("malformed Azure connection string") from None
         auth: Auth
         # The SDK's parsed credential (it also expands UseDevelopmentStorage=true): a key, or none for a SAS.
         account_key = getattr(client.credential, "account_key", None)

@@ -13,7 +13,8 @@ from aiohttp import web
 
 from aggregator.app import make_app, start_draining
 from aggregator.auth import job_token
-from aggregator.config import DEFAULT_HOST, DEFAULT_PORT, AggregatorConfig, ConfigError
+from aggregator.config import DEFAULT_HOST, DEFAULT_PORT, AggregatorConfig
+from aggregator.errors import ConfigError
 from aggregator.logs import setup_logging
 from blastlogs.protocol import valid_job_id
 
@@ -58,7 +59,7 @@ def _serve(host: str, port: int) -> int:
     setup_logging(os.environ.get("BLAST_LOGS_LOG_LEVEL", "INFO").upper())
     try:
         asyncio.run(serve(config, host, port))
-    except ValueError as e:  # open_store: an unusable BLAST_LOGS_STORE or Azure settings
+    except ValueError as e:  # ConfigError from open_store: an unusable BLAST_LOGS_STORE or Azure settings
         print(f"{PROG}: {e}", file=sys.stderr)
         return EXIT_CONFIG
     except OSError as e:

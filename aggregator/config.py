@@ -12,6 +12,7 @@ from typing import Any
 import orjson
 
 from aggregator import artifacts
+from aggregator.errors import ConfigError
 from blastlogs.protocol import (
     DEFAULT_PHASE_TABLE,
     MAX_BATCH_BYTES,
@@ -63,10 +64,6 @@ CLIENT_ATTEMPTS = 4
 CLIENT_BACKOFF = 0.5
 
 ENV_PREFIX = "BLAST_LOGS_"
-
-
-class ConfigError(ValueError):
-    """The configuration cannot run the service; the message says which variable and why."""
 
 
 @dataclass(frozen=True)

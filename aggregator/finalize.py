@@ -23,9 +23,9 @@ import orjson
 from aiohttp import web
 
 from aggregator.artifacts import build_artifacts, chunk_body, keep_longer_existing, summary_body
-from aggregator.auth import AuthError, check_admin
+from aggregator.auth import check_admin
 from aggregator.config import AggregatorConfig
-from aggregator.errors import ApiError
+from aggregator.errors import BadRequest, JobNotFound, LockBusy, StoreError
 from aggregator.ingest import read_body
 from aggregator.metrics import Metrics
 from aggregator.model import StoredBatch
@@ -40,7 +40,7 @@ from aggregator.staging import (
     stream_states,
     summary_key,
 )
-from aggregator.store import Store, StoreError
+from aggregator.store import Store
 from blastlogs.protocol import valid_job_id
 
 log = logging.getLogger("aggregator.finalize")
@@ -50,12 +50,8 @@ MANIFEST_VERSION = 1
 _CHUNK_NAME = re.compile(r"([0-9]+)\.json")
 
 
-class JobNotFound(Exception):
-    """Nothing is staged for the job."""
-
-
-class LockBusy(Exception):
-    """Another replica held the job's lock for longer than we may wait."""
+def _not_found(job_id: str) -> JobNotFound:
+    return JobNotFound(f"nothing is stored for job {job_id}")
 
 
 def parse_finalize_body(body: bytes, max_wait: float, default_wait: float = 0.0) -> tuple[float, dict[str, str]]:
@@ -65,19 +61,19 @@ def parse_finalize_body(body: bytes, max_wait: float, default_wait: float = 0.0)
     try:
         obj: Any = orjson.loads(body)
     except orjson.JSONDecodeError as e:
-        raise ApiError(400, "bad_request", f"body is not valid UTF-8 JSON: {e}") from None
+        raise BadRequest(f"body is not valid UTF-8 JSON: {e}") from None
     if not isinstance(obj, dict):
-        raise ApiError(400, "bad_request", "body must be a JSON object")
+        raise BadRequest("body must be a JSON object")
     wait = obj.get("wait_seconds")
     if wait is None:
         wait = default_wait
     elif isinstance(wait, bool) or not isinstance(wait, int | float) or not math.isfinite(wait) or wait < 0:
-        raise ApiError(400, "bad_request", "wait_seconds must be a finite number >= 0")
+        raise BadRequest("wait_seconds must be a finite number >= 0")
     existing = obj.get("existing_last_output")
     if existing is None:
         existing = {}
     elif not isinstance(existing, dict) or not all(isinstance(v, str) for v in existing.values()):
-        raise ApiError(400, "bad_request", "existing_last_output must map phases to strings")
+        raise BadRequest("existing_last_output must map phases to strings")
     return min(float(wait), max_wait), existing
 
 
@@ -87,7 +83,7 @@ async def wait_for_eof(store: Store, job_id: str, wait_seconds: float, poll: flo
     while True:
         states = stream_states(job_id, await store.list_keys(staging_prefix(job_id)))
         if not states:
-            raise JobNotFound(job_id)
+            raise _not_found(job_id)
         left = deadline - time.monotonic()
         if all(states.values()) or left <= 0:
             return states
@@ -134,7 +130,7 @@ class JobLock:
                 if held is None:
                     continue
             if time.monotonic() >= deadline:
-                raise LockBusy(self.key)
+                raise LockBusy("another finalize of this job is still running")
             await asyncio.sleep(self.poll)
         self._renewer = asyncio.create_task(self._renew())
         return self
@@ -253,7 +249,7 @@ async def finalize_job(store: Store, cfg: AggregatorConfig, job_id: str, *, wait
         old_ours = decode_manifest(await store.get(manifest_key(job_id)))
         batches = await read_staged(store, job_id, cfg.read_concurrency)
         if not batches:
-            raise JobNotFound(job_id)
+            raise _not_found(job_id)
         art = build_artifacts(batches, phase_table=cfg.phase_table, head_lines=cfg.head_lines,
                               tail_lines=cfg.tail_lines, chunk_events=cfg.chunk_events)
         first = first_free_seqs(job_id, listed, old_ours)
@@ -294,13 +290,10 @@ class FinalizeHandler:
 
     async def __call__(self, request: web.Request) -> web.Response:
         cfg = self.config
-        try:
-            check_admin(request.headers.get("Authorization"), cfg.secret, cfg.admin_token)
-        except AuthError as e:
-            raise ApiError(e.status, e.code, e.detail) from None
+        check_admin(request.headers.get("Authorization"), cfg.secret, cfg.admin_token)
         job_id = request.match_info["job_id"]
         if not valid_job_id(job_id):
-            raise ApiError(400, "bad_request", "job id must match [A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+            raise BadRequest( "job id must match [A-Za-z0-9][A-Za-z0-9._-]{0,127}")
         wait, existing = parse_finalize_body(await read_body(request, cfg.max_body_bytes),
                                              cfg.finalize_max_wait)
         started = time.monotonic()
@@ -311,17 +304,15 @@ class FinalizeHandler:
             outcome = "ok"
         except JobNotFound:
             outcome = "not_found"
-            raise ApiError(404, "not_found", f"nothing is stored for job {job_id}") from None
+            raise
         except LockBusy:
             outcome = "busy"
-            raise ApiError(503, "busy", "another finalize of this job is still running",
-                           retry_after=cfg.retry_after) from None
+            raise
         except StoreError as e:
             outcome = "storage_error"
             self.metrics.storage_errors.labels("finalize").inc()
             log.warning("finalize storage failure", extra={"fields": {"job_id": job_id, "error": str(e)}})
-            raise ApiError(503, "storage_unavailable", "storage is unavailable; retry later",
-                           retry_after=cfg.retry_after) from None
+            raise
         finally:
             self.metrics.finalize_seconds.labels(outcome).observe(time.monotonic() - started)
         return web.Response(body=body, content_type="application/json")

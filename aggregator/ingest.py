@@ -16,13 +16,21 @@ from typing import Any, cast
 import orjson
 from aiohttp import web
 
-from aggregator.auth import AuthError, check_ingest
+from aggregator.auth import check_ingest
 from aggregator.config import AggregatorConfig
-from aggregator.errors import ApiError
+from aggregator.errors import (
+    BadBatch,
+    BadRequest,
+    Forbidden,
+    StoreError,
+    TooBusy,
+    TooLarge,
+    UnsupportedEncoding,
+)
 from aggregator.metrics import Metrics
 from aggregator.model import Dropped, StoredBatch
 from aggregator.staging import batch_key, encode_batch
-from aggregator.store import Store, StoreError
+from aggregator.store import Store
 from blastlogs.protocol import cap_line, valid_job_id, valid_k8s_name, valid_phase
 
 log = logging.getLogger("aggregator.ingest")
@@ -31,10 +39,6 @@ log = logging.getLogger("aggregator.ingest")
 #: inflates to at most the cap is never larger than the cap plus this.
 GZIP_SLACK_BYTES = 4096
 READ_CHUNK = 64 * 1024
-
-
-class BadBatch(ValueError):
-    """The body is not a valid batch; the message says which field and why (a 400)."""
 
 
 def parse_batch(body: bytes, *, max_events: int, max_line_chars: int) -> StoredBatch:
@@ -162,14 +166,14 @@ class _Inflater:
                 # max_length >= 1 always (0 would mean unlimited).
                 self.out += self._d.decompress(data, self.cap + 1 - len(self.out))
                 if len(self.out) > self.cap:
-                    raise ApiError(413, "too_large", f"the inflated body exceeds {self.cap} bytes")
+                    raise TooLarge(f"the inflated body exceeds {self.cap} bytes")
                 data = self._d.unused_data if self._d.eof else self._d.unconsumed_tail
         except zlib.error as e:
-            raise ApiError(400, "bad_request", f"body is not valid gzip: {e}") from None
+            raise BadRequest(f"body is not valid gzip: {e}") from None
 
     def finish(self) -> bytes:
         if not self._d.eof:
-            raise ApiError(400, "bad_request", "gzip body is truncated")
+            raise BadRequest("gzip body is truncated")
         return bytes(self.out)
 
 
@@ -177,12 +181,12 @@ async def read_body(request: web.Request, max_bytes: int) -> bytes:
     """The body, inflated when gzip, never holding more than the caps allow."""
     encoding = request.headers.get("Content-Encoding", "identity").strip().lower()
     if encoding not in ("identity", "", "gzip", "x-gzip"):
-        raise ApiError(400, "unsupported_encoding", f"Content-Encoding {encoding!r}: only gzip is accepted")
+        raise UnsupportedEncoding(f"Content-Encoding {encoding!r}: only gzip is accepted")
     gzip = encoding in ("gzip", "x-gzip")
     raw_cap = max_bytes + GZIP_SLACK_BYTES if gzip else max_bytes
     length = request.content_length
     if length is not None and length > raw_cap:
-        raise ApiError(413, "too_large", f"Content-Length {length} exceeds {raw_cap} bytes")
+        raise TooLarge(f"Content-Length {length} exceeds {raw_cap} bytes")
     inflater = _Inflater(max_bytes) if gzip else None
     buf = bytearray()
     received = 0
@@ -192,7 +196,7 @@ async def read_body(request: web.Request, max_bytes: int) -> bytes:
             break
         received += len(chunk)
         if received > raw_cap:
-            raise ApiError(413, "too_large", f"the body exceeds {raw_cap} bytes")
+            raise TooLarge(f"the body exceeds {raw_cap} bytes")
         if inflater is not None:
             inflater.feed(chunk)
         else:
@@ -211,12 +215,9 @@ class IngestHandler:
 
     async def __call__(self, request: web.Request) -> web.Response:
         cfg = self.config
-        try:
-            token_job = check_ingest(request.headers.get("Authorization"), cfg.secret, cfg.admin_token)
-        except AuthError as e:
-            raise ApiError(e.status, e.code, e.detail) from None
+        token_job = check_ingest(request.headers.get("Authorization"), cfg.secret, cfg.admin_token)
         if self.in_flight >= cfg.max_inflight_ingests:
-            raise ApiError(429, "busy", "too many ingests in flight; retry later", retry_after=cfg.retry_after)
+            raise TooBusy("too many ingests in flight; retry later")
         self.in_flight += 1
         self.metrics.in_flight.inc()
         try:
@@ -228,19 +229,15 @@ class IngestHandler:
     async def _ingest(self, request: web.Request, token_job: str) -> web.Response:
         cfg = self.config
         body = await read_body(request, cfg.max_body_bytes)
-        try:
-            batch = parse_batch(body, max_events=cfg.max_events, max_line_chars=cfg.max_line_chars)
-        except BadBatch as e:
-            raise ApiError(400, "bad_request", str(e)) from None
+        batch = parse_batch(body, max_events=cfg.max_events, max_line_chars=cfg.max_line_chars)
         if batch.job_id != token_job:
-            raise ApiError(403, "forbidden", "the token belongs to another job")
+            raise Forbidden("the token belongs to another job")
         try:
             created = await self.store().put(batch_key(batch), encode_batch(batch), overwrite=False)
         except StoreError as e:
             self.metrics.storage_errors.labels("ingest").inc()
             log.warning("staging write failed", extra={"fields": {"job_id": batch.job_id, "error": str(e)}})
-            raise ApiError(503, "storage_unavailable", "storage is unavailable; retry later",
-                           retry_after=cfg.retry_after) from None
+            raise
         self.metrics.batches.inc()
         self.metrics.events.inc(len(batch.events))
         self.metrics.bytes.inc(len(body))

@@ -15,7 +15,8 @@ from typing import Any
 import pytest
 from conftest import ROOT, TEST_ADMIN_TOKEN, TEST_SECRET, aggregator_env
 
-from aggregator.config import AggregatorConfig, ConfigError, load_phase_table
+from aggregator.config import AggregatorConfig, load_phase_table
+from aggregator.errors import ConfigError
 
 
 def run_cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:

@@ -15,8 +15,9 @@ from aiohttp import web
 from azure.core.credentials import AccessToken
 from azure.storage.blob import ContainerSasPermissions, generate_container_sas
 
-from aggregator.azure_put import STORAGE_SCOPE, Bearer, BlobPutError, BlobPutter
+from aggregator.azure_put import STORAGE_SCOPE, Bearer, BlobPutter
 from aggregator.azure_store import AzureStore
+from aggregator.errors import BlobPutError
 from aggregator.store import StoreError
 
 API_VERSION = "2025-11-05"

@@ -24,7 +24,8 @@ from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
 
 from aggregator.app import make_app
-from aggregator.ingest import BadBatch, parse_batch
+from aggregator.errors import BadBatch
+from aggregator.ingest import parse_batch
 from aggregator.openapi import OPENAPI_PATH, openapi_document
 from blastlogs.protocol import (
     FINALIZE_PATH,
