@@ -28,7 +28,7 @@ from aggregator.finalize import FinalizeHandler
 from aggregator.ingest import IngestHandler
 from aggregator.metrics import Metrics
 from aggregator.openapi import OPENAPI_PATH, openapi_document
-from aggregator.store import Store, open_store
+from aggregator.storage import Store, open_store
 from blastlogs.protocol import FINALIZE_PATH, INGEST_PATH
 
 log = logging.getLogger("aggregator.app")

@@ -29,9 +29,10 @@ from aggregator.errors import BadRequest, JobNotFound, LockBusy, StoreError
 from aggregator.ingest import read_body
 from aggregator.metrics import Metrics
 from aggregator.model import StoredBatch
-from aggregator.staging import (
+from aggregator.staging import decode_batch
+from aggregator.storage import Store
+from aggregator.storage.layout import (
     chunk_key,
-    decode_batch,
     lock_key,
     logs_prefix,
     manifest_key,
@@ -40,7 +41,6 @@ from aggregator.staging import (
     stream_states,
     summary_key,
 )
-from aggregator.store import Store
 from blastlogs.protocol import valid_job_id
 
 log = logging.getLogger("aggregator.finalize")

@@ -29,8 +29,9 @@ from aggregator.errors import (
 )
 from aggregator.metrics import Metrics
 from aggregator.model import Dropped, StoredBatch
-from aggregator.staging import batch_key, encode_batch
-from aggregator.store import Store
+from aggregator.staging import encode_batch
+from aggregator.storage import Store
+from aggregator.storage.layout import batch_key
 from blastlogs.protocol import cap_line, valid_job_id, valid_k8s_name, valid_phase
 
 log = logging.getLogger("aggregator.ingest")

@@ -16,7 +16,7 @@ from conftest import TEST_ADMIN_TOKEN, TEST_SECRET, Azurite
 from aggregator.app import make_app
 from aggregator.auth import job_token
 from aggregator.config import AggregatorConfig
-from aggregator.store import LocalStore, Store, open_store
+from aggregator.storage import LocalStore, Store, open_store
 
 JOB = "elb-123"
 POD = "blastn-batch-job-7-abc12"

@@ -23,7 +23,7 @@ from agg_helpers import serve as serve
 from conftest import TEST_SECRET
 
 from aggregator.auth import job_token
-from aggregator.staging import lock_key, logs_prefix, steps_prefix, summary_key
+from aggregator.storage.layout import lock_key, logs_prefix, steps_prefix, summary_key
 
 FINALIZE = f"/v1/jobs/{JOB}/finalize"
 

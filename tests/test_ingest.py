@@ -19,8 +19,9 @@ from conftest import TEST_SECRET
 
 from aggregator.app import make_app
 from aggregator.auth import job_token
-from aggregator.staging import decode_batch, staging_prefix
-from aggregator.store import LocalStore
+from aggregator.staging import decode_batch
+from aggregator.storage import LocalStore
+from aggregator.storage.layout import staging_prefix
 from blastlogs.protocol import MAX_LINE_CHARS
 
 

@@ -10,7 +10,7 @@ import orjson
 import pytest
 from agg_helpers import POD, StoreKit, admin_headers, batch, dumps, events, ingest_headers, read_tree
 
-from aggregator.staging import lock_key, logs_prefix, steps_prefix
+from aggregator.storage.layout import lock_key, logs_prefix, steps_prefix
 
 STREAMS = [(POD, "blast"), (POD, "results-export"), ("blastn-batch-job-8-xyz99", "blast")]
 

@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 
-from aggregator.azure_store import AzureStore
-from aggregator.store import LocalStore, Store, StoreError, open_store
+from aggregator.storage import LocalStore, Store, StoreError, open_store
+from aggregator.storage.azure import AzureStore
 
 # Generous upper bound so a hang fails the test instead of the suite; not a speed assertion.
 HANG_GUARD_S = 90.0
@@ -341,3 +341,37 @@ async def test_azure_silent_server_hits_the_operation_deadline(azure_container: 
             w.close()
         server.close()
         await server.wait_closed()
+
+
+# --- Connection strings: parsed once, for the SDK client and the putter alike ------------------------
+
+def test_connection_string_development_storage_is_azurite() -> None:
+    from aggregator.storage.azure import DEV_ACCOUNT_KEY, parse_connection_string
+
+    cs = parse_connection_string("UseDevelopmentStorage=true")
+    assert (cs.account_url, cs.account_name, cs.account_key) == (
+        "http://127.0.0.1:10000/devstoreaccount1", "devstoreaccount1", DEV_ACCOUNT_KEY)
+    assert cs.sdk_credential() == {"account_name": "devstoreaccount1", "account_key": DEV_ACCOUNT_KEY}
+
+
+def test_connection_string_shared_key_and_sas() -> None:
+    from aggregator.storage.azure import parse_connection_string
+    from aggregator.storage.azure_put import Sas, SharedKey
+
+    cs = parse_connection_string("DefaultEndpointsProtocol=https;accountname=acct;AccountKey=c2VjcmV0;"
+                                 "EndpointSuffix=core.example.net;")
+    assert cs.account_url == "https://acct.blob.core.example.net" and isinstance(cs.auth(), SharedKey)
+    cs = parse_connection_string("BlobEndpoint=https://acct.blob.core.windows.net/;SharedAccessSignature=?sv=1&sig=x")
+    assert cs.account_url == "https://acct.blob.core.windows.net" and cs.sdk_credential() == "sv=1&sig=x"
+    auth = cs.auth()
+    assert isinstance(auth, Sas) and auth.query == "sv=1&sig=x" and "sig=x" not in repr(cs)
+
+
+@pytest.mark.parametrize("text", ["", "AccountName=x", "AccountKey=c2VjcmV0", "AccountName=x;AccountKey=not base64!",
+                                  "BlobEndpoint=http://h/x;NoValue"])
+def test_unusable_connection_strings_are_config_errors(text: str) -> None:
+    from aggregator.errors import ConfigError
+    from aggregator.storage.azure import parse_connection_string
+
+    with pytest.raises(ConfigError, match="malformed Azure connection string"):
+        parse_connection_string(text)

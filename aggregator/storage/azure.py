@@ -1,7 +1,8 @@
 """Azure Blob Storage backend for the `Store` protocol (azure-storage-blob aio).
 
 The only module that imports the Azure SDK: `open_store` imports it lazily, so the shipper and a
-local-store aggregator never need the `azure` extra.
+local-store aggregator never need the `azure` extra. A connection string is parsed here, once, and
+both the SDK client and the direct putter are built from that one parse.
 Timeouts and retries are short on purpose: during an outage the aggregator must answer 503 within
 seconds (the shipper retries) rather than hold requests open.
 """
@@ -9,9 +10,11 @@ seconds (the shipper retries) rather than hold requests open.
 from __future__ import annotations
 
 import asyncio
+import base64
 import os
 import re
 from collections.abc import Awaitable, Callable, Iterable, Mapping
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
@@ -27,9 +30,9 @@ from azure.core.exceptions import (
 )
 from azure.storage.blob.aio import ContainerClient, LinearRetry
 
-from aggregator.azure_put import Auth, Bearer, BlobPutter, Sas, SharedKey
 from aggregator.errors import BlobPutError, ConfigError
-from aggregator.store import StoreError, check_key, check_prefix
+from aggregator.storage.azure_put import Auth, Bearer, BlobPutter, Sas, SharedKey
+from aggregator.storage.base import StoreError, check_key, check_prefix
 
 # Defaults, bounded so that an outage surfaces as StoreError within a few seconds.
 CONNECTION_TIMEOUT_S = 5.0
@@ -49,7 +52,64 @@ _SECRET_PATTERNS = (
     re.compile(r"([?&]sig=)[^&\s;]*", re.IGNORECASE),
 )
 
+#: What `UseDevelopmentStorage=true` stands for: Azurite's documented development account.
+DEV_ACCOUNT_NAME = "devstoreaccount1"
+DEV_ACCOUNT_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
+DEV_BLOB_ENDPOINT = f"http://127.0.0.1:10000/{DEV_ACCOUNT_NAME}"
+DEFAULT_ENDPOINT_SUFFIX = "core.windows.net"
+
 T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class ConnectionString:
+    """The parts of a storage connection string the store uses: where, and which credential."""
+
+    account_url: str
+    account_name: str
+    account_key: str | None = field(default=None, repr=False)
+    sas: str | None = field(default=None, repr=False)
+
+    def sdk_credential(self) -> dict[str, str] | str:
+        """The credential for the SDK's client: the shared key, else the SAS."""
+        if self.account_key:
+            return {"account_name": self.account_name, "account_key": self.account_key}
+        return self.sas or ""
+
+    def auth(self) -> Auth:
+        """The same credential for the direct putter."""
+        if self.account_key:
+            return SharedKey(self.account_name, self.account_key)
+        return Sas(self.sas or "")
+
+
+def parse_connection_string(text: str) -> ConnectionString:
+    """`Name=value;...` as the SDK reads it (names case-insensitive, `UseDevelopmentStorage=true`
+    expanded); ConfigError, never quoting the string, when it cannot be used."""
+    malformed = ConfigError("malformed Azure connection string")
+    fields: dict[str, str] = {}
+    for part in text.rstrip(";").split(";"):
+        name, eq, value = part.partition("=")
+        if not eq or not name.strip():
+            raise malformed
+        fields[name.strip().lower()] = value.strip()
+    if fields.get("usedevelopmentstorage") == "true":
+        return ConnectionString(DEV_BLOB_ENDPOINT, DEV_ACCOUNT_NAME, account_key=DEV_ACCOUNT_KEY)
+    name = fields.get("accountname", "")
+    key = fields.get("accountkey") or None
+    sas = (fields.get("sharedaccesssignature") or "").lstrip("?") or None
+    endpoint = fields.get("blobendpoint")
+    if not endpoint and name:
+        protocol = fields.get("defaultendpointsprotocol", "https")
+        endpoint = f"{protocol}://{name}.blob.{fields.get('endpointsuffix', DEFAULT_ENDPOINT_SUFFIX)}"
+    if not endpoint or (key and not name) or not (key or sas):
+        raise malformed
+    if key:
+        try:
+            base64.b64decode(key, validate=True)
+        except ValueError:
+            raise malformed from None
+    return ConnectionString(endpoint.rstrip("/"), name, account_key=key, sas=sas)
 
 
 def connection_string_secrets(connection_string: str) -> list[str]:
@@ -123,22 +183,16 @@ class AzureStore:
         operation_timeout: float = OPERATION_TIMEOUT_S,
     ) -> AzureStore:
         """Shared-key or SAS access; Azurite in development and tests."""
+        parsed = parse_connection_string(connection_string)
         try:
-            client = ContainerClient.from_connection_string(
-                connection_string, container,
+            client = ContainerClient(
+                parsed.account_url, container, credential=parsed.sdk_credential(),
                 **_client_options(connection_timeout, read_timeout, retry_total),
             )
         except ValueError:
             # The SDK's message could quote the string; ours never does.
             raise ConfigError("malformed Azure connection string") from None
-        auth: Auth
-        # The SDK's parsed credential (it also expands UseDevelopmentStorage=true): a key, or none for a SAS.
-        account_key = getattr(client.credential, "account_key", None)
-        if isinstance(account_key, str) and account_key:
-            auth = SharedKey(client.account_name or "", account_key)
-        else:
-            auth = Sas(urlsplit(client.url).query)
-        putter = _putter(client, auth, connection_timeout, read_timeout, retry_total)
+        putter = _putter(client, parsed.auth(), connection_timeout, read_timeout, retry_total)
         return cls(client, putter, secrets=connection_string_secrets(connection_string),
                    operation_timeout=operation_timeout)
 
