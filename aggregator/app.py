@@ -24,7 +24,7 @@ from aggregator.errors import (
     error_response,
     http_answer,
 )
-from aggregator.finalize import FinalizeHandler
+from aggregator.finalize.handler import FinalizeHandler
 from aggregator.ingest import IngestHandler
 from aggregator.metrics import Metrics
 from aggregator.openapi import OPENAPI_PATH, openapi_document

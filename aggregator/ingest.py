@@ -1,7 +1,6 @@
 """`POST /v1/ingest`: check the token, bound the body, validate the batch, stage it durably, then ack.
 
-Limits are enforced before and while reading, so no body (plain, chunked or a gzip bomb) is ever held
-beyond its cap.
+The body is read within its caps by `aggregator.body`; `parse_batch` checks it field by field.
 """
 
 from __future__ import annotations
@@ -9,7 +8,6 @@ from __future__ import annotations
 import logging
 import math
 import operator
-import zlib
 from collections.abc import Callable
 from typing import Any, cast
 
@@ -17,16 +15,9 @@ import orjson
 from aiohttp import web
 
 from aggregator.auth import check_ingest
+from aggregator.body import read_body
 from aggregator.config import AggregatorConfig
-from aggregator.errors import (
-    BadBatch,
-    BadRequest,
-    Forbidden,
-    StoreError,
-    TooBusy,
-    TooLarge,
-    UnsupportedEncoding,
-)
+from aggregator.errors import BadBatch, Forbidden, StoreError, TooBusy
 from aggregator.metrics import Metrics
 from aggregator.model import Dropped, StoredBatch
 from aggregator.staging import encode_batch
@@ -35,12 +26,6 @@ from aggregator.storage.layout import batch_key
 from blastlogs.protocol import cap_line, valid_job_id, valid_k8s_name, valid_phase
 
 log = logging.getLogger("aggregator.ingest")
-
-#: Deflate's worst case adds ~5 bytes per 16 KiB block plus headers; a gzip body of a batch that
-#: inflates to at most the cap is never larger than the cap plus this.
-GZIP_SLACK_BYTES = 4096
-READ_CHUNK = 64 * 1024
-
 
 def parse_batch(body: bytes, *, max_events: int, max_line_chars: int) -> StoredBatch:
     """Validate a batch exactly per CONTRACT section 4; unknown fields are ignored, lines re-capped."""
@@ -149,60 +134,6 @@ def _int(x: object) -> bool:
 
 def _nonneg_int(x: object) -> bool:
     return _int(x) and x >= 0  # type: ignore[operator]
-
-
-class _Inflater:
-    """Incremental gzip inflation (several members allowed) that refuses output beyond `cap` bytes."""
-
-    def __init__(self, cap: int) -> None:
-        self.cap = cap
-        self.out = bytearray()
-        self._d = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
-
-    def feed(self, data: bytes) -> None:
-        try:
-            while data:
-                if self._d.eof:
-                    self._d = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
-                # max_length >= 1 always (0 would mean unlimited).
-                self.out += self._d.decompress(data, self.cap + 1 - len(self.out))
-                if len(self.out) > self.cap:
-                    raise TooLarge(f"the inflated body exceeds {self.cap} bytes")
-                data = self._d.unused_data if self._d.eof else self._d.unconsumed_tail
-        except zlib.error as e:
-            raise BadRequest(f"body is not valid gzip: {e}") from None
-
-    def finish(self) -> bytes:
-        if not self._d.eof:
-            raise BadRequest("gzip body is truncated")
-        return bytes(self.out)
-
-
-async def read_body(request: web.Request, max_bytes: int) -> bytes:
-    """The body, inflated when gzip, never holding more than the caps allow."""
-    encoding = request.headers.get("Content-Encoding", "identity").strip().lower()
-    if encoding not in ("identity", "", "gzip", "x-gzip"):
-        raise UnsupportedEncoding(f"Content-Encoding {encoding!r}: only gzip is accepted")
-    gzip = encoding in ("gzip", "x-gzip")
-    raw_cap = max_bytes + GZIP_SLACK_BYTES if gzip else max_bytes
-    length = request.content_length
-    if length is not None and length > raw_cap:
-        raise TooLarge(f"Content-Length {length} exceeds {raw_cap} bytes")
-    inflater = _Inflater(max_bytes) if gzip else None
-    buf = bytearray()
-    received = 0
-    while True:
-        chunk = await request.content.read(READ_CHUNK)
-        if not chunk:
-            break
-        received += len(chunk)
-        if received > raw_cap:
-            raise TooLarge(f"the body exceeds {raw_cap} bytes")
-        if inflater is not None:
-            inflater.feed(chunk)
-        else:
-            buf += chunk
-    return inflater.finish() if inflater is not None else bytes(buf)
 
 
 class IngestHandler:

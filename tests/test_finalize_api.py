@@ -228,3 +228,15 @@ async def test_finalize_metrics(serve: Any) -> None:
     text = await (await client.get("/metrics")).text()
     assert 'blast_logs_aggregator_finalize_duration_seconds_count{outcome="ok"} 1.0' in text
     assert 'route="/v1/jobs/{job_id}/finalize",status="200"' in text
+
+
+def test_manifest_codec_and_chunk_numbering() -> None:
+    from aggregator.finalize.manifest import decode_manifest, encode_manifest, first_free_seqs
+
+    assert encode_manifest(["b", "a"]) == b'{"v":1,"chunks":["a","b"]}'
+    assert decode_manifest(encode_manifest({"x", "y"})) == {"x", "y"}
+    assert decode_manifest(None) == set() and decode_manifest(b"not json") == set()
+    prefix = logs_prefix(JOB)
+    listed = [f"{prefix}running/0.json", f"{prefix}running/4.json", f"{prefix}setup/2.json",
+              f"{prefix}running/odd.txt", f"{prefix}deep/a/1.json", f"{prefix}setup/9.json"]
+    assert first_free_seqs(JOB, listed, ours={f"{prefix}setup/9.json"}) == {"running": 5, "setup": 3}
