@@ -7,10 +7,14 @@ beyond its cap. Both routes (ingest, finalize) read their bodies here.
 from __future__ import annotations
 
 import zlib
+from typing import Any
 
+import orjson
 from aiohttp import web
 
 from aggregator.errors import BadRequest, TooLarge, UnsupportedEncoding
+
+__all__ = ["json_object", "read_body"]
 
 #: Deflate's worst case adds ~5 bytes per 16 KiB block plus headers; a gzip body of a batch that
 #: inflates to at most the cap is never larger than the cap plus this.
@@ -70,3 +74,14 @@ async def read_body(request: web.Request, max_bytes: int) -> bytes:
         else:
             buf += chunk
     return inflater.finish() if inflater is not None else bytes(buf)
+
+
+def json_object(body: bytes, error: type[BadRequest] = BadRequest) -> dict[str, Any]:
+    """The body as a JSON object; `error` (a 400) when it is not valid UTF-8 JSON or not an object."""
+    try:
+        obj: Any = orjson.loads(body)
+    except orjson.JSONDecodeError as e:
+        raise error(f"body is not valid UTF-8 JSON: {e}") from None
+    if not isinstance(obj, dict):
+        raise error("body must be a JSON object")
+    return obj

@@ -15,7 +15,8 @@ import orjson
 from aiohttp import web
 
 from aggregator.auth import check_ingest
-from aggregator.body import read_body
+from aggregator.body import json_object, read_body
+from aggregator.checks import events_of_columns, is_int, is_nonneg_int, valid_columns
 from aggregator.config import AggregatorConfig
 from aggregator.errors import BadBatch, Forbidden, StoreError, TooBusy
 from aggregator.metrics import Metrics
@@ -29,12 +30,7 @@ log = logging.getLogger("aggregator.ingest")
 
 def parse_batch(body: bytes, *, max_events: int, max_line_chars: int) -> StoredBatch:
     """Validate a batch exactly per CONTRACT section 4; unknown fields are ignored, lines re-capped."""
-    try:
-        obj: Any = orjson.loads(body)
-    except orjson.JSONDecodeError as e:
-        raise BadBatch(f"body is not valid UTF-8 JSON: {e}") from None
-    if not isinstance(obj, dict):
-        raise BadBatch("body must be a JSON object")
+    obj = json_object(body, BadBatch)
     job_id = obj.get("job_id")
     if not valid_job_id(job_id):
         raise BadBatch("job_id must match [A-Za-z0-9][A-Za-z0-9._-]{0,127}")
@@ -46,13 +42,13 @@ def parse_batch(body: bytes, *, max_events: int, max_line_chars: int) -> StoredB
     if not valid_phase(phase):
         raise BadBatch("phase must match [a-z][a-z0-9_]{0,63}")
     seq = obj.get("seq")
-    if not _nonneg_int(seq):
+    if not is_nonneg_int(seq):
         raise BadBatch("seq must be a non-negative integer")
     eof = obj.get("eof", False)
     if not isinstance(eof, bool):
         raise BadBatch("eof must be a boolean")
     exit_code = obj.get("exit_code")
-    if exit_code is not None and not _int(exit_code):
+    if exit_code is not None and not is_int(exit_code):
         raise BadBatch("exit_code must be an integer or null")
     dropped = _dropped(obj.get("dropped"))
     events = obj.get("events")
@@ -85,12 +81,11 @@ def _valid_events(events: list[Any], max_line_chars: int) -> tuple[tuple[int, fl
         offs, tss, lines = list(map(_OFF, events)), list(map(_TS, events)), list(map(_LINE, events))
     except KeyError:
         return None
-    if not (set(map(type, offs)) <= {int} and min(offs) >= 0 and set(map(type, tss)) <= {int, float}
-            and all(map(math.isfinite, tss)) and set(map(type, lines)) <= {str}):
+    if not valid_columns(offs, tss, lines):
         return None
     if max(map(len, lines)) > max_line_chars:
         lines = [cap_line(line, max_line_chars) for line in lines]
-    return tuple(zip(offs, map(float, tss), lines, strict=True))
+    return events_of_columns(offs, tss, lines)
 
 
 def _checked_events(events: list[Any], max_line_chars: int) -> tuple[tuple[int, float, str], ...]:
@@ -100,9 +95,9 @@ def _checked_events(events: list[Any], max_line_chars: int) -> tuple[tuple[int, 
         if not isinstance(ev, dict):
             raise BadBatch(f"events[{i}] must be an object")
         off, ts, line = cast(Any, ev.get("off")), cast(Any, ev.get("ts")), ev.get("line")
-        if not _nonneg_int(off):
+        if not is_nonneg_int(off):
             raise BadBatch(f"events[{i}].off must be a non-negative integer")
-        if not ((_int(ts) or isinstance(ts, float)) and math.isfinite(ts)):
+        if not ((is_int(ts) or isinstance(ts, float)) and math.isfinite(ts)):
             raise BadBatch(f"events[{i}].ts must be a finite number")
         if not isinstance(line, str):
             raise BadBatch(f"events[{i}].line must be a string")
@@ -117,9 +112,9 @@ def _dropped(value: object) -> Dropped | None:
     if not isinstance(value, dict):
         raise BadBatch("dropped must be an object {off, lines, bytes}")
     lines, nbytes, off = value.get("lines", 0), value.get("bytes", 0), value.get("off")
-    if not _nonneg_int(lines) or not _nonneg_int(nbytes):
+    if not is_nonneg_int(lines) or not is_nonneg_int(nbytes):
         raise BadBatch("dropped.lines and dropped.bytes must be non-negative integers")
-    if off is not None and not _nonneg_int(off):
+    if off is not None and not is_nonneg_int(off):
         raise BadBatch("dropped.off must be a non-negative integer")
     if lines == 0:
         return None
@@ -128,12 +123,6 @@ def _dropped(value: object) -> Dropped | None:
     return Dropped(off, lines, nbytes)
 
 
-def _int(x: object) -> bool:
-    return isinstance(x, int) and not isinstance(x, bool)
-
-
-def _nonneg_int(x: object) -> bool:
-    return _int(x) and x >= 0  # type: ignore[operator]
 
 
 class IngestHandler:

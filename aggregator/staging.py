@@ -5,11 +5,11 @@ Where the object lives is `aggregator.storage.layout`'s business (`batch_key`).
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import orjson
 
+from aggregator.checks import events_of_columns, is_int, is_nonneg_int, valid_columns
 from aggregator.model import Dropped, StoredBatch
 from blastlogs.protocol import valid_job_id, valid_k8s_name, valid_phase
 
@@ -48,13 +48,13 @@ def decode_batch(data: bytes) -> StoredBatch:
         raise ValueError(f"missing field {e}") from None
     if not (valid_job_id(job_id) and valid_k8s_name(pod) and valid_k8s_name(container) and valid_phase(phase)):
         raise ValueError("bad ids")
-    if not _nonneg_int(seq) or not isinstance(eof, bool):
+    if not is_nonneg_int(seq) or not isinstance(eof, bool):
         raise ValueError("bad seq or eof")
-    if exit_code is not None and not _int(exit_code):
+    if exit_code is not None and not is_int(exit_code):
         raise ValueError("bad exit_code")
     drop: Dropped | None = None
     if dropped is not None:
-        if not (isinstance(dropped, list) and len(dropped) == 3 and all(_nonneg_int(x) for x in dropped)):
+        if not (isinstance(dropped, list) and len(dropped) == 3 and all(is_nonneg_int(x) for x in dropped)):
             raise ValueError("bad dropped")
         drop = Dropped(dropped[0], dropped[1], dropped[2])
     if not isinstance(events, list):
@@ -70,15 +70,6 @@ def _decode_events(events: list[Any]) -> tuple[tuple[int, float, str], ...]:
     if not (set(map(type, events)) <= {list} and set(map(len, events)) == {3}):
         raise ValueError("bad event")
     offs, tss, lines = zip(*events, strict=True)
-    if not (set(map(type, offs)) <= {int} and min(offs) >= 0 and set(map(type, tss)) <= {int, float}
-            and all(map(math.isfinite, tss)) and set(map(type, lines)) <= {str}):
+    if not valid_columns(offs, tss, lines):
         raise ValueError("bad event")
-    return tuple(zip(offs, map(float, tss), lines, strict=True))
-
-
-def _int(x: object) -> bool:
-    return isinstance(x, int) and not isinstance(x, bool)
-
-
-def _nonneg_int(x: object) -> bool:
-    return _int(x) and x >= 0  # type: ignore[operator]
+    return events_of_columns(offs, tss, lines)

@@ -6,13 +6,11 @@ import logging
 import math
 import time
 from collections.abc import Callable
-from typing import Any
 
-import orjson
 from aiohttp import web
 
 from aggregator.auth import check_admin
-from aggregator.body import read_body
+from aggregator.body import json_object, read_body
 from aggregator.config import AggregatorConfig
 from aggregator.errors import BadRequest, JobNotFound, LockBusy, StoreError
 from aggregator.finalize.job import finalize_job
@@ -27,12 +25,7 @@ def parse_finalize_body(body: bytes, max_wait: float, default_wait: float = 0.0)
     """`wait_seconds` (capped at max_wait) and `existing_last_output` from an optional JSON body."""
     if not body.strip():
         return min(default_wait, max_wait), {}
-    try:
-        obj: Any = orjson.loads(body)
-    except orjson.JSONDecodeError as e:
-        raise BadRequest(f"body is not valid UTF-8 JSON: {e}") from None
-    if not isinstance(obj, dict):
-        raise BadRequest("body must be a JSON object")
+    obj = json_object(body)
     wait = obj.get("wait_seconds")
     if wait is None:
         wait = default_wait
