@@ -5,11 +5,12 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
+from agg_helpers import StoreKit
 
 from aggregator.storage import LocalStore, Store, StoreError, open_store
 from aggregator.storage.azure import AzureStore
@@ -28,20 +29,6 @@ def account_key(connection_string: str) -> str:
 def assert_no_secret(message: str, connection_string: str) -> None:
     assert connection_string not in message
     assert account_key(connection_string) not in message
-
-
-@pytest.fixture(params=["local", pytest.param("azure", marks=pytest.mark.azure)])
-async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
-    s: Store
-    if request.param == "local":
-        s = LocalStore(tmp_path / "store")
-    else:
-        azurite = request.getfixturevalue("azurite")
-        s = AzureStore.from_connection_string(azurite.connection_string, request.getfixturevalue("azure_container"))
-    try:
-        yield s
-    finally:
-        await s.close()
 
 
 # --- the contract, both backends ---------------------------------------------------------------
@@ -109,9 +96,27 @@ async def test_delete(store: Store) -> None:
     await store.delete("job/a.json")
 
 
-async def test_ping(store: Store) -> None:
+async def test_ping_readies_the_store_and_repeats(kit: StoreKit) -> None:
+    """ping answers for a reachable store and creates its root (folder or container), as the first put would."""
+    store = kit.inspector()
+    assert await _root_exists(kit) is False
     await store.ping()
-    await store.ping()
+    assert await _root_exists(kit) is True
+    await store.ping()  # again: nothing to create, still fine
+    assert await store.list_keys("") == []
+    assert await store.put("job/after-ping.json", b"1") is True
+    assert await store.get("job/after-ping.json") == b"1"
+
+
+async def _root_exists(kit: StoreKit) -> bool:
+    """Whether the folder or container exists, seen directly (not through the store under test)."""
+    if kit.kind == "local":
+        return kit.root.is_dir()
+    from azure.storage.blob.aio import ContainerClient
+
+    assert kit.azurite is not None
+    async with ContainerClient.from_connection_string(kit.azurite.connection_string, kit.container) as client:
+        return bool(await client.exists())
 
 
 @pytest.mark.parametrize("key", UNSAFE_KEYS)

@@ -16,14 +16,14 @@ from agg_helpers import (
     dumps,
     events,
     ingest_headers,
+    on_request,
     read_tree,
 )
-from agg_helpers import kit as kit
-from agg_helpers import serve as serve
 from conftest import TEST_SECRET
 
 from aggregator.auth import job_token
 from aggregator.storage.layout import lock_key, logs_prefix, steps_prefix, summary_key
+from blastlogs.protocol import FINALIZE_PATH
 
 FINALIZE = f"/v1/jobs/{JOB}/finalize"
 
@@ -132,13 +132,15 @@ async def test_longer_existing_last_output_is_kept(serve: Any) -> None:
 
 
 async def test_finalize_waits_for_eof(serve: Any) -> None:
-    client = await serve()
+    finalizing = asyncio.Event()
+    client = await serve(app_hook=lambda app: on_request(app, FINALIZE_PATH.format(job_id=JOB), finalizing))
     await ingest(client, batch(evs=events(range(2))))
     summary = await finalize(client, {"wait_seconds": 0})
     assert summary["complete"] is False
+    finalizing.clear()
 
     async def late_eof() -> None:
-        await asyncio.sleep(0.3)
+        await finalizing.wait()  # the waiting finalize is being handled: only now does the eof arrive
         await ingest(client, batch(seq=1, evs=events([2]), eof=True))
 
     task = asyncio.ensure_future(late_eof())
