@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
 import pytest
+from agg_helpers import make_config
 
 from aggregator import errors
+from aggregator.app import make_app, start_draining
 from aggregator.errors import (
     HTTP_ANSWERS,
     AggregatorError,
@@ -16,6 +21,7 @@ from aggregator.errors import (
     code_of_status,
     http_answer,
 )
+from aggregator.storage import LocalStore
 
 
 def test_every_error_class_is_in_the_one_tree() -> None:
@@ -56,3 +62,24 @@ def test_codes_of_statuses_aiohttp_raises_itself() -> None:
     assert {s: code_of_status(s) for s in (400, 401, 403, 404, 405, 408, 413, 429, 503, 418)} == {
         400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found", 405: "method_not_allowed",
         408: "timeout", 413: "too_large", 429: "busy", 503: "unavailable", 418: "error"}
+
+
+async def test_answers_keep_their_bytes(aiohttp_client: Any, tmp_path: Path) -> None:
+    """The middleware renders the table: readiness, draining, aiohttp's own 404/405, all as before."""
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("x")
+    app = make_app(make_config(retry_after=2), store=LocalStore(blocker / "store"))
+    client = await aiohttp_client(app)
+    r = await client.get("/readyz")
+    assert (r.status, r.headers["Retry-After"]) == (503, "2")
+    assert await r.read() == b'{"error":"storage_unavailable","detail":"storage is unreachable"}'
+    r = await client.get("/nowhere")
+    assert (r.status, await r.read()) == (404, b'{"error":"not_found","detail":"Not Found"}')
+    assert "Retry-After" not in r.headers
+    r = await client.get("/v1/ingest")
+    assert (r.status, await r.read()) == (405, b'{"error":"method_not_allowed","detail":"Method Not Allowed"}')
+    assert r.headers["Allow"] == "POST"
+    start_draining(app)
+    r = await client.get("/readyz")
+    assert (r.status, r.headers["Retry-After"]) == (503, "2")
+    assert await r.read() == b'{"error":"draining","detail":"shutting down"}'
