@@ -1,7 +1,7 @@
 """The aggregator's OpenAPI 3.1 document, served at `GET /openapi.json`.
 
 Built from `blastlogs.protocol` and the running configuration rather than written by hand, so the id
-patterns and limits it states are the very ones the handlers enforce; tests/test_openapi.py checks it
+patterns and limits it states are the very ones the handlers enforce; tests/aggregator/test_openapi.py checks it
 against the router and against `parse_batch` on generated bodies.
 """
 
