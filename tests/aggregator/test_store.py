@@ -351,7 +351,7 @@ async def test_azure_silent_server_hits_the_operation_deadline(azure_container: 
 # --- Connection strings: parsed once, for the SDK client and the putter alike ------------------------
 
 def test_connection_string_development_storage_is_azurite() -> None:
-    from aggregator.storage.azure import DEV_ACCOUNT_KEY, parse_connection_string
+    from aggregator.storage.azure_credentials import DEV_ACCOUNT_KEY, parse_connection_string
 
     cs = parse_connection_string("UseDevelopmentStorage=true")
     assert (cs.account_url, cs.account_name, cs.account_key) == (
@@ -360,7 +360,7 @@ def test_connection_string_development_storage_is_azurite() -> None:
 
 
 def test_connection_string_shared_key_and_sas() -> None:
-    from aggregator.storage.azure import parse_connection_string
+    from aggregator.storage.azure_credentials import parse_connection_string
     from aggregator.storage.azure_put import Sas, SharedKey
 
     cs = parse_connection_string("DefaultEndpointsProtocol=https;accountname=acct;AccountKey=c2VjcmV0;"
@@ -376,7 +376,7 @@ def test_connection_string_shared_key_and_sas() -> None:
                                   "BlobEndpoint=http://h/x;NoValue"])
 def test_unusable_connection_strings_are_config_errors(text: str) -> None:
     from aggregator.errors import ConfigError
-    from aggregator.storage.azure import parse_connection_string
+    from aggregator.storage.azure_credentials import parse_connection_string
 
     with pytest.raises(ConfigError, match="malformed Azure connection string"):
         parse_connection_string(text)
