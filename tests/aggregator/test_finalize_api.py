@@ -242,3 +242,22 @@ def test_manifest_codec_and_chunk_numbering() -> None:
     listed = [f"{prefix}running/0.json", f"{prefix}running/4.json", f"{prefix}setup/2.json",
               f"{prefix}running/odd.txt", f"{prefix}deep/a/1.json", f"{prefix}setup/9.json"]
     assert first_free_seqs(JOB, listed, ours={f"{prefix}setup/9.json"}) == {"running": 5, "setup": 3}
+
+
+async def test_job_lock_excludes_then_releases_and_takes_over_a_stale_one(local_kit: Any) -> None:
+    from aggregator.errors import LockBusy
+    from aggregator.finalize.lock import JobLock
+
+    store = local_kit.inspector()
+    first = JobLock(store, JOB, ttl=60, wait=5, poll=0.01)
+    async with first:
+        assert orjson.loads(await store.get(lock_key(JOB)))["owner"] == first.owner
+        with pytest.raises(LockBusy):
+            async with JobLock(store, JOB, ttl=60, wait=0.05, poll=0.01):
+                pass
+    assert await store.get(lock_key(JOB)) is None  # released
+    await store.put(lock_key(JOB), orjson.dumps({"owner": "dead-replica", "expires": 1.0}))
+    taker = JobLock(store, JOB, ttl=60, wait=5, poll=0.01)
+    async with taker:
+        assert orjson.loads(await store.get(lock_key(JOB)))["owner"] == taker.owner
+    assert await store.get(lock_key(JOB)) is None
