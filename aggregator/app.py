@@ -14,12 +14,21 @@ from aiohttp import web
 from aiohttp.typedefs import Middleware
 
 from aggregator.config import AggregatorConfig
-from aggregator.errors import ApiError, error_response
-from aggregator.finalize import FinalizeHandler
+from aggregator.errors import (
+    RETRY_AFTER_STATUSES,
+    AggregatorError,
+    BodyTimeout,
+    Draining,
+    StoreError,
+    code_of_status,
+    error_response,
+    http_answer,
+)
+from aggregator.finalize.handler import FinalizeHandler
 from aggregator.ingest import IngestHandler
 from aggregator.metrics import Metrics
 from aggregator.openapi import OPENAPI_PATH, openapi_document
-from aggregator.store import Store, StoreError, open_store
+from aggregator.storage import Store, open_store
 from blastlogs.protocol import FINALIZE_PATH, INGEST_PATH
 
 log = logging.getLogger("aggregator.app")
@@ -33,8 +42,6 @@ QUIET_ROUTES = frozenset({"/healthz", "/readyz", "/metrics", "/v1/ingest"})
 #: 1,000-event batch keeps alive while it is checked and staged (a few thousand tuples), so every
 #: ingest paid several young collections that found nothing to free (about 0.4 ms per batch).
 GC_GEN0_THRESHOLD = 20_000
-ERROR_CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
-               405: "method_not_allowed", 408: "timeout", 413: "too_large", 429: "busy", 503: "unavailable"}
 
 
 @dataclass
@@ -60,7 +67,7 @@ def make_app(config: AggregatorConfig, *, store: Store | None = None) -> web.App
     metrics = Metrics()
     runtime = Runtime()
     # We inflate gzip bodies ourselves, with a cap on the inflated size; idle connections are closed.
-    app = web.Application(middlewares=[_middleware(metrics, config.body_timeout)],
+    app = web.Application(middlewares=[_middleware(metrics, config)],
                           handler_args={"auto_decompress": False, "keepalive_timeout": config.idle_timeout})
     app[RUNTIME] = runtime
     app[METRICS] = metrics
@@ -89,14 +96,13 @@ def make_app(config: AggregatorConfig, *, store: Store | None = None) -> web.App
 
     async def readyz(_request: web.Request) -> web.Response:
         if runtime.draining:
-            return error_response(503, "draining", "shutting down", retry_after=config.retry_after)
+            raise Draining("shutting down")
         try:
             await runtime.get_store().ping()
         except StoreError as e:
             metrics.storage_errors.labels("ping").inc()
             log.warning("readiness: storage unreachable", extra={"fields": {"error": str(e)}})
-            return error_response(503, "storage_unavailable", "storage is unreachable",
-                                  retry_after=config.retry_after)
+            raise StoreError(str(e), detail="storage is unreachable") from None
         return _json({"status": "ready"})
 
     async def metrics_route(_request: web.Request) -> web.Response:
@@ -141,26 +147,24 @@ def _describe_store(url: str) -> str:
     return url.split("?", 1)[0]
 
 
-def _middleware(metrics: Metrics, body_timeout: float) -> Middleware:
+def _middleware(metrics: Metrics, config: AggregatorConfig) -> Middleware:
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
         """Every error as JSON (never internals), and one metric and log line per request."""
         started = time.monotonic()
         resp: web.StreamResponse
         try:
-            resp = await _within_body_deadline(request, handler, body_timeout)
-        except ApiError as e:
-            resp = error_response(e.status, e.code, e.detail, retry_after=e.retry_after)
+            resp = await _within_body_deadline(request, handler, config.body_timeout)
+        except AggregatorError as e:
+            resp = _answer(e, config.retry_after) or _internal_error(request)
         except web.HTTPException as e:
-            resp = error_response(e.status, ERROR_CODES.get(e.status, "error"), e.reason)
+            resp = error_response(e.status, code_of_status(e.status), e.reason)
             if "Allow" in e.headers:
                 resp.headers["Allow"] = e.headers["Allow"]
         except asyncio.CancelledError:
             raise
         except Exception:
-            log.exception("unhandled error", extra={"fields": {"method": request.method,
-                                                              "route": _route(request)}})
-            resp = error_response(500, "internal", "internal error")
+            resp = _internal_error(request)
         if resp.status == 408 and request.transport is not None:
             # The rest of a trickled body is not worth reading: answer, then close at once (aiohttp would
             # otherwise keep reading it for up to its lingering time).
@@ -180,6 +184,22 @@ def _middleware(metrics: Metrics, body_timeout: float) -> Middleware:
         return resp
 
     return middleware
+
+
+def _answer(e: AggregatorError, retry_after: int) -> web.Response | None:
+    """The answer `HTTP_ANSWERS` gives for `e`; None for an error that is no answer (a bug)."""
+    answer = http_answer(type(e))
+    if answer is None:
+        return None
+    status, code = answer
+    return error_response(status, code, e.detail,
+                          retry_after=retry_after if status in RETRY_AFTER_STATUSES else None)
+
+
+def _internal_error(request: web.Request) -> web.Response:
+    """Log the exception being handled; the client learns nothing of it."""
+    log.exception("unhandled error", extra={"fields": {"method": request.method, "route": _route(request)}})
+    return error_response(500, "internal", "internal error")
 
 
 async def _within_body_deadline(request: web.Request, handler: Handler, seconds: float) -> web.StreamResponse:
@@ -202,7 +222,7 @@ async def _within_body_deadline(request: web.Request, handler: Handler, seconds:
             return await handler(request)
     except TimeoutError:
         if deadline.expired():
-            raise ApiError(408, "timeout", f"the request body did not arrive within {seconds:g} s") from None
+            raise BodyTimeout(f"the request body did not arrive within {seconds:g} s") from None
         raise
     finally:
         timer.cancel()

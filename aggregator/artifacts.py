@@ -1,6 +1,6 @@
 """Pure finalize logic (CONTRACT sections 5-7): merge staged batches into chunk artifacts and summaries.
 
-No I/O: `finalize.py` reads staging, calls `build_artifacts`, numbers and writes the chunks.
+No I/O: `finalize/job.py` reads staging, calls `build_artifacts`, numbers and writes the chunks.
 
 Choices where the contract is silent (each is tested):
 

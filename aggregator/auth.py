@@ -6,15 +6,7 @@ import base64
 import hashlib
 import hmac
 
-
-class AuthError(Exception):
-    """A request's credentials do not hold: 401 (none, malformed, bad MAC) or 403 (wrong kind or job)."""
-
-    def __init__(self, status: int, code: str, detail: str) -> None:
-        super().__init__(detail)
-        self.status = status
-        self.code = code
-        self.detail = detail
+from aggregator.errors import Forbidden, Unauthorized
 
 
 def _mac(secret: str, job_id: str) -> str:
@@ -41,13 +33,13 @@ def token_job_id(secret: str, token: str) -> str | None:
 
 
 def bearer_token(header: str | None) -> str:
-    """The token of an `Authorization: Bearer <token>` header; AuthError 401 when absent or malformed."""
+    """The token of an `Authorization: Bearer <token>` header; Unauthorized when absent or malformed."""
     if not header:
-        raise AuthError(401, "unauthorized", "missing Authorization: Bearer <token>")
+        raise Unauthorized("missing Authorization: Bearer <token>")
     scheme, _, token = header.strip().partition(" ")
     token = token.strip()
     if scheme.lower() != "bearer" or not token or " " in token:
-        raise AuthError(401, "unauthorized", "malformed Authorization header, expected Bearer <token>")
+        raise Unauthorized("malformed Authorization header, expected Bearer <token>")
     return token
 
 
@@ -55,18 +47,18 @@ def check_ingest(header: str | None, secret: str, admin_token: str) -> str:
     """The job id an ingest request may write to, from its job token."""
     token = bearer_token(header)
     if _same(token, admin_token):
-        raise AuthError(403, "forbidden", "the admin token cannot ingest; use the job's token")
+        raise Forbidden("the admin token cannot ingest; use the job's token")
     job_id = token_job_id(secret, token)
     if job_id is None:
-        raise AuthError(401, "unauthorized", "invalid job token")
+        raise Unauthorized("invalid job token")
     return job_id
 
 
 def check_admin(header: str | None, secret: str, admin_token: str) -> None:
-    """Pass for the admin token; 403 for a (valid) job token, 401 for anything else."""
+    """Pass for the admin token; Forbidden for a (valid) job token, Unauthorized for anything else."""
     token = bearer_token(header)
     if _same(token, admin_token):
         return
     if token_job_id(secret, token) is not None:
-        raise AuthError(403, "forbidden", "a job token cannot finalize; use the admin token")
-    raise AuthError(401, "unauthorized", "invalid admin token")
+        raise Forbidden("a job token cannot finalize; use the admin token")
+    raise Unauthorized("invalid admin token")

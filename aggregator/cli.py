@@ -8,39 +8,51 @@ import logging
 import os
 import signal
 import sys
+from typing import Any
 
 from aiohttp import web
 
 from aggregator.app import make_app, start_draining
 from aggregator.auth import job_token
-from aggregator.config import DEFAULT_HOST, DEFAULT_PORT, AggregatorConfig, ConfigError
+from aggregator.config import OPTIONS, AggregatorConfig, Option, option_named
+from aggregator.errors import ConfigError
 from aggregator.logs import setup_logging
 from blastlogs.protocol import valid_job_id
 
 log = logging.getLogger("aggregator.cli")
 PROG = "blast-log-aggregator"
 EXIT_CONFIG = 2
+SECRET_ENV = option_named("secret").env or ""
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog=PROG, description="Collect BLAST job pod logs and finalize them.")
     sub = parser.add_subparsers(dest="command", required=True)
-    serve = sub.add_parser("serve", help="run the HTTP service")
-    serve.add_argument("--host", default=DEFAULT_HOST, help=f"address to listen on (default {DEFAULT_HOST})")
-    serve.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port (default {DEFAULT_PORT})")
-    token = sub.add_parser("token", help="print a job's ingest token (from BLAST_LOGS_SECRET)")
+    serve = sub.add_parser("serve", help="run the HTTP service",
+                           epilog="Every other option is a BLAST_LOGS_* environment variable (README, "
+                                  "`python -m aggregator.config`).")
+    flagged = [o for o in OPTIONS if o.flag]
+    for o in flagged:
+        assert o.flag is not None
+        serve.add_argument(o.flag, dest=o.name, type=_flag_type(o), default=None,
+                           help=f"{o.help} (default {o.default_value()})")
+    token = sub.add_parser("token", help=f"print a job's ingest token (from {SECRET_ENV})")
     token.add_argument("job_id")
     args = parser.parse_args(argv)
 
     if args.command == "token":
         return _token(args.job_id)
-    return _serve(args.host, args.port)
+    return _serve({o.name: getattr(args, o.name) for o in flagged if getattr(args, o.name) is not None})
+
+
+def _flag_type(o: Option) -> type[int] | type[float] | type[str]:
+    return {"int": int, "float": float}.get(o.kind, str)
 
 
 def _token(job_id: str) -> int:
-    secret = os.environ.get("BLAST_LOGS_SECRET", "")
+    secret = os.environ.get(SECRET_ENV, "")
     if not secret:
-        print(f"{PROG}: BLAST_LOGS_SECRET is not set", file=sys.stderr)
+        print(f"{PROG}: {SECRET_ENV} is not set", file=sys.stderr)
         return EXIT_CONFIG
     if not valid_job_id(job_id):
         print(f"{PROG}: {job_id!r} is not a job id ([A-Za-z0-9][A-Za-z0-9._-]{{0,127}})", file=sys.stderr)
@@ -49,16 +61,17 @@ def _token(job_id: str) -> int:
     return 0
 
 
-def _serve(host: str, port: int) -> int:
+def _serve(flags: dict[str, Any]) -> int:
     try:
-        config = AggregatorConfig.from_env()
+        config = AggregatorConfig.from_env(**flags)
     except ConfigError as e:
         print(f"{PROG}: {e}", file=sys.stderr)
         return EXIT_CONFIG
-    setup_logging(os.environ.get("BLAST_LOGS_LOG_LEVEL", "INFO").upper())
+    setup_logging(config.log_level.upper())
+    host, port = config.host, config.port
     try:
-        asyncio.run(serve(config, host, port))
-    except ValueError as e:  # open_store: an unusable BLAST_LOGS_STORE or Azure settings
+        asyncio.run(serve(config))
+    except ValueError as e:  # ConfigError from open_store: an unusable BLAST_LOGS_STORE or Azure settings
         print(f"{PROG}: {e}", file=sys.stderr)
         return EXIT_CONFIG
     except OSError as e:
@@ -67,15 +80,15 @@ def _serve(host: str, port: int) -> int:
     return 0
 
 
-async def serve(config: AggregatorConfig, host: str, port: int) -> None:
+async def serve(config: AggregatorConfig) -> None:
     """Serve until SIGTERM/SIGINT, then drain: /readyz turns 503, and in-flight requests may finish."""
     app = make_app(config)
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=config.shutdown_timeout)
     await runner.setup()
     try:
-        site = web.TCPSite(runner, host, port)
+        site = web.TCPSite(runner, config.host, config.port)
         await site.start()
-        log.info("listening", extra={"fields": {"host": host, "port": port}})
+        log.info("listening", extra={"fields": {"host": config.host, "port": config.port}})
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):

@@ -19,12 +19,15 @@ import aiohttp
 import orjson
 
 from aggregator.auth import job_token
-from aggregator.config import CLIENT_ATTEMPTS, CLIENT_BACKOFF, CLIENT_TIMEOUT_MARGIN
 from blastlogs.protocol import FINALIZE_PATH
 
 __all__ = ["FinalizeResult", "finalize", "finalize_sync", "job_token"]
 
 RETRY_STATUSES = frozenset({429, 502, 503, 504})
+#: Extra seconds beyond `wait_seconds` for the whole call, attempts, and the first pause between them.
+CLIENT_TIMEOUT_MARGIN = 30.0
+CLIENT_ATTEMPTS = 4
+CLIENT_BACKOFF = 0.5
 
 
 @dataclass(frozen=True)

@@ -1,17 +1,24 @@
-"""The aggregator's configuration: every default as a named constant, read from `BLAST_LOGS_*` env."""
+"""The aggregator's options, each declared once: a field of `AggregatorConfig` with its default,
+environment variable, `serve` flag and help (`option(...)`).
+
+That one declaration drives `AggregatorConfig.from_env`, the defaults, `blast-log-aggregator serve
+--help` (for options with a flag) and the README's reference table (`markdown_table()`, printed by
+`python -m aggregator.config`; a test keeps the README in step). Flags win over environment variables.
+"""
 
 from __future__ import annotations
 
 import math
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import MISSING, Field, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Final, Literal
 
 import orjson
 
 from aggregator import artifacts
+from aggregator.errors import ConfigError
 from blastlogs.protocol import (
     DEFAULT_PHASE_TABLE,
     MAX_BATCH_BYTES,
@@ -22,147 +29,200 @@ from blastlogs.protocol import (
 )
 
 PhaseTable = dict[str, dict[str, tuple[str, ...]]]
-
-DEFAULT_STORE = "file:blast-logs-data"
-DEFAULT_HOST = "0.0.0.0"
-DEFAULT_PORT = 8080
-DEFAULT_MAX_BODY_BYTES = MAX_BATCH_BYTES
-DEFAULT_MAX_EVENTS = MAX_BATCH_EVENTS
-DEFAULT_MAX_LINE_CHARS = MAX_LINE_CHARS
-DEFAULT_HEAD_LINES = artifacts.DEFAULT_HEAD_LINES
-DEFAULT_TAIL_LINES = artifacts.DEFAULT_TAIL_LINES
-DEFAULT_CHUNK_EVENTS = artifacts.DEFAULT_CHUNK_EVENTS
-#: A request's body must arrive within this many seconds of its headers, else 408 and the connection is
-#: closed: a client trickling its body cannot hold an ingest slot (or a connection) for long.
-DEFAULT_BODY_TIMEOUT = 30.0
-#: A connection with no request in progress (idle keep-alive, or headers still trickling in) is closed
-#: after this many seconds (aiohttp's `run_app` default; a bare AppRunner would wait an hour).
-DEFAULT_IDLE_TIMEOUT = 75.0
-#: Ingests being handled at once before new ones get 429; bounds memory at about this many MiB.
-DEFAULT_MAX_INFLIGHT_INGESTS = 64
-#: A finalize body's `wait_seconds` is capped here; without one, finalize does not wait.
-DEFAULT_FINALIZE_MAX_WAIT = 300.0
-DEFAULT_FINALIZE_WAIT = 0.0
-#: How often a waiting finalize re-lists staging (for eof objects, or a held lock).
-DEFAULT_POLL_SECONDS = 0.25
-#: A finalize lock older than this (and not renewed) belongs to a dead replica and is taken over.
-DEFAULT_LOCK_TTL = 60.0
-#: How long a finalize waits for another replica's lock before answering 503.
-DEFAULT_LOCK_WAIT = 120.0
-#: Staged batches read at once by a finalize.
-DEFAULT_READ_CONCURRENCY = 16
-#: `Retry-After` seconds for storage trouble (503) and back-pressure (429).
-DEFAULT_RETRY_AFTER = 2
-#: On SIGTERM: seconds /readyz answers 503 while still serving, then in-flight requests get this long.
-DEFAULT_DRAIN_SECONDS = 1.0
-DEFAULT_SHUTDOWN_TIMEOUT = 30.0
-
-#: Job API client (`aggregator.client`): extra seconds beyond `wait_seconds`, and attempts.
-CLIENT_TIMEOUT_MARGIN = 30.0
-CLIENT_ATTEMPTS = 4
-CLIENT_BACKOFF = 0.5
-
-ENV_PREFIX = "BLAST_LOGS_"
+#: How an option's text is read: as is, an integer, a finite number, or a phase table file's path.
+Kind = Literal["text", "int", "float", "phase_table"]
+ENV_PREFIX: Final = "BLAST_LOGS_"
+_SPEC: Final = "aggregator.option"
 
 
-class ConfigError(ValueError):
-    """The configuration cannot run the service; the message says which variable and why."""
+@dataclass(frozen=True)
+class Option:
+    """One option: its `AggregatorConfig` field, how it is read, where from, and what it means."""
+
+    name: str
+    kind: Kind
+    default: Any
+    help: str
+    env: str | None = None
+    flag: str | None = None
+    minimum: float | None = None
+    #: Set for a required option: why the service cannot run without it.
+    required: str | None = None
+    secret: bool = False
+
+    def parse(self, raw: str) -> Any:
+        """The value of `raw`, the option's text; ConfigError naming the variable when it is unusable."""
+        where = self.env or self.flag or self.name
+        if self.kind == "int":
+            try:
+                value = int(raw)
+            except ValueError:
+                raise ConfigError(f"{where}={raw!r} is not an integer") from None
+            if self.minimum is not None and value < self.minimum:
+                raise ConfigError(f"{where}={value} is below its minimum {self.minimum:g}")
+            return value
+        if self.kind == "float":
+            try:
+                number = float(raw)
+            except ValueError:
+                raise ConfigError(f"{where}={raw!r} is not a number") from None
+            minimum = float(self.minimum or 0.0)
+            if not math.isfinite(number) or number < minimum:
+                raise ConfigError(f"{where}={raw!r} must be a finite number >= {minimum}")
+            return number
+        if self.kind == "phase_table":
+            return load_phase_table(raw)
+        return raw
+
+    def from_env(self, env: Mapping[str, str]) -> Any:
+        """The value `env` gives, or the default when the variable is unset or empty."""
+        raw = env.get(self.env) if self.env else None
+        if self.required is not None and not raw:
+            raise ConfigError(f"{self.env} is not set: {self.required}")
+        blank = raw is None or (raw.strip() == "" if self.kind in ("int", "float") else raw == "")
+        return self.default_value() if blank else self.parse(raw)  # type: ignore[arg-type]
+
+    def default_value(self) -> Any:
+        return self.default() if callable(self.default) else self.default
+
+    def type_text(self) -> str:
+        """The option's type for people (the README table)."""
+        bound = f" >= {self.minimum:g}" if self.minimum is not None else ""
+        return {"text": "string", "int": f"integer{bound}", "float": f"number{bound}",
+                "phase_table": "path of a JSON (or `.yaml`/`.yml`) file"}[self.kind]
+
+    def default_text(self) -> str:
+        if self.required is not None:
+            return "required"
+        if self.kind == "phase_table":
+            return "built in"
+        if self.default is None:
+            return ""
+        return f"`{self.default:g}`" if isinstance(self.default, float) else f"`{self.default}`"
+
+
+def opt(*, help: str, env: str | None = None, flag: str | None = None, minimum: float | None = None,
+        kind: Kind | None = None, required: str | None = None, secret: bool = False) -> dict[str, Any]:
+    """An option's declaration, as its `AggregatorConfig` field's metadata; `env` is the name after
+    `BLAST_LOGS_`; `required` says why the service cannot run without it (then the field has no default)."""
+    return {_SPEC: {"kind": kind, "help": help, "env": ENV_PREFIX + env if env else None, "flag": flag,
+                    "minimum": minimum, "required": required, "secret": secret}}
+
+
+def _kind(default: object) -> Kind:
+    if isinstance(default, bool) or not isinstance(default, int | float):
+        return "text"
+    return "int" if isinstance(default, int) else "float"
 
 
 @dataclass(frozen=True)
 class AggregatorConfig:
-    """Everything the service reads from its environment."""
+    """Everything the service reads from its flags and environment, with defaults: one field per option."""
 
-    secret: str
-    admin_token: str
-    store_url: str = DEFAULT_STORE
-    azure_account_url: str | None = None
-    azure_connection_string: str | None = field(default=None, repr=False)
-    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
-    max_events: int = DEFAULT_MAX_EVENTS
-    max_line_chars: int = DEFAULT_MAX_LINE_CHARS
-    head_lines: int = DEFAULT_HEAD_LINES
-    tail_lines: int = DEFAULT_TAIL_LINES
-    chunk_events: int = DEFAULT_CHUNK_EVENTS
-    max_inflight_ingests: int = DEFAULT_MAX_INFLIGHT_INGESTS
-    body_timeout: float = DEFAULT_BODY_TIMEOUT
-    idle_timeout: float = DEFAULT_IDLE_TIMEOUT
-    finalize_max_wait: float = DEFAULT_FINALIZE_MAX_WAIT
-    poll_seconds: float = DEFAULT_POLL_SECONDS
-    lock_ttl: float = DEFAULT_LOCK_TTL
-    lock_wait: float = DEFAULT_LOCK_WAIT
-    read_concurrency: int = DEFAULT_READ_CONCURRENCY
-    retry_after: int = DEFAULT_RETRY_AFTER
-    drain_seconds: float = DEFAULT_DRAIN_SECONDS
-    shutdown_timeout: float = DEFAULT_SHUTDOWN_TIMEOUT
-    phase_table: PhaseTable = field(default_factory=lambda: dict(DEFAULT_PHASE_TABLE))
+    secret: str = field(repr=False, metadata=opt(
+        env="SECRET", required="job tokens cannot be checked", secret=True,
+        help="the key job tokens are derived from"))
+    admin_token: str = field(repr=False, metadata=opt(
+        env="ADMIN_TOKEN", required="finalize cannot be authorised", secret=True,
+        help="the finalize (admin) token"))
+    host: str = field(default="0.0.0.0", metadata=opt(flag="--host", help="address to listen on"))
+    port: int = field(default=8080, metadata=opt(flag="--port", help="port"))
+    store_url: str = field(default="file:blast-logs-data", metadata=opt(
+        env="STORE",
+        help="`file:///abs/path`, `file:rel/path` (from the working directory) or `azure://<container>`"))
+    azure_account_url: str | None = field(default=None, metadata=opt(
+        env="AZURE_ACCOUNT_URL", kind="text",
+        help="Azure: `DefaultAzureCredential` (workload identity) with this account URL"))
+    azure_connection_string: str | None = field(default=None, repr=False, metadata=opt(
+        env="AZURE_CONNECTION_STRING", kind="text", secret=True,
+        help="Azure: a connection string instead (Azurite in development)"))
+    max_body_bytes: int = field(default=MAX_BATCH_BYTES, metadata=opt(
+        env="MAX_BODY_BYTES", minimum=1, help="largest request body, after inflating gzip (413 beyond)"))
+    max_events: int = field(default=MAX_BATCH_EVENTS, metadata=opt(
+        env="MAX_EVENTS", minimum=1, help="most events in one batch"))
+    max_line_chars: int = field(default=MAX_LINE_CHARS, metadata=opt(
+        env="MAX_LINE_CHARS", minimum=64, help="longer lines are cut (never refused)"))
+    head_lines: int = field(default=artifacts.DEFAULT_HEAD_LINES, metadata=opt(
+        env="HEAD_LINES", minimum=0, help="first lines of each stream kept in the artifacts"))
+    tail_lines: int = field(default=artifacts.DEFAULT_TAIL_LINES, metadata=opt(
+        env="TAIL_LINES", minimum=0, help="last lines of each stream kept in the artifacts"))
+    chunk_events: int = field(default=artifacts.DEFAULT_CHUNK_EVENTS, metadata=opt(
+        env="CHUNK_EVENTS", minimum=1, help="most events in one chunk artifact"))
+    max_inflight_ingests: int = field(default=64, metadata=opt(
+        env="MAX_INFLIGHT_INGESTS", minimum=1,
+        help="ingests handled at once before new ones get 429; bounds memory at about this many MiB"))
+    body_timeout: float = field(default=30.0, metadata=opt(
+        env="BODY_TIMEOUT", minimum=0.1,
+        help="seconds a request's body may take to arrive after its headers, else 408 and the connection is "
+             "closed (a client trickling its body cannot hold an ingest slot for long)"))
+    idle_timeout: float = field(default=75.0, metadata=opt(
+        env="IDLE_TIMEOUT", minimum=0.1,
+        help="seconds before a connection with no request in progress (idle keep-alive, or headers still "
+             "trickling in) is closed"))
+    finalize_max_wait: float = field(default=300.0, metadata=opt(
+        env="FINALIZE_MAX_WAIT",
+        help="cap, in seconds, on a finalize body's `wait_seconds` (without one, finalize does not wait)"))
+    poll_seconds: float = field(default=0.25, metadata=opt(
+        env="POLL_SECONDS", minimum=0.01,
+        help="how often, in seconds, a waiting finalize re-lists staging (for eof objects, or a held lock)"))
+    lock_ttl: float = field(default=60.0, metadata=opt(
+        env="LOCK_TTL", minimum=1.0,
+        help="seconds after which a finalize lock not renewed belongs to a dead replica and is taken over"))
+    lock_wait: float = field(default=120.0, metadata=opt(
+        env="LOCK_WAIT", help="seconds a finalize waits for another replica's lock before answering 503"))
+    read_concurrency: int = field(default=16, metadata=opt(
+        env="READ_CONCURRENCY", minimum=1, help="staged batches a finalize reads (and chunks it writes) at once"))
+    retry_after: int = field(default=2, metadata=opt(
+        env="RETRY_AFTER", minimum=1,
+        help="`Retry-After` seconds for storage trouble (503) and back-pressure (429)"))
+    drain_seconds: float = field(default=1.0, metadata=opt(
+        env="DRAIN_SECONDS", help="on SIGTERM, seconds `/readyz` answers 503 while requests are still served"))
+    shutdown_timeout: float = field(default=30.0, metadata=opt(
+        env="SHUTDOWN_TIMEOUT", help="then, seconds in-flight requests get to finish"))
+    phase_table: PhaseTable = field(default_factory=lambda: dict(DEFAULT_PHASE_TABLE), metadata=opt(
+        env="PHASE_TABLE", kind="phase_table",
+        help="which containers feed which phases, `{container: {feeds: [...], primary: [...]}}`; the built-in "
+             "table covers ElasticBLAST's containers"))
+    log_level: str = field(default="INFO", metadata=opt(
+        env="LOG_LEVEL", help="`DEBUG`, `INFO`, `WARNING` or `ERROR`"))
 
     def __repr__(self) -> str:
         # Never print the secret, the admin token or a connection string (logs, tracebacks).
         return f"AggregatorConfig(store_url={self.store_url!r}, ...)"
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None) -> AggregatorConfig:
-        """Read `BLAST_LOGS_*`; raise ConfigError naming the variable at fault."""
+    def from_env(cls, env: Mapping[str, str] | None = None, **flags: Any) -> AggregatorConfig:
+        """Read `BLAST_LOGS_*` (flags given as keywords win); raise ConfigError naming the variable at fault."""
         env = os.environ if env is None else env
-        secret = env.get("BLAST_LOGS_SECRET", "")
-        admin = env.get("BLAST_LOGS_ADMIN_TOKEN", "")
-        if not secret:
-            raise ConfigError("BLAST_LOGS_SECRET is not set: job tokens cannot be checked")
-        if not admin:
-            raise ConfigError("BLAST_LOGS_ADMIN_TOKEN is not set: finalize cannot be authorised")
-        table_path = env.get("BLAST_LOGS_PHASE_TABLE")
-        return cls(
-            secret=secret,
-            admin_token=admin,
-            store_url=env.get("BLAST_LOGS_STORE") or DEFAULT_STORE,
-            azure_account_url=env.get("BLAST_LOGS_AZURE_ACCOUNT_URL") or None,
-            azure_connection_string=env.get("BLAST_LOGS_AZURE_CONNECTION_STRING") or None,
-            max_body_bytes=_int(env, "MAX_BODY_BYTES", DEFAULT_MAX_BODY_BYTES, 1),
-            max_events=_int(env, "MAX_EVENTS", DEFAULT_MAX_EVENTS, 1),
-            max_line_chars=_int(env, "MAX_LINE_CHARS", DEFAULT_MAX_LINE_CHARS, 64),
-            head_lines=_int(env, "HEAD_LINES", DEFAULT_HEAD_LINES, 0),
-            tail_lines=_int(env, "TAIL_LINES", DEFAULT_TAIL_LINES, 0),
-            chunk_events=_int(env, "CHUNK_EVENTS", DEFAULT_CHUNK_EVENTS, 1),
-            max_inflight_ingests=_int(env, "MAX_INFLIGHT_INGESTS", DEFAULT_MAX_INFLIGHT_INGESTS, 1),
-            body_timeout=_float(env, "BODY_TIMEOUT", DEFAULT_BODY_TIMEOUT, 0.1),
-            idle_timeout=_float(env, "IDLE_TIMEOUT", DEFAULT_IDLE_TIMEOUT, 0.1),
-            finalize_max_wait=_float(env, "FINALIZE_MAX_WAIT", DEFAULT_FINALIZE_MAX_WAIT),
-            poll_seconds=_float(env, "POLL_SECONDS", DEFAULT_POLL_SECONDS, 0.01),
-            lock_ttl=_float(env, "LOCK_TTL", DEFAULT_LOCK_TTL, 1.0),
-            lock_wait=_float(env, "LOCK_WAIT", DEFAULT_LOCK_WAIT),
-            read_concurrency=_int(env, "READ_CONCURRENCY", DEFAULT_READ_CONCURRENCY, 1),
-            retry_after=_int(env, "RETRY_AFTER", DEFAULT_RETRY_AFTER, 1),
-            drain_seconds=_float(env, "DRAIN_SECONDS", DEFAULT_DRAIN_SECONDS),
-            shutdown_timeout=_float(env, "SHUTDOWN_TIMEOUT", DEFAULT_SHUTDOWN_TIMEOUT),
-            phase_table=load_phase_table(table_path) if table_path else dict(DEFAULT_PHASE_TABLE),
-        )
+        return cls(**{o.name: flags[o.name] if o.name in flags else o.from_env(env) for o in OPTIONS})
 
 
-def _int(env: Mapping[str, str], name: str, default: int, minimum: int) -> int:
-    raw = env.get(ENV_PREFIX + name)
-    if raw is None or raw.strip() == "":
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ConfigError(f"{ENV_PREFIX}{name}={raw!r} is not an integer") from None
-    if value < minimum:
-        raise ConfigError(f"{ENV_PREFIX}{name}={value} is below its minimum {minimum}")
-    return value
+def _option(f: Field[Any]) -> Option:
+    default: object = f.default_factory if f.default_factory is not MISSING else (
+        None if f.default is MISSING else f.default)
+    spec = dict(f.metadata[_SPEC])
+    spec["kind"] = spec["kind"] or _kind(default)
+    if spec["kind"] == "float" and spec["minimum"] is None:
+        spec["minimum"] = 0.0  # a negative number of seconds is never meant
+    return Option(name=f.name, default=default, **spec)
 
 
-def _float(env: Mapping[str, str], name: str, default: float, minimum: float = 0.0) -> float:
-    raw = env.get(ENV_PREFIX + name)
-    if raw is None or raw.strip() == "":
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        raise ConfigError(f"{ENV_PREFIX}{name}={raw!r} is not a number") from None
-    if not math.isfinite(value) or value < minimum:
-        raise ConfigError(f"{ENV_PREFIX}{name}={raw!r} must be a finite number >= {minimum}")
-    return value
+#: Every option, in declaration order.
+OPTIONS: Final = tuple(_option(f) for f in fields(AggregatorConfig))
+
+
+def option_named(name: str) -> Option:
+    """The option of `AggregatorConfig` field `name`."""
+    return next(o for o in OPTIONS if o.name == name)
+
+
+def markdown_table() -> str:
+    """The README's reference of every option: flag or variable, type, default, meaning."""
+    rows = ["| flag / variable | type | default | meaning |", "|---|---|---|---|"]
+    for o in OPTIONS:
+        where = " / ".join(f"`{n}`" for n in (o.flag, o.env) if n)
+        rows.append(f"| {where} | {o.type_text()} | {o.default_text()} | {o.help} |")
+    return "\n".join(rows) + "\n"
 
 
 def load_phase_table(path: str) -> PhaseTable:
@@ -212,3 +272,7 @@ def _phases(value: object, where: str) -> tuple[str, ...]:
     if not isinstance(value, list) or not all(valid_phase(p) for p in value):
         raise ConfigError(f"{where}: must be a list of phase names")
     return tuple(dict.fromkeys(value))
+
+
+if __name__ == "__main__":
+    print(markdown_table(), end="")

@@ -1,7 +1,6 @@
 """`POST /v1/ingest`: check the token, bound the body, validate the batch, stage it durably, then ack.
 
-Limits are enforced before and while reading, so no body (plain, chunked or a gzip bomb) is ever held
-beyond its cap.
+The body is read within its caps by `aggregator.body`; `parse_batch` checks it field by field.
 """
 
 from __future__ import annotations
@@ -9,42 +8,29 @@ from __future__ import annotations
 import logging
 import math
 import operator
-import zlib
 from collections.abc import Callable
 from typing import Any, cast
 
 import orjson
 from aiohttp import web
 
-from aggregator.auth import AuthError, check_ingest
+from aggregator.auth import check_ingest
+from aggregator.body import json_object, read_body
+from aggregator.checks import events_of_columns, is_int, is_nonneg_int, valid_columns
 from aggregator.config import AggregatorConfig
-from aggregator.errors import ApiError
+from aggregator.errors import BadBatch, Forbidden, StoreError, TooBusy
 from aggregator.metrics import Metrics
 from aggregator.model import Dropped, StoredBatch
-from aggregator.staging import batch_key, encode_batch
-from aggregator.store import Store, StoreError
+from aggregator.staging import encode_batch
+from aggregator.storage import Store
+from aggregator.storage.layout import batch_key
 from blastlogs.protocol import cap_line, valid_job_id, valid_k8s_name, valid_phase
 
 log = logging.getLogger("aggregator.ingest")
 
-#: Deflate's worst case adds ~5 bytes per 16 KiB block plus headers; a gzip body of a batch that
-#: inflates to at most the cap is never larger than the cap plus this.
-GZIP_SLACK_BYTES = 4096
-READ_CHUNK = 64 * 1024
-
-
-class BadBatch(ValueError):
-    """The body is not a valid batch; the message says which field and why (a 400)."""
-
-
 def parse_batch(body: bytes, *, max_events: int, max_line_chars: int) -> StoredBatch:
     """Validate a batch exactly per CONTRACT section 4; unknown fields are ignored, lines re-capped."""
-    try:
-        obj: Any = orjson.loads(body)
-    except orjson.JSONDecodeError as e:
-        raise BadBatch(f"body is not valid UTF-8 JSON: {e}") from None
-    if not isinstance(obj, dict):
-        raise BadBatch("body must be a JSON object")
+    obj = json_object(body, BadBatch)
     job_id = obj.get("job_id")
     if not valid_job_id(job_id):
         raise BadBatch("job_id must match [A-Za-z0-9][A-Za-z0-9._-]{0,127}")
@@ -56,13 +42,13 @@ def parse_batch(body: bytes, *, max_events: int, max_line_chars: int) -> StoredB
     if not valid_phase(phase):
         raise BadBatch("phase must match [a-z][a-z0-9_]{0,63}")
     seq = obj.get("seq")
-    if not _nonneg_int(seq):
+    if not is_nonneg_int(seq):
         raise BadBatch("seq must be a non-negative integer")
     eof = obj.get("eof", False)
     if not isinstance(eof, bool):
         raise BadBatch("eof must be a boolean")
     exit_code = obj.get("exit_code")
-    if exit_code is not None and not _int(exit_code):
+    if exit_code is not None and not is_int(exit_code):
         raise BadBatch("exit_code must be an integer or null")
     dropped = _dropped(obj.get("dropped"))
     events = obj.get("events")
@@ -95,12 +81,11 @@ def _valid_events(events: list[Any], max_line_chars: int) -> tuple[tuple[int, fl
         offs, tss, lines = list(map(_OFF, events)), list(map(_TS, events)), list(map(_LINE, events))
     except KeyError:
         return None
-    if not (set(map(type, offs)) <= {int} and min(offs) >= 0 and set(map(type, tss)) <= {int, float}
-            and all(map(math.isfinite, tss)) and set(map(type, lines)) <= {str}):
+    if not valid_columns(offs, tss, lines):
         return None
     if max(map(len, lines)) > max_line_chars:
         lines = [cap_line(line, max_line_chars) for line in lines]
-    return tuple(zip(offs, map(float, tss), lines, strict=True))
+    return events_of_columns(offs, tss, lines)
 
 
 def _checked_events(events: list[Any], max_line_chars: int) -> tuple[tuple[int, float, str], ...]:
@@ -110,9 +95,9 @@ def _checked_events(events: list[Any], max_line_chars: int) -> tuple[tuple[int, 
         if not isinstance(ev, dict):
             raise BadBatch(f"events[{i}] must be an object")
         off, ts, line = cast(Any, ev.get("off")), cast(Any, ev.get("ts")), ev.get("line")
-        if not _nonneg_int(off):
+        if not is_nonneg_int(off):
             raise BadBatch(f"events[{i}].off must be a non-negative integer")
-        if not ((_int(ts) or isinstance(ts, float)) and math.isfinite(ts)):
+        if not ((is_int(ts) or isinstance(ts, float)) and math.isfinite(ts)):
             raise BadBatch(f"events[{i}].ts must be a finite number")
         if not isinstance(line, str):
             raise BadBatch(f"events[{i}].line must be a string")
@@ -127,9 +112,9 @@ def _dropped(value: object) -> Dropped | None:
     if not isinstance(value, dict):
         raise BadBatch("dropped must be an object {off, lines, bytes}")
     lines, nbytes, off = value.get("lines", 0), value.get("bytes", 0), value.get("off")
-    if not _nonneg_int(lines) or not _nonneg_int(nbytes):
+    if not is_nonneg_int(lines) or not is_nonneg_int(nbytes):
         raise BadBatch("dropped.lines and dropped.bytes must be non-negative integers")
-    if off is not None and not _nonneg_int(off):
+    if off is not None and not is_nonneg_int(off):
         raise BadBatch("dropped.off must be a non-negative integer")
     if lines == 0:
         return None
@@ -138,66 +123,6 @@ def _dropped(value: object) -> Dropped | None:
     return Dropped(off, lines, nbytes)
 
 
-def _int(x: object) -> bool:
-    return isinstance(x, int) and not isinstance(x, bool)
-
-
-def _nonneg_int(x: object) -> bool:
-    return _int(x) and x >= 0  # type: ignore[operator]
-
-
-class _Inflater:
-    """Incremental gzip inflation (several members allowed) that refuses output beyond `cap` bytes."""
-
-    def __init__(self, cap: int) -> None:
-        self.cap = cap
-        self.out = bytearray()
-        self._d = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
-
-    def feed(self, data: bytes) -> None:
-        try:
-            while data:
-                if self._d.eof:
-                    self._d = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
-                # max_length >= 1 always (0 would mean unlimited).
-                self.out += self._d.decompress(data, self.cap + 1 - len(self.out))
-                if len(self.out) > self.cap:
-                    raise ApiError(413, "too_large", f"the inflated body exceeds {self.cap} bytes")
-                data = self._d.unused_data if self._d.eof else self._d.unconsumed_tail
-        except zlib.error as e:
-            raise ApiError(400, "bad_request", f"body is not valid gzip: {e}") from None
-
-    def finish(self) -> bytes:
-        if not self._d.eof:
-            raise ApiError(400, "bad_request", "gzip body is truncated")
-        return bytes(self.out)
-
-
-async def read_body(request: web.Request, max_bytes: int) -> bytes:
-    """The body, inflated when gzip, never holding more than the caps allow."""
-    encoding = request.headers.get("Content-Encoding", "identity").strip().lower()
-    if encoding not in ("identity", "", "gzip", "x-gzip"):
-        raise ApiError(400, "unsupported_encoding", f"Content-Encoding {encoding!r}: only gzip is accepted")
-    gzip = encoding in ("gzip", "x-gzip")
-    raw_cap = max_bytes + GZIP_SLACK_BYTES if gzip else max_bytes
-    length = request.content_length
-    if length is not None and length > raw_cap:
-        raise ApiError(413, "too_large", f"Content-Length {length} exceeds {raw_cap} bytes")
-    inflater = _Inflater(max_bytes) if gzip else None
-    buf = bytearray()
-    received = 0
-    while True:
-        chunk = await request.content.read(READ_CHUNK)
-        if not chunk:
-            break
-        received += len(chunk)
-        if received > raw_cap:
-            raise ApiError(413, "too_large", f"the body exceeds {raw_cap} bytes")
-        if inflater is not None:
-            inflater.feed(chunk)
-        else:
-            buf += chunk
-    return inflater.finish() if inflater is not None else bytes(buf)
 
 
 class IngestHandler:
@@ -211,12 +136,9 @@ class IngestHandler:
 
     async def __call__(self, request: web.Request) -> web.Response:
         cfg = self.config
-        try:
-            token_job = check_ingest(request.headers.get("Authorization"), cfg.secret, cfg.admin_token)
-        except AuthError as e:
-            raise ApiError(e.status, e.code, e.detail) from None
+        token_job = check_ingest(request.headers.get("Authorization"), cfg.secret, cfg.admin_token)
         if self.in_flight >= cfg.max_inflight_ingests:
-            raise ApiError(429, "busy", "too many ingests in flight; retry later", retry_after=cfg.retry_after)
+            raise TooBusy("too many ingests in flight; retry later")
         self.in_flight += 1
         self.metrics.in_flight.inc()
         try:
@@ -228,19 +150,15 @@ class IngestHandler:
     async def _ingest(self, request: web.Request, token_job: str) -> web.Response:
         cfg = self.config
         body = await read_body(request, cfg.max_body_bytes)
-        try:
-            batch = parse_batch(body, max_events=cfg.max_events, max_line_chars=cfg.max_line_chars)
-        except BadBatch as e:
-            raise ApiError(400, "bad_request", str(e)) from None
+        batch = parse_batch(body, max_events=cfg.max_events, max_line_chars=cfg.max_line_chars)
         if batch.job_id != token_job:
-            raise ApiError(403, "forbidden", "the token belongs to another job")
+            raise Forbidden("the token belongs to another job")
         try:
             created = await self.store().put(batch_key(batch), encode_batch(batch), overwrite=False)
         except StoreError as e:
             self.metrics.storage_errors.labels("ingest").inc()
             log.warning("staging write failed", extra={"fields": {"job_id": batch.job_id, "error": str(e)}})
-            raise ApiError(503, "storage_unavailable", "storage is unavailable; retry later",
-                           retry_after=cfg.retry_after) from None
+            raise
         self.metrics.batches.inc()
         self.metrics.events.inc(len(batch.events))
         self.metrics.bytes.inc(len(body))

@@ -1,7 +1,7 @@
 """The aggregator's OpenAPI 3.1 document, served at `GET /openapi.json`.
 
 Built from `blastlogs.protocol` and the running configuration rather than written by hand, so the id
-patterns and limits it states are the very ones the handlers enforce; tests/test_openapi.py checks it
+patterns and limits it states are the very ones the handlers enforce; tests/aggregator/test_openapi.py checks it
 against the router and against `parse_batch` on generated bodies.
 """
 
@@ -10,6 +10,20 @@ from __future__ import annotations
 from typing import Any, Final
 
 from aggregator.config import AggregatorConfig
+from aggregator.errors import (
+    RETRY_AFTER_STATUSES,
+    BadRequest,
+    BodyTimeout,
+    Draining,
+    Forbidden,
+    JobNotFound,
+    LockBusy,
+    StoreError,
+    TooBusy,
+    TooLarge,
+    Unauthorized,
+    statuses,
+)
 from blastlogs.protocol import (
     FINALIZE_PATH,
     INGEST_PATH,
@@ -24,9 +38,13 @@ OPENAPI_PATH: Final = "/openapi.json"
 OPENAPI_VERSION: Final = "3.1.0"
 API_VERSION: Final = "1"
 
-#: Statuses each route may answer besides its success; every one carries the Error body.
-INGEST_ERRORS: Final = (400, 401, 403, 408, 413, 429, 503)
-FINALIZE_ERRORS: Final = (400, 401, 403, 404, 408, 413, 503)
+#: Statuses each route may answer besides its success (from what it raises, through `HTTP_ANSWERS`);
+#: every one carries the Error body.
+INGEST_ERRORS: Final = statuses((BadRequest, Unauthorized, Forbidden, BodyTimeout, TooLarge, TooBusy, StoreError))
+FINALIZE_ERRORS: Final = statuses((BadRequest, Unauthorized, Forbidden, JobNotFound, BodyTimeout, TooLarge,
+                                   StoreError, LockBusy))
+READYZ_ERRORS: Final = statuses((Draining, StoreError))
+#: What each status means, for people reading the document.
 _ERROR_TEXT: Final = {
     400: "Malformed request: not a valid batch, bad JSON or gzip, an unsupported Content-Encoding.",
     401: "No token, a malformed Authorization header, or a token whose MAC does not hold.",
@@ -165,7 +183,7 @@ def _errors(statuses: tuple[int, ...]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for status in statuses:
         resp = _json_body("Error", _ERROR_TEXT[status])
-        if status in (429, 503):
+        if status in RETRY_AFTER_STATUSES:
             resp["headers"] = {"Retry-After": {"description": "Whole seconds to wait.",
                                                "schema": {"type": "integer", "minimum": 0}}}
         out[str(status)] = resp
@@ -218,7 +236,7 @@ def openapi_document(config: AggregatorConfig) -> dict[str, Any]:
                 "operationId": "readyz", "summary": "Storage is reachable and the replica is not draining.",
                 "security": [],
                 "responses": {"200": _json_body("Status", "Ready."),
-                              "503": _errors((503,))["503"]},
+                              **_errors(READYZ_ERRORS)},
             }},
             "/metrics": {"get": {
                 "operationId": "metrics", "summary": "Prometheus metrics.", "security": [],

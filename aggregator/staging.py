@@ -1,105 +1,19 @@
-"""Where things live in storage, and the staged batch's encoding (docs/design.md, "Staging layout").
+"""The staged batch's encoding: a `StoredBatch` as the bytes of its staging object, and back.
 
-Every accepted batch is one object named by a digest of its identity, so a re-sent batch finds its own
-object (put-if-absent) and a stream's eof is visible from a listing alone.
+Where the object lives is `aggregator.storage.layout`'s business (`batch_key`).
 """
 
 from __future__ import annotations
 
-import hashlib
-import math
-import operator
-from dataclasses import dataclass
 from typing import Any
 
 import orjson
 
+from aggregator.checks import events_of_columns, is_int, is_nonneg_int, valid_columns
 from aggregator.model import Dropped, StoredBatch
 from blastlogs.protocol import valid_job_id, valid_k8s_name, valid_phase
 
 STAGING_VERSION = 1
-DIGEST_HEX = 32
-
-
-def steps_prefix(job_id: str) -> str:
-    return f"{job_id}/execution-steps/"
-
-
-def staging_prefix(job_id: str) -> str:
-    return f"{job_id}/execution-steps/_staging/"
-
-
-def logs_prefix(job_id: str) -> str:
-    return f"{job_id}/execution-steps/logs/"
-
-
-def chunk_key(job_id: str, phase: str, seq: int) -> str:
-    return f"{job_id}/execution-steps/logs/{phase}/{seq}.json"
-
-
-def summary_key(job_id: str) -> str:
-    return f"{job_id}/execution-steps/summary.json"
-
-
-def lock_key(job_id: str) -> str:
-    return f"{job_id}/execution-steps/_staging/_finalize.lock"
-
-
-def manifest_key(job_id: str) -> str:
-    return f"{job_id}/execution-steps/_staging/_manifest.json"
-
-
-_OFF_LINE = operator.itemgetter(0, 2)
-
-
-def batch_digest(batch: StoredBatch) -> str:
-    """SHA-256 over what identifies a batch's content; not `ts` or `seq`, which a re-send may change."""
-    identity = [
-        list(map(_OFF_LINE, batch.events)),  # (off, line) pairs: orjson writes a tuple as an array
-        None if batch.dropped is None else [batch.dropped.off, batch.dropped.lines, batch.dropped.bytes],
-        batch.eof,
-        batch.exit_code,
-    ]
-    return hashlib.sha256(orjson.dumps(identity)).hexdigest()[:DIGEST_HEX]
-
-
-def batch_key(batch: StoredBatch) -> str:
-    suffix = ".eof.json" if batch.eof else ".json"
-    return f"{staging_prefix(batch.job_id)}{batch.pod}/{batch.container}/b-{batch_digest(batch)}{suffix}"
-
-
-@dataclass(frozen=True, slots=True)
-class StagedKey:
-    """What a staging key tells without reading it."""
-
-    pod: str
-    container: str
-    eof: bool
-
-
-def parse_batch_key(job_id: str, key: str) -> StagedKey | None:
-    """The stream and eof flag of a staged batch key; None for anything else (lock, manifest)."""
-    prefix = staging_prefix(job_id)
-    if not key.startswith(prefix):
-        return None
-    parts = key[len(prefix):].split("/")
-    if len(parts) != 3 or not parts[2].startswith("b-") or not parts[2].endswith(".json"):
-        return None
-    pod, container, name = parts
-    if not valid_k8s_name(pod) or not valid_k8s_name(container):
-        return None
-    return StagedKey(pod, container, name.endswith(".eof.json"))
-
-
-def stream_states(job_id: str, keys: list[str]) -> dict[tuple[str, str], bool]:
-    """Every staged stream `(pod, container)` and whether it has reached eof."""
-    states: dict[tuple[str, str], bool] = {}
-    for key in keys:
-        staged = parse_batch_key(job_id, key)
-        if staged is not None:
-            stream = (staged.pod, staged.container)
-            states[stream] = states.get(stream, False) or staged.eof
-    return states
 
 
 def encode_batch(batch: StoredBatch) -> bytes:
@@ -134,13 +48,13 @@ def decode_batch(data: bytes) -> StoredBatch:
         raise ValueError(f"missing field {e}") from None
     if not (valid_job_id(job_id) and valid_k8s_name(pod) and valid_k8s_name(container) and valid_phase(phase)):
         raise ValueError("bad ids")
-    if not _nonneg_int(seq) or not isinstance(eof, bool):
+    if not is_nonneg_int(seq) or not isinstance(eof, bool):
         raise ValueError("bad seq or eof")
-    if exit_code is not None and not _int(exit_code):
+    if exit_code is not None and not is_int(exit_code):
         raise ValueError("bad exit_code")
     drop: Dropped | None = None
     if dropped is not None:
-        if not (isinstance(dropped, list) and len(dropped) == 3 and all(_nonneg_int(x) for x in dropped)):
+        if not (isinstance(dropped, list) and len(dropped) == 3 and all(is_nonneg_int(x) for x in dropped)):
             raise ValueError("bad dropped")
         drop = Dropped(dropped[0], dropped[1], dropped[2])
     if not isinstance(events, list):
@@ -156,15 +70,6 @@ def _decode_events(events: list[Any]) -> tuple[tuple[int, float, str], ...]:
     if not (set(map(type, events)) <= {list} and set(map(len, events)) == {3}):
         raise ValueError("bad event")
     offs, tss, lines = zip(*events, strict=True)
-    if not (set(map(type, offs)) <= {int} and min(offs) >= 0 and set(map(type, tss)) <= {int, float}
-            and all(map(math.isfinite, tss)) and set(map(type, lines)) <= {str}):
+    if not valid_columns(offs, tss, lines):
         raise ValueError("bad event")
-    return tuple(zip(offs, map(float, tss), lines, strict=True))
-
-
-def _int(x: object) -> bool:
-    return isinstance(x, int) and not isinstance(x, bool)
-
-
-def _nonneg_int(x: object) -> bool:
-    return _int(x) and x >= 0  # type: ignore[operator]
+    return events_of_columns(offs, tss, lines)

@@ -1,22 +1,23 @@
-"""Helpers shared by the aggregator's API tests: configs, batch bodies, tokens, stores over both backends."""
+"""Helpers shared by the aggregator's tests: configs, batch bodies, tokens, stores over both backends.
+
+The fixtures built on them (`kit`, `local_kit`, `store`, `serve`) are in conftest.py.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import orjson
-import pytest
-from aiohttp.test_utils import TestClient
+from aiohttp import web
 from conftest import TEST_ADMIN_TOKEN, TEST_SECRET, Azurite
 
-from aggregator.app import make_app
 from aggregator.auth import job_token
 from aggregator.config import AggregatorConfig
-from aggregator.store import LocalStore, Store, open_store
+from aggregator.storage import LocalStore, Store, open_store
 
 JOB = "elb-123"
 POD = "blastn-batch-job-7-abc12"
@@ -57,7 +58,8 @@ def dumps(obj: Any) -> bytes:
 
 
 class StoreKit:
-    """Opens handles onto one storage place: the app gets one, the test inspects through another."""
+    """One storage place (a local folder or an Azurite container): the app gets a handle, the test
+    inspects through another; an aggregator process reaches it with `url` and `aggregator_env()`."""
 
     def __init__(self, kind: str, tmp_path: Path, azurite: Azurite | None) -> None:
         self.kind = kind
@@ -83,12 +85,29 @@ class StoreKit:
         self.handles.append(store)
         return store
 
+    def aggregator_env(self) -> dict[str, str]:
+        """What an aggregator process needs besides `BLAST_LOGS_STORE` to reach this place."""
+        if self.azurite is None:
+            return {}
+        return {"BLAST_LOGS_AZURE_CONNECTION_STRING": self.azurite.connection_string}
+
     async def close(self) -> None:
         for store in self.handles:
             await store.close()
 
 
-STORE_KINDS = ["local", pytest.param("azure", marks=pytest.mark.azure)]
+def on_request(app: web.Application, path: str, event: asyncio.Event) -> None:
+    """Set `event` when a request for `path` reaches its handler (past the app's own middleware), so a
+    test can wait for "the server is handling it" instead of sleeping. Call before the app starts."""
+
+    @web.middleware
+    async def seen(request: web.Request, handler: Any) -> web.StreamResponse:
+        if request.path == path:
+            event.set()
+        response: web.StreamResponse = await handler(request)
+        return response
+
+    app.middlewares.append(seen)
 
 
 async def read_tree(store: Store, prefix: str) -> dict[str, bytes]:
@@ -99,28 +118,3 @@ async def read_tree(store: Store, prefix: str) -> dict[str, bytes]:
         assert data is not None
         out[key] = data
     return out
-
-
-@pytest.fixture(params=STORE_KINDS)
-async def kit(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[StoreKit]:
-    """One storage place per test, local folder or (marked `azure`) a fresh Azurite container."""
-    az = request.getfixturevalue("azurite") if request.param == "azure" else None
-    k = StoreKit(request.param, tmp_path, az)
-    yield k
-    await k.close()
-
-
-@pytest.fixture
-def local_kit(tmp_path: Path) -> StoreKit:
-    return StoreKit("local", tmp_path, None)
-
-
-@pytest.fixture
-def serve(aiohttp_client: Any, kit: StoreKit) -> Callable[..., Awaitable[TestClient[Any, Any]]]:
-    """serve(**config_overrides) -> a test client on make_app over the test's store."""
-
-    async def _serve(**overrides: Any) -> TestClient[Any, Any]:
-        client: TestClient[Any, Any] = await aiohttp_client(make_app(make_config(**overrides), store=kit.open()))
-        return client
-
-    return _serve

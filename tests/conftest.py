@@ -1,4 +1,8 @@
-"""Fixtures every test module may use: free ports, a real Azurite, the real aggregator process."""
+"""Fixtures every test module may use: free ports, a real Azurite, the real aggregator process, and the
+aggregator's stores over both backends (`kit`, `local_kit`, `store`) and its app over them (`serve`).
+
+One of each kind lives here; aggregator helpers (configs, batch bodies, `StoreKit`) are agg_helpers.py.
+"""
 
 from __future__ import annotations
 
@@ -12,12 +16,18 @@ import time
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
+
+if TYPE_CHECKING:  # imported in the fixtures: loading conftest does not load the aggregator
+    from agg_helpers import StoreKit
+    from aiohttp.test_utils import TestClient
+
+    from aggregator.storage import Store
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -182,6 +192,53 @@ def start_aggregator(tmp_path: Path) -> Iterator[object]:
     yield _start
     for p in procs:
         p.kill()
+
+
+@pytest.fixture(params=["local", pytest.param("azure", marks=pytest.mark.azure)])
+async def kit(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[StoreKit]:
+    """One storage place per test: a local folder or (marked `azure`) a fresh Azurite container."""
+    from agg_helpers import StoreKit
+
+    az = request.getfixturevalue("azurite") if request.param == "azure" else None
+    k = StoreKit(request.param, tmp_path, az)
+    yield k
+    await k.close()
+
+
+@pytest.fixture
+async def local_kit(tmp_path: Path) -> AsyncIterator[StoreKit]:
+    """A local folder only, for what does not depend on the backend."""
+    from agg_helpers import StoreKit
+
+    k = StoreKit("local", tmp_path, None)
+    yield k
+    await k.close()
+
+
+@pytest.fixture
+def store(kit: StoreKit) -> Store:
+    """A handle onto the test's storage place (both backends), closed at teardown."""
+    return kit.inspector()
+
+
+@pytest.fixture
+def serve(aiohttp_client: Any, kit: StoreKit) -> Callable[..., Awaitable[TestClient[Any, Any]]]:
+    """serve(**config_overrides) -> a test client on make_app over the test's store.
+
+    `app_hook(app)`, when given, runs before the app starts (e.g. agg_helpers.on_request).
+    """
+    from agg_helpers import make_config
+
+    from aggregator.app import make_app
+
+    async def _serve(app_hook: Callable[[Any], None] | None = None, **overrides: Any) -> TestClient[Any, Any]:
+        app = make_app(make_config(**overrides), store=kit.open())
+        if app_hook is not None:
+            app_hook(app)
+        client: TestClient[Any, Any] = await aiohttp_client(app)
+        return client
+
+    return _serve
 
 
 @pytest.fixture

@@ -5,14 +5,15 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
+from agg_helpers import StoreKit
 
-from aggregator.azure_store import AzureStore
-from aggregator.store import LocalStore, Store, StoreError, open_store
+from aggregator.storage import LocalStore, Store, StoreError, open_store
+from aggregator.storage.azure import AzureStore
 
 # Generous upper bound so a hang fails the test instead of the suite; not a speed assertion.
 HANG_GUARD_S = 90.0
@@ -28,20 +29,6 @@ def account_key(connection_string: str) -> str:
 def assert_no_secret(message: str, connection_string: str) -> None:
     assert connection_string not in message
     assert account_key(connection_string) not in message
-
-
-@pytest.fixture(params=["local", pytest.param("azure", marks=pytest.mark.azure)])
-async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
-    s: Store
-    if request.param == "local":
-        s = LocalStore(tmp_path / "store")
-    else:
-        azurite = request.getfixturevalue("azurite")
-        s = AzureStore.from_connection_string(azurite.connection_string, request.getfixturevalue("azure_container"))
-    try:
-        yield s
-    finally:
-        await s.close()
 
 
 # --- the contract, both backends ---------------------------------------------------------------
@@ -109,9 +96,27 @@ async def test_delete(store: Store) -> None:
     await store.delete("job/a.json")
 
 
-async def test_ping(store: Store) -> None:
+async def test_ping_readies_the_store_and_repeats(kit: StoreKit) -> None:
+    """ping answers for a reachable store and creates its root (folder or container), as the first put would."""
+    store = kit.inspector()
+    assert await _root_exists(kit) is False
     await store.ping()
-    await store.ping()
+    assert await _root_exists(kit) is True
+    await store.ping()  # again: nothing to create, still fine
+    assert await store.list_keys("") == []
+    assert await store.put("job/after-ping.json", b"1") is True
+    assert await store.get("job/after-ping.json") == b"1"
+
+
+async def _root_exists(kit: StoreKit) -> bool:
+    """Whether the folder or container exists, seen directly (not through the store under test)."""
+    if kit.kind == "local":
+        return kit.root.is_dir()
+    from azure.storage.blob.aio import ContainerClient
+
+    assert kit.azurite is not None
+    async with ContainerClient.from_connection_string(kit.azurite.connection_string, kit.container) as client:
+        return bool(await client.exists())
 
 
 @pytest.mark.parametrize("key", UNSAFE_KEYS)
@@ -341,3 +346,37 @@ async def test_azure_silent_server_hits_the_operation_deadline(azure_container: 
             w.close()
         server.close()
         await server.wait_closed()
+
+
+# --- Connection strings: parsed once, for the SDK client and the putter alike ------------------------
+
+def test_connection_string_development_storage_is_azurite() -> None:
+    from aggregator.storage.azure_credentials import DEV_ACCOUNT_KEY, parse_connection_string
+
+    cs = parse_connection_string("UseDevelopmentStorage=true")
+    assert (cs.account_url, cs.account_name, cs.account_key) == (
+        "http://127.0.0.1:10000/devstoreaccount1", "devstoreaccount1", DEV_ACCOUNT_KEY)
+    assert cs.sdk_credential() == {"account_name": "devstoreaccount1", "account_key": DEV_ACCOUNT_KEY}
+
+
+def test_connection_string_shared_key_and_sas() -> None:
+    from aggregator.storage.azure_credentials import parse_connection_string
+    from aggregator.storage.azure_put import Sas, SharedKey
+
+    cs = parse_connection_string("DefaultEndpointsProtocol=https;accountname=acct;AccountKey=c2VjcmV0;"
+                                 "EndpointSuffix=core.example.net;")
+    assert cs.account_url == "https://acct.blob.core.example.net" and isinstance(cs.auth(), SharedKey)
+    cs = parse_connection_string("BlobEndpoint=https://acct.blob.core.windows.net/;SharedAccessSignature=?sv=1&sig=x")
+    assert cs.account_url == "https://acct.blob.core.windows.net" and cs.sdk_credential() == "sv=1&sig=x"
+    auth = cs.auth()
+    assert isinstance(auth, Sas) and auth.query == "sv=1&sig=x" and "sig=x" not in repr(cs)
+
+
+@pytest.mark.parametrize("text", ["", "AccountName=x", "AccountKey=c2VjcmV0", "AccountName=x;AccountKey=not base64!",
+                                  "BlobEndpoint=http://h/x;NoValue"])
+def test_unusable_connection_strings_are_config_errors(text: str) -> None:
+    from aggregator.errors import ConfigError
+    from aggregator.storage.azure_credentials import parse_connection_string
+
+    with pytest.raises(ConfigError, match="malformed Azure connection string"):
+        parse_connection_string(text)

@@ -16,14 +16,14 @@ from agg_helpers import (
     dumps,
     events,
     ingest_headers,
+    on_request,
     read_tree,
 )
-from agg_helpers import kit as kit
-from agg_helpers import serve as serve
 from conftest import TEST_SECRET
 
 from aggregator.auth import job_token
-from aggregator.staging import lock_key, logs_prefix, steps_prefix, summary_key
+from aggregator.storage.layout import lock_key, logs_prefix, steps_prefix, summary_key
+from blastlogs.protocol import FINALIZE_PATH
 
 FINALIZE = f"/v1/jobs/{JOB}/finalize"
 
@@ -132,13 +132,15 @@ async def test_longer_existing_last_output_is_kept(serve: Any) -> None:
 
 
 async def test_finalize_waits_for_eof(serve: Any) -> None:
-    client = await serve()
+    finalizing = asyncio.Event()
+    client = await serve(app_hook=lambda app: on_request(app, FINALIZE_PATH.format(job_id=JOB), finalizing))
     await ingest(client, batch(evs=events(range(2))))
     summary = await finalize(client, {"wait_seconds": 0})
     assert summary["complete"] is False
+    finalizing.clear()
 
     async def late_eof() -> None:
-        await asyncio.sleep(0.3)
+        await finalizing.wait()  # the waiting finalize is being handled: only now does the eof arrive
         await ingest(client, batch(seq=1, evs=events([2]), eof=True))
 
     task = asyncio.ensure_future(late_eof())
@@ -228,3 +230,34 @@ async def test_finalize_metrics(serve: Any) -> None:
     text = await (await client.get("/metrics")).text()
     assert 'blast_logs_aggregator_finalize_duration_seconds_count{outcome="ok"} 1.0' in text
     assert 'route="/v1/jobs/{job_id}/finalize",status="200"' in text
+
+
+def test_manifest_codec_and_chunk_numbering() -> None:
+    from aggregator.finalize.manifest import decode_manifest, encode_manifest, first_free_seqs
+
+    assert encode_manifest(["b", "a"]) == b'{"v":1,"chunks":["a","b"]}'
+    assert decode_manifest(encode_manifest({"x", "y"})) == {"x", "y"}
+    assert decode_manifest(None) == set() and decode_manifest(b"not json") == set()
+    prefix = logs_prefix(JOB)
+    listed = [f"{prefix}running/0.json", f"{prefix}running/4.json", f"{prefix}setup/2.json",
+              f"{prefix}running/odd.txt", f"{prefix}deep/a/1.json", f"{prefix}setup/9.json"]
+    assert first_free_seqs(JOB, listed, ours={f"{prefix}setup/9.json"}) == {"running": 5, "setup": 3}
+
+
+async def test_job_lock_excludes_then_releases_and_takes_over_a_stale_one(local_kit: Any) -> None:
+    from aggregator.errors import LockBusy
+    from aggregator.finalize.lock import JobLock
+
+    store = local_kit.inspector()
+    first = JobLock(store, JOB, ttl=60, wait=5, poll=0.01)
+    async with first:
+        assert orjson.loads(await store.get(lock_key(JOB)))["owner"] == first.owner
+        with pytest.raises(LockBusy):
+            async with JobLock(store, JOB, ttl=60, wait=0.05, poll=0.01):
+                pass
+    assert await store.get(lock_key(JOB)) is None  # released
+    await store.put(lock_key(JOB), orjson.dumps({"owner": "dead-replica", "expires": 1.0}))
+    taker = JobLock(store, JOB, ttl=60, wait=5, poll=0.01)
+    async with taker:
+        assert orjson.loads(await store.get(lock_key(JOB)))["owner"] == taker.owner
+    assert await store.get(lock_key(JOB)) is None

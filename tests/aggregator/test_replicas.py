@@ -10,25 +10,17 @@ import orjson
 import pytest
 from agg_helpers import POD, StoreKit, admin_headers, batch, dumps, events, ingest_headers, read_tree
 
-from aggregator.staging import lock_key, logs_prefix, steps_prefix
+from aggregator.storage.layout import lock_key, logs_prefix, steps_prefix
 
 STREAMS = [(POD, "blast"), (POD, "results-export"), ("blastn-batch-job-8-xyz99", "blast")]
 
 
-@pytest.fixture(params=["file", pytest.param("azure", marks=pytest.mark.azure)])
-async def replicas(request: pytest.FixtureRequest, start_aggregator: Any, tmp_path: Any) -> Any:
-    """Two aggregators sharing one store, and a StoreKit to inspect it."""
-    if request.param == "file":
-        kit = StoreKit("local", tmp_path, None)
-        extra: dict[str, str] = {}
-    else:
-        az = request.getfixturevalue("azurite")
-        kit = StoreKit("azure", tmp_path, az)
-        extra = {"BLAST_LOGS_AZURE_CONNECTION_STRING": az.connection_string}
-    a = start_aggregator(kit.url, **extra)
-    b = start_aggregator(kit.url, **extra)
-    yield a, b, kit
-    await kit.close()
+@pytest.fixture
+def replicas(kit: StoreKit, start_aggregator: Any) -> tuple[Any, Any, StoreKit]:
+    """Two aggregators sharing one store (both backends), and the StoreKit to inspect it."""
+    a = start_aggregator(kit.url, **kit.aggregator_env())
+    b = start_aggregator(kit.url, **kit.aggregator_env())
+    return a, b, kit
 
 
 async def post(session: aiohttp.ClientSession, url: str, body: bytes, headers: dict[str, str]) -> tuple[int, bytes]:

@@ -15,9 +15,10 @@ from aiohttp import web
 from azure.core.credentials import AccessToken
 from azure.storage.blob import ContainerSasPermissions, generate_container_sas
 
-from aggregator.azure_put import STORAGE_SCOPE, Bearer, BlobPutError, BlobPutter
-from aggregator.azure_store import AzureStore
-from aggregator.store import StoreError
+from aggregator.errors import BlobPutError
+from aggregator.storage import StoreError
+from aggregator.storage.azure import AzureStore
+from aggregator.storage.azure_put import STORAGE_SCOPE, Bearer, BlobPutter
 
 API_VERSION = "2025-11-05"
 

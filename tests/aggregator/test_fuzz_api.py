@@ -18,11 +18,11 @@ from typing import Any
 import orjson
 import pytest
 from agg_helpers import JOB, POD, batch, events
+from agg_strategies import INT64, batch_objects
 from conftest import TEST_ADMIN_TOKEN, TEST_SECRET
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from live_app import Answer, Live, exchange, request, serve_in_thread
-from test_openapi import batch_objects
 
 from aggregator.auth import job_token
 from aggregator.openapi import OPENAPI_PATH
@@ -57,7 +57,6 @@ def check(live: Live, raw: bytes, answer: Answer | None) -> None:
 # --- strategies ---------------------------------------------------------------------------------
 
 _TEXT = st.text(max_size=40)
-_INT64 = st.integers(min_value=-(2**63), max_value=2**63 - 1)
 _HEADER_VALUE = st.text(alphabet=st.characters(min_codepoint=0x20, max_codepoint=0x7E) | st.sampled_from("é\t\x7f€"),
                         max_size=60)
 
@@ -111,11 +110,11 @@ def finalize_requests(draw: st.DrawFn) -> bytes:
     path = FINALIZE_PATH.format(job_id=job_id)
     body_obj = draw(st.one_of(
         st.fixed_dictionaries({}, optional={
-            "wait_seconds": st.one_of(st.floats(allow_nan=False), _INT64, _TEXT, st.none(), st.booleans()),
-            "existing_last_output": st.one_of(st.dictionaries(_TEXT, st.one_of(_TEXT, _INT64), max_size=3),
+            "wait_seconds": st.one_of(st.floats(allow_nan=False), INT64, _TEXT, st.none(), st.booleans()),
+            "existing_last_output": st.one_of(st.dictionaries(_TEXT, st.one_of(_TEXT, INT64), max_size=3),
                                               _TEXT, st.lists(_TEXT, max_size=2)),
         }),
-        st.lists(_INT64, max_size=2),
+        st.lists(INT64, max_size=2),
     ))
     body = draw(st.one_of(st.just(orjson.dumps(body_obj)), st.binary(max_size=100), st.just(b"")))
     choice = draw(st.sampled_from(["admin", "admin", "job", "none", "garbage"]))
@@ -156,29 +155,44 @@ def raw_requests(draw: st.DrawFn) -> bytes:
     return raw
 
 
-# --- the fuzz tests ----------------------------------------------------------------------------------
+# --- the fuzz tests: each fuzzes, then checks the service came through it (in any order, or alone) ---
 
 @FUZZ
 @given(raw=ingest_requests())
-def test_fuzz_ingest(live: Live, raw: bytes) -> None:
+def fuzz_ingest(live: Live, raw: bytes) -> None:
     check(live, raw, exchange(live.port, raw))
 
 
 @FUZZ
 @given(raw=finalize_requests())
-def test_fuzz_finalize(live: Live, raw: bytes) -> None:
+def fuzz_finalize(live: Live, raw: bytes) -> None:
     check(live, raw, exchange(live.port, raw))
 
 
 @FUZZ
 @given(raw=raw_requests())
-def test_fuzz_any_request(live: Live, raw: bytes) -> None:
+def fuzz_any_request(live: Live, raw: bytes) -> None:
     check(live, raw, exchange(live.port, raw))
 
 
-def test_service_is_healthy_after_fuzzing(live: Live) -> None:
-    """Runs last in this module: the fuzzing left no 500, no unhandled error, no leak, no stray file."""
-    assert live.statuses, "the fuzz tests did not run first"
+def test_fuzz_ingest(live: Live) -> None:
+    fuzz_ingest(live)
+    assert_healthy_after_fuzzing(live)
+
+
+def test_fuzz_finalize(live: Live) -> None:
+    fuzz_finalize(live)
+    assert_healthy_after_fuzzing(live)
+
+
+def test_fuzz_any_request(live: Live) -> None:
+    fuzz_any_request(live)
+    assert_healthy_after_fuzzing(live)
+
+
+def assert_healthy_after_fuzzing(live: Live) -> None:
+    """The fuzzing left no 500, no unhandled error, no leak, no stray file; the service still works."""
+    assert live.statuses, "the fuzzing got no answer at all"
     text = live.metrics_text()
     assert 'status="500"' not in text
     assert "blast_logs_aggregator_ingests_in_flight 0.0" in text

@@ -5,7 +5,7 @@ per key, a 15-policy pipeline, response deserialising), as much as the rest of a
 sends the request the SDK sends for a blob below its single-put size (`PUT`, `x-ms-blob-type:
 BlockBlob`, `If-None-Match: *` for put-if-absent, the SDK's API version), authenticated the way
 the SDK's own client is (Shared Key, a SAS, or a bearer token from its credential), with the
-same per-attempt timeouts and linear retries. Everything else stays on the SDK (`azure_store.py`).
+same per-attempt timeouts and linear retries. Everything else stays on the SDK (`storage/azure.py`).
 """
 
 from __future__ import annotations
@@ -23,7 +23,9 @@ from urllib.parse import quote, urlsplit
 import aiohttp
 from yarl import URL
 
-if TYPE_CHECKING:  # the Azure SDK stays in azure_store.py; these are types only
+from aggregator.errors import BlobPutError
+
+if TYPE_CHECKING:  # the Azure SDK stays in storage/azure.py; these are types only
     from azure.core.credentials import AccessToken
     from azure.core.credentials_async import AsyncTokenCredential
 
@@ -38,30 +40,25 @@ _EXISTS = {(409, "BlobAlreadyExists"), (412, "ConditionNotMet")}
 _SAFE = "/-_.~"
 
 
-class BlobPutError(Exception):
-    """A Put Blob that failed: `status` and Azure's `code` when storage answered, else None."""
-
-    def __init__(self, message: str, status: int | None = None, code: str | None = None) -> None:
-        super().__init__(message)
-        self.status = status
-        self.code = code
-
-
 class Auth(Protocol):
     """Adds a request's credentials: headers, or a query string appended to the URL."""
 
+    #: Appended to the URL (a SAS); "" for credentials sent in headers.
     query: str
+    #: The credential must never travel over plain http.
+    https_only: bool
 
     async def sign(self, path: str, headers: dict[str, str], length: int) -> None: ...
 
-    def rejected(self) -> None:
-        """Storage answered 401: forget anything cached."""
+    def rejected(self) -> bool:
+        """Storage answered 401: forget anything cached; True when a retry may then succeed."""
 
 
 class SharedKey:
     """Shared Key authorization (connection strings with an account key, Azurite)."""
 
     query = ""
+    https_only = False  # the key signs the request; it is never sent
 
     def __init__(self, account: str, key_b64: str) -> None:
         self.account = account
@@ -77,12 +74,14 @@ class SharedKey:
         digest = hmac.new(self._key, to_sign.encode(), hashlib.sha256).digest()
         headers["Authorization"] = f"SharedKey {self.account}:{base64.b64encode(digest).decode()}"
 
-    def rejected(self) -> None:
-        pass
+    def rejected(self) -> bool:
+        return False
 
 
 class Sas:
     """A shared access signature: the query string is the credential."""
+
+    https_only = False  # as the SDK: a SAS names its own allowed protocols (`spr`)
 
     def __init__(self, query: str) -> None:
         self.query = query
@@ -90,8 +89,8 @@ class Sas:
     async def sign(self, path: str, headers: dict[str, str], length: int) -> None:
         pass
 
-    def rejected(self) -> None:
-        pass
+    def rejected(self) -> bool:
+        return False
 
 
 class Bearer:
@@ -117,8 +116,9 @@ class Bearer:
                     token = self._token = await self._credential.get_token(STORAGE_SCOPE)
         headers["Authorization"] = f"Bearer {token.token}"
 
-    def rejected(self) -> None:
-        self._token = None
+    def rejected(self) -> bool:
+        self._token = None  # it may have been revoked: the retry gets a new one
+        return True
 
 
 class BlobPutter:
@@ -143,7 +143,7 @@ class BlobPutter:
 
         As with the SDK, a retry after a lost response can find this put's own write and say False.
         """
-        if isinstance(self._auth, Bearer) and self._auth.https_only and not self._https:
+        if self._auth.https_only and not self._https:
             raise BlobPutError("a bearer token is only sent over https")
         path = self._path + "/" + quote(key, safe=_SAFE)
         url = URL(self._origin + path + (f"?{self._auth.query}" if self._auth.query else ""), encoded=True)
@@ -159,10 +159,8 @@ class BlobPutter:
                     return True
                 if not overwrite and (status, code) in _EXISTS:
                     return False
-                if status == 401:
-                    self._auth.rejected()  # a bearer token may have been revoked: the retry gets a new one
-                if attempt >= self._retry_total or not (_retryable(status) or
-                                                        (status == 401 and isinstance(self._auth, Bearer))):
+                renewed = status == 401 and self._auth.rejected()
+                if attempt >= self._retry_total or not (_retryable(status) or renewed):
                     raise BlobPutError(f"HTTP {status}", status, code)
             attempt += 1
             await asyncio.sleep(max(0.0, self._retry_backoff + random.uniform(-1, 1)))

@@ -11,16 +11,14 @@ from typing import Any
 
 import orjson
 import pytest
-from agg_helpers import JOB, POD, admin_headers, batch, dumps, events, ingest_headers, make_config
-from agg_helpers import kit as kit
-from agg_helpers import local_kit as local_kit
-from agg_helpers import serve as serve
+from agg_helpers import JOB, POD, admin_headers, batch, dumps, events, ingest_headers, make_config, on_request
 from conftest import TEST_SECRET
 
 from aggregator.app import make_app
 from aggregator.auth import job_token
-from aggregator.staging import decode_batch, staging_prefix
-from aggregator.store import LocalStore
+from aggregator.staging import decode_batch
+from aggregator.storage import LocalStore
+from aggregator.storage.layout import staging_prefix
 from blastlogs.protocol import MAX_LINE_CHARS
 
 
@@ -185,7 +183,9 @@ async def test_gzip_bomb_is_413_and_bad_gzip_400(serve: Any) -> None:
 
 
 async def test_many_ingests_in_flight_get_429(serve: Any) -> None:
-    client = await serve(max_inflight_ingests=1, retry_after=3)
+    handling = asyncio.Event()
+    client = await serve(max_inflight_ingests=1, retry_after=3,
+                         app_hook=lambda app: on_request(app, "/v1/ingest", handling))
     release = asyncio.Event()
     body = dumps(batch(evs=events([0])))
 
@@ -195,12 +195,8 @@ async def test_many_ingests_in_flight_get_429(serve: Any) -> None:
         yield body[10:]
 
     first = asyncio.ensure_future(client.post("/v1/ingest", data=slow(), headers=ingest_headers()))
-    metrics_text = ""
-    for _ in range(200):  # until the first request is being handled
-        metrics_text = await (await client.get("/metrics")).text()
-        if "blast_logs_aggregator_ingests_in_flight 1.0" in metrics_text:
-            break
-        await asyncio.sleep(0.01)
+    await asyncio.wait_for(handling.wait(), 10)  # the first request is being handled
+    metrics_text = await (await client.get("/metrics")).text()
     assert "blast_logs_aggregator_ingests_in_flight 1.0" in metrics_text
     r = await client.post("/v1/ingest", data=dumps(batch(evs=events([5]))), headers=ingest_headers())
     assert r.status == 429 and r.headers["Retry-After"] == "3"

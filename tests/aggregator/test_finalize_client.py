@@ -16,7 +16,7 @@ from agg_helpers import JOB, batch, dumps, events
 from conftest import ROOT, TEST_ADMIN_TOKEN, TEST_SECRET, free_port
 
 from aggregator.client import FinalizeResult, finalize, finalize_sync, job_token
-from aggregator.staging import lock_key
+from aggregator.storage.layout import lock_key
 
 
 def ingest_sync(url: str, body: dict[str, Any], job_id: str = JOB) -> None:

@@ -1,7 +1,8 @@
 """Azure Blob Storage backend for the `Store` protocol (azure-storage-blob aio).
 
 The only module that imports the Azure SDK: `open_store` imports it lazily, so the shipper and a
-local-store aggregator never need the `azure` extra.
+local-store aggregator never need the `azure` extra. A connection string is parsed once
+(`azure_credentials`), and both the SDK client and the direct putter are built from that one parse.
 Timeouts and retries are short on purpose: during an outage the aggregator must answer 503 within
 seconds (the shipper retries) rather than hold requests open.
 """
@@ -10,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import re
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
@@ -27,8 +27,15 @@ from azure.core.exceptions import (
 )
 from azure.storage.blob.aio import ContainerClient, LinearRetry
 
-from aggregator.azure_put import Auth, Bearer, BlobPutError, BlobPutter, Sas, SharedKey
-from aggregator.store import StoreError, check_key, check_prefix
+from aggregator.errors import BlobPutError, ConfigError
+from aggregator.storage.azure_credentials import (
+    connection_string_secrets,
+    parse_connection_string,
+    redact,
+    url_secrets,
+)
+from aggregator.storage.azure_put import Auth, Bearer, BlobPutter
+from aggregator.storage.base import StoreError, check_key, check_prefix
 
 # Defaults, bounded so that an outage surfaces as StoreError within a few seconds.
 CONNECTION_TIMEOUT_S = 5.0
@@ -41,33 +48,7 @@ OPERATION_TIMEOUT_S = 30.0
 ERROR_DETAIL_CHARS = 300
 
 _CONTAINER_NOT_FOUND = "ContainerNotFound"
-# Connection-string fields and URL parameters that carry credentials.
-_SECRET_PATTERNS = (
-    re.compile(r"(AccountKey=)[^;]*", re.IGNORECASE),
-    re.compile(r"(SharedAccessSignature=)[^;]*", re.IGNORECASE),
-    re.compile(r"([?&]sig=)[^&\s;]*", re.IGNORECASE),
-)
-
 T = TypeVar("T")
-
-
-def connection_string_secrets(connection_string: str) -> list[str]:
-    """The values a StoreError must never show: the whole string and its credential fields."""
-    secrets = [connection_string]
-    for part in connection_string.split(";"):
-        name, _, value = part.partition("=")
-        if name.strip().lower() in ("accountkey", "sharedaccesssignature") and value:
-            secrets.append(value)
-    return secrets
-
-
-def redact(text: str, secrets: Iterable[str]) -> str:
-    """Remove known secrets and anything shaped like a key or SAS signature from `text`."""
-    for secret in sorted((s for s in secrets if s), key=len, reverse=True):
-        text = text.replace(secret, "***")
-    for pattern in _SECRET_PATTERNS:
-        text = pattern.sub(r"\1***", text)
-    return text
 
 
 def describe_failure(exc: BaseException) -> str:
@@ -122,22 +103,16 @@ class AzureStore:
         operation_timeout: float = OPERATION_TIMEOUT_S,
     ) -> AzureStore:
         """Shared-key or SAS access; Azurite in development and tests."""
+        parsed = parse_connection_string(connection_string)
         try:
-            client = ContainerClient.from_connection_string(
-                connection_string, container,
+            client = ContainerClient(
+                parsed.account_url, container, credential=parsed.sdk_credential(),
                 **_client_options(connection_timeout, read_timeout, retry_total),
             )
         except ValueError:
             # The SDK's message could quote the string; ours never does.
-            raise ValueError("malformed Azure connection string") from None
-        auth: Auth
-        # The SDK's parsed credential (it also expands UseDevelopmentStorage=true): a key, or none for a SAS.
-        account_key = getattr(client.credential, "account_key", None)
-        if isinstance(account_key, str) and account_key:
-            auth = SharedKey(client.account_name or "", account_key)
-        else:
-            auth = Sas(urlsplit(client.url).query)
-        putter = _putter(client, auth, connection_timeout, read_timeout, retry_total)
+            raise ConfigError("malformed Azure connection string") from None
+        putter = _putter(client, parsed.auth(), connection_timeout, read_timeout, retry_total)
         return cls(client, putter, secrets=connection_string_secrets(connection_string),
                    operation_timeout=operation_timeout)
 
@@ -166,7 +141,7 @@ class AzureStore:
             **_client_options(connection_timeout, read_timeout, retry_total),
         )
         putter = _putter(client, Bearer(credential), connection_timeout, read_timeout, retry_total)
-        return cls(client, putter, credential=credential, secrets=_url_secrets(account_url),
+        return cls(client, putter, credential=credential, secrets=url_secrets(account_url),
                    operation_timeout=operation_timeout)
 
     async def get(self, key: str) -> bytes | None:
@@ -299,9 +274,3 @@ def _putter(client: ContainerClient, auth: Auth, connection_timeout: float, read
 def proxy_configured(environ: Mapping[str, str]) -> bool:
     return any(environ.get(name) or environ.get(name.lower())
                for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY"))
-
-
-def _url_secrets(account_url: str) -> list[str]:
-    """A SAS query string in the account URL is a credential too."""
-    _, _, query = account_url.partition("?")
-    return [query] if query else []

@@ -1,0 +1,103 @@
+"""`JobLock`: one finalize of a job at a time, across replicas, held in storage itself."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from types import TracebackType
+from typing import Any
+
+import orjson
+
+from aggregator.errors import LockBusy, StoreError
+from aggregator.storage import Store
+from aggregator.storage.layout import lock_key
+
+log = logging.getLogger("aggregator.finalize")
+
+
+class JobLock:
+    """`_staging/_finalize.lock`: put-if-absent with an expiry, renewed while held, taken over once stale.
+
+    Takeover of a stale lock is delete-then-create, re-checked by reading the lock back; two replicas
+    racing for one stale lock can very rarely both proceed, and then still write the same bytes as long
+    as staging does not change meanwhile.
+    """
+
+    def __init__(self, store: Store, job_id: str, *, ttl: float, wait: float, poll: float) -> None:
+        self.store = store
+        self.key = lock_key(job_id)
+        self.ttl = ttl
+        self.wait = wait
+        self.poll = poll
+        self.owner = uuid.uuid4().hex
+        self._renewer: asyncio.Task[None] | None = None
+
+    def _body(self) -> bytes:
+        return orjson.dumps({"owner": self.owner, "expires": time.time() + self.ttl})
+
+    def _is_ours(self, data: bytes | None) -> bool:
+        return data is not None and _lock_field(data, "owner") == self.owner
+
+    async def __aenter__(self) -> JobLock:
+        deadline = time.monotonic() + self.wait
+        while True:
+            if await self.store.put(self.key, self._body(), overwrite=False):
+                if self._is_ours(await self.store.get(self.key)):
+                    break
+            else:
+                held = await self.store.get(self.key)
+                if held is not None and _is_stale(held):
+                    # Delete only the very lock we judged stale, then race for a fresh one at once.
+                    if await self.store.get(self.key) == held:
+                        log.warning("taking over a stale finalize lock", extra={"fields": {"key": self.key}})
+                        await self.store.delete(self.key)
+                    continue
+                if held is None:
+                    continue
+            if time.monotonic() >= deadline:
+                raise LockBusy("another finalize of this job is still running")
+            await asyncio.sleep(self.poll)
+        self._renewer = asyncio.create_task(self._renew())
+        return self
+
+    async def _renew(self) -> None:
+        while True:
+            await asyncio.sleep(self.ttl / 3)
+            try:
+                if self._is_ours(await self.store.get(self.key)):
+                    await self.store.put(self.key, self._body(), overwrite=True)
+            except StoreError as e:
+                log.warning("finalize lock renewal failed", extra={"fields": {"key": self.key, "error": str(e)}})
+
+    async def __aexit__(self, et: type[BaseException] | None, e: BaseException | None,
+                        tb: TracebackType | None) -> None:
+        if self._renewer is not None:
+            self._renewer.cancel()
+            try:
+                await self._renewer
+            except asyncio.CancelledError:
+                pass
+        try:
+            if self._is_ours(await self.store.get(self.key)):
+                await self.store.delete(self.key)
+        except StoreError as err:
+            # It expires by itself; the next finalize takes it over.
+            log.warning("finalize lock release failed", extra={"fields": {"key": self.key, "error": str(err)}})
+
+
+def _lock_field(data: bytes, name: str) -> Any:
+    try:
+        obj = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return None
+    return obj.get(name) if isinstance(obj, dict) else None
+
+
+def _is_stale(data: bytes) -> bool:
+    expires = _lock_field(data, "expires")
+    if isinstance(expires, bool) or not isinstance(expires, int | float):
+        return True
+    return expires < time.time()

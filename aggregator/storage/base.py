@@ -1,0 +1,58 @@
+"""What the aggregator needs of storage: the `Store` protocol, its error, and the rule for safe keys.
+
+Keys are `/`-separated paths relative to the store's root (a folder or a blob container).
+Every backend must make a `put` atomic: a reader sees the old object or the new one, never half.
+Every method raises ValueError for an unsafe key or prefix (`check_key`, `check_prefix`) and
+StoreError when storage fails; nothing else escapes.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from aggregator.errors import StoreError
+
+__all__ = ["TEMP_PREFIX", "Store", "StoreError", "check_key", "check_prefix"]
+
+#: LocalStore's in-progress writes start with this; such names are never keys (check_key refuses them).
+TEMP_PREFIX = ".tmp-"
+
+
+class Store(Protocol):
+    """What the aggregator needs of storage, nothing more."""
+
+    async def get(self, key: str) -> bytes | None:
+        """The object's bytes, or None when it does not exist."""
+
+    async def put(self, key: str, data: bytes, *, overwrite: bool = True) -> bool:
+        """Write atomically. With overwrite=False, write only if absent; return False if it existed."""
+
+    async def delete(self, key: str) -> None:
+        """Remove the object; a missing object is not an error."""
+
+    async def list_keys(self, prefix: str) -> list[str]:
+        """Every key that starts with `prefix`, sorted."""
+
+    async def ping(self) -> None:
+        """Raise StoreError unless storage answers."""
+
+    async def close(self) -> None:
+        """Release connections."""
+
+
+def check_key(key: str) -> str:
+    """Refuse keys that could leave the store's root; callers build keys from validated ids."""
+    parts = key.split("/")
+    if (not key or key.startswith("/") or any(p in ("", ".", "..") for p in parts) or "\x00" in key
+            or parts[-1].startswith(TEMP_PREFIX)):
+        raise ValueError(f"unsafe storage key {key!r}")
+    return key
+
+
+def check_prefix(prefix: str) -> str:
+    """A listing prefix is a key's beginning: "" (everything), "a/b/" (a folder) or "a/b/c" (a name start)."""
+    parts = prefix.split("/")
+    if prefix and (prefix.startswith("/") or "\x00" in prefix
+                   or any(p in ("", ".", "..") for p in parts[:-1]) or parts[-1] in (".", "..")):
+        raise ValueError(f"unsafe storage prefix {prefix!r}")
+    return prefix

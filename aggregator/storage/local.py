@@ -1,0 +1,132 @@
+"""The local-folder backend of `Store` (the embedded default): one file per key under a root folder."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import tempfile
+from pathlib import Path
+
+from aggregator.storage.base import TEMP_PREFIX, StoreError, check_key, check_prefix
+
+
+class LocalStore:
+    """A folder on disk. Writes go to a temp file in the same folder, fsync, then os.replace."""
+
+    def __init__(self, root: str | os.PathLike[str]) -> None:
+        self.root = Path(root).resolve()
+
+    def _path(self, key: str) -> Path:
+        return self.root.joinpath(*check_key(key).split("/"))
+
+    async def get(self, key: str) -> bytes | None:
+        return await asyncio.to_thread(self._get, key)
+
+    def _get(self, key: str) -> bytes | None:
+        try:
+            return self._path(key).read_bytes()
+        except FileNotFoundError:
+            return None
+        except OSError as e:
+            raise StoreError(f"read {key}: {e.strerror}") from e
+
+    async def put(self, key: str, data: bytes, *, overwrite: bool = True) -> bool:
+        return await asyncio.to_thread(self._put, key, data, overwrite)
+
+    def _put(self, key: str, data: bytes, overwrite: bool) -> bool:
+        path = self._path(key)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            if not overwrite and path.exists():
+                return False
+            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=TEMP_PREFIX, suffix=".part")
+            try:
+                with os.fdopen(fd, "wb") as f:
+                    f.write(data)
+                    f.flush()
+                    os.fsync(f.fileno())
+                if overwrite:
+                    os.replace(tmp, path)
+                else:
+                    # link() fails if the name exists: put-if-absent without a race.
+                    try:
+                        os.link(tmp, path)
+                    except FileExistsError:
+                        return False
+                    finally:
+                        os.unlink(tmp)
+            except BaseException:
+                if os.path.exists(tmp):
+                    os.unlink(tmp)
+                raise
+            _fsync_dir(path.parent)  # the new name survives a crash: an ack means durable
+            return True
+        except OSError as e:
+            raise StoreError(f"write {key}: {e.strerror}") from e
+
+    async def delete(self, key: str) -> None:
+        await asyncio.to_thread(self._delete, key)
+
+    def _delete(self, key: str) -> None:
+        try:
+            self._path(key).unlink()
+        except FileNotFoundError:
+            pass
+        except OSError as e:
+            raise StoreError(f"delete {key}: {e.strerror}") from e
+
+    async def list_keys(self, prefix: str) -> list[str]:
+        return await asyncio.to_thread(self._list_keys, check_prefix(prefix))
+
+    def _list_keys(self, prefix: str) -> list[str]:
+        # Walk only the deepest folder the prefix names entirely.
+        folder = prefix.rsplit("/", 1)[0] if "/" in prefix else ""
+        base = self.root.joinpath(*folder.split("/")) if folder else self.root
+        out: list[str] = []
+        try:
+            if not base.exists():
+                # Nothing stored there yet, unless what blocks the path is a file, not a folder.
+                ancestor = base
+                while not ancestor.exists() and ancestor != ancestor.parent:
+                    ancestor = ancestor.parent
+                if not ancestor.is_dir():
+                    raise StoreError(f"list {prefix}: {ancestor} is not a folder")
+                return []
+
+            def _raise(err: OSError) -> None:
+                raise err
+
+            for dirpath, _dirs, files in os.walk(base, onerror=_raise):
+                rel = os.path.relpath(dirpath, self.root)
+                for name in files:
+                    if name.startswith(TEMP_PREFIX):
+                        continue
+                    key = name if rel == "." else f"{rel.replace(os.sep, '/')}/{name}"
+                    if key.startswith(prefix):
+                        out.append(key)
+        except OSError as e:
+            raise StoreError(f"list {prefix}: {e.strerror}") from e
+        out.sort()
+        return out
+
+    async def ping(self) -> None:
+        def _ping() -> None:
+            try:
+                self.root.mkdir(parents=True, exist_ok=True)
+                if not os.access(self.root, os.W_OK):
+                    raise StoreError(f"{self.root} is not writable")
+            except OSError as e:
+                raise StoreError(f"{self.root}: {e.strerror}") from e
+
+        await asyncio.to_thread(_ping)
+
+    async def close(self) -> None:
+        return None
+
+
+def _fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
