@@ -11,6 +11,7 @@ from typing import Final
 
 import orjson
 
+from blastlogs.protocol import Dropped
 from shipper.reader import Cursor
 
 _EVENTS_OPEN: Final = b',"events":['
@@ -23,19 +24,6 @@ class Identity:
     pod: str
     container: str
     phase: str
-
-
-@dataclass(frozen=True)
-class Dropped:
-    """What the shipper left out just before a batch, starting at stream offset `off`."""
-
-    off: int
-    lines: int
-    bytes: int
-
-    def merge(self, later: Dropped) -> Dropped:
-        """Two adjacent reports as one (`later` starts where this one ends)."""
-        return Dropped(self.off, self.lines + later.lines, self.bytes + later.bytes)
 
 
 @dataclass

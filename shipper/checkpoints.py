@@ -9,14 +9,13 @@ and the aggregator dedupes by (stream, off).
 
 from __future__ import annotations
 
-import contextlib
-import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Final
 
 import orjson
 
+from blastlogs.atomic import write_atomic
 from shipper.reader import Cursor
 
 CHECKPOINT_VERSION: Final = 1
@@ -86,20 +85,6 @@ class Checkpointer:
         return cp if cp is not None and cp.container == container else None
 
     def save(self, cp: Checkpoint) -> None:
-        """temp file, fsync, os.replace, fsync the folder: a reader sees the old or the new, whole."""
+        """Atomically (`write_atomic`): a reader sees the old checkpoint or the new one, whole."""
         self.state_dir.mkdir(parents=True, exist_ok=True)
-        final = self.path(cp.container)
-        tmp = final.with_name(f".{final.name}.{os.getpid()}.tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-        try:
-            os.write(fd, encode_checkpoint(cp))
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, final)
-        with contextlib.suppress(OSError):  # some filesystems cannot fsync a directory
-            dfd = os.open(self.state_dir, os.O_RDONLY)
-            try:
-                os.fsync(dfd)
-            finally:
-                os.close(dfd)
+        write_atomic(self.path(cp.container), encode_checkpoint(cp))

@@ -12,7 +12,7 @@ import sys
 from collections.abc import Sequence
 from typing import Final
 
-import orjson
+from blastlogs import jsonlog
 
 USAGE: Final = """usage: blast-log-shipper {run,inject,demo} [options]
 
@@ -23,32 +23,8 @@ USAGE: Final = """usage: blast-log-shipper {run,inject,demo} [options]
 `blast-log-shipper COMMAND --help` shows a command's options.
 """
 
-# Attributes every LogRecord has; anything else came in through `extra=` and is logged as a field.
-_STANDARD: Final = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
-
-
-class JsonFormatter(logging.Formatter):
-    def format(self, record: logging.LogRecord) -> str:
-        out: dict[str, object] = {
-            "ts": round(record.created, 3),
-            "level": record.levelname.lower(),
-            "logger": record.name,
-            "msg": record.getMessage(),
-        }
-        for key, value in vars(record).items():
-            if key not in _STANDARD and not key.startswith("_"):
-                out[key] = value
-        if record.exc_info:
-            out["exc"] = self.formatException(record.exc_info)
-        return orjson.dumps(out, default=str).decode()
-
-
 def setup_logging(level: int = logging.INFO) -> None:
-    handler = logging.StreamHandler(sys.stdout)
-    handler.setFormatter(JsonFormatter())
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(level)
+    jsonlog.setup_logging(sys.stdout, level)
 
 
 def run_command(argv: Sequence[str]) -> int:

@@ -23,7 +23,8 @@ from itertools import accumulate
 from operator import sub
 from pathlib import Path
 
-from shipper.batch import Batch, Dropped, Identity, encode_batch, header_reserve, split_batch
+from blastlogs.protocol import Dropped
+from shipper.batch import Batch, Identity, encode_batch, header_reserve, split_batch
 from shipper.checkpoints import Checkpoint, Checkpointer
 from shipper.client import AggregatorClient, Verdict
 from shipper.config import CHECKPOINT_INTERVAL, ShipperConfig

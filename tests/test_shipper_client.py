@@ -9,9 +9,10 @@ import orjson
 import pytest
 from shipper_helpers import TOKEN, Recorder
 
-from blastlogs.protocol import MAX_BATCH_BYTES
-from shipper.batch import Batch, Dropped, Identity, encode_batch, encode_event, header_reserve, split_batch
-from shipper.client import AggregatorClient, Verdict, backoff_delay, classify, parse_retry_after
+from blastlogs.protocol import MAX_BATCH_BYTES, Dropped
+from blastlogs.retry import backoff_delay, parse_retry_after
+from shipper.batch import Batch, Identity, encode_batch, encode_event, header_reserve, split_batch
+from shipper.client import AggregatorClient, Verdict, classify
 from shipper.config import ConfigError, load_config
 from shipper.http import HttpClient
 from shipper.metrics import ShipperMetrics
