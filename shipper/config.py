@@ -54,9 +54,6 @@ DEFAULT_BATCH_MAX_EVENTS: Final = MAX_BATCH_EVENTS
 DEFAULT_BATCH_MAX_BYTES: Final = MAX_BATCH_BYTES
 DEFAULT_LINGER: Final = 0.3
 DEFAULT_EXIT_SETTLE: Final = 1.0
-#: Seconds between checkpoint writes while batches stream (eof and drain write at once): a write
-#: costs an fsync, and a restart re-sends at most this much acknowledged data.
-CHECKPOINT_INTERVAL: Final = 0.1
 DEFAULT_REQUEST_TIMEOUT: Final = 10.0
 DEFAULT_BACKOFF_BASE: Final = 0.2
 DEFAULT_BACKOFF_MAX: Final = 10.0
