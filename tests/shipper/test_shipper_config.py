@@ -8,10 +8,10 @@ import sys
 from pathlib import Path
 
 import pytest
+from shipper_helpers import ROOT
 
 from shipper.config import OPTIONS, ConfigError, Option, load_config, markdown_table
 
-ROOT = Path(__file__).resolve().parents[2]
 BEGIN, END = "<!-- shipper options: begin", "<!-- shipper options: end -->"
 ENV = {"BLAST_LOGS_AGGREGATOR_URL": "http://a:1", "BLAST_LOGS_TOKEN": "t", "BLAST_LOGS_JOB_ID": "j",
        "BLAST_LOGS_POD": "p"}
