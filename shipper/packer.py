@@ -54,6 +54,25 @@ class Packer:
     def capped(self) -> bool:
         return self.shipped >= self.budget
 
+    @property
+    def building(self) -> bool:
+        """A batch with events is being built."""
+        return bool(self.builder.events)
+
+    @property
+    def exit_unsent(self) -> bool:
+        """The container's exit status changed since the last batch carried it."""
+        return self.exit_code != self.sent_exit_code
+
+    def begin(self, cursor: Cursor, exit_code: int | None) -> None:
+        """The reader opened the file at `cursor` (an empty batch resumes there)."""
+        self.formed = cursor
+        self.exit_code = exit_code
+
+    def exit_status(self, exit_code: int | None) -> None:
+        """The container's exit status as just read (None while it runs); the next batch carries it."""
+        self.exit_code = exit_code
+
     def lines(self) -> int:
         """Lines held here: in the batch being built and in the tail ring."""
         return len(self.builder.events) + len(self.ring)

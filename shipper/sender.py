@@ -45,8 +45,12 @@ class Outbox:
     async def get(self) -> Batch | None:
         return await self._queue.get()
 
+    def delivered(self, lines: int) -> None:
+        """`lines` of the batch being sent are acknowledged, or reported as dropped."""
+        self.lines -= lines
+
     def sent(self, batch: Batch) -> None:
-        """`batch` is acknowledged (its events, or the report of those too large)."""
+        """The sender is done with `batch` (its events acknowledged, or reported as dropped)."""
         self.nbytes -= batch.size
         self._gauge.set(max(self.nbytes, 0))
 
@@ -106,7 +110,7 @@ class Sender:
                 log.error("a single event is too large for the aggregator; reporting it as dropped",
                           extra={"stream": self.name, "off": batch.offs[0]})
                 count_drop(self.metrics, self.name, self._labels, drop)
-                self.outbox.lines -= 1
+                self.outbox.delivered(1)
                 batch = batch.without_events(drop)
                 continue
             log.error("aggregator answered 413 to a batch without events; waiting",
@@ -123,7 +127,7 @@ class Sender:
         self.acked_off = cur.off
         self.eof_acked = batch.eof
         self.metrics.batches.labels(**self._labels).inc()
-        self.outbox.lines -= len(batch.events)
+        self.outbox.delivered(len(batch.events))
         if batch.events:
             self.metrics.lines_shipped.labels(**self._labels).inc(len(batch.events))
             self.metrics.bytes_shipped.labels(**self._labels).inc(batch.end - batch.offs[0])

@@ -123,8 +123,7 @@ class Stream:
             await self._wait(self.config.poll_interval)
         if reader.note:
             log.warning(reader.note, extra={"stream": self.name})
-        packer.formed = reader.cursor
-        packer.exit_code = read_exit_code(self.exit_path)
+        packer.begin(reader.cursor, read_exit_code(self.exit_path))
         if not self.sender.eof_acked:
             await packer.flush(force=True)  # the first batch: the aggregator learns of the stream now
         idle_since = time.monotonic()
@@ -155,7 +154,7 @@ class Stream:
                 continue
             self._update_lag()
             # logwrap removes the file when a restarted container starts: no status while it runs.
-            packer.exit_code = read_exit_code(self.exit_path)
+            packer.exit_status(read_exit_code(self.exit_path))
             if self.drain.is_set():
                 await self._finish()
                 return
@@ -164,9 +163,9 @@ class Stream:
                 tail = reader.flush_partial()
                 if tail is not None:
                     await self._take(tail)
-            if packer.builder.events:
+            if packer.building:
                 await packer.flush_if_lingered()
-            elif packer.exit_code != packer.sent_exit_code and not self.sender.eof_acked:
+            elif packer.exit_unsent and not self.sender.eof_acked:
                 await packer.flush(force=True)  # tell the aggregator the exit status promptly
             await self._wait(self.config.poll_interval)
 
