@@ -57,7 +57,9 @@ sys.path.insert(0, str(BENCH))
 from gen_logs import _size, write_log  # noqa: E402
 from machine_info import machine as machine_info  # noqa: E402
 
-from shipper.config import DEFAULT_STREAM_BUDGET_BYTES  # noqa: E402
+from shipper.config import default  # noqa: E402
+
+DEFAULT_STREAM_BUDGET_BYTES: Final = default("stream_budget_bytes")
 
 PYTHON: Final = ROOT / ".venv" / "bin" / "python"
 SHIPPER: Final = ROOT / ".venv" / "bin" / "blast-log-shipper"

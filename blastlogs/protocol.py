@@ -6,6 +6,7 @@ Pure values and functions only: no I/O, no storage dependency, so the shipper's 
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from typing import Final
 
 INGEST_PATH: Final = "/v1/ingest"
@@ -39,6 +40,20 @@ DEFAULT_PHASE_TABLE: Final[dict[str, dict[str, tuple[str, ...]]]] = {
 #: The pod's default phase from its `app` label, for `inject`.
 APP_LABEL_PHASES: Final = {"setup": "staging_db", "blast": "running"}
 UNKNOWN_PHASE: Final = "unknown"
+
+
+@dataclass(frozen=True, slots=True)
+class Dropped:
+    """A batch's `dropped` report: what the shipper deliberately left out just before the batch,
+    `lines` lines of `bytes` stream bytes starting at stream offset `off`."""
+
+    off: int
+    lines: int
+    bytes: int
+
+    def merge(self, later: Dropped) -> Dropped:
+        """Two adjacent reports as one (`later` starts where this one ends)."""
+        return Dropped(self.off, self.lines + later.lines, self.bytes + later.bytes)
 
 
 def valid_job_id(value: object) -> bool:

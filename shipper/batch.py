@@ -6,15 +6,20 @@ is a join of ready bytes; nothing is encoded twice, even when a batch is re-sent
 
 from __future__ import annotations
 
+from bisect import bisect_right
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
+from itertools import accumulate
 from typing import Final
 
 import orjson
 
+from blastlogs.protocol import Dropped
 from shipper.reader import Cursor
 
 _EVENTS_OPEN: Final = b',"events":['
 _EVENTS_CLOSE: Final = b"]}"
+_PLUS_ONE: Final = (1).__add__
 
 
 @dataclass(frozen=True)
@@ -26,20 +31,33 @@ class Identity:
 
 
 @dataclass(frozen=True)
-class Dropped:
-    """What the shipper left out just before a batch, starting at stream offset `off`."""
+class Limits:
+    """How much one batch holds: events, and bytes of encoded events (the body's header excluded)."""
 
-    off: int
-    lines: int
-    bytes: int
+    max_events: int
+    max_bytes: int
 
-    def merge(self, later: Dropped) -> Dropped:
-        """Two adjacent reports as one (`later` starts where this one ends)."""
-        return Dropped(self.off, self.lines + later.lines, self.bytes + later.bytes)
+    @classmethod
+    def for_body(cls, ident: Identity, max_events: int, max_body_bytes: int) -> Limits:
+        """The limits for bodies of at most `max_body_bytes`, this stream's header reserved."""
+        return cls(max_events, max_body_bytes - header_reserve(ident))
+
+
+def run_sizes(events: Sequence[bytes]) -> list[int]:
+    """`sizes[k]`: bytes of `events[:k]`, each counted with one separator (for `Batch.fitting`)."""
+    return list(accumulate(map(_PLUS_ONE, map(len, events)), initial=0))
 
 
 @dataclass
 class Batch:
+    """Events of one stream, contiguous and of one file generation, and what goes with them.
+
+    A plain value that packs itself: `full_for`, `fitting` and `extend` hold the one rule for what
+    fits (at most `max_events` events and `max_bytes` bytes of events with their separators; an
+    empty batch takes one event whatever its size, so an over-large event is still sent once and
+    its 413 answered by a `dropped` report).
+    """
+
     #: encoded event objects, in stream order
     events: list[bytes] = field(default_factory=list)
     offs: list[int] = field(default_factory=list)
@@ -58,10 +76,68 @@ class Batch:
     def end(self) -> int:
         return self.cursor.off
 
+    def full_for(self, event_bytes: int, limits: Limits) -> bool:
+        """Whether one more event of `event_bytes` would break the limits."""
+        return bool(self.events) and (len(self.events) >= limits.max_events
+                                      or self.size + 1 + event_bytes > limits.max_bytes)
+
+    def fitting(self, sizes: Sequence[int], i: int, n: int, limits: Limits) -> int:
+        """The end `j` of the longest run `events[i:j]` (of `n`) this batch takes; `sizes` as from
+        `run_sizes(events)`. Found by bisecting, not event by event; at least `i + 1` unless
+        `full_for(events[i])`."""
+        first = 0 if self.events else 1  # no separator before a batch's first event
+        by_bytes = bisect_right(sizes, limits.max_bytes - self.size + sizes[i] + first, i) - 1
+        return min(n, i + limits.max_events - len(self.events), max(by_bytes, i + first))
+
+    def extend(self, events: Sequence[bytes], offs: Sequence[int], sized: int, ts: float) -> None:
+        """Append events (with their stream offsets); `sized` is their bytes with one separator
+        each, as `run_sizes` counts them; `ts` is the first event's read time for an empty batch."""
+        if not events:
+            return
+        if not self.events:
+            self.first_ts = ts
+            sized -= 1
+        self.size += sized
+        self.events.extend(events)
+        self.offs.extend(offs)
+
+    def resume_at(self, cursor: Cursor, shipped: int) -> None:
+        """Where the stream resumes, and what it has shipped of its budget, once this is delivered."""
+        self.cursor = cursor
+        self.shipped = shipped
+
+    def seal(self, dropped: Dropped | None, eof: bool, exit_code: int | None) -> None:
+        """The rest of the header: the report of lines left out before the events, eof, status."""
+        self.dropped = dropped
+        self.eof = eof
+        self.exit_code = exit_code
+
     def add(self, off: int, event: bytes) -> None:
-        self.size += len(event) + (1 if self.events else 0)
-        self.events.append(event)
-        self.offs.append(off)
+        self.extend((event,), (off,), len(event) + 1, self.first_ts)
+
+    def split(self) -> tuple[Batch, Batch]:
+        """Halve the batch (for a 413): the first half keeps the dropped report, the second the eof.
+
+        Events in a batch are contiguous in the stream and of one file generation, so the first
+        half's resume point is the second half's first offset.
+        """
+        mid = len(self.events) // 2
+        cut_off = self.offs[mid]
+        first = Batch(cursor=replace(self.cursor, pos=cut_off - self.cursor.base),
+                      shipped=self.shipped - (self.end - cut_off), dropped=self.dropped,
+                      exit_code=self.exit_code)
+        second = Batch(cursor=self.cursor, shipped=self.shipped, eof=self.eof, exit_code=self.exit_code)
+        for half, events, offs in ((first, self.events[:mid], self.offs[:mid]),
+                                   (second, self.events[mid:], self.offs[mid:])):
+            half.extend(events, offs, sum(map(len, events)) + len(events), self.first_ts)
+        return first, second
+
+    def without_events(self, drop: Dropped) -> Batch:
+        """This batch's report and resume point with its events left out, reported as `drop`
+        (a single event too large for the aggregator)."""
+        return Batch(cursor=self.cursor, shipped=self.shipped, first_ts=self.first_ts,
+                     dropped=drop if self.dropped is None else self.dropped.merge(drop),
+                     eof=self.eof, exit_code=self.exit_code)
 
 
 def encode_event(off: int, ts: float, line: str) -> bytes:
@@ -97,27 +173,3 @@ def header_reserve(ident: Identity) -> int:
     """An upper bound on everything in a body but its events, for the byte limit."""
     big = Batch(dropped=Dropped(2**62, 2**62, 2**62), exit_code=-(2**31), eof=False)
     return len(encode_batch(ident, 2**62, big)) + 16
-
-
-def split_batch(batch: Batch) -> tuple[Batch, Batch]:
-    """Halve a batch (for a 413): the first half keeps the dropped report, the second the eof.
-
-    Events in a batch are contiguous in the stream and of one file generation, so the first
-    half's resume point is the second half's first offset.
-    """
-    mid = len(batch.events) // 2
-    cut_off = batch.offs[mid]
-    first_events, second_events = batch.events[:mid], batch.events[mid:]
-    first = Batch(
-        events=first_events, offs=batch.offs[:mid], size=sum(map(len, first_events)) + mid - 1,
-        cursor=replace(batch.cursor, pos=cut_off - batch.cursor.base),
-        shipped=batch.shipped - (batch.end - cut_off), first_ts=batch.first_ts,
-        dropped=batch.dropped, eof=False, exit_code=batch.exit_code,
-    )
-    second = Batch(
-        events=second_events, offs=batch.offs[mid:],
-        size=sum(map(len, second_events)) + len(second_events) - 1,
-        cursor=batch.cursor, shipped=batch.shipped, first_ts=batch.first_ts,
-        dropped=None, eof=batch.eof, exit_code=batch.exit_code,
-    )
-    return first, second

@@ -9,17 +9,23 @@ and the aggregator dedupes by (stream, off).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
-import os
+import math
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Final
 
 import orjson
 
+from blastlogs.atomic import write_atomic
 from shipper.reader import Cursor
 
 CHECKPOINT_VERSION: Final = 1
+#: Seconds between checkpoint writes while batches stream (eof and drain write at once): a write
+#: costs an fsync, and a restart re-sends at most this much acknowledged data.
+CHECKPOINT_INTERVAL: Final = 0.1
 
 
 @dataclass(frozen=True)
@@ -69,7 +75,7 @@ def decode_checkpoint(data: bytes) -> Checkpoint | None:
 
 
 class Checkpointer:
-    """Reads and atomically writes `state/<container>.json`."""
+    """Reads and atomically writes `state/<container>.json`; `paced()` writes a stream's soon."""
 
     def __init__(self, state_dir: Path) -> None:
         self.state_dir = state_dir
@@ -86,20 +92,75 @@ class Checkpointer:
         return cp if cp is not None and cp.container == container else None
 
     def save(self, cp: Checkpoint) -> None:
-        """temp file, fsync, os.replace, fsync the folder: a reader sees the old or the new, whole."""
+        """Atomically (`write_atomic`): a reader sees the old checkpoint or the new one, whole."""
         self.state_dir.mkdir(parents=True, exist_ok=True)
-        final = self.path(cp.container)
-        tmp = final.with_name(f".{final.name}.{os.getpid()}.tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-        try:
-            os.write(fd, encode_checkpoint(cp))
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, final)
-        with contextlib.suppress(OSError):  # some filesystems cannot fsync a directory
-            dfd = os.open(self.state_dir, os.O_RDONLY)
-            try:
-                os.fsync(dfd)
-            finally:
-                os.close(dfd)
+        write_atomic(self.path(cp.container), encode_checkpoint(cp))
+
+    def paced(self, interval: float = CHECKPOINT_INTERVAL) -> PacedCheckpoints:
+        """A writer for one stream's checkpoints that keeps their fsyncs to a few per second."""
+        return PacedCheckpoints(self, interval)
+
+
+class PacedCheckpoints:
+    """Has each acknowledged checkpoint written soon, without holding up the next send.
+
+    One writer task at a time, always writing the newest checkpoint it was given, so the file
+    never goes back; it may lag the acknowledgements by up to `interval`, which a restart only
+    re-sends. Pacing keeps the fsyncs (and thread hand-offs) to a few per second instead of one
+    per batch; `hurry()` (at eof and drain) ends the pacing.
+    """
+
+    def __init__(self, checkpointer: Checkpointer, interval: float) -> None:
+        self.checkpointer = checkpointer
+        self.interval = interval
+        #: the newest checkpoint on disk, and how many writes it took to get there
+        self.written: Checkpoint | None = None
+        self.writes = 0
+        #: the writer waits out the interval now
+        self.pacing = False
+        self._next: Checkpoint | None = None
+        self._writer: asyncio.Task[None] | None = None
+        self._last = -math.inf  # time.monotonic() when the last write began
+        self._hurry = asyncio.Event()
+
+    def submit(self, cp: Checkpoint) -> None:
+        """Have `cp` written soon. A failed earlier write raises here (it fails the stream)."""
+        self._next = cp
+        writer = self._writer
+        if writer is None or writer.done():
+            if writer is not None:
+                writer.result()
+            self._writer = asyncio.create_task(self._write(), name=f"checkpoint {cp.container}")
+
+    def hurry(self) -> None:
+        """From now on write without pacing."""
+        self._hurry.set()
+
+    async def flush(self) -> None:
+        """Hurry, and return once the newest checkpoint given is on disk."""
+        self._hurry.set()
+        if self._writer is not None:
+            await self._writer
+
+    async def close(self) -> None:
+        """Stop writing; a write under way in its thread still completes, whole."""
+        if self._writer is not None and not self._writer.done():
+            self._writer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._writer
+
+    async def _write(self) -> None:
+        while self.written is not self._next and self._next is not None:
+            wait = self._last + self.interval - time.monotonic()
+            if wait > 0 and not self._hurry.is_set():
+                self.pacing = True
+                try:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._hurry.wait(), wait)
+                finally:
+                    self.pacing = False
+            cp = self._next
+            self._last = time.monotonic()
+            await asyncio.to_thread(self.checkpointer.save, cp)
+            self.written = cp
+            self.writes += 1

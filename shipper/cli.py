@@ -1,18 +1,20 @@
 """`blast-log-shipper run|inject|demo`.
 
-`run` logs structured JSON lines to stdout (one object per line: ts, level, logger, msg, and the
-record's fields). `inject` and `demo` are imported only when used, so the sidecar loads neither
-the YAML library nor the demo.
+`run` logs structured JSON lines to stdout (`blastlogs.jsonlog`). `inject` and `demo` live in
+`blastlogs_tools` (deploy-time tools, the `tools` extra) and are imported only when used, so the
+sidecar loads neither the YAML library nor the demo, and its image need not carry them.
 """
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Final
 
-import orjson
+from blastlogs import jsonlog
 
 USAGE: Final = """usage: blast-log-shipper {run,inject,demo} [options]
 
@@ -23,32 +25,39 @@ USAGE: Final = """usage: blast-log-shipper {run,inject,demo} [options]
 `blast-log-shipper COMMAND --help` shows a command's options.
 """
 
-# Attributes every LogRecord has; anything else came in through `extra=` and is logged as a field.
-_STANDARD: Final = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
-
-
-class JsonFormatter(logging.Formatter):
-    def format(self, record: logging.LogRecord) -> str:
-        out: dict[str, object] = {
-            "ts": round(record.created, 3),
-            "level": record.levelname.lower(),
-            "logger": record.name,
-            "msg": record.getMessage(),
-        }
-        for key, value in vars(record).items():
-            if key not in _STANDARD and not key.startswith("_"):
-                out[key] = value
-        if record.exc_info:
-            out["exc"] = self.formatException(record.exc_info)
-        return orjson.dumps(out, default=str).decode()
-
-
 def setup_logging(level: int = logging.INFO) -> None:
-    handler = logging.StreamHandler(sys.stdout)
-    handler.setFormatter(JsonFormatter())
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(level)
+    jsonlog.setup_logging(sys.stdout, level)
+
+
+#: The deploy-time tools: the module that holds each, and the modules it needs beyond the shipper's.
+TOOLS: Final = {
+    "inject": ("blastlogs_tools.inject", ("ruamel.yaml",)),
+    "demo": ("blastlogs_tools.demo", ("aggregator", "aiohttp")),
+}
+
+
+def missing_module(names: Sequence[str]) -> str | None:
+    """The first of `names` that cannot be imported here, or None when all can."""
+    for name in names:
+        try:
+            if importlib.util.find_spec(name) is None:
+                return name
+        except ModuleNotFoundError:
+            return name
+    return None
+
+
+def run_tool(command: str, argv: Sequence[str]) -> int:
+    """Import a tool only when asked for (so `run` never loads it), or say in one line what to
+    install when this installation (the shipper image, say) does not carry it."""
+    module, needs = TOOLS[command]
+    absent = missing_module((module.partition(".")[0], *needs))
+    if absent is not None:
+        print(f"blast-log-shipper {command}: not installed here (no module {absent!r}); "
+              "install the tools extra: pip install 'blast-logs[tools]'", file=sys.stderr)
+        return 2
+    tool_main: Callable[[list[str]], int] = importlib.import_module(module).main
+    return tool_main(list(argv))
 
 
 def run_command(argv: Sequence[str]) -> int:
@@ -80,13 +89,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     command, rest = args[0], args[1:]
     if command == "run":
         return run_command(rest)
-    if command == "inject":
-        from shipper.inject import main as inject_main
-
-        return inject_main(rest)
-    if command == "demo":
-        from shipper.demo import main as demo_main
-
-        return demo_main(rest)
+    if command in TOOLS:
+        return run_tool(command, rest)
     print(f"blast-log-shipper: unknown command {command!r}\n\n{USAGE}", file=sys.stderr, end="")
     return 2

@@ -13,16 +13,15 @@ Policy (never a hot loop, never a silent loss):
 from __future__ import annotations
 
 import asyncio
-import email.utils
 import enum
 import gzip
 import logging
 import random
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from blastlogs.protocol import INGEST_PATH
+from blastlogs.retry import backoff_delay, parse_retry_after
 from shipper.http import HttpClient, HttpError
 from shipper.metrics import ShipperMetrics
 
@@ -47,30 +46,6 @@ def classify(status: int | None) -> Verdict:
     if status in (408, 429) or status >= 500:
         return Verdict.RETRY
     return Verdict.REJECT
-
-
-def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
-    """Seconds from a `Retry-After` header (delta-seconds or an HTTP date); None if absent or bad."""
-    if not value:
-        return None
-    value = value.strip()
-    if value.isdigit():
-        return float(value)
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return max(when.timestamp() - (time.time() if now is None else now), 0.0)
-
-
-def backoff_delay(attempt: int, base: float, cap: float, rand: float,
-                  retry_after: float | None = None, retry_after_max: float = 60.0) -> float:
-    """Full jitter: uniform in [0, min(cap, base * 2**attempt)]; never less than `Retry-After`."""
-    ceiling = min(cap, base * float(1 << min(attempt, 32)))
-    delay = rand * ceiling
-    if retry_after is not None:
-        delay = max(delay, min(retry_after, retry_after_max))
-    return delay
 
 
 @dataclass(frozen=True)

@@ -1,77 +1,140 @@
-"""`blast-log-shipper run` configuration: every option once, flags win over `BLAST_LOGS_*` env.
+"""`blast-log-shipper run` configuration: flags win over `BLAST_LOGS_*` environment variables.
 
-| flag | environment | default | meaning |
-|---|---|---|---|
-| `--dir` | `BLAST_LOGS_DIR` | `/var/run/blast-logs` | the shared volume (`bin/`, `logs/`, `state/`) |
-| `--aggregator-url` | `BLAST_LOGS_AGGREGATOR_URL` | (required) | aggregator base URLs, comma-separated, failed over among |
-| `--token-file` | `BLAST_LOGS_TOKEN_FILE` | | file holding the job token (`BLAST_LOGS_TOKEN` takes the token itself; env only, never a flag, so it stays out of `ps`) |
-| `--job-id` | `BLAST_LOGS_JOB_ID` | (required) | the job id |
-| `--pod` | `BLAST_LOGS_POD` | (required) | this pod's name |
-| `--namespace` | `BLAST_LOGS_NAMESPACE` | `""` | the pod's namespace (logged only) |
-| `--phase` | `BLAST_LOGS_PHASE` | `unknown` | the pod's default phase, sent as `phase` |
-| `--poll-interval` | `BLAST_LOGS_POLL_INTERVAL` | 0.25 s | how often files are polled for growth and new files (polling is portable: no inotify on every volume driver) |
-| `--read-size` | `BLAST_LOGS_READ_SIZE` | 256 KiB | bytes per bulk read |
-| `--line-prefix-bytes` | `BLAST_LOGS_LINE_PREFIX_BYTES` | 64 KiB | how much of an over-long line is held; the rest is skipped and counted |
-| `--max-line-chars` | `BLAST_LOGS_MAX_LINE_CHARS` | 4000 | line cap after sanitising, marker included |
-| `--stream-budget-bytes` | `BLAST_LOGS_STREAM_BUDGET_BYTES` | 64 MiB | bytes shipped per stream before only a tail is kept |
-| `--tail-ring-bytes` | `BLAST_LOGS_TAIL_RING_BYTES` | 1 MiB | size of that tail (encoded events), shipped at drain |
-| `--batch-max-events` | `BLAST_LOGS_BATCH_MAX_EVENTS` | 1000 | events per batch |
-| `--batch-max-bytes` | `BLAST_LOGS_BATCH_MAX_BYTES` | 1 MiB | encoded JSON bytes per batch |
-| `--linger` | `BLAST_LOGS_LINGER` | 0.3 s | how long a non-full batch waits for more lines |
-| `--exit-settle` | `BLAST_LOGS_EXIT_SETTLE` | 1.0 s | after `<container>.exit` appears and the log stops growing this long, an unterminated last line is shipped |
-| `--gzip` / `--no-gzip` | `BLAST_LOGS_GZIP` | off | gzip request bodies |
-| `--request-timeout` | `BLAST_LOGS_REQUEST_TIMEOUT` | 10 s | per HTTP request |
-| `--backoff-base` | `BLAST_LOGS_BACKOFF_BASE` | 0.2 s | first retry delay ceiling (full jitter, doubling) |
-| `--backoff-max` | `BLAST_LOGS_BACKOFF_MAX` | 10 s | retry delay ceiling; `Retry-After` is honoured above it up to `--retry-after-max` |
-| `--retry-after-max` | `BLAST_LOGS_RETRY_AFTER_MAX` | 60 s | the longest `Retry-After` obeyed |
-| `--reject-backoff` | `BLAST_LOGS_REJECT_BACKOFF` | 30 s | wait after a 400/401/403/other 4xx before retrying (data is kept) |
-| `--grace` | `BLAST_LOGS_GRACE` | 25 s | drain budget after SIGTERM |
-| `--metrics-host` | `BLAST_LOGS_METRICS_HOST` | `127.0.0.1` | where `/metrics` and `/healthz` listen |
-| `--metrics-port` | `BLAST_LOGS_METRICS_PORT` | 9090 | their port; 0 disables the server |
-| `--sanitise-workers` | `BLAST_LOGS_SANITISE_WORKERS` | `auto` | child processes that sanitise and encode lines while the shipper reads and sends, so a log flood gets a second core (each adds about 14 MiB PSS); `auto` starts one when at least 2 CPUs are available to the container (its affinity and cgroup CPU quota: the injected default limit of 500m gives none), 0 keeps everything in the shipper's one process |
+Every option is declared once, in `OPTIONS`: its name, type, default, environment variable, flag
+and meaning. The table drives the command-line parser, the environment, the defaults, `--help`
+and the README's option reference (`markdown_table`; a test keeps the README in step).
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
 
 from blastlogs.protocol import MAX_BATCH_BYTES, MAX_BATCH_EVENTS, MAX_LINE_CHARS
 
-DEFAULT_DIR: Final = "/var/run/blast-logs"
-DEFAULT_PHASE: Final = "unknown"
-DEFAULT_POLL_INTERVAL: Final = 0.25
-DEFAULT_READ_SIZE: Final = 256 * 1024
-DEFAULT_LINE_PREFIX_BYTES: Final = 64 * 1024
-DEFAULT_MAX_LINE_CHARS: Final = MAX_LINE_CHARS
-DEFAULT_STREAM_BUDGET_BYTES: Final = 64 * 1024 * 1024
-DEFAULT_TAIL_RING_BYTES: Final = 1024 * 1024
-DEFAULT_BATCH_MAX_EVENTS: Final = MAX_BATCH_EVENTS
-DEFAULT_BATCH_MAX_BYTES: Final = MAX_BATCH_BYTES
-DEFAULT_LINGER: Final = 0.3
-DEFAULT_EXIT_SETTLE: Final = 1.0
-#: Seconds between checkpoint writes while batches stream (eof and drain write at once): a write
-#: costs an fsync, and a restart re-sends at most this much acknowledged data.
-CHECKPOINT_INTERVAL: Final = 0.1
-DEFAULT_REQUEST_TIMEOUT: Final = 10.0
-DEFAULT_BACKOFF_BASE: Final = 0.2
-DEFAULT_BACKOFF_MAX: Final = 10.0
-DEFAULT_RETRY_AFTER_MAX: Final = 60.0
-DEFAULT_REJECT_BACKOFF: Final = 30.0
-DEFAULT_GRACE: Final = 25.0
-DEFAULT_METRICS_HOST: Final = "127.0.0.1"
-DEFAULT_METRICS_PORT: Final = 9090
-#: `auto`: one worker when 2 or more CPUs are available (see `shipper.workers.auto_workers`).
-DEFAULT_SANITISE_WORKERS: Final = "auto"
-
 #: Exit status when the drain could not deliver everything within the grace budget.
 EXIT_UNDELIVERED: Final = 3
 #: Exit status for unusable configuration.
 EXIT_CONFIG: Final = 2
+
+Value = str | int | float | bool
+
+
+@dataclass(frozen=True)
+class Option:
+    """One option of `blast-log-shipper run`."""
+
+    #: the key its value is read into (`load_config`)
+    name: str
+    #: `str`, `int`, `float` or `bool`
+    kind: type[Value]
+    #: the value when neither flag nor environment gives one; None: none (or required)
+    default: Value | None
+    env: str
+    #: None: environment only (a secret must stay out of `ps`)
+    flag: str | None
+    help: str
+    #: how the default reads in documentation: "s" (seconds) or "bytes" (KiB, MiB)
+    unit: str = ""
+    required: bool = False
+    #: a number that must be more than 0 (every number must be at least 0)
+    positive: bool = False
+
+    @property
+    def shown_default(self) -> str:
+        if self.required:
+            return "(required)"
+        value = self.default
+        if value is None:
+            return ""
+        if isinstance(value, bool):
+            return "on" if value else "off"
+        if isinstance(value, str):
+            return f"`{value}`" if value else '`""`'
+        if self.unit == "bytes":
+            for size, name in ((1 << 20, "MiB"), (1 << 10, "KiB")):
+                if value >= size and value % size == 0:
+                    return f"{value // size:g} {name}"
+        return f"{value:g} s" if self.unit == "s" else f"{value:g}"
+
+    @property
+    def flags(self) -> str:
+        """The flag as documented (`--gzip` / `--no-gzip` for a switch)."""
+        if self.flag is None:
+            return ""
+        return f"`{self.flag}` / `--no-{self.flag[2:]}`" if self.kind is bool else f"`{self.flag}`"
+
+
+OPTIONS: Final[tuple[Option, ...]] = (
+    Option("dir", str, "/var/run/blast-logs", "BLAST_LOGS_DIR", "--dir",
+           "the shared volume (`bin/`, `logs/`, `state/`)"),
+    Option("aggregator_url", str, None, "BLAST_LOGS_AGGREGATOR_URL", "--aggregator-url",
+           "aggregator base URLs, comma-separated, failed over among, e.g. "
+           "`http://blast-logs-aggregator:8080`. `https://` verifies against the system CA store (or "
+           "`SSL_CERT_FILE` / `SSL_CERT_DIR`); HTTP proxies are not supported (`HTTP(S)_PROXY` is "
+           "ignored: the aggregator is an in-cluster service)", required=True),
+    Option("token", str, None, "BLAST_LOGS_TOKEN", None,
+           "the job token; environment only, never a flag, so it stays out of `ps`"),
+    Option("token_file", str, None, "BLAST_LOGS_TOKEN_FILE", "--token-file",
+           "a file holding the job token (instead of `BLAST_LOGS_TOKEN`)"),
+    Option("job_id", str, None, "BLAST_LOGS_JOB_ID", "--job-id", "the job id (Downward API)", required=True),
+    Option("pod", str, None, "BLAST_LOGS_POD", "--pod", "this pod's name (Downward API)", required=True),
+    Option("namespace", str, "", "BLAST_LOGS_NAMESPACE", "--namespace",
+           "the pod's namespace (Downward API; logged only)"),
+    Option("phase", str, "unknown", "BLAST_LOGS_PHASE", "--phase",
+           "the pod's default phase, sent as `phase` in each batch"),
+    Option("poll_interval", float, 0.25, "BLAST_LOGS_POLL_INTERVAL", "--poll-interval",
+           "how often files are polled for growth and new files (polling is portable: no inotify on "
+           "every volume driver); at least 0.01 s", unit="s"),
+    Option("read_size", int, 256 * 1024, "BLAST_LOGS_READ_SIZE", "--read-size", "bytes per bulk read",
+           unit="bytes", positive=True),
+    Option("line_prefix_bytes", int, 64 * 1024, "BLAST_LOGS_LINE_PREFIX_BYTES", "--line-prefix-bytes",
+           "how much of an over-long line is held; the rest is skipped and counted", unit="bytes",
+           positive=True),
+    Option("max_line_chars", int, MAX_LINE_CHARS, "BLAST_LOGS_MAX_LINE_CHARS", "--max-line-chars",
+           "line cap after sanitising, marker included", positive=True),
+    Option("stream_budget_bytes", int, 64 * 1024 * 1024, "BLAST_LOGS_STREAM_BUDGET_BYTES",
+           "--stream-budget-bytes", "bytes shipped per stream before only a tail is kept", unit="bytes"),
+    Option("tail_ring_bytes", int, 1024 * 1024, "BLAST_LOGS_TAIL_RING_BYTES", "--tail-ring-bytes",
+           "size of that tail (encoded events), shipped at drain", unit="bytes"),
+    Option("batch_max_events", int, MAX_BATCH_EVENTS, "BLAST_LOGS_BATCH_MAX_EVENTS", "--batch-max-events",
+           "events per batch", positive=True),
+    Option("batch_max_bytes", int, MAX_BATCH_BYTES, "BLAST_LOGS_BATCH_MAX_BYTES", "--batch-max-bytes",
+           "encoded JSON bytes per batch", unit="bytes", positive=True),
+    Option("linger", float, 0.3, "BLAST_LOGS_LINGER", "--linger",
+           "how long a non-full batch waits for more lines", unit="s"),
+    Option("exit_settle", float, 1.0, "BLAST_LOGS_EXIT_SETTLE", "--exit-settle",
+           "after `<container>.exit` appears and the log stops growing this long, an unterminated "
+           "last line is shipped", unit="s"),
+    Option("gzip", bool, False, "BLAST_LOGS_GZIP", "--gzip",
+           "gzip request bodies (environment: `1`, `true`, `yes` or `on`)"),
+    Option("request_timeout", float, 10.0, "BLAST_LOGS_REQUEST_TIMEOUT", "--request-timeout",
+           "per HTTP request", unit="s"),
+    Option("backoff_base", float, 0.2, "BLAST_LOGS_BACKOFF_BASE", "--backoff-base",
+           "first retry delay ceiling (full jitter, doubling)", unit="s"),
+    Option("backoff_max", float, 10.0, "BLAST_LOGS_BACKOFF_MAX", "--backoff-max",
+           "retry delay ceiling; `Retry-After` is honoured above it up to `--retry-after-max`", unit="s"),
+    Option("retry_after_max", float, 60.0, "BLAST_LOGS_RETRY_AFTER_MAX", "--retry-after-max",
+           "the longest `Retry-After` obeyed", unit="s"),
+    Option("reject_backoff", float, 30.0, "BLAST_LOGS_REJECT_BACKOFF", "--reject-backoff",
+           "wait after a 400/401/403/other 4xx before retrying (data is kept)", unit="s"),
+    Option("grace", float, 25.0, "BLAST_LOGS_GRACE", "--grace", "drain budget after SIGTERM", unit="s"),
+    Option("metrics_host", str, "127.0.0.1", "BLAST_LOGS_METRICS_HOST", "--metrics-host",
+           "where `/metrics` and `/healthz` listen"),
+    Option("metrics_port", int, 9090, "BLAST_LOGS_METRICS_PORT", "--metrics-port",
+           "their port; 0 disables the server"),
+    Option("sanitise_workers", str, "auto", "BLAST_LOGS_SANITISE_WORKERS", "--sanitise-workers",
+           "child processes that sanitise and encode lines while the shipper reads and sends, so a "
+           "log flood gets a second core (each adds about 14 MiB PSS); `auto` starts one when at "
+           "least 2 CPUs are available to the container (its affinity and cgroup CPU quota: the "
+           "injected default limit of 500m gives none), 0 keeps everything in the shipper's one process"),
+)
+_BY_NAME: Final = {o.name: o for o in OPTIONS}
+_PARSE: Final[dict[type[Value], Callable[[str], Value]]] = {str: str, int: int, float: float}
 
 
 class ConfigError(ValueError):
@@ -80,34 +143,36 @@ class ConfigError(ValueError):
 
 @dataclass(frozen=True)
 class ShipperConfig:
+    """The options, read and checked (`load_config`); the defaults are in `OPTIONS`."""
+
     volume: Path
     urls: tuple[str, ...]
     token: str = field(repr=False)
     job_id: str
     pod: str
-    namespace: str = ""
-    phase: str = DEFAULT_PHASE
-    poll_interval: float = DEFAULT_POLL_INTERVAL
-    read_size: int = DEFAULT_READ_SIZE
-    line_prefix_bytes: int = DEFAULT_LINE_PREFIX_BYTES
-    max_line_chars: int = DEFAULT_MAX_LINE_CHARS
-    stream_budget_bytes: int = DEFAULT_STREAM_BUDGET_BYTES
-    tail_ring_bytes: int = DEFAULT_TAIL_RING_BYTES
-    batch_max_events: int = DEFAULT_BATCH_MAX_EVENTS
-    batch_max_bytes: int = DEFAULT_BATCH_MAX_BYTES
-    linger: float = DEFAULT_LINGER
-    exit_settle: float = DEFAULT_EXIT_SETTLE
-    gzip: bool = False
-    request_timeout: float = DEFAULT_REQUEST_TIMEOUT
-    backoff_base: float = DEFAULT_BACKOFF_BASE
-    backoff_max: float = DEFAULT_BACKOFF_MAX
-    retry_after_max: float = DEFAULT_RETRY_AFTER_MAX
-    reject_backoff: float = DEFAULT_REJECT_BACKOFF
-    grace: float = DEFAULT_GRACE
-    metrics_host: str = DEFAULT_METRICS_HOST
-    metrics_port: int = DEFAULT_METRICS_PORT
+    namespace: str
+    phase: str
+    poll_interval: float
+    read_size: int
+    line_prefix_bytes: int
+    max_line_chars: int
+    stream_budget_bytes: int
+    tail_ring_bytes: int
+    batch_max_events: int
+    batch_max_bytes: int
+    linger: float
+    exit_settle: float
+    gzip: bool
+    request_timeout: float
+    backoff_base: float
+    backoff_max: float
+    retry_after_max: float
+    reject_backoff: float
+    grace: float
+    metrics_host: str
+    metrics_port: int
     #: None: decided at start-up from the CPUs available (`auto`)
-    sanitise_workers: int | None = None
+    sanitise_workers: int | None
 
     @property
     def logs_dir(self) -> Path:
@@ -118,130 +183,72 @@ class ShipperConfig:
         return self.volume / "state"
 
 
-# (flag, env suffix, type, default, help) for the plain options; the table above explains them.
-_NUMERIC: Final[tuple[tuple[str, str, type, float | int, str], ...]] = (
-    ("--poll-interval", "POLL_INTERVAL", float, DEFAULT_POLL_INTERVAL, "seconds between polls"),
-    ("--read-size", "READ_SIZE", int, DEFAULT_READ_SIZE, "bytes per bulk read"),
-    ("--line-prefix-bytes", "LINE_PREFIX_BYTES", int, DEFAULT_LINE_PREFIX_BYTES,
-     "bytes of an over-long line held in memory"),
-    ("--max-line-chars", "MAX_LINE_CHARS", int, DEFAULT_MAX_LINE_CHARS, "line cap in characters"),
-    ("--stream-budget-bytes", "STREAM_BUDGET_BYTES", int, DEFAULT_STREAM_BUDGET_BYTES,
-     "bytes shipped per stream before only a tail is kept"),
-    ("--tail-ring-bytes", "TAIL_RING_BYTES", int, DEFAULT_TAIL_RING_BYTES, "size of the kept tail"),
-    ("--batch-max-events", "BATCH_MAX_EVENTS", int, DEFAULT_BATCH_MAX_EVENTS, "events per batch"),
-    ("--batch-max-bytes", "BATCH_MAX_BYTES", int, DEFAULT_BATCH_MAX_BYTES, "JSON bytes per batch"),
-    ("--linger", "LINGER", float, DEFAULT_LINGER, "seconds a non-full batch waits"),
-    ("--exit-settle", "EXIT_SETTLE", float, DEFAULT_EXIT_SETTLE,
-     "idle seconds after <container>.exit before an unterminated last line ships"),
-    ("--request-timeout", "REQUEST_TIMEOUT", float, DEFAULT_REQUEST_TIMEOUT, "seconds per request"),
-    ("--backoff-base", "BACKOFF_BASE", float, DEFAULT_BACKOFF_BASE, "first retry delay ceiling"),
-    ("--backoff-max", "BACKOFF_MAX", float, DEFAULT_BACKOFF_MAX, "retry delay ceiling"),
-    ("--retry-after-max", "RETRY_AFTER_MAX", float, DEFAULT_RETRY_AFTER_MAX,
-     "longest Retry-After obeyed"),
-    ("--reject-backoff", "REJECT_BACKOFF", float, DEFAULT_REJECT_BACKOFF,
-     "wait after a 4xx rejection (data kept)"),
-    ("--grace", "GRACE", float, DEFAULT_GRACE, "drain budget in seconds after SIGTERM"),
-    ("--metrics-port", "METRICS_PORT", int, DEFAULT_METRICS_PORT, "metrics/health port, 0 disables"),
-)
-_TEXT: Final[tuple[tuple[str, str, str | None, str], ...]] = (
-    ("--dir", "DIR", DEFAULT_DIR, "the shared volume"),
-    ("--aggregator-url", "AGGREGATOR_URL", None, "aggregator URLs, comma-separated"),
-    ("--token-file", "TOKEN_FILE", None, "file holding the job token"),
-    ("--job-id", "JOB_ID", None, "the job id"),
-    ("--pod", "POD", None, "the pod name"),
-    ("--namespace", "NAMESPACE", "", "the pod namespace"),
-    ("--phase", "PHASE", DEFAULT_PHASE, "the pod's default phase"),
-    ("--metrics-host", "METRICS_HOST", DEFAULT_METRICS_HOST, "metrics/health address"),
-    ("--sanitise-workers", "SANITISE_WORKERS", DEFAULT_SANITISE_WORKERS,
-     "sanitising worker processes: a number, or auto"),
-)
+def default(name: str) -> Value | None:
+    """An option's default, by name."""
+    return _BY_NAME[name].default
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="blast-log-shipper run",
         description="Tail logs/*.log in the shared volume and ship them to the aggregator. "
-        "Every flag also reads BLAST_LOGS_<NAME> from the environment; flags win.",
+        "Every flag also reads its BLAST_LOGS_* variable from the environment; flags win.",
     )
-    for flag, env, default, text in _TEXT:
-        parser.add_argument(flag, default=None, help=f"{text} (env BLAST_LOGS_{env}, default {default!r})")
-    for flag, env, kind, num_default, text in _NUMERIC:
-        parser.add_argument(flag, type=kind, default=None,
-                            help=f"{text} (env BLAST_LOGS_{env}, default {num_default})")
-    parser.add_argument("--gzip", action=argparse.BooleanOptionalAction, default=None,
-                        help="gzip request bodies (env BLAST_LOGS_GZIP, default off)")
+    for opt in OPTIONS:
+        if opt.flag is None:
+            continue
+        text = f"{opt.help} (env {opt.env}, default {opt.shown_default or 'none'})".replace("%", "%%")
+        if opt.kind is bool:
+            parser.add_argument(opt.flag, dest=opt.name, action=argparse.BooleanOptionalAction,
+                                default=None, help=text)
+        else:
+            parser.add_argument(opt.flag, dest=opt.name, type=_PARSE[opt.kind], default=None, help=text)
     return parser
 
 
-def _attr(flag: str) -> str:
-    return flag.lstrip("-").replace("-", "_")
+def _read(opt: Option, given: Value | None, env: Mapping[str, str]) -> Value:
+    """One option's value: the flag's, else the environment's, else the default."""
+    if given is not None:
+        value = given
+    else:
+        raw = env.get(opt.env)
+        if opt.kind is str:
+            return raw if raw is not None else (opt.default if opt.default is not None else "")
+        if raw is None or raw == "":
+            assert opt.default is not None
+            return opt.default
+        if opt.kind is bool:
+            return raw.strip().lower() in ("1", "true", "yes", "on")
+        try:
+            value = _PARSE[opt.kind](raw)
+        except ValueError:
+            raise ConfigError(f"{opt.env} / {opt.flag}: not a number: {raw!r}") from None
+    if not isinstance(value, bool) and isinstance(value, int | float) and value < 0:
+        raise ConfigError(f"{opt.flag} must not be negative")
+    return value
 
 
 def load_config(argv: Sequence[str], environ: Mapping[str, str] | None = None) -> ShipperConfig:
     """Flags, then `BLAST_LOGS_*`, then defaults. Raises ConfigError naming what is wrong."""
     env = os.environ if environ is None else environ
     args = vars(build_parser().parse_args(list(argv)))
-    texts: dict[str, str] = {}
-    for flag, suffix, text_default, _ in _TEXT:
-        name = _attr(flag)
-        got = args[name] if args[name] is not None else env.get(f"BLAST_LOGS_{suffix}", text_default)
-        texts[name] = "" if got is None else str(got)
-    nums: dict[str, float] = {}
-    for flag, suffix, kind, num_default, _ in _NUMERIC:
-        name = _attr(flag)
-        raw = args[name] if args[name] is not None else env.get(f"BLAST_LOGS_{suffix}")
-        if raw is None or raw == "":
-            nums[name] = num_default
-            continue
-        try:
-            nums[name] = kind(raw)
-        except ValueError:
-            raise ConfigError(f"BLAST_LOGS_{suffix} / {flag}: not a number: {raw!r}") from None
-        if nums[name] < 0:
-            raise ConfigError(f"{flag} must not be negative")
-    for name in ("read_size", "line_prefix_bytes", "batch_max_events", "batch_max_bytes", "max_line_chars"):
-        if nums[name] <= 0:
-            raise ConfigError(f"--{name.replace('_', '-')} must be positive")
-    gz = args["gzip"]
-    if gz is None:
-        gz = env.get("BLAST_LOGS_GZIP", "").strip().lower() in ("1", "true", "yes", "on")
-
-    missing = [f"BLAST_LOGS_{suffix}" for flag, suffix, _, _ in _TEXT
-               if suffix in ("AGGREGATOR_URL", "JOB_ID", "POD") and not texts[_attr(flag)]]
+    got = {opt.name: _read(opt, args.get(opt.name), env) for opt in OPTIONS if opt.name != "token"}
+    for opt in OPTIONS:
+        if opt.positive and not float(got[opt.name]) > 0:
+            raise ConfigError(f"{opt.flag} must be positive")
+    missing = [opt.env for opt in OPTIONS if opt.required and not got[opt.name]]
     if missing:
         raise ConfigError("missing required setting(s): " + ", ".join(missing))
-    urls = tuple(u.strip().rstrip("/") for u in texts["aggregator_url"].split(",") if u.strip())
+    urls = tuple(u.strip().rstrip("/") for u in str(got.pop("aggregator_url")).split(",") if u.strip())
     if not urls:
         raise ConfigError("BLAST_LOGS_AGGREGATOR_URL holds no URL")
-    return ShipperConfig(
-        volume=Path(texts["dir"]),
-        urls=urls,
-        token=_token(env, texts["token_file"]),
-        job_id=texts["job_id"],
-        pod=texts["pod"],
-        namespace=texts["namespace"],
-        phase=texts["phase"] or DEFAULT_PHASE,
-        poll_interval=max(nums["poll_interval"], 0.01),
-        read_size=int(nums["read_size"]),
-        line_prefix_bytes=int(nums["line_prefix_bytes"]),
-        max_line_chars=int(nums["max_line_chars"]),
-        stream_budget_bytes=int(nums["stream_budget_bytes"]),
-        tail_ring_bytes=int(nums["tail_ring_bytes"]),
-        batch_max_events=int(nums["batch_max_events"]),
-        batch_max_bytes=int(nums["batch_max_bytes"]),
-        linger=nums["linger"],
-        exit_settle=nums["exit_settle"],
-        gzip=bool(gz),
-        request_timeout=nums["request_timeout"],
-        backoff_base=nums["backoff_base"],
-        backoff_max=nums["backoff_max"],
-        retry_after_max=nums["retry_after_max"],
-        reject_backoff=nums["reject_backoff"],
-        grace=nums["grace"],
-        metrics_host=texts["metrics_host"],
-        metrics_port=int(nums["metrics_port"]),
-        sanitise_workers=_workers(texts["sanitise_workers"]),
-    )
+    token = _token(env, str(got.pop("token_file")))
+    volume = Path(str(got.pop("dir")))
+    workers = _workers(str(got.pop("sanitise_workers")))
+    got["phase"] = got["phase"] or str(default("phase"))
+    got["poll_interval"] = max(float(got["poll_interval"]), 0.01)
+    return ShipperConfig(volume=volume, urls=urls, token=token, sanitise_workers=workers,
+                         **got)  # type: ignore[arg-type]
 
 
 def _workers(text: str) -> int | None:
@@ -258,7 +265,7 @@ def _workers(text: str) -> int | None:
 
 
 def _token(env: Mapping[str, str], token_file: str) -> str:
-    token = env.get("BLAST_LOGS_TOKEN", "").strip()
+    token = env.get(_BY_NAME["token"].env, "").strip()
     if token_file:
         try:
             token = Path(token_file).read_text(encoding="utf-8").strip()
@@ -267,3 +274,10 @@ def _token(env: Mapping[str, str], token_file: str) -> str:
     if not token:
         raise ConfigError("no job token: set BLAST_LOGS_TOKEN or BLAST_LOGS_TOKEN_FILE")
     return token
+
+
+def markdown_table() -> str:
+    """The README's option reference, generated from `OPTIONS`."""
+    rows = ["| flag | environment | default | meaning |", "|---|---|---|---|"]
+    rows += [f"| {o.flags} | `{o.env}` | {o.shown_default} | {o.help} |" for o in OPTIONS]
+    return "\n".join(rows) + "\n"

@@ -6,11 +6,11 @@ need nothing of ours but a POSIX `sh`.
 
 from __future__ import annotations
 
-import os
-import tempfile
 from importlib import resources
 from pathlib import Path
 from typing import Final
+
+from blastlogs.atomic import write_atomic
 
 #: Where the script lives inside the volume.
 LOGWRAP_RELATIVE_PATH: Final = Path("bin") / "logwrap"
@@ -25,7 +25,7 @@ def logwrap_source() -> bytes:
 def install_logwrap(volume_dir: Path) -> Path:
     """Write `<volume_dir>/bin/logwrap` (mode 0755) and return its path.
 
-    Atomic (temp file in the same folder, then `os.replace`), so a container starting at the
+    Atomic (`write_atomic`), so a container starting at the
     same moment sees either no script or the whole one; idempotent, so a restarted sidecar
     may run it again. Raises OSError when the volume cannot be written.
     """
@@ -37,15 +37,5 @@ def install_logwrap(volume_dir: Path) -> Path:
             return target
     except OSError:
         pass
-    fd, tmp_name = tempfile.mkstemp(prefix=".logwrap.", dir=target.parent)
-    try:
-        with os.fdopen(fd, "wb") as tmp:
-            tmp.write(data)
-            tmp.flush()
-            os.fsync(tmp.fileno())
-        os.chmod(tmp_name, LOGWRAP_MODE)
-        os.replace(tmp_name, target)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
+    write_atomic(target, data, mode=LOGWRAP_MODE, temp_prefix=".logwrap.")
     return target

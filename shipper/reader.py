@@ -171,6 +171,10 @@ class LineReader:
             self.fd = -1
 
     @property
+    def is_open(self) -> bool:
+        return self.fd >= 0
+
+    @property
     def cursor(self) -> Cursor:
         """Resume point after every complete line returned so far."""
         return Cursor(self.dev, self.ino, self._partial_start, self.base)

@@ -14,6 +14,7 @@ import os
 import signal
 import sys
 import time
+from dataclasses import dataclass
 
 from shipper.checkpoints import Checkpointer
 from shipper.client import AggregatorClient
@@ -29,20 +30,48 @@ from shipper.workers import SanitiserPool
 log = logging.getLogger("shipper.runner")
 
 
+@dataclass
+class Parts:
+    """What a `Runner` works with, made by `build_parts` (or by a test, in-process)."""
+
+    metrics: ShipperMetrics
+    checkpointer: Checkpointer
+    client: AggregatorClient
+    #: the sanitising workers, None for none
+    pool: SanitiserPool | None
+    #: the CPUs available, which decided the number of workers (logged)
+    cpus: float
+
+
+def build_parts(config: ShipperConfig, workers: WorkerPlan | None = None) -> Parts:
+    """The collaborators `blast-log-shipper run` uses; `workers` may have started already."""
+    plan = workers if workers is not None else WorkerPlan.decide(config)
+    metrics = ShipperMetrics()
+    client = AggregatorClient(
+        HttpClient(), config.urls, config.token, timeout=config.request_timeout, use_gzip=config.gzip,
+        backoff_base=config.backoff_base, backoff_max=config.backoff_max,
+        retry_after_max=config.retry_after_max, reject_backoff=config.reject_backoff, metrics=metrics)
+    pool = (SanitiserPool(plan.count, config.max_line_chars, plan.started, metrics)
+            if plan.count else None)
+    return Parts(metrics, Checkpointer(config.state_dir), client, pool, plan.cpus)
+
+
 class Runner:
-    def __init__(self, config: ShipperConfig, workers: WorkerPlan | None = None) -> None:
+    """Finds the streams, runs each, and drains them when told to (`start_drain`)."""
+
+    def __init__(self, config: ShipperConfig, parts: Parts) -> None:
         self.config = config
-        self.metrics = ShipperMetrics()
-        self.checkpointer = Checkpointer(config.state_dir)
+        self.metrics = parts.metrics
+        self.checkpointer = parts.checkpointer
+        self.client = parts.client
+        self.pool = parts.pool
+        self.cpus = parts.cpus
+        self.workers = parts.pool.size if parts.pool is not None else 0
         self.drain = asyncio.Event()
         self.drain_started = 0.0
         self.streams: dict[str, Stream] = {}
         self.tasks: dict[str, asyncio.Task[None]] = {}
         self.rejected_names: set[str] = set()
-        plan = workers if workers is not None else WorkerPlan.decide(config)
-        self.cpus, self.workers = plan.cpus, plan.count
-        self.pool = (SanitiserPool(plan.count, config.max_line_chars, plan.started, self.metrics)
-                     if plan.count else None)
 
     def _on_signal(self, signum: int) -> None:
         if self.drain.is_set():
@@ -51,10 +80,14 @@ class Runner:
             sys.stdout.flush()
             os._exit(128 + signum)
         log.info("draining", extra={"signal": signal.Signals(signum).name, "grace": self.config.grace})
+        self.start_drain()
+
+    def start_drain(self) -> None:
+        """Read every file to its end, deliver, send each stream's eof, and return from `run`."""
         self.drain_started = time.monotonic()
         self.drain.set()
 
-    def _discover(self, client: AggregatorClient) -> None:
+    def _discover(self) -> None:
         from shipper.sanitise import Sanitiser
 
         containers, bad = discover(self.config.logs_dir)
@@ -65,7 +98,7 @@ class Runner:
         for container in containers:
             if container in self.streams:
                 continue
-            stream = Stream(container, self.config, client, self.checkpointer, self.metrics,
+            stream = Stream(container, self.config, self.client, self.checkpointer, self.metrics,
                             Sanitiser(max_chars=self.config.max_line_chars), self.drain, self.pool)
             self.streams[container] = stream
             self.tasks[container] = asyncio.create_task(self._run_stream(stream), name=container)
@@ -85,13 +118,17 @@ class Runner:
     def _health(self) -> dict[str, object]:
         return {"streams": len(self.streams), "draining": self.drain.is_set()}
 
-    async def run(self) -> int:
-        cfg = self.config
+    def install_signal_handlers(self) -> None:
+        """SIGTERM/SIGINT drain (a second one exits at once); those that came early count too."""
         loop = asyncio.get_running_loop()
         for sig in HANDLED:
             loop.add_signal_handler(sig, self._on_signal, sig)
         for signum in take_pending():  # arrived while the program was still starting
             self._on_signal(signum)
+
+    async def run(self) -> int:
+        """Ship until the drain is over; the exit status (0, or `EXIT_UNDELIVERED`)."""
+        cfg = self.config
         self._install_logwrap()
         cfg.logs_dir.mkdir(parents=True, exist_ok=True)
         cfg.state_dir.mkdir(parents=True, exist_ok=True)
@@ -104,21 +141,16 @@ class Runner:
             "metrics": f"{cfg.metrics_host}:{cfg.metrics_port}" if cfg.metrics_port else "off",
             "sanitise_workers": self.workers, "cpus": round(self.cpus, 2)})
         try:
-            async with HttpClient() as http:
-                client = AggregatorClient(
-                    http, cfg.urls, cfg.token, timeout=cfg.request_timeout, use_gzip=cfg.gzip,
-                    backoff_base=cfg.backoff_base, backoff_max=cfg.backoff_max,
-                    retry_after_max=cfg.retry_after_max, reject_backoff=cfg.reject_backoff,
-                    metrics=self.metrics)
-                while not self.drain.is_set():
-                    self._discover(client)
-                    try:
-                        await asyncio.wait_for(self.drain.wait(), cfg.poll_interval)
-                    except TimeoutError:
-                        pass
-                self._discover(client)
-                return await self._finish_drain()
+            while not self.drain.is_set():
+                self._discover()
+                try:
+                    await asyncio.wait_for(self.drain.wait(), cfg.poll_interval)
+                except TimeoutError:
+                    pass
+            self._discover()
+            return await self._finish_drain()
         finally:
+            await self.client.http.close()
             if self.pool is not None:
                 await self.pool.close()
             if server is not None:
@@ -162,5 +194,12 @@ class Runner:
         return EXIT_UNDELIVERED
 
 
+async def serve(config: ShipperConfig, workers: WorkerPlan | None = None) -> int:
+    runner = Runner(config, build_parts(config, workers))
+    runner.install_signal_handlers()
+    return await runner.run()
+
+
 def run(config: ShipperConfig, workers: WorkerPlan | None = None) -> int:
-    return asyncio.run(Runner(config, workers).run())
+    """`blast-log-shipper run` once its configuration is read."""
+    return asyncio.run(serve(config, workers))

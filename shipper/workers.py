@@ -83,6 +83,14 @@ class SanitiserPool:
         streams flood at once (one stream alone never waits on this)."""
         return self.held > self.size * MAX_QUEUED
 
+    def hold(self) -> None:
+        """A stream read one more chunk it has not placed yet."""
+        self.held += 1
+
+    def release(self, count: int = 1) -> None:
+        """A stream placed (or, stopping, gave up) `count` chunks it held."""
+        self.held -= count
+
     async def start(self) -> None:
         """Adopt the workers started already (`spawn_worker`) and start the rest of `size`."""
         started, self._started = self._started, []

@@ -14,7 +14,7 @@ import kubernetes_validate
 import pytest
 from ruamel.yaml import YAML
 
-from shipper.inject import (
+from blastlogs_tools.inject import (
     LOGWRAP_PATH,
     MOUNT_PATH,
     SIDECAR_NAME,
@@ -26,7 +26,7 @@ from shipper.inject import (
     main,
 )
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 FIXTURES = sorted((ROOT / "tests" / "fixtures" / "k8s").glob("*.yaml"))
 K8S_VERSIONS = ("1.29.0", "1.33.0")
 
@@ -99,7 +99,7 @@ def pod_specs(docs: list[Any]) -> list[dict[str, Any]]:
 def run_main(args: list[str], stdin_text: str | None = None, tmp_path: Path | None = None) -> tuple[int, str, str]:
     """Run the real command in a subprocess: exit code, stdout, stderr."""
     proc = subprocess.run(
-        [sys.executable, "-m", "shipper.inject", *args],
+        [sys.executable, "-m", "shipper", "inject", *args],
         input=stdin_text,
         capture_output=True,
         text=True,

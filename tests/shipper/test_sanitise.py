@@ -20,7 +20,7 @@ from shipper.sanitise import (
     strip_controls,
 )
 
-DATA = Path(__file__).parent / "data"
+DATA = Path(__file__).resolve().parents[1] / "data"
 ORDINARY = sorted((DATA / "ordinary").glob("*.log"))
 
 

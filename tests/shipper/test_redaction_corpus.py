@@ -10,14 +10,13 @@ from __future__ import annotations
 import json
 import sys
 from collections import Counter
-from pathlib import Path
 from typing import Any
 
 import pytest
+from shipper_helpers import ROOT
 
 from shipper.sanitise import Sanitiser
 
-ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT / "tests" / "data"
 SECRETS = DATA / "secrets-corpus.jsonl"
 ORDINARY = (DATA / "ordinary-corpus-synthetic.log", DATA / "ordinary-corpus-blast.log")

@@ -9,9 +9,10 @@ import orjson
 import pytest
 from shipper_helpers import TOKEN, Recorder
 
-from blastlogs.protocol import MAX_BATCH_BYTES
-from shipper.batch import Batch, Dropped, Identity, encode_batch, encode_event, header_reserve, split_batch
-from shipper.client import AggregatorClient, Verdict, backoff_delay, classify, parse_retry_after
+from blastlogs.protocol import MAX_BATCH_BYTES, Dropped
+from blastlogs.retry import backoff_delay, parse_retry_after
+from shipper.batch import Batch, Identity, encode_batch, encode_event, header_reserve
+from shipper.client import AggregatorClient, Verdict, classify
 from shipper.config import ConfigError, load_config
 from shipper.http import HttpClient
 from shipper.metrics import ShipperMetrics
@@ -49,7 +50,7 @@ def test_batch_encoding_and_split() -> None:
                     "events": [{"off": 100, "ts": 1.5, "line": "a"}, {"off": 110, "ts": 1.5, "line": "b\"q"},
                                {"off": 120, "ts": 1.5, "line": "c"}]}
     assert b.size == sum(len(e) for e in b.events) + 2
-    first, second = split_batch(b)
+    first, second = b.split()
     assert first.offs == [100] and first.cursor.pos == 10 and first.shipped == 110 and not first.eof
     assert first.dropped == b.dropped and second.dropped is None and second.eof
     assert second.cursor == b.cursor and second.size == len(b.events[1]) + len(b.events[2]) + 1

@@ -7,7 +7,6 @@ header reserve). The stream budget cuts after the line that reaches it.
 
 from __future__ import annotations
 
-import asyncio
 from itertools import pairwise
 from pathlib import Path
 from typing import Any
@@ -17,11 +16,13 @@ from shipper_helpers import JOB_ID, POD, Recorder, eventually, shipping
 from shipper.batch import Identity, encode_event, header_reserve
 
 
-async def _ship(volume: Path, recorder: Recorder, lines: list[str], *args: str) -> list[dict[str, Any]]:
+async def _ship(volume: Path, recorder: Recorder, lines: list[str], *args: str,
+                shipped_before_drain: int | None = None) -> list[dict[str, Any]]:
+    """Ship `lines`; the drain starts once the first `shipped_before_drain` (all) are delivered."""
     (volume / "logs" / "blast.log").write_bytes("".join(s + "\n" for s in lines).encode())
+    before = lines[:shipped_before_drain]
     async with shipping(volume, [recorder.url], *args) as shipper:
-        await eventually(lambda: recorder.lines("blast"), what="some lines")
-        await asyncio.sleep(0.3)
+        await eventually(lambda: recorder.lines("blast") == before, what="the lines shipped before the drain")
         assert await shipper.stop() == 0
     return [b for b in recorder.batches("blast") if b["events"]]
 
@@ -59,9 +60,9 @@ async def test_an_oversized_line_gets_a_batch_of_its_own(volume: Path, recorder:
 
 async def test_the_budget_cuts_after_the_line_that_reaches_it(volume: Path, recorder: Recorder) -> None:
     lines = [f"line {i:05d}" for i in range(300)]  # 11 bytes each with the newline
-    batches = await _ship(volume, recorder, lines, "--stream-budget-bytes", "1000",
-                          "--tail-ring-bytes", "100000", "--batch-max-events", "40")
     head = -(-1000 // 11)
+    batches = await _ship(volume, recorder, lines, "--stream-budget-bytes", "1000",
+                          "--tail-ring-bytes", "100000", "--batch-max-events", "40", shipped_before_drain=head)
     shipped = [e["line"] for b in batches for e in b["events"]]
     assert shipped == lines  # the ring held the rest and shipped it at drain
     cut = [i for i, b in enumerate(batches) if b["dropped"]["lines"]]

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import aiohttp
 from conftest import free_port
-from shipper_helpers import Recorder, append, eventually, shipping, start_shipper
+from shipper_helpers import POD, Recorder, append, eventually, shipping, start_shipper
 
 from blastlogs.protocol import MAX_LINE_CHARS
 from shipper.checkpoints import Checkpointer
@@ -68,8 +68,8 @@ async def test_budget_keeps_a_tail_and_reports_dropped(volume: Path, recorder: R
     path.write_bytes("".join(s + "\n" for s in lines).encode())
     async with shipping(volume, [recorder.url], "--stream-budget-bytes", "10000",
                         "--tail-ring-bytes", "5000") as shipper:
-        await eventually(lambda: recorder.lines("blast"), what="some lines")
-        await asyncio.sleep(0.5)
+        await eventually(lambda: any(r.get("msg") == "stream budget reached; keeping only a tail from here"
+                                     for r in shipper.log()), what="the budget reached")
         assert await shipper.stop() == 0
     got = recorder.lines("blast")
     head = 10000 // 11 + (1 if 10000 % 11 else 0)  # lines until the budget is reached
@@ -120,7 +120,8 @@ async def test_unreachable_aggregator_exits_nonzero_naming_streams(volume: Path)
     (volume / "logs" / "get-blastdb.log").write_bytes(b"y\n")
     shipper = await start_shipper(volume, ["http://127.0.0.1:9"], "--grace", "2")
     await shipper.started()
-    await asyncio.sleep(0.5)
+    await eventually(lambda: {r.get("stream") for r in shipper.log() if r.get("msg", "").startswith("send failed")}
+                     == {f"{POD}/blast", f"{POD}/get-blastdb"}, what="both streams trying to send")
     start = time.monotonic()
     shipper.signal(signal.SIGTERM)
     rc = await shipper.wait(limit=20)
@@ -152,7 +153,8 @@ async def test_kill9_restart_with_a_writer_appending(volume: Path, recorder: Rec
     await eventually(lambda: len(recorder.lines("blast")) > 2000, what="first shipper progress")
     first.proc.kill()
     await first.wait()
-    await asyncio.sleep(0.3)
+    down = len(written)
+    await eventually(lambda: len(written) > down + 1000, what="lines written while no shipper runs")
     second = await start_shipper(volume, [recorder.url])
     await second.started()  # the first may have shipped enough already: SIGTERM must find the handler
     await eventually(lambda: len(recorder.lines("blast")) > len(written) // 2 + 1000, what="second progress")
@@ -167,7 +169,7 @@ async def test_kill9_restart_with_a_writer_appending(volume: Path, recorder: Rec
     before = len(recorder.requests)
     third = await start_shipper(volume, [recorder.url])
     await third.started()
-    await asyncio.sleep(0.3)
+    await eventually(lambda: any(r.get("msg") == "stream found" for r in third.log()), what="the stream found")
     assert await third.stop() == 0
     assert len(recorder.requests) == before
 

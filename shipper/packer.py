@@ -1,0 +1,169 @@
+"""`Packer`: forms a stream's batches from its prepared lines and hands them to the sender.
+
+It holds the batch being built, the stream budget and the tail ring past it, and the `dropped`
+report that goes with the next batch. Whole runs of lines go into a batch at once: where the batch
+fills up (`Batch.fitting`) or the stream budget is reached is found by bisecting running sums, not
+line by line. The budget: once `stream_budget_bytes` of log bytes went into batches, lines go to
+the tail ring, and at drain one `dropped` report covers those it pushed out, followed by the ring's
+lines. The checkpoint stays at the budget point meanwhile, so a restart re-reads (and re-counts)
+from there.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from bisect import bisect_left
+from collections.abc import Sequence
+
+from blastlogs.protocol import Dropped
+from shipper.batch import Batch, Limits, run_sizes
+from shipper.metrics import ShipperMetrics
+from shipper.prepare import Prepared
+from shipper.reader import Chunk, Cursor, Generation
+from shipper.sender import Outbox, count_drop
+from shipper.tailring import TailRing
+
+log = logging.getLogger("shipper.stream")
+
+
+class Packer:
+    def __init__(self, name: str, container: str, limits: Limits, budget: int, ring: TailRing,
+                 linger: float, outbox: Outbox, metrics: ShipperMetrics, shipped: int = 0) -> None:
+        self.name = name
+        self.limits = limits
+        #: log bytes a stream ships before only a tail is kept, and how many it shipped
+        self.budget = budget
+        self.shipped = shipped
+        self.ring = ring
+        self.linger = linger
+        self.outbox = outbox
+        self.metrics = metrics
+        self._labels = {"container": container}
+        self.builder = Batch()
+        #: where the last batch formed ends (an empty batch resumes there)
+        self.formed = Cursor(0, 0, 0, 0)
+        self.formed_shipped = shipped
+        #: the report for the next batch
+        self.pending_drop: Dropped | None = None
+        #: the container's exit status as last read, and as last sent
+        self.exit_code: int | None = None
+        self.sent_exit_code: int | None = None
+
+    @property
+    def capped(self) -> bool:
+        return self.shipped >= self.budget
+
+    @property
+    def building(self) -> bool:
+        """A batch with events is being built."""
+        return bool(self.builder.events)
+
+    @property
+    def exit_unsent(self) -> bool:
+        """The container's exit status changed since the last batch carried it."""
+        return self.exit_code != self.sent_exit_code
+
+    def begin(self, cursor: Cursor, exit_code: int | None) -> None:
+        """The reader opened the file at `cursor` (an empty batch resumes there)."""
+        self.formed = cursor
+        self.exit_code = exit_code
+
+    def exit_status(self, exit_code: int | None) -> None:
+        """The container's exit status as just read (None while it runs); the next batch carries it."""
+        self.exit_code = exit_code
+
+    def lines(self) -> int:
+        """Lines held here: in the batch being built and in the tail ring."""
+        return len(self.builder.events) + len(self.ring)
+
+    async def place(self, chunk: Chunk, prepared: Prepared) -> None:
+        """Put a prepared chunk's events into batches, or into the tail ring past the budget."""
+        ends = prepared.offs[1:]
+        ends.append(chunk.end)
+        await self._pack(prepared.offs, ends, prepared.events, chunk.ts, chunk.cursor, budgeted=True)
+
+    async def _pack(self, offs: Sequence[int], ends: Sequence[int], events: Sequence[bytes], ts: float,
+                    cur: Cursor, *, budgeted: bool) -> None:
+        """Events (with their stream offsets and where each line ends) into batches, flushing each
+        as it fills; `budgeted`: counted against the stream budget, the rest going to the ring."""
+        sizes = run_sizes(events)
+        limits, limit = self.limits, self.budget
+        i, n = 0, len(events)
+        while i < n:
+            if budgeted and self.shipped >= limit:
+                self.ring.extend(offs[i:], ends[i:], events[i:])
+                return
+            b = self.builder
+            if b.full_for(sizes[i + 1] - sizes[i] - 1, limits):
+                await self.flush()
+                continue
+            j = b.fitting(sizes, i, n, limits)
+            if budgeted:
+                # the line that reaches the stream budget is the last one shipped
+                reach = bisect_left(ends, limit - self.shipped + offs[i], i, j)
+                if reach < j:
+                    j = reach + 1
+                self.shipped += ends[j - 1] - offs[i]
+            b.extend(events[i:j], offs[i:j], sizes[j] - sizes[i], ts)
+            b.resume_at(Cursor(cur.dev, cur.ino, ends[j - 1] - cur.base, cur.base), self.shipped)
+            i = j
+            if budgeted and self.shipped >= limit:
+                log.warning("stream budget reached; keeping only a tail from here",
+                            extra={"stream": self.name, "off": ends[j - 1], "budget": limit})
+                await self.flush()
+
+    async def flush(self, *, force: bool = False, eof: bool = False) -> None:
+        """Hand the batch being built to the sender (waits while one is waiting already); an empty
+        one only when `force`d, at eof, or to carry a dropped report."""
+        b = self.builder
+        if not b.events and self.pending_drop is None and not force and not eof:
+            return
+        if not b.events:
+            b.resume_at(self.formed, self.formed_shipped)
+        b.seal(self.pending_drop, eof, self.exit_code)
+        self.pending_drop = None
+        self.formed = b.cursor
+        self.formed_shipped = b.shipped
+        self.sent_exit_code = self.exit_code
+        self.builder = Batch()
+        await self.outbox.put(b)
+
+    async def flush_if_lingered(self) -> None:
+        """Flush a batch whose first line waited `linger` seconds."""
+        b = self.builder
+        if b.events and time.time() - b.first_ts >= self.linger:
+            await self.flush()
+
+    def _report(self, drop: Dropped) -> None:
+        count_drop(self.metrics, self.name, self._labels, drop)
+        self.pending_drop = drop
+
+    async def generation(self, gen: Generation) -> None:
+        """The file was replaced or truncated: close the batch, report what the ring held and the
+        bytes lost, and go on from the new generation."""
+        await self.flush()
+        drop = self.ring.discard(gen.lost_off) if self.capped else None
+        if gen.lost_bytes:
+            # How many lines the lost bytes held is unknowable; report at least one.
+            lost = Dropped(gen.lost_off, 1, gen.lost_bytes)
+            drop = lost if drop is None else Dropped(drop.off, drop.lines + 1,
+                                                     gen.lost_off + gen.lost_bytes - drop.off)
+        if drop is not None:
+            self._report(drop)
+        self.formed = gen.cursor
+        await self.flush(force=True)
+
+    async def finish(self, cur: Cursor) -> None:
+        """Drain: the tail ring's report and lines (of the generation `cur` names), then the eof
+        batch, and no more batches."""
+        if self.capped and not self.ring.empty:
+            await self.flush()
+            if self.ring.dropped is not None:
+                self._report(self.ring.dropped)
+            held = list(self.ring.lines)
+            await self._pack([off for off, _, _ in held], [off + size for off, size, _ in held],
+                             [event for _, _, event in held], time.time(), cur, budgeted=False)
+            self.ring.clear()
+        await self.flush(eof=True)
+        await self.outbox.close()
