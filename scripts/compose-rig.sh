@@ -258,7 +258,7 @@ build_wheelhouse() {
   if [ ! -f "$deps/.complete" ]; then
     rm -rf "$STATE/wheels"
     mkdir -p "$deps"
-    "${pip[@]}" -w "$deps" '.[azure]' >"$STATE/logs/wheels.log" 2>&1 ||
+    "${pip[@]}" -w "$deps" '.[aggregator]' >"$STATE/logs/wheels.log" 2>&1 ||
       { tail -30 "$STATE/logs/wheels.log" >&2; die "pip wheel failed"; }
     rm -f "$deps"/blast_logs-*.whl
     touch "$deps/.complete"

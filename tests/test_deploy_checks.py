@@ -8,9 +8,9 @@ import sys
 from pathlib import Path
 
 import pytest
-from test_inject import FIXTURES, K8S_VERSIONS, load_all, render
+from k8s_templates import FIXTURES, K8S_VERSIONS, load_all, render
 
-from shipper.inject import inject_documents
+from blastlogs_tools.inject import inject_documents
 
 ROOT = Path(__file__).resolve().parent.parent
 VENV_BIN = Path(sys.executable).parent
@@ -123,7 +123,7 @@ def test_dockerfiles_keep_azure_out_of_the_shipper() -> None:
     shipper = (ROOT / "Dockerfile.shipper").read_text()
     aggregator = (ROOT / "Dockerfile.aggregator").read_text()
     assert "blast-logs==" in shipper and "[azure]" not in shipper.split("FROM python-base AS build")[1]
-    assert "blast-logs[azure]==" in aggregator
+    assert "blast-logs[aggregator]==" in aggregator
     for text in (shipper, aggregator):
         assert "ARG BASE_IMAGE=python:3.11-slim-bookworm\n" in text and "FROM ${BASE_IMAGE}" in text
         assert "--no-index --find-links /wheelhouse" in text

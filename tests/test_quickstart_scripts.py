@@ -54,6 +54,6 @@ def test_demo_installs_only_what_the_demo_runs(tmp_path: Path) -> None:
     assert len(installs) == 1 and installs[0].split()[-1] == "ncbi-blast+", calls
     assert not any(pkg in installs[0] for pkg in ("busybox", "docker-compose", "podman"))
     pip = [c for c in calls if c.startswith("pip install")]
-    assert len(pip) == 1 and pip[0].split()[-1] == "." and "-e" in pip[0].split(), calls
+    assert len(pip) == 1 and pip[0].split()[-1] == ".[tools]" and "-e" in pip[0].split(), calls
     assert not any(c.startswith("npm") for c in calls), "the demo needs no Azurite"
     assert calls[-1] == "blast-log-shipper demo"
