@@ -267,7 +267,9 @@ build_wheelhouse() {
   mkdir wheelhouse
   cp "$deps"/*.whl wheelhouse/
   # A fixed timestamp makes the wheel's bytes depend on the sources alone, so unchanged sources
-  # keep the image layers that install it cached.
+  # keep the image layers that install it cached. setuptools' build/ keeps modules that were
+  # moved or deleted since the last build and would put them in the wheel: start without it.
+  rm -rf "$ROOT/build"
   SOURCE_DATE_EPOCH="$(git log -1 --format=%ct 2>/dev/null || echo 315532800)" \
     "${pip[@]}" --no-deps -w wheelhouse . >"$STATE/logs/wheels.log" 2>&1 ||
     { tail -30 "$STATE/logs/wheels.log" >&2; die "pip wheel of the project failed"; }
