@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from paths import ROOT
 
 from aggregator.artifacts import last_output
 from blastlogs.protocol import (
@@ -66,14 +67,6 @@ FIXED_NAMES = {
 N = 12345  # stands for a count in a marker template
 
 
-def _root() -> Path:
-    for parent in Path(__file__).resolve().parents:
-        if (parent / "pyproject.toml").is_file() and (parent / "docs").is_dir():
-            return parent
-    raise AssertionError("no repository root above this test")
-
-
-ROOT = _root()
 DOC = ROOT / "docs" / "protocol.md"
 
 
