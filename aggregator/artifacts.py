@@ -1,8 +1,8 @@
-"""Pure finalize logic (CONTRACT sections 5-7): merge staged batches into chunk artifacts and summaries.
+"""Pure finalize logic (docs/protocol.md sections 5-7): merge staged batches into chunk artifacts and summaries.
 
 No I/O: `finalize/job.py` reads staging, calls `build_artifacts`, numbers and writes the chunks.
 
-Choices where the contract is silent (each is tested):
+Choices where docs/protocol.md is silent (each is tested):
 
 - Copies of one `(stream, off)` event: the lowest `(ts, seq, line)` wins, so even two copies with
   equal `ts` and `seq` resolve the same way whatever order the batches come in.
@@ -39,7 +39,7 @@ import orjson
 from aggregator.model import StoredBatch
 from blastlogs.protocol import DEFAULT_PHASE_TABLE, dropped_marker, omitted_marker
 
-#: Per stream, this many first and last lines are kept (CONTRACT section 6).
+#: Per stream, this many first and last lines are kept (docs/protocol.md section 6).
 DEFAULT_HEAD_LINES: Final = 1000
 DEFAULT_TAIL_LINES: Final = 10000
 #: At most this many events per chunk artifact.
@@ -280,7 +280,7 @@ def _utf8_len(text: str) -> int:
 
 
 def last_output(text: str, *, limit: int = LAST_OUTPUT_LIMIT, half: int = LAST_OUTPUT_HALF) -> tuple[str, bool]:
-    """CONTRACT section 7's cut of S, in UTF-8 bytes, never splitting a character."""
+    """docs/protocol.md section 7's cut of S, in UTF-8 bytes, never splitting a character."""
     data = _utf8(text)
     if len(data) <= limit:
         return data.decode("utf-8"), False
@@ -359,12 +359,12 @@ def keep_longer_existing(steps: dict[str, dict[str, Any]], existing: Mapping[str
 
 
 def chunk_body(job_id: str, phase: str, seq: int, events: list[dict[str, Any]]) -> bytes:
-    """One chunk artifact's bytes: keys in the contract's order, events as built."""
+    """One chunk artifact's bytes: keys in the order of docs/protocol.md section 6, events as built."""
     return orjson.dumps({"job_id": job_id, "phase": phase, "seq": seq, "events": events})
 
 
 def summary_body(result: dict[str, Any]) -> bytes:
-    """summary.json's bytes: contract key order (unknown keys after, sorted), phases sorted by name.
+    """summary.json's bytes: the key order of docs/protocol.md section 7 (unknown keys after, sorted), phases sorted by name.
 
     The same result gives the same bytes however its dicts were assembled.
     """

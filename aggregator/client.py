@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import random
 import time
 import urllib.parse
 from collections.abc import Mapping
@@ -20,14 +21,20 @@ import orjson
 
 from aggregator.auth import job_token
 from blastlogs.protocol import FINALIZE_PATH
+from blastlogs.retry import backoff_delay, parse_retry_after
 
 __all__ = ["FinalizeResult", "finalize", "finalize_sync", "job_token"]
 
 RETRY_STATUSES = frozenset({429, 502, 503, 504})
-#: Extra seconds beyond `wait_seconds` for the whole call, attempts, and the first pause between them.
+#: Extra seconds beyond `wait_seconds` for the whole call, and how many attempts it makes.
 CLIENT_TIMEOUT_MARGIN = 30.0
 CLIENT_ATTEMPTS = 4
+#: Pauses between attempts follow `blastlogs.retry` (full jitter, at least `Retry-After`): the first
+#: pause's ceiling, every pause's ceiling, and the longest `Retry-After` obeyed. The whole call's
+#: deadline bounds them all.
 CLIENT_BACKOFF = 0.5
+CLIENT_BACKOFF_MAX = 8.0
+CLIENT_RETRY_AFTER_MAX = 60.0
 
 
 @dataclass(frozen=True)
@@ -93,7 +100,7 @@ async def _finalize(base_url: str, admin_token: str, job_id: str, wait_seconds: 
                     last = FinalizeResult(ok=False, status=resp.status, body=body, error=error, attempts=attempt)
                     if resp.status not in RETRY_STATUSES:
                         return last
-                    retry_after = _retry_after(resp.headers.get("Retry-After"))
+                    retry_after = parse_retry_after(resp.headers.get("Retry-After"))
             except aiohttp.InvalidURL as e:
                 return FinalizeResult(ok=False, error=f"invalid aggregator URL: {e}", attempts=attempt)
             except (TimeoutError, aiohttp.ClientError, OSError) as e:
@@ -101,7 +108,8 @@ async def _finalize(base_url: str, admin_token: str, job_id: str, wait_seconds: 
                                       attempts=attempt)
             if attempt >= attempts:
                 break
-            pause = retry_after if retry_after is not None else CLIENT_BACKOFF * 2 ** (attempt - 1)
+            pause = backoff_delay(attempt - 1, CLIENT_BACKOFF, CLIENT_BACKOFF_MAX, random.random(),
+                                  retry_after, CLIENT_RETRY_AFTER_MAX)
             if time.monotonic() + pause >= deadline:
                 break
             await asyncio.sleep(pause)
@@ -121,16 +129,6 @@ def _error_text(status: int, body: dict[str, Any] | None, raw: bytes) -> str:
         detail = body.get("detail")
         return f"HTTP {status}: {body['error']}" + (f": {detail}" if isinstance(detail, str) else "")
     return f"HTTP {status}: {raw[:200].decode('utf-8', 'replace')}"
-
-
-def _retry_after(value: str | None) -> float | None:
-    if value is None:
-        return None
-    try:
-        seconds = float(value)
-    except ValueError:
-        return None
-    return seconds if 0 <= seconds < 3600 else None
 
 
 def finalize_sync(

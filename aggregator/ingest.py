@@ -29,7 +29,7 @@ from blastlogs.protocol import cap_line, valid_job_id, valid_k8s_name, valid_pha
 log = logging.getLogger("aggregator.ingest")
 
 def parse_batch(body: bytes, *, max_events: int, max_line_chars: int) -> StoredBatch:
-    """Validate a batch exactly per CONTRACT section 4; unknown fields are ignored, lines re-capped."""
+    """Validate a batch exactly per docs/protocol.md section 4; unknown fields are ignored, lines re-capped."""
     obj = json_object(body, BadBatch)
     job_id = obj.get("job_id")
     if not valid_job_id(job_id):

@@ -4,14 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+# A batch's `dropped` report is the protocol's own value, the one the shipper sends.
+from blastlogs.protocol import Dropped
 
-@dataclass(frozen=True, slots=True)
-class Dropped:
-    """What the shipper deliberately left out just before a batch, starting at stream position `off`."""
-
-    off: int
-    lines: int
-    bytes: int
+__all__ = ["Dropped", "StoredBatch"]
 
 
 @dataclass(frozen=True, slots=True)

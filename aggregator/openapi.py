@@ -200,7 +200,7 @@ def openapi_document(config: AggregatorConfig) -> dict[str, Any]:
             "title": "blast-logs aggregator",
             "version": API_VERSION,
             "description": "Collects BLAST job pods' log batches and finalizes them into artifacts "
-                           "(CONTRACT sections 4 and 7). Errors are `{\"error\", \"detail\"}`; never a 500 for "
+                           "(docs/protocol.md sections 4 and 7). Errors are `{\"error\", \"detail\"}`; never a 500 for "
                            "bad input.",
         },
         "paths": {

@@ -51,12 +51,9 @@ import orjson
 
 BENCH: Final = Path(__file__).resolve().parent
 ROOT: Final = BENCH.parent
-sys.path.insert(0, str(ROOT))
+sys.path[:0] = [str(ROOT), str(ROOT / "tests")]  # the packages, and the tests' fixtures
 
-from machine_info import machine  # noqa: E402
-
-from aggregator.auth import job_token  # noqa: E402
-from tests.conftest import (  # noqa: E402
+from conftest import (  # noqa: E402
     TEST_ADMIN_TOKEN,
     TEST_SECRET,
     AggregatorProc,
@@ -65,6 +62,9 @@ from tests.conftest import (  # noqa: E402
     azurite_binary,
     free_port,
 )
+from machine_info import machine  # noqa: E402
+
+from aggregator.auth import job_token  # noqa: E402
 
 RESULTS: Final = BENCH / "results"
 CLK_TCK: Final = os.sysconf("SC_CLK_TCK")

@@ -12,7 +12,7 @@ Writes, under tests/data/:
   `blastdbcmd` on a seeded random database (their timings and dates vary between runs).
 
 Every value is random from a fixed seed, so the synthetic files are byte-for-byte reproducible;
-tests/test_redaction_corpus.py checks that. All secrets are made up.
+tests/shipper/test_redaction_corpus.py checks that. All secrets are made up.
 """
 
 from __future__ import annotations

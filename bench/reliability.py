@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tests"))
+sys.path[:0] = [str(ROOT / "tests"), str(ROOT / "tests" / "e2e")]  # the test helpers and the rig
 
 from rig.scenarios import CI, FULL, SCENARIOS, ScenarioResult, run_scenario, table  # noqa: E402
 from rig.topology import Rig  # noqa: E402

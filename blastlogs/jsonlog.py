@@ -1,7 +1,7 @@
 """Structured logs for both programs: one JSON object per line, one set of field names.
 
-`{"ts", "level", "logger", "msg", ...fields, "exc"?}`: `ts` is Unix seconds (3 decimals), `level`
-is lower case. A record's fields are whatever the caller passed with `extra=` (each key its own
+`{"ts", "time", "level", "logger", "msg", ...fields, "exc"?}`: `ts` is Unix seconds (3 decimals),
+`time` the same instant for people (UTC, ISO 8601, whole seconds), `level` is lower case. A record's fields are whatever the caller passed with `extra=` (each key its own
 field), and the keys of an `extra={"fields": {...}}` mapping likewise, so either way of passing
 them reads the same. Never log a token, a secret or a log line's content.
 """
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from typing import Final, TextIO
 
 # Attributes every LogRecord has; anything else came in through `extra=` and is logged as a field.
@@ -36,6 +37,7 @@ class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         out: dict[str, object] = {
             "ts": round(record.created, 3),
+            "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(record.created)),
             "level": record.levelname.lower(),
             "logger": record.name,
             "msg": record.getMessage(),

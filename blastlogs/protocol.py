@@ -1,4 +1,4 @@
-"""The wire protocol both programs speak (CONTRACT sections 4 to 6).
+"""The wire protocol both programs speak (docs/protocol.md sections 4 to 6).
 
 Pure values and functions only: no I/O, no storage dependency, so the shipper's image can carry it.
 """
@@ -24,7 +24,7 @@ K8S_NAME_RE: Final = re.compile(r"[a-z0-9]([-a-z0-9.]*[a-z0-9])?")
 K8S_NAME_MAX: Final = 253
 PHASE_RE: Final = re.compile(r"[a-z][a-z0-9_]{0,63}")
 
-#: Containers the contract names, the phases each feeds, and whether it is primary there.
+#: Containers docs/protocol.md section 5 names, the phases each feeds, and whether it is primary there.
 DEFAULT_PHASE_TABLE: Final[dict[str, dict[str, tuple[str, ...]]]] = {
     "get-blastdb": {"feeds": ("staging_db",), "primary": ("staging_db",)},
     "import-query-batches": {"feeds": ("staging_db",), "primary": ("staging_db",)},

@@ -1,4 +1,4 @@
-"""`blast-log-shipper inject`: add the log shipper sidecar to Kubernetes YAML (CONTRACT sections 2, 3).
+"""`blast-log-shipper inject`: add the log shipper sidecar to Kubernetes YAML (docs/protocol.md sections 2, 3).
 
 The rewrite is planned once on parsed data (`_plan`), then applied either to plain dicts (the job
 API's `inject_pod_spec`) or as text insertions into the original YAML (`inject_documents`), so that

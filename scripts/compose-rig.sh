@@ -17,7 +17,7 @@
 #   BLAST_LOGS_RIG_POD_TIMEOUT  seconds to wait for the BLAST container to end (default 300).
 #   BLAST_LOGS_RIG_RUNTIME  the OCI runtime podman uses (crun or runc); by default oci_runtime
 #                         picks one from the machine's cgroup layout.
-# Sourcing this file defines the stages without running them (tests/test_compose_rig.py).
+# Sourcing this file defines the stages without running them (tests/deploy/test_compose_rig.py).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"

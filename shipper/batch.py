@@ -1,4 +1,4 @@
-"""`Batch`: a plain value, and its JSON encoding (CONTRACT section 4).
+"""`Batch`: a plain value, and its JSON encoding (docs/protocol.md section 4).
 
 Events are encoded once, when read, so a batch's size is known exactly as it grows and the body
 is a join of ready bytes; nothing is encoded twice, even when a batch is re-sent or split.

@@ -1,4 +1,4 @@
-"""Install the packaged `logwrap` script into the shared volume (CONTRACT section 2).
+"""Install the packaged `logwrap` script into the shared volume (docs/protocol.md section 2).
 
 The sidecar does this at start, before any wrapped container runs, so the application images
 need nothing of ours but a POSIX `sh`.

@@ -245,7 +245,7 @@ PATTERNS: Final[tuple[SecretPattern, ...]] = (
 
 # Cheap pre-check: every pattern above needs one of these substrings, so a line (or a whole batch)
 # holding none of them is left alone after a few C-level substring searches. Keep in step with
-# PATTERNS (tests/test_redact.py checks every sample secret trips it).
+# PATTERNS (tests/shipper/test_redact.py checks every sample secret trips it).
 #: Searched in the ASCII-lowercased text.
 NEEDLES_FOLDED: Final = ("pass", "pwd", "secret", "token", "key", "sig", "auth", "bearer", "slack", "login")
 #: Searched in the text as it is (these prefixes are case-sensitive).

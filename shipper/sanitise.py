@@ -1,4 +1,4 @@
-"""Turn one raw log line into the text a reader should see (CONTRACT section 4 line cap).
+"""Turn one raw log line into the text a reader should see (docs/protocol.md section 4 line cap).
 
 Pure functions plus `Sanitiser`, the per-stream object the stream pipeline calls. Order per line:
 decode (invalid UTF-8 becomes U+FFFD), render what a terminal would show (escape sequences,

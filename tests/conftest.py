@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
+from paths import ROOT
 
 if TYPE_CHECKING:  # imported in the fixtures: loading conftest does not load the aggregator
     from agg_helpers import StoreKit
@@ -29,7 +30,6 @@ if TYPE_CHECKING:  # imported in the fixtures: loading conftest does not load th
 
     from aggregator.storage import Store
 
-ROOT = Path(__file__).resolve().parent.parent
 
 # Azurite's documented development account (https://learn.microsoft.com/azure/storage/common/storage-use-azurite).
 AZURITE_ACCOUNT = "devstoreaccount1"

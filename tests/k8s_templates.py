@@ -4,12 +4,11 @@ shared by the inject tests and the deployment checks."""
 from __future__ import annotations
 
 import re
-from pathlib import Path
 from typing import Any
 
+from paths import ROOT
 from ruamel.yaml import YAML
 
-ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = sorted((ROOT / "tests" / "fixtures" / "k8s").glob("*.yaml"))
 K8S_VERSIONS = ("1.29.0", "1.33.0")
 

@@ -18,8 +18,8 @@ from typing import Any, BinaryIO
 
 import orjson
 from aiohttp import web
+from paths import ROOT
 
-ROOT = Path(__file__).resolve().parent.parent
 JOB_ID = "elb-test-1"
 POD = "blast-pod-1"
 TOKEN = "elb-test-1.not-checked-by-the-recorder"

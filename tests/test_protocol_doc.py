@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from paths import ROOT
 
 from aggregator.artifacts import last_output
 from blastlogs.protocol import (
@@ -66,14 +67,6 @@ FIXED_NAMES = {
 N = 12345  # stands for a count in a marker template
 
 
-def _root() -> Path:
-    for parent in Path(__file__).resolve().parents:
-        if (parent / "pyproject.toml").is_file() and (parent / "docs").is_dir():
-            return parent
-    raise AssertionError("no repository root above this test")
-
-
-ROOT = _root()
 DOC = ROOT / "docs" / "protocol.md"
 
 
@@ -104,11 +97,36 @@ def test_sections_are_numbered_1_to_9_with_stable_titles() -> None:
     assert [(int(n), title) for n, title in headings] == list(SECTIONS.items())
 
 
+#: Text the repository is made of (code, tests, manifests, scripts, images); folders never searched.
+_TEXT_SUFFIXES = {".py", ".md", ".sh", ".yaml", ".yml", ".toml", ".json", ".in", ".tmpl", ".conf"}
+_NOT_OURS = {".git", ".venv", ".tools", "__pycache__", "node_modules", "build", "dist"}
+
+
+def _source_files() -> list[Path]:
+    """Every text file of the repository (Dockerfiles and the CI script included), but this test."""
+    out = []
+    for folder, dirs, files in os.walk(ROOT):
+        dirs[:] = sorted(d for d in dirs if d not in _NOT_OURS and not d.endswith((".egg-info", "_cache")))
+        for name in sorted(files):
+            path = Path(folder, name)
+            if (path.suffix in _TEXT_SUFFIXES or name.startswith("Dockerfile") or path == ROOT / ".ci" / "run") \
+                    and path != Path(__file__).resolve():
+                out.append(path)
+    return out
+
+
 def test_readme_and_docs_point_at_the_page_not_at_a_file_outside_the_repository() -> None:
     for path in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]:
         text = path.read_text(encoding="utf-8")
         assert "CONTRACT" not in text, path
     assert "docs/protocol.md" in (ROOT / "README.md").read_text(encoding="utf-8")
+
+
+def test_no_source_file_points_outside_the_repository_for_the_protocol() -> None:
+    files = _source_files()
+    assert ROOT / "blastlogs" / "protocol.py" in files and ROOT / "Dockerfile.shipper" in files
+    offenders = [str(p.relative_to(ROOT)) for p in files if "CONTRACT" in p.read_text(encoding="utf-8", errors="replace")]
+    assert offenders == []
 
 
 def test_routes() -> None:

@@ -24,6 +24,7 @@ import aiohttp
 from yarl import URL
 
 from aggregator.errors import BlobPutError
+from blastlogs.retry import backoff_delay
 
 if TYPE_CHECKING:  # the Azure SDK stays in storage/azure.py; these are types only
     from azure.core.credentials import AccessToken
@@ -163,7 +164,7 @@ class BlobPutter:
                 if attempt >= self._retry_total or not (_retryable(status) or renewed):
                     raise BlobPutError(f"HTTP {status}", status, code)
             attempt += 1
-            await asyncio.sleep(max(0.0, self._retry_backoff + random.uniform(-1, 1)))
+            await asyncio.sleep(linear_pause(self._retry_backoff, random.random()))
 
     async def _attempt(self, url: URL, path: str, data: bytes, overwrite: bool) -> tuple[int, str | None]:
         headers = {"Content-Type": CONTENT_TYPE, "x-ms-blob-type": "BlockBlob",
@@ -185,6 +186,13 @@ class BlobPutter:
         if self._session is not None:
             await self._session.close()
             self._session = None
+
+
+def linear_pause(backoff: float, rand: float) -> float:
+    """The pause before a retry: full jitter (`blastlogs.retry`) with the same ceiling every attempt,
+    uniform in [0, 2 * backoff]: for the 1 s used here, what the SDK's `LinearRetry(backoff=1,
+    random_jitter_range=1)` waits."""
+    return backoff_delay(0, 2 * backoff, 2 * backoff, rand)
 
 
 def _retryable(status: int) -> bool:

@@ -11,11 +11,11 @@ from __future__ import annotations
 from typing import Protocol
 
 from aggregator.errors import StoreError
+from blastlogs.atomic import TEMP_PREFIX
 
 __all__ = ["TEMP_PREFIX", "Store", "StoreError", "check_key", "check_prefix"]
 
-#: LocalStore's in-progress writes start with this; such names are never keys (check_key refuses them).
-TEMP_PREFIX = ".tmp-"
+# LocalStore's in-progress writes start with TEMP_PREFIX; such names are never keys (check_key refuses them).
 
 
 class Store(Protocol):

@@ -4,14 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import os
-import tempfile
 from pathlib import Path
+from typing import Final
 
 from aggregator.storage.base import TEMP_PREFIX, StoreError, check_key, check_prefix
+from blastlogs.atomic import write_atomic
+
+#: Stored objects are readable by the service's user only (as `tempfile.mkstemp` creates them).
+LOCAL_FILE_MODE: Final = 0o600
 
 
 class LocalStore:
-    """A folder on disk. Writes go to a temp file in the same folder, fsync, then os.replace."""
+    """A folder on disk. Writes are `blastlogs.atomic.write_atomic`: a temp file in the same folder, fsync,
+    then os.replace (or os.link for put-if-absent), then fsync of the folder."""
 
     def __init__(self, root: str | os.PathLike[str]) -> None:
         self.root = Path(root).resolve()
@@ -39,28 +44,8 @@ class LocalStore:
             path.parent.mkdir(parents=True, exist_ok=True)
             if not overwrite and path.exists():
                 return False
-            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=TEMP_PREFIX, suffix=".part")
-            try:
-                with os.fdopen(fd, "wb") as f:
-                    f.write(data)
-                    f.flush()
-                    os.fsync(f.fileno())
-                if overwrite:
-                    os.replace(tmp, path)
-                else:
-                    # link() fails if the name exists: put-if-absent without a race.
-                    try:
-                        os.link(tmp, path)
-                    except FileExistsError:
-                        return False
-                    finally:
-                        os.unlink(tmp)
-            except BaseException:
-                if os.path.exists(tmp):
-                    os.unlink(tmp)
-                raise
-            _fsync_dir(path.parent)  # the new name survives a crash: an ack means durable
-            return True
+            # Put-if-absent links the temp file (link fails if the name exists); an ack means durable.
+            return write_atomic(path, data, mode=LOCAL_FILE_MODE, overwrite=overwrite, temp_prefix=TEMP_PREFIX)
         except OSError as e:
             raise StoreError(f"write {key}: {e.strerror}") from e
 
@@ -123,10 +108,3 @@ class LocalStore:
     async def close(self) -> None:
         return None
 
-
-def _fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -104,7 +104,7 @@ def test_every_option_is_declared_once_and_env_names_stay_fixed() -> None:
 
     envs = [o.env for o in OPTIONS if o.env]
     assert len(envs) == len(set(envs)) and all(e.startswith("BLAST_LOGS_") for e in envs)
-    # CONTRACT section 8 fixes these names.
+    # docs/protocol.md section 8 fixes these names.
     assert {"BLAST_LOGS_STORE", "BLAST_LOGS_AZURE_ACCOUNT_URL", "BLAST_LOGS_AZURE_CONNECTION_STRING",
             "BLAST_LOGS_SECRET", "BLAST_LOGS_ADMIN_TOKEN"} <= set(envs)
     assert all(o.help for o in OPTIONS)

@@ -1,4 +1,4 @@
-"""Finalize's pure logic against CONTRACT sections 5-7: merge, retention, markers, chunks, summaries."""
+"""Finalize's pure logic against docs/protocol.md sections 5-7: merge, retention, markers, chunks, summaries."""
 
 from __future__ import annotations
 

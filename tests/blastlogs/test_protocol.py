@@ -1,4 +1,4 @@
-"""The shared line cap and id rules (CONTRACT section 4)."""
+"""The shared line cap and id rules (docs/protocol.md section 4)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""logwrap (CONTRACT section 2) with real processes under dash, busybox sh, and a busybox-only PATH."""
+"""logwrap (docs/protocol.md section 2) with real processes under dash, busybox sh, and a busybox-only PATH."""
 
 from __future__ import annotations
 

@@ -257,7 +257,7 @@ CASES: list[tuple[str, str, dict[str, int]]] = [
         f"AWS_ACCESS_KEY_ID={R('aws_access_key_id')} AWS_SECRET_ACCESS_KEY={R('aws_secret_key')} token={R('github_token')}",
         {"aws_access_key_id": 1, "aws_secret_key": 1, "github_token": 1},
     ),
-    # Forms found missing by tests/test_redaction_corpus.py (added with the fix in shipper/redact.py).
+    # Forms found missing by tests/shipper/test_redaction_corpus.py (added with the fix in shipper/redact.py).
     (
         "GET https://www.googleapis.com/storage/v1/b/elb/o?key=AIzaSyA1b2C3d4E5f6G7h8I9j0KlMnOpQrStUvW 403",
         f"GET https://www.googleapis.com/storage/v1/b/elb/o?key={R('google_api_key')} 403",

@@ -30,7 +30,7 @@ def test_every_option_has_its_env_name_and_flag_once() -> None:
     flags = [o.flag for o in OPTIONS if o.flag is not None]
     assert len(set(envs)) == len(envs) and len(set(flags)) == len(flags)
     assert all(e.startswith("BLAST_LOGS_") for e in envs)
-    # the names the contract fixes
+    # the names docs/protocol.md section 8 fixes
     assert {"BLAST_LOGS_DIR", "BLAST_LOGS_AGGREGATOR_URL", "BLAST_LOGS_TOKEN", "BLAST_LOGS_TOKEN_FILE",
             "BLAST_LOGS_JOB_ID", "BLAST_LOGS_POD", "BLAST_LOGS_NAMESPACE", "BLAST_LOGS_PHASE"} <= set(envs)
     assert [o.env for o in OPTIONS if o.flag is None] == ["BLAST_LOGS_TOKEN"]  # a secret is never a flag

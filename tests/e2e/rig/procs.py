@@ -20,8 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from conftest import azurite_binary, azurite_connection_string, free_port
-
-ROOT = Path(__file__).resolve().parents[2]
+from paths import ROOT
 
 #: How long a started service may take to listen.
 START_TIMEOUT = 30.0

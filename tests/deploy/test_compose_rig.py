@@ -13,8 +13,8 @@ from pathlib import Path
 from types import ModuleType
 
 import pytest
+from paths import ROOT
 
-ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "scripts" / "compose-rig.sh"
 
 

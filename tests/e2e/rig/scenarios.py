@@ -511,7 +511,8 @@ def s8_early_finalize(job: Job, res: ScenarioResult) -> None:
     def during(j: Job) -> None:
         wait_into_export(j, 0.3)
         existing = {(p.name, f.stem) for p in j.pods for f in (p.volume / "logs").glob("*.log")}
-        time.sleep(1.0)  # every sidecar has announced the streams it saw
+        for pod, container in sorted(existing):  # every sidecar has announced the streams it saw
+            wait_staged(j, pod, container, 1)
         early = j.finalize(replica=0, wait=0.0)
         if not res.check("early finalize answered 200", early.ok, f"{early.status} {early.error}"):
             return

@@ -169,7 +169,7 @@ class Pod:
         env = dict(os.environ)
         env.update({
             "PYTHONPATH": str(ROOT),
-            # What the injected sidecar gets (CONTRACT section 3) ...
+            # What the injected sidecar gets (docs/protocol.md section 3) ...
             "BLAST_LOGS_JOB_ID": self.job_id,
             "BLAST_LOGS_POD": self.name,
             "BLAST_LOGS_NAMESPACE": NAMESPACE,

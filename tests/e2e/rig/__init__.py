@@ -4,5 +4,5 @@
         result = run_scenario(rig, 2, CI)    # or FULL
         print(table([result]))
 
-tests/test_reliability.py runs the scenarios at CI size; bench/reliability.py at full size.
+tests/e2e/test_reliability.py runs the scenarios at CI size; bench/reliability.py at full size.
 """

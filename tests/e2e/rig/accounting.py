@@ -1,4 +1,4 @@
-"""Pure line accounting: what a program wrote against what the artifacts hold (CONTRACT section 6).
+"""Pure line accounting: what a program wrote against what the artifacts hold (docs/protocol.md section 6).
 
 A line written and in neither the artifacts nor a marker's count is lost; a line stored more often
 than written is duplicated; a stored line nobody wrote is invented. All three must be 0.

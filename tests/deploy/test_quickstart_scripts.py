@@ -11,8 +11,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-
-ROOT = Path(__file__).resolve().parent.parent
+from paths import ROOT
 
 RECORDER = """#!/bin/sh
 echo "$(basename "$0") $*" >> "{log}"
