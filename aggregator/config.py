@@ -238,8 +238,11 @@ def load_phase_table(path: str) -> PhaseTable:
     data: Any
     try:
         if path.endswith((".yaml", ".yml")):
-            from ruamel.yaml import YAML  # YAML tables only; JSON needs no YAML parser
-
+            try:
+                from ruamel.yaml import YAML  # YAML tables only; JSON needs no YAML parser
+            except ImportError:
+                raise ConfigError(f"{where}: a YAML table needs ruamel.yaml, which the aggregator image "
+                                  "does not carry; give the table as JSON (as manifests/ does)") from None
             data = YAML(typ="safe").load(text)
         else:
             data = orjson.loads(text)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+from paths import ROOT
 PACKAGES = ("blastlogs", "shipper", "aggregator", "blastlogs_tools")
 
 
