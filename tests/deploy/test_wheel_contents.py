@@ -8,8 +8,8 @@ import zipfile
 from pathlib import Path
 
 import pytest
-
 from paths import ROOT
+
 PACKAGES = ("blastlogs", "shipper", "aggregator", "blastlogs_tools")
 
 
