@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import math
 import operator
+import time
 from collections.abc import Callable
 from typing import Any, cast
 
@@ -18,9 +19,10 @@ from aggregator.auth import check_ingest
 from aggregator.body import json_object, read_body
 from aggregator.checks import events_of_columns, is_int, is_nonneg_int, valid_columns
 from aggregator.config import AggregatorConfig
-from aggregator.errors import BadBatch, Forbidden, StoreError, TooBusy
+from aggregator.errors import AggregatorError, AuthError, BadBatch, Forbidden, StoreError, TooBusy
 from aggregator.metrics import Metrics
 from aggregator.model import Dropped, StoredBatch
+from aggregator.refusals import Refusal, batch_identity, refusal_of, report, token_named_job
 from aggregator.staging import encode_batch
 from aggregator.storage import Store
 from aggregator.storage.layout import batch_key
@@ -135,8 +137,21 @@ class IngestHandler:
         self.in_flight = 0
 
     async def __call__(self, request: web.Request) -> web.Response:
+        started = time.monotonic()
+        try:
+            return await self._admit(request)
+        finally:
+            self.metrics.ingest_seconds.observe(time.monotonic() - started)
+
+    async def _admit(self, request: web.Request) -> web.Response:
         cfg = self.config
-        token_job = check_ingest(request.headers.get("Authorization"), cfg.secret, cfg.admin_token)
+        header = request.headers.get("Authorization")
+        try:
+            token_job = check_ingest(header, cfg.secret, cfg.admin_token)
+        except AuthError as e:
+            job, pod = await self._identity(request)
+            report(self.metrics, refusal_of(e, header, finalize=False, job=job, pod=pod))
+            raise
         if self.in_flight >= cfg.max_inflight_ingests:
             raise TooBusy("too many ingests in flight; retry later")
         self.in_flight += 1
@@ -147,11 +162,26 @@ class IngestHandler:
             self.in_flight -= 1
             self.metrics.in_flight.dec()
 
+    async def _identity(self, request: web.Request) -> tuple[str | None, str | None]:
+        """The job and pod a refused request's body names, so its log line can name them; read within
+        the usual caps, and only while ingest slots are free (refusals never crowd out real work)."""
+        if self.in_flight >= self.config.max_inflight_ingests:
+            return None, None
+        self.in_flight += 1
+        try:
+            return batch_identity(await read_body(request, self.config.max_body_bytes))
+        except AggregatorError:
+            return None, None
+        finally:
+            self.in_flight -= 1
+
     async def _ingest(self, request: web.Request, token_job: str) -> web.Response:
         cfg = self.config
         body = await read_body(request, cfg.max_body_bytes)
         batch = parse_batch(body, max_events=cfg.max_events, max_line_chars=cfg.max_line_chars)
         if batch.job_id != token_job:
+            header = request.headers.get("Authorization")
+            report(self.metrics, Refusal(403, "wrong_job", token_named_job(header), batch.job_id, batch.pod))
             raise Forbidden("the token belongs to another job")
         try:
             created = await self.store().put(batch_key(batch), encode_batch(batch), overwrite=False)
@@ -164,5 +194,8 @@ class IngestHandler:
         self.metrics.bytes.inc(len(body))
         if not created:
             self.metrics.duplicates.inc()
+        elif batch.dropped is not None:  # a re-sent batch's loss was counted when it was stored
+            self.metrics.dropped_lines.inc(batch.dropped.lines)
+            self.metrics.dropped_bytes.inc(batch.dropped.bytes)
         return web.json_response({"accepted": len(batch.events), "duplicate": not created},
                                  dumps=lambda o: orjson.dumps(o).decode())
