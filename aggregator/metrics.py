@@ -14,11 +14,12 @@ INGEST_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.
 FINALIZE_OUTCOMES = ("complete", "incomplete", "error", "not_found", "busy")
 #: Why a token was rejected (the `reason` label of rejected_tokens).
 REJECT_REASONS = ("invalid_token", "malformed", "admin_token", "job_token", "wrong_job")
-#: The `job` label of rejected_tokens takes at most this many distinct job ids per process; later
-#: ones are counted under OTHER_JOBS, so a client inventing job ids cannot grow the registry.
+#: The `job_id` label of rejected_tokens (not `job`: Prometheus gives that to the scrape target)
+#: takes at most this many distinct job ids per process; later ones are counted under OTHER_JOBS,
+#: so a client inventing job ids cannot grow the registry.
 MAX_REJECTED_JOB_LABELS = 100
 OTHER_JOBS = "_other"
-#: The `job` label when the token names no valid job id (or there is no token).
+#: The `job_id` label when neither the token nor the request names a valid job id.
 NO_JOB = "_none"
 
 
@@ -58,11 +59,11 @@ class Metrics:
                                        "Requests refused for their token (401/403), by the job id the token "
                                        f"names (at most {MAX_REJECTED_JOB_LABELS} distinct, then "
                                        f"{OTHER_JOBS!r}; {NO_JOB!r} when it names none) and reason",
-                                       ["job", "reason"], registry=r)
+                                       ["job_id", "reason"], registry=r)
         self._rejected_jobs: set[str] = set()
 
     def reject_token(self, job: str | None, reason: str) -> None:
-        """Count a refused token under a bounded `job` label (see MAX_REJECTED_JOB_LABELS)."""
+        """Count a refused token under a bounded `job_id` label (see MAX_REJECTED_JOB_LABELS)."""
         self.rejected_tokens.labels(self.job_label(job), reason).inc()
 
     def job_label(self, job: str | None) -> str:

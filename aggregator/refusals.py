@@ -74,7 +74,7 @@ def batch_identity(body: bytes) -> tuple[str | None, str | None]:
 
 
 def report(metrics: Metrics, refusal: Refusal) -> None:
-    """Count and log one refusal: the metric's `job` is the job the token names, else the request's."""
+    """Count and log one refusal: the metric's `job_id` is the job the token names, else the request's."""
     metrics.reject_token(refusal.token_job or refusal.job, refusal.reason)
     log.warning("token refused", extra={"fields": refusal.fields()})
 

@@ -88,10 +88,10 @@ async def test_refused_tokens_are_counted_by_the_job_they_name_and_logged_with_t
     assert r.status == 401
     text = await metrics_text(client)
     # Without a token that names a valid job id, the job the request names (the batch's) is the label.
-    assert 'blast_logs_aggregator_rejected_tokens_total{job="elb-123",reason="malformed"} 1.0' in text
+    assert 'blast_logs_aggregator_rejected_tokens_total{job_id="elb-123",reason="malformed"} 1.0' in text
     for job, reason in [("elb-999", "invalid_token"), (JOB, "wrong_job"), (JOB, "admin_token"),
                         (NO_JOB, "malformed"), (JOB, "invalid_token"), (JOB, "job_token")]:
-        assert f'blast_logs_aggregator_rejected_tokens_total{{job="{job}",reason="{reason}"}} 1.0' in text, (job, reason)
+        assert f'blast_logs_aggregator_rejected_tokens_total{{job_id="{job}",reason="{reason}"}} 1.0' in text, (job, reason)
     logged = refusals(caplog)
     assert logged[0] == {"status": 401, "reason": "invalid_token", "token_job": "elb-999", "job_id": "elb-999",
                          "pod": POD}
