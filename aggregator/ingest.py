@@ -5,6 +5,7 @@ The body is read within its caps by `aggregator.body`; `parse_batch` checks it f
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import operator
@@ -29,6 +30,10 @@ from aggregator.storage.layout import batch_key
 from blastlogs.protocol import cap_line, valid_job_id, valid_k8s_name, valid_phase
 
 log = logging.getLogger("aggregator.ingest")
+#: A refused request's body is read (to name its pod in the log) by at most this many at once and
+#: for at most this long: refusals never take ingest slots, nor hold memory or time beyond this.
+REFUSAL_PEEKS = 4
+REFUSAL_PEEK_SECONDS = 2.0
 
 def parse_batch(body: bytes, *, max_events: int, max_line_chars: int) -> StoredBatch:
     """Validate a batch exactly per CONTRACT section 4; unknown fields are ignored, lines re-capped."""
@@ -135,6 +140,7 @@ class IngestHandler:
         self.metrics = metrics
         self.store = store
         self.in_flight = 0
+        self.peeking = 0
 
     async def __call__(self, request: web.Request) -> web.Response:
         started = time.monotonic()
@@ -164,16 +170,18 @@ class IngestHandler:
 
     async def _identity(self, request: web.Request) -> tuple[str | None, str | None]:
         """The job and pod a refused request's body names, so its log line can name them; read within
-        the usual caps, and only while ingest slots are free (refusals never crowd out real work)."""
-        if self.in_flight >= self.config.max_inflight_ingests:
+        the usual caps, REFUSAL_PEEKS at once for REFUSAL_PEEK_SECONDS at most, else unknown."""
+        if self.peeking >= REFUSAL_PEEKS:
             return None, None
-        self.in_flight += 1
+        self.peeking += 1
         try:
-            return batch_identity(await read_body(request, self.config.max_body_bytes))
-        except AggregatorError:
+            async with asyncio.timeout(REFUSAL_PEEK_SECONDS):
+                body = await read_body(request, self.config.max_body_bytes)
+            return batch_identity(body)
+        except (AggregatorError, TimeoutError):
             return None, None
         finally:
-            self.in_flight -= 1
+            self.peeking -= 1
 
     async def _ingest(self, request: web.Request, token_job: str) -> web.Response:
         cfg = self.config

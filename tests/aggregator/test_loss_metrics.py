@@ -4,7 +4,9 @@ and pod without repeating header text."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -12,6 +14,7 @@ import pytest
 from agg_helpers import JOB, POD, StoreKit, admin_headers, batch, dumps, events, ingest_headers, make_config
 from conftest import TEST_SECRET
 
+import aggregator.ingest
 from aggregator.app import make_app
 from aggregator.auth import job_token
 from aggregator.metrics import MAX_REJECTED_JOB_LABELS, NO_JOB, OTHER_JOBS, Metrics
@@ -112,3 +115,21 @@ def test_the_job_label_is_bounded() -> None:
     assert set(labels[MAX_REJECTED_JOB_LABELS:]) == {OTHER_JOBS}
     assert metrics.job_label("elb-3") == "elb-3"  # a job already labelled keeps its label
     assert metrics.job_label(None) == NO_JOB
+
+
+async def test_a_refused_trickling_body_neither_holds_a_slot_nor_delays_the_401(
+        aiohttp_client: Any, local_kit: StoreKit, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(aggregator.ingest, "REFUSAL_PEEK_SECONDS", 0.3)
+    client = await aiohttp_client(make_app(make_config(max_inflight_ingests=1), store=local_kit.open()))
+    url = client.make_url("/")
+    reader, writer = await asyncio.open_connection(url.host, url.port)
+    writer.write(b"POST /v1/ingest HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer elb-7.forged\r\n"
+                 b"Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n{\"job_id\": \"elb-7\"")
+    await writer.drain()
+    started = time.monotonic()
+    status_line = await asyncio.wait_for(reader.readline(), 10)
+    assert status_line.startswith(b"HTTP/1.1 401") and time.monotonic() - started < 5
+    assert await post(client, batch(evs=events([0])), ingest_headers()) == 200  # the one slot was free
+    writer.close()
+    text = await metrics_text(client)
+    assert 'blast_logs_aggregator_rejected_tokens_total{job_id="elb-7",reason="invalid_token"} 1.0' in text
