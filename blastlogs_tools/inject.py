@@ -26,7 +26,6 @@ from ruamel.yaml.error import YAMLError
 from ruamel.yaml.scalarstring import DoubleQuotedScalarString
 
 from blastlogs.protocol import APP_LABEL_PHASES, UNKNOWN_PHASE, valid_phase
-from shipper.config import default as shipper_default
 
 SIDECAR_NAME: Final = "blast-logs-shipper"
 VOLUME_NAME: Final = "blast-logs"
@@ -55,7 +54,9 @@ STARTUP_PROBE_FAILURES: Final = 120
 METRICS_PORT_NAME: Final = "metrics"
 #: Inside the pod the server listens on every interface, so the kubelet and Prometheus reach it.
 METRICS_HOST: Final = "0.0.0.0"
-DEFAULT_METRICS_PORT: Final = int(shipper_default("metrics_port") or 9090)
+#: The shipper's own defaults (`BLAST_LOGS_METRICS_PORT`, `BLAST_LOGS_GRACE` in shipper/config.py;
+#: a test keeps them equal). Written out because the deploy-time tools do not import the shipper.
+DEFAULT_METRICS_PORT: Final = 9090
 HEALTH_PATH: Final = "/healthz"
 #: Liveness: a shipper whose event loop stops answering for this long is restarted. `/healthz`
 #: answers 200 while the shipper is degraded (bad configuration, aggregator down), so only a hung
@@ -65,7 +66,7 @@ LIVENESS_TIMEOUT_SECONDS: Final = 5
 LIVENESS_FAILURES: Final = 6
 #: The shipper's drain budget after SIGTERM (`BLAST_LOGS_GRACE`), and what the pod's
 #: terminationGracePeriodSeconds must add to it for the shipper to exit before SIGKILL.
-DEFAULT_GRACE_SECONDS: Final = float(shipper_default("grace") or 25.0)
+DEFAULT_GRACE_SECONDS: Final = 25.0
 TERMINATION_MARGIN_SECONDS: Final = 5
 #: How the sidecar's resources are chosen: `auto` keeps a Guaranteed pod Guaranteed.
 Qos = Literal["auto", "guaranteed", "burstable"]

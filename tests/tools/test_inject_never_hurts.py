@@ -22,6 +22,8 @@ from ruamel.yaml import YAML
 from shipper_helpers import eventually, start_shipper
 
 from blastlogs_tools.inject import (
+    DEFAULT_GRACE_SECONDS,
+    DEFAULT_METRICS_PORT,
     LOGWRAP_PATH,
     MOUNT_PATH,
     SIDECAR_NAME,
@@ -32,6 +34,7 @@ from blastlogs_tools.inject import (
     qos_class,
     quantity,
 )
+from shipper.config import default as shipper_default
 
 
 def pod(containers: str, extra: str = "") -> str:
@@ -149,6 +152,11 @@ def test_metrics_on_a_named_port_with_a_healthz_liveness_probe() -> None:
     moved = sidecar_of(load_all(inject_documents(pod(GUARANTEED), InjectOptions(metrics_port=9191)))[0]["spec"])
     assert moved["ports"][0]["containerPort"] == 9191
     assert {e["name"]: e.get("value") for e in moved["env"]}["BLAST_LOGS_METRICS_PORT"] == "9191"
+
+
+def test_the_defaults_are_the_shippers() -> None:
+    assert DEFAULT_METRICS_PORT == shipper_default("metrics_port")
+    assert DEFAULT_GRACE_SECONDS == shipper_default("grace")
 
 
 def test_termination_grace_is_set_from_the_drain_budget() -> None:
