@@ -17,7 +17,9 @@ from aggregator.auth import job_token
 from aggregator.config import OPTIONS, AggregatorConfig, Option, option_named
 from aggregator.errors import ConfigError
 from aggregator.logs import setup_logging
+from blastlogs.envnames import unknown_settings
 from blastlogs.protocol import valid_job_id
+from blastlogs.version import installed_version
 
 log = logging.getLogger("aggregator.cli")
 PROG = "blast-log-aggregator"
@@ -27,6 +29,7 @@ SECRET_ENV = option_named("secret").env or ""
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog=PROG, description="Collect BLAST job pod logs and finalize them.")
+    parser.add_argument("--version", action="version", version=f"{PROG} {installed_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
     serve = sub.add_parser("serve", help="run the HTTP service",
                            epilog="Every other option is a BLAST_LOGS_* environment variable (README, "
@@ -65,9 +68,12 @@ def _serve(flags: dict[str, Any]) -> int:
     try:
         config = AggregatorConfig.from_env(**flags)
     except ConfigError as e:
-        print(f"{PROG}: {e}", file=sys.stderr)
+        for line in str(e).splitlines():
+            print(f"{PROG}: {line}", file=sys.stderr)
         return EXIT_CONFIG
     setup_logging(config.log_level.upper())
+    for line in unknown_settings(os.environ, (o.env for o in OPTIONS if o.env), f"{PROG} serve"):
+        log.warning(line)
     host, port = config.host, config.port
     try:
         asyncio.run(serve(config))

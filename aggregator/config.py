@@ -49,6 +49,9 @@ class Option:
     #: Set for a required option: why the service cannot run without it.
     required: str | None = None
     secret: bool = False
+    maximum: float | None = None
+    #: The values a text option may take (compared without case).
+    choices: tuple[str, ...] | None = None
 
     def parse(self, raw: str) -> Any:
         """The value of `raw`, the option's text; ConfigError naming the variable when it is unusable."""
@@ -60,6 +63,8 @@ class Option:
                 raise ConfigError(f"{where}={raw!r} is not an integer") from None
             if self.minimum is not None and value < self.minimum:
                 raise ConfigError(f"{where}={value} is below its minimum {self.minimum:g}")
+            if self.maximum is not None and value > self.maximum:
+                raise ConfigError(f"{where}={value} is above its maximum {self.maximum:g}")
             return value
         if self.kind == "float":
             try:
@@ -72,6 +77,10 @@ class Option:
             return number
         if self.kind == "phase_table":
             return load_phase_table(raw)
+        if self.choices is not None and raw.upper() not in self.choices:
+            raise ConfigError(f"{where}={raw!r} is not one of {', '.join(self.choices)}")
+        if self.required is not None and not raw.strip():
+            raise ConfigError(f"{where} is blank: {self.required}")
         return raw
 
     def from_env(self, env: Mapping[str, str]) -> Any:
@@ -88,6 +97,8 @@ class Option:
     def type_text(self) -> str:
         """The option's type for people (the README table)."""
         bound = f" >= {self.minimum:g}" if self.minimum is not None else ""
+        if self.minimum is not None and self.maximum is not None:
+            bound = f" {self.minimum:g}-{self.maximum:g}"
         return {"text": "string", "int": f"integer{bound}", "float": f"number{bound}",
                 "phase_table": "path of a JSON (or `.yaml`/`.yml`) file"}[self.kind]
 
@@ -102,11 +113,13 @@ class Option:
 
 
 def opt(*, help: str, env: str | None = None, flag: str | None = None, minimum: float | None = None,
-        kind: Kind | None = None, required: str | None = None, secret: bool = False) -> dict[str, Any]:
+        kind: Kind | None = None, required: str | None = None, secret: bool = False,
+        maximum: float | None = None, choices: tuple[str, ...] | None = None) -> dict[str, Any]:
     """An option's declaration, as its `AggregatorConfig` field's metadata; `env` is the name after
     `BLAST_LOGS_`; `required` says why the service cannot run without it (then the field has no default)."""
     return {_SPEC: {"kind": kind, "help": help, "env": ENV_PREFIX + env if env else None, "flag": flag,
-                    "minimum": minimum, "required": required, "secret": secret}}
+                    "minimum": minimum, "required": required, "secret": secret, "maximum": maximum,
+                    "choices": choices}}
 
 
 def _kind(default: object) -> Kind:
@@ -126,7 +139,7 @@ class AggregatorConfig:
         env="ADMIN_TOKEN", required="finalize cannot be authorised", secret=True,
         help="the finalize (admin) token"))
     host: str = field(default="0.0.0.0", metadata=opt(flag="--host", help="address to listen on"))
-    port: int = field(default=8080, metadata=opt(flag="--port", help="port"))
+    port: int = field(default=8080, metadata=opt(flag="--port", minimum=0, maximum=65535, help="port"))
     store_url: str = field(default="file:blast-logs-data", metadata=opt(
         env="STORE",
         help="`file:///abs/path`, `file:rel/path` (from the working directory) or `azure://<container>`"))
@@ -184,7 +197,7 @@ class AggregatorConfig:
         help="which containers feed which phases, `{container: {feeds: [...], primary: [...]}}`; the built-in "
              "table covers ElasticBLAST's containers"))
     log_level: str = field(default="INFO", metadata=opt(
-        env="LOG_LEVEL", help="`DEBUG`, `INFO`, `WARNING` or `ERROR`"))
+        env="LOG_LEVEL", choices=("DEBUG", "INFO", "WARNING", "ERROR"), help="`DEBUG`, `INFO`, `WARNING` or `ERROR`"))
 
     def __repr__(self) -> str:
         # Never print the secret, the admin token or a connection string (logs, tracebacks).
@@ -192,9 +205,19 @@ class AggregatorConfig:
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **flags: Any) -> AggregatorConfig:
-        """Read `BLAST_LOGS_*` (flags given as keywords win); raise ConfigError naming the variable at fault."""
+        """Read `BLAST_LOGS_*` (flags given as keywords win, checked alike); raise ConfigError with one
+        line per setting at fault, each naming its variable or flag."""
         env = os.environ if env is None else env
-        return cls(**{o.name: flags[o.name] if o.name in flags else o.from_env(env) for o in OPTIONS})
+        values: dict[str, Any] = {}
+        errors: list[str] = []
+        for o in OPTIONS:
+            try:
+                values[o.name] = o.parse(str(flags[o.name])) if o.name in flags else o.from_env(env)
+            except ConfigError as e:
+                errors.append(str(e))
+        if errors:
+            raise ConfigError("\n".join(errors))
+        return cls(**values)
 
 
 def _option(f: Field[Any]) -> Option:

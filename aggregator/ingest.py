@@ -5,9 +5,11 @@ The body is read within its caps by `aggregator.body`; `parse_batch` checks it f
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import operator
+import time
 from collections.abc import Callable
 from typing import Any, cast
 
@@ -18,15 +20,20 @@ from aggregator.auth import check_ingest
 from aggregator.body import json_object, read_body
 from aggregator.checks import events_of_columns, is_int, is_nonneg_int, valid_columns
 from aggregator.config import AggregatorConfig
-from aggregator.errors import BadBatch, Forbidden, StoreError, TooBusy
+from aggregator.errors import AggregatorError, AuthError, BadBatch, Forbidden, StoreError, TooBusy
 from aggregator.metrics import Metrics
 from aggregator.model import Dropped, StoredBatch
+from aggregator.refusals import Refusal, batch_identity, refusal_of, report, token_named_job
 from aggregator.staging import encode_batch
 from aggregator.storage import Store
 from aggregator.storage.layout import batch_key
 from blastlogs.protocol import cap_line, valid_job_id, valid_k8s_name, valid_phase
 
 log = logging.getLogger("aggregator.ingest")
+#: A refused request's body is read (to name its pod in the log) by at most this many at once and
+#: for at most this long: refusals never take ingest slots, nor hold memory or time beyond this.
+REFUSAL_PEEKS = 4
+REFUSAL_PEEK_SECONDS = 2.0
 
 def parse_batch(body: bytes, *, max_events: int, max_line_chars: int) -> StoredBatch:
     """Validate a batch exactly per docs/protocol.md section 4; unknown fields are ignored, lines re-capped."""
@@ -133,10 +140,24 @@ class IngestHandler:
         self.metrics = metrics
         self.store = store
         self.in_flight = 0
+        self.peeking = 0
 
     async def __call__(self, request: web.Request) -> web.Response:
+        started = time.monotonic()
+        try:
+            return await self._admit(request)
+        finally:
+            self.metrics.ingest_seconds.observe(time.monotonic() - started)
+
+    async def _admit(self, request: web.Request) -> web.Response:
         cfg = self.config
-        token_job = check_ingest(request.headers.get("Authorization"), cfg.secret, cfg.admin_token)
+        header = request.headers.get("Authorization")
+        try:
+            token_job = check_ingest(header, cfg.secret, cfg.admin_token)
+        except AuthError as e:
+            job, pod = await self._identity(request)
+            report(self.metrics, refusal_of(e, header, finalize=False, job=job, pod=pod))
+            raise
         if self.in_flight >= cfg.max_inflight_ingests:
             raise TooBusy("too many ingests in flight; retry later")
         self.in_flight += 1
@@ -147,11 +168,28 @@ class IngestHandler:
             self.in_flight -= 1
             self.metrics.in_flight.dec()
 
+    async def _identity(self, request: web.Request) -> tuple[str | None, str | None]:
+        """The job and pod a refused request's body names, so its log line can name them; read within
+        the usual caps, REFUSAL_PEEKS at once for REFUSAL_PEEK_SECONDS at most, else unknown."""
+        if self.peeking >= REFUSAL_PEEKS:
+            return None, None
+        self.peeking += 1
+        try:
+            async with asyncio.timeout(REFUSAL_PEEK_SECONDS):
+                body = await read_body(request, self.config.max_body_bytes)
+            return batch_identity(body)
+        except (AggregatorError, TimeoutError):
+            return None, None
+        finally:
+            self.peeking -= 1
+
     async def _ingest(self, request: web.Request, token_job: str) -> web.Response:
         cfg = self.config
         body = await read_body(request, cfg.max_body_bytes)
         batch = parse_batch(body, max_events=cfg.max_events, max_line_chars=cfg.max_line_chars)
         if batch.job_id != token_job:
+            header = request.headers.get("Authorization")
+            report(self.metrics, Refusal(403, "wrong_job", token_named_job(header), batch.job_id, batch.pod))
             raise Forbidden("the token belongs to another job")
         try:
             created = await self.store().put(batch_key(batch), encode_batch(batch), overwrite=False)
@@ -164,5 +202,8 @@ class IngestHandler:
         self.metrics.bytes.inc(len(body))
         if not created:
             self.metrics.duplicates.inc()
+        elif batch.dropped is not None:  # a re-sent batch's loss was counted when it was stored
+            self.metrics.dropped_lines.inc(batch.dropped.lines)
+            self.metrics.dropped_bytes.inc(batch.dropped.bytes)
         return web.json_response({"accepted": len(batch.events), "duplicate": not created},
                                  dumps=lambda o: orjson.dumps(o).decode())

@@ -13,11 +13,13 @@ import argparse
 import copy
 import io
 import json
+import math
 import re
 import sys
-from collections.abc import Mapping, MutableMapping, MutableSequence, Sequence
+from collections.abc import Iterable, Mapping, MutableMapping, MutableSequence, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Final
+from fractions import Fraction
+from typing import Any, Final, Literal
 
 from ruamel.yaml import YAML
 from ruamel.yaml.error import YAMLError
@@ -48,6 +50,27 @@ DEFAULT_RUN_AS_USER: Final = 10001
 #: The startup probe gives the sidecar this long to install logwrap before the pod fails.
 STARTUP_PROBE_PERIOD_SECONDS: Final = 1
 STARTUP_PROBE_FAILURES: Final = 120
+#: The named container port of the sidecar's `/metrics` and `/healthz` (Prometheus, the kubelet).
+METRICS_PORT_NAME: Final = "metrics"
+#: Inside the pod the server listens on every interface, so the kubelet and Prometheus reach it.
+METRICS_HOST: Final = "0.0.0.0"
+#: The shipper's own defaults (`BLAST_LOGS_METRICS_PORT`, `BLAST_LOGS_GRACE` in shipper/config.py;
+#: a test keeps them equal). Written out because the deploy-time tools do not import the shipper.
+DEFAULT_METRICS_PORT: Final = 9090
+HEALTH_PATH: Final = "/healthz"
+#: Liveness: a shipper whose event loop stops answering for this long is restarted. `/healthz`
+#: answers 200 while the shipper is degraded (bad configuration, aggregator down), so only a hung
+#: process fails it.
+LIVENESS_PERIOD_SECONDS: Final = 10
+LIVENESS_TIMEOUT_SECONDS: Final = 5
+LIVENESS_FAILURES: Final = 6
+#: The shipper's drain budget after SIGTERM (`BLAST_LOGS_GRACE`), and what the pod's
+#: terminationGracePeriodSeconds must add to it for the shipper to exit before SIGKILL.
+DEFAULT_GRACE_SECONDS: Final = 25.0
+TERMINATION_MARGIN_SECONDS: Final = 5
+#: How the sidecar's resources are chosen: `auto` keeps a Guaranteed pod Guaranteed.
+Qos = Literal["auto", "guaranteed", "burstable"]
+QOS_CHOICES: Final[tuple[Qos, ...]] = ("auto", "guaranteed", "burstable")
 
 #: Where each supported kind keeps its pod template (the pod spec is `<template>.spec`).
 POD_TEMPLATE_PATHS: Final[dict[str, tuple[str, ...]]] = {
@@ -84,6 +107,17 @@ class InjectOptions:
     cpu_limit: str = DEFAULT_CPU_LIMIT
     memory_limit: str = DEFAULT_MEMORY_LIMIT
     run_as_user: int = DEFAULT_RUN_AS_USER
+    #: Containers left as they are (not wrapped, no mount): `--skip-container`.
+    skip_containers: frozenset[str] = frozenset()
+    #: `guaranteed`: the sidecar's requests equal its limits; `auto`: so when the pod is Guaranteed.
+    qos: Qos = "auto"
+    #: The shipper's drain budget (`BLAST_LOGS_GRACE`), which terminationGracePeriodSeconds must cover.
+    grace_seconds: float = DEFAULT_GRACE_SECONDS
+    metrics_port: int = DEFAULT_METRICS_PORT
+
+    def termination_grace(self) -> int:
+        """The terminationGracePeriodSeconds the drain needs: the grace budget and a margin."""
+        return math.ceil(self.grace_seconds) + TERMINATION_MARGIN_SECONDS
 
 
 class InjectError(ValueError):
@@ -102,8 +136,23 @@ def pod_phase(labels: Mapping[str, Any] | None, options: InjectOptions) -> str:
     return APP_LABEL_PHASES.get(app, UNKNOWN_PHASE) if isinstance(app, str) else UNKNOWN_PHASE
 
 
-def sidecar_container(options: InjectOptions, phase: str) -> dict[str, Any]:
-    """The shipper as a native sidecar (an init container with `restartPolicy: Always`)."""
+def sidecar_resources(options: InjectOptions, guaranteed: bool) -> dict[str, Any]:
+    """Requests and limits; in a Guaranteed pod requests equal limits, so the pod stays Guaranteed
+    (and keeps static CPU pinning). Elsewhere the small requests leave BLAST the node."""
+    limits = {"cpu": options.cpu_limit, "memory": options.memory_limit}
+    if guaranteed:
+        return {"requests": dict(limits), "limits": limits}
+    return {"requests": {"cpu": options.cpu_request, "memory": options.memory_request}, "limits": limits}
+
+
+def sidecar_container(options: InjectOptions, phase: str, guaranteed: bool = False) -> dict[str, Any]:
+    """The shipper as a native sidecar (an init container with `restartPolicy: Always`).
+
+    Nothing about it may stop the pod: the token's Secret is optional (the shipper then reports the
+    missing token and the job runs), the startup probe waits only for logwrap, which the shipper
+    installs before it reads its configuration, and the liveness probe's `/healthz` answers 200
+    while the shipper is degraded.
+    """
 
     def field_env(name: str, path: str) -> dict[str, Any]:
         return {"name": name, "valueFrom": {"fieldRef": {"fieldPath": path}}}
@@ -121,22 +170,30 @@ def sidecar_container(options: InjectOptions, phase: str) -> dict[str, Any]:
             {
                 "name": "BLAST_LOGS_TOKEN",
                 "valueFrom": {
-                    "secretKeyRef": {"name": options.token_secret, "key": options.token_key}
+                    "secretKeyRef": {"name": options.token_secret, "key": options.token_key,
+                                     "optional": True}
                 },
             },
             {"name": "BLAST_LOGS_AGGREGATOR_URL", "value": options.aggregator_url},
             {"name": "BLAST_LOGS_PHASE", "value": phase},
+            {"name": "BLAST_LOGS_METRICS_HOST", "value": METRICS_HOST},
+            {"name": "BLAST_LOGS_METRICS_PORT", "value": str(options.metrics_port)},
+            {"name": "BLAST_LOGS_GRACE", "value": f"{options.grace_seconds:g}"},
         ],
+        "ports": [{"name": METRICS_PORT_NAME, "containerPort": options.metrics_port, "protocol": "TCP"}],
         # The kubelet starts the next container only once this succeeds: logwrap is in place.
         "startupProbe": {
             "exec": {"command": ["test", "-x", LOGWRAP_PATH]},
             "periodSeconds": STARTUP_PROBE_PERIOD_SECONDS,
             "failureThreshold": STARTUP_PROBE_FAILURES,
         },
-        "resources": {
-            "requests": {"cpu": options.cpu_request, "memory": options.memory_request},
-            "limits": {"cpu": options.cpu_limit, "memory": options.memory_limit},
+        "livenessProbe": {
+            "httpGet": {"path": HEALTH_PATH, "port": METRICS_PORT_NAME},
+            "periodSeconds": LIVENESS_PERIOD_SECONDS,
+            "timeoutSeconds": LIVENESS_TIMEOUT_SECONDS,
+            "failureThreshold": LIVENESS_FAILURES,
         },
+        "resources": sidecar_resources(options, guaranteed),
         "securityContext": {
             "runAsNonRoot": True,
             "runAsUser": options.run_as_user,
@@ -159,6 +216,60 @@ def _our_mount() -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------------------------------
+# The pod's QoS class (Kubernetes: Guaranteed when every container, init containers included, has
+# cpu and memory limits and requests equal to them, an absent request defaulting to its limit)
+
+_QUANTITY_RE: Final = re.compile(r"([+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+))(Ki|Mi|Gi|Ti|Pi|Ei|m|k|M|G|T|P|E|[eE][+-]?[0-9]+)?")
+_SUFFIXES: Final[dict[str, Fraction]] = {
+    "": Fraction(1), "m": Fraction(1, 1000),
+    **{s: Fraction(1000) ** (i + 1) for i, s in enumerate("kMGTPE")},
+    **{s + "i": Fraction(1024) ** (i + 1) for i, s in enumerate("KMGTPE")},
+}
+
+
+def quantity(value: object) -> Fraction | None:
+    """A Kubernetes quantity's exact value (`500m`, `1.5Gi`, `2`, `1e3`); None when it is not one
+    (a `${VAR}` placeholder, say)."""
+    if isinstance(value, bool) or not isinstance(value, str | int | float):
+        return None
+    m = _QUANTITY_RE.fullmatch(str(value).strip())
+    if m is None:
+        return None
+    number, suffix = Fraction(m.group(1)), m.group(2) or ""
+    if suffix[:1] in ("e", "E"):
+        return number * Fraction(10) ** int(suffix[1:])
+    return number * _SUFFIXES[suffix]
+
+
+QosClass = Literal["guaranteed", "burstable", "unknown"]
+
+
+def qos_class(containers: Iterable[Mapping[str, Any]]) -> QosClass:
+    """`guaranteed` or `burstable` (BestEffort included) as Kubernetes would class a pod of these
+    containers; `unknown` when only placeholders (`${VAR}` that may render equal) stand between
+    the requests and the limits."""
+    found: QosClass = "guaranteed"
+    for c in containers:
+        resources = c.get("resources")
+        resources = resources if isinstance(resources, Mapping) else {}
+        limits, requests = resources.get("limits"), resources.get("requests")
+        limits = limits if isinstance(limits, Mapping) else {}
+        requests = requests if isinstance(requests, Mapping) else {}
+        for name in ("cpu", "memory"):
+            if limits.get(name) is None:
+                return "burstable"
+            if requests.get(name) is None:
+                continue
+            want, have = quantity(limits[name]), quantity(requests[name])
+            if want is not None and have is not None:
+                if want != have:
+                    return "burstable"
+            elif str(limits[name]) != str(requests[name]):
+                found = "unknown"
+    return found
+
+
+# ---------------------------------------------------------------------------------------------
 # The plan: pure, on any mapping (plain dicts or ruamel's)
 
 
@@ -170,9 +281,14 @@ class _Plan:
     volume: dict[str, Any] | None = None
     mounts: list[MutableMapping[str, Any]] = field(default_factory=list)
     wraps: list[tuple[MutableMapping[str, Any], list[str]]] = field(default_factory=list)
+    #: terminationGracePeriodSeconds to set (the pod has none).
+    grace: int | None = None
+    #: Containers named by --skip-container that were found (and left as they are).
+    skipped: list[str] = field(default_factory=list)
 
     def empty(self) -> bool:
-        return self.sidecar is None and self.volume is None and not self.mounts and not self.wraps
+        return (self.sidecar is None and self.volume is None and not self.mounts and not self.wraps
+                and self.grace is None)
 
 
 def _is_ours(container: Mapping[str, Any]) -> bool:
@@ -241,6 +357,11 @@ def _plan(
         if any(c is o for o in ours):
             continue
         name = c.get("name")
+        if name in options.skip_containers:
+            plan.skipped.append(name)
+            warnings.append(f"{where}: container {name!r} skipped (--skip-container): left as it is, "
+                            "its output is not captured")
+            continue
         for i, mount in enumerate(_list_field(c, "volumeMounts", f"{where}: container {name!r}")):
             at_our_path = _same_path(mount.get("mountPath"), MOUNT_PATH)
             if (at_our_path and mount.get("name") != VOLUME_NAME) or (
@@ -253,14 +374,14 @@ def _plan(
                 )
         command = c.get("command")
         if command is None or (isinstance(command, Sequence) and len(command) == 0):
-            warnings.append(
-                f"{where}: container {name!r} has no command, so its output cannot be wrapped "
-                "by logwrap; left as it is"
+            raise InjectError(
+                f"{where}: container {name!r} has no command (only args, or its image's entrypoint), "
+                "so logwrap cannot wrap it and its output would not be captured; give it a command, "
+                f"or leave it uncaptured with --skip-container {name}"
             )
-            continue
         if isinstance(command, str) or not isinstance(command, MutableSequence):
-            warnings.append(f"{where}: container {name!r} has a command that is not a list; left as it is")
-            continue
+            raise InjectError(f"{where}: container {name!r} has a command that is not a list; "
+                              f"fix it, or leave it uncaptured with --skip-container {name}")
         if not isinstance(name, str) or not name:
             raise InjectError(f"{where}: a container with a command has no name")
         if command[0] != LOGWRAP_PATH:
@@ -271,12 +392,15 @@ def _plan(
         wrapped_names.append(name)
 
     phase = pod_phase(labels, options)
+    guaranteed = _guaranteed([c for c in init + main if not any(c is o for o in ours)], options, where,
+                             warnings)
     if not injected:
-        plan.sidecar = sidecar_container(options, phase)
+        plan.sidecar = sidecar_container(options, phase, guaranteed)
     else:
         kept = _plain(ours[0])
-        if kept != sidecar_container(options, phase):
+        if kept != sidecar_container(options, phase, guaranteed):
             warnings.append(f"{where}: kept the {SIDECAR_NAME} sidecar already there (its settings differ)")
+    plan.grace = _termination_grace(spec, options, where, warnings)
     if not plan.empty() and options.job_id_label not in (labels or {}):
         warnings.append(
             f"{where}: the pod template has no label {options.job_id_label!r}; "
@@ -285,8 +409,38 @@ def _plan(
     return plan
 
 
+def _guaranteed(containers: list[Any], options: InjectOptions, where: str, warnings: list[str]) -> bool:
+    """Whether the sidecar's requests must equal its limits to keep the pod's QoS class."""
+    if options.qos != "auto":
+        return options.qos == "guaranteed"
+    found = qos_class(containers)
+    if found == "unknown":
+        warnings.append(f"{where}: requests and limits differ only by placeholders, so the pod may be "
+                        "Guaranteed once rendered; the sidecar's requests are kept below its limits "
+                        "(--qos guaranteed to match them)")
+    return found == "guaranteed"
+
+
+def _termination_grace(spec: Mapping[str, Any], options: InjectOptions, where: str,
+                       warnings: list[str]) -> int | None:
+    """The terminationGracePeriodSeconds to set when the pod has none; a warning when the pod's
+    own is shorter than the shipper's drain needs (a placeholder cannot be checked)."""
+    need = options.termination_grace()
+    have = spec.get("terminationGracePeriodSeconds")
+    if have is None:
+        return need
+    if isinstance(have, int) and not isinstance(have, bool) and have < need:
+        warnings.append(
+            f"{where}: terminationGracePeriodSeconds {have} is shorter than the shipper's drain "
+            f"budget ({options.grace_seconds:g} s, --grace) plus {TERMINATION_MARGIN_SECONDS} s: the "
+            f"last lines may be lost when the pod is stopped; raise it to {need}, or lower --grace")
+    return None
+
+
 def _apply_plan(spec: MutableMapping[str, Any], plan: _Plan) -> None:
     """Carry out `plan` on the data: ours go first in every list (the text patcher does the same)."""
+    if plan.grace is not None:
+        spec["terminationGracePeriodSeconds"] = plan.grace
     if plan.volume is not None:
         if spec.get("volumes") is None:
             spec["volumes"] = []
@@ -317,7 +471,10 @@ def _dig(doc: Any, path: Sequence[str]) -> Any:
     return doc
 
 
-def _pod_spec_of(doc: Any, index: int) -> tuple[MutableMapping[str, Any], Mapping[str, Any] | None, str] | None:
+_Target = tuple[MutableMapping[str, Any], Mapping[str, Any] | None, str]
+
+
+def _pod_spec_of(doc: Any, place: str) -> _Target | None:
     """The pod spec, its labels and a name for messages; None for kinds we pass through."""
     if not isinstance(doc, Mapping):
         return None
@@ -325,7 +482,7 @@ def _pod_spec_of(doc: Any, index: int) -> tuple[MutableMapping[str, Any], Mappin
     if not isinstance(kind, str) or kind not in POD_TEMPLATE_PATHS:
         return None
     name = _dig(doc, ("metadata", "name"))
-    where = f"document {index + 1} ({kind} {name!s})"
+    where = f"{place} ({kind} {name!s})"
     template = _dig(doc, POD_TEMPLATE_PATHS[kind]) if POD_TEMPLATE_PATHS[kind] else doc
     if not isinstance(template, Mapping):
         raise InjectError(f"{where}: has no pod template at {'.'.join(POD_TEMPLATE_PATHS[kind])}")
@@ -334,6 +491,34 @@ def _pod_spec_of(doc: Any, index: int) -> tuple[MutableMapping[str, Any], Mappin
         raise InjectError(f"{where}: has no pod spec")
     labels = _dig(template, ("metadata", "labels"))
     return spec, labels if isinstance(labels, Mapping) else None, where
+
+
+def _targets(doc: Any, index: int) -> list[_Target]:
+    """The pod specs of one document: its own, or its items' for a `kind: List` (`kubectl get -o`)."""
+    place = f"document {index + 1}"
+    kind = doc.get("kind") if isinstance(doc, Mapping) else None
+    if isinstance(kind, str) and kind.endswith("List") and isinstance(doc.get("items"), MutableSequence):
+        found = (_pod_spec_of(item, f"{place} ({kind}) items[{i}]") for i, item in enumerate(doc["items"]))
+        return [t for t in found if t is not None]
+    own = _pod_spec_of(doc, place)
+    return [] if own is None else [own]
+
+
+def _plans(doc: Any, index: int, options: InjectOptions, warnings: list[str],
+           skipped: set[str]) -> list[tuple[MutableMapping[str, Any], _Plan]]:
+    """Each pod spec of a document with its plan (empty ones left out)."""
+    out = []
+    for spec, labels, where in _targets(doc, index):
+        plan = _plan(spec, labels, options, where, warnings)
+        skipped.update(plan.skipped)
+        if not plan.empty():
+            out.append((spec, plan))
+    return out
+
+
+def _unused_skips(options: InjectOptions, skipped: set[str]) -> list[str]:
+    return [f"--skip-container {name}: no container has this name"
+            for name in sorted(options.skip_containers - skipped)]
 
 
 def inject_pod_spec(
@@ -349,7 +534,9 @@ def inject_pod_spec(
     """
     spec: dict[str, Any] = copy.deepcopy(dict(pod_spec))
     notes: list[str] = []
-    _apply_plan(spec, _plan(spec, labels, options, "pod spec", notes))
+    plan = _plan(spec, labels, options, "pod spec", notes)
+    _apply_plan(spec, plan)
+    notes += _unused_skips(options, set(plan.skipped))
     if warnings is not None:
         warnings.extend(notes)
     return spec
@@ -439,7 +626,7 @@ def _prepend_flow(lines: list[str], parent: Any, key: str, items: list[Any], ord
     return _Edit(line, col + 1, order, ", ".join(texts) + sep)
 
 
-def _add_key(lines: list[str], mapping: Any, key: str, value: list[Any], anchors: Sequence[str], order: int) -> _Edit:
+def _add_key(lines: list[str], mapping: Any, key: str, value: Any, anchors: Sequence[str], order: int) -> _Edit:
     """An edit that adds `key: value` to `mapping`, on its own lines before one of its keys."""
     keys = [k for k in anchors if k in mapping] + [k for k in list(mapping)[1:] if k not in anchors]
     for k in keys:
@@ -467,6 +654,8 @@ def _add_to_list(
 def _text_edits(lines: list[str], spec: Any, plan: _Plan) -> list[_Edit]:
     """Text insertions that do to the original lines what `_apply_plan` does to the data."""
     edits: list[_Edit] = []
+    if plan.grace is not None:
+        edits.append(_add_key(lines, spec, "terminationGracePeriodSeconds", plan.grace, ("containers",), -1))
     if plan.volume is not None:
         edits.append(_add_to_list(lines, spec, "volumes", plan.volume, ("initContainers", "containers"), 0))
     if plan.sidecar is not None:
@@ -512,23 +701,22 @@ def _safe_load_all(text: str) -> list[Any]:
     return [d for d in YAML(typ="safe", pure=True).load_all(text) if d is not None]
 
 
-def _inject_chunk(chunk: str, doc: Any, index: int, options: InjectOptions, warnings: list[str]) -> str:
+def _inject_chunk(chunk: str, doc: Any, index: int, options: InjectOptions, warnings: list[str],
+                  skipped: set[str]) -> str:
     """One document (its text and its round-trip parse), injected."""
-    found = _pod_spec_of(doc, index)
-    if found is None:
-        return chunk
-    spec, labels, where = found
-    plan = _plan(spec, labels, options, where, warnings)
-    if plan.empty():
+    plans = _plans(doc, index, options, warnings, skipped)
+    if not plans:
         return chunk
     lines = chunk.splitlines(keepends=True)
     if lines and not lines[-1].endswith("\n"):
         lines[-1] += "\n"
     try:
-        patched: str | None = _apply_edits(lines, _text_edits(lines, spec, plan))
+        edits = [e for spec, plan in plans for e in _text_edits(lines, spec, plan)]
+        patched: str | None = _apply_edits(lines, edits)
     except _NoTextPatch:
         patched = None
-    _apply_plan(spec, plan)
+    for spec, plan in plans:
+        _apply_plan(spec, plan)
     expected = [_plain(doc)]
     if patched is not None:
         try:
@@ -546,16 +734,25 @@ def _inject_chunk(chunk: str, doc: Any, index: int, options: InjectOptions, warn
 def inject_documents(
     text: str, options: InjectOptions = InjectOptions(), warnings: list[str] | None = None
 ) -> str:
-    """Kubernetes YAML (several documents) with every pod template injected.
+    """Kubernetes YAML (several documents) with every pod template injected; JSON answers JSON.
 
     Documents that need no change come back byte for byte. Raises InjectError (invalid YAML,
-    collisions); notes for people (containers left unwrapped) are appended to `warnings`.
+    collisions, a container that cannot be wrapped); notes for people (skipped containers) are
+    appended to `warnings`.
     """
+    if text.lstrip().startswith(("{", "[")):
+        try:
+            data = json.loads(text)
+        except ValueError:
+            pass  # YAML flow style, say: read as YAML below
+        else:
+            return _inject_json(text, data, options, warnings)
     try:
         expected_docs = len(_safe_load_all(text))
     except YAMLError as exc:
         raise InjectError(f"invalid YAML: {exc}") from exc
     notes: list[str] = []
+    skipped: set[str] = set()
     pieces: list[str] = []
     index = 0
     for chunk in _split_documents(text):
@@ -566,13 +763,29 @@ def inject_documents(
         if doc is None:
             pieces.append(chunk)
             continue
-        pieces.append(_inject_chunk(chunk, doc, index, options, notes))
+        pieces.append(_inject_chunk(chunk, doc, index, options, notes, skipped))
         index += 1
     if index != expected_docs:
         raise InjectError(f"found {expected_docs} documents but could split only {index} by `---` lines")
     if warnings is not None:
-        warnings.extend(notes)
+        warnings.extend(notes + _unused_skips(options, skipped))
     return "".join(pieces)
+
+
+def _inject_json(text: str, data: Any, options: InjectOptions, warnings: list[str] | None) -> str:
+    """JSON in (one object, or an array of them), JSON out, indented like `kubectl -o json`;
+    unchanged input comes back as it was."""
+    notes: list[str] = []
+    skipped: set[str] = set()
+    docs = data if isinstance(data, list) else [data]
+    plans = [p for i, doc in enumerate(docs) for p in _plans(doc, i, options, notes, skipped)]
+    for spec, plan in plans:
+        _apply_plan(spec, plan)
+    if warnings is not None:
+        warnings.extend(notes + _unused_skips(options, skipped))
+    if not plans:
+        return text
+    return json.dumps(data, indent=2, ensure_ascii=False) + "\n"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -583,7 +796,9 @@ def _parser() -> argparse.ArgumentParser:
     d = InjectOptions()
     p = argparse.ArgumentParser(
         prog="blast-log-shipper inject",
-        description="Add the blast-logs shipper sidecar to Kubernetes YAML; writes the result to stdout.",
+        description="Add the blast-logs shipper sidecar to Kubernetes YAML (or JSON); writes the result to "
+        "stdout. A container with no command cannot be wrapped: inject refuses the input unless it is "
+        "named with --skip-container.",
     )
     p.add_argument("-f", "--filename", default="-", help="YAML file to read; - for stdin (default)")
     p.add_argument("--aggregator-url", default=d.aggregator_url, help="default %(default)s")
@@ -599,7 +814,30 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--cpu-limit", default=d.cpu_limit)
     p.add_argument("--memory-limit", default=d.memory_limit)
     p.add_argument("--run-as-user", type=int, default=d.run_as_user)
+    p.add_argument("--skip-container", action="append", default=[], metavar="NAME",
+                   help="leave this container as it is, its output not captured (repeatable)")
+    p.add_argument("--qos", choices=QOS_CHOICES, default=d.qos,
+                   help="guaranteed: the sidecar's requests equal its limits; auto (default): so when "
+                        "every container of the pod has requests equal to limits (a Guaranteed pod)")
+    p.add_argument("--grace", type=float, default=d.grace_seconds,
+                   help="the shipper's drain budget in seconds (BLAST_LOGS_GRACE, default %(default)g); "
+                        "terminationGracePeriodSeconds is set to it plus "
+                        f"{TERMINATION_MARGIN_SECONDS} s when the pod has none, and checked when it has")
+    p.add_argument("--metrics-port", type=int, default=d.metrics_port,
+                   help=f"the sidecar's /metrics and /healthz port, named {METRICS_PORT_NAME!r} "
+                        "(default %(default)s)")
     return p
+
+
+def _usage_error(args: argparse.Namespace) -> str | None:
+    """What is wrong with the flags' values, in one line; None when nothing is."""
+    if args.phase is not None and not valid_phase(args.phase):
+        return f"invalid --phase {args.phase!r}"
+    if not (math.isfinite(args.grace) and args.grace >= 0):
+        return f"--grace must be a number of seconds >= 0, got {args.grace!r}"
+    if not 1 <= args.metrics_port <= 65535:
+        return f"--metrics-port must be 1-65535 (the kubelet probes it), got {args.metrics_port}"
+    return None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -611,8 +849,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = _parser().parse_args(args_in)
     except SystemExit as exc:
         return int(exc.code or 0) if not isinstance(exc.code, str) else 2
-    if args.phase is not None and not valid_phase(args.phase):
-        print(f"blast-log-shipper inject: error: invalid --phase {args.phase!r}", file=sys.stderr)
+    usage = _usage_error(args)
+    if usage is not None:
+        print(f"blast-log-shipper inject: error: {usage}", file=sys.stderr)
         return 2
     options = InjectOptions(
         aggregator_url=args.aggregator_url,
@@ -628,6 +867,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         cpu_limit=args.cpu_limit,
         memory_limit=args.memory_limit,
         run_as_user=args.run_as_user,
+        skip_containers=frozenset(args.skip_container),
+        qos=args.qos,
+        grace_seconds=args.grace,
+        metrics_port=args.metrics_port,
     )
     try:
         if args.filename == "-":

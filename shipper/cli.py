@@ -10,11 +10,14 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import logging
+import os
 import sys
 from collections.abc import Callable, Sequence
 from typing import Final
 
 from blastlogs import jsonlog
+from blastlogs.envnames import unknown_settings
+from blastlogs.version import installed_version
 
 USAGE: Final = """usage: blast-log-shipper {run,inject,demo} [options]
 
@@ -22,11 +25,19 @@ USAGE: Final = """usage: blast-log-shipper {run,inject,demo} [options]
   inject   add the sidecar and logwrap to Kubernetes YAML (stdin or -f FILE)
   demo     run the whole data path on this machine
 
-`blast-log-shipper COMMAND --help` shows a command's options.
+`blast-log-shipper COMMAND --help` shows a command's options; `--version` the version.
 """
 
 def setup_logging(level: int = logging.INFO) -> None:
     jsonlog.setup_logging(sys.stdout, level)
+
+
+def warn_unknown_settings() -> None:
+    """Log one warning per `BLAST_LOGS_*` variable `run` does not read (a misspelt setting)."""
+    from shipper.config import OPTIONS
+
+    for line in unknown_settings(os.environ, (o.env for o in OPTIONS), "blast-log-shipper run"):
+        logging.getLogger("shipper").warning(line)
 
 
 #: The deploy-time tools: the module that holds each, and the modules it needs beyond the shipper's.
@@ -68,6 +79,7 @@ def run_command(argv: Sequence[str]) -> int:
     from shipper.worker_process import WorkerPlan
 
     setup_logging()
+    warn_unknown_settings()
     try:
         config = load_config(argv)
     except ConfigError as exc:
@@ -87,6 +99,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(USAGE, end="")
         return 0 if args else 2
     command, rest = args[0], args[1:]
+    if command in ("--version", "-V"):
+        print(f"blast-log-shipper {installed_version()}")
+        return 0
     if command == "run":
         return run_command(rest)
     if command in TOOLS:

@@ -11,6 +11,9 @@ from ruamel.yaml import YAML
 
 FIXTURES = sorted((ROOT / "tests" / "fixtures" / "k8s").glob("*.yaml"))
 K8S_VERSIONS = ("1.29.0", "1.33.0")
+#: The fixtures' containers with no command (they run their image's entrypoint), before and after
+#: rendering: inject refuses them unless they are skipped (`--skip-container`).
+NO_COMMAND = frozenset({"${K8S_JOB_SUBMIT_JOBS}", "submit-jobs"})
 
 #: What the job API would substitute; `${BASH_VERSION}` and friends belong to bash and stay.
 RENDER_VALUES = {

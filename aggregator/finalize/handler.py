@@ -7,14 +7,16 @@ import math
 import time
 from collections.abc import Callable
 
+import orjson
 from aiohttp import web
 
 from aggregator.auth import check_admin
 from aggregator.body import json_object, read_body
 from aggregator.config import AggregatorConfig
-from aggregator.errors import BadRequest, JobNotFound, LockBusy, StoreError
+from aggregator.errors import AuthError, BadRequest, JobNotFound, LockBusy, StoreError
 from aggregator.finalize.job import finalize_job
 from aggregator.metrics import Metrics
+from aggregator.refusals import refusal_of, report
 from aggregator.storage import Store
 from blastlogs.protocol import valid_job_id
 
@@ -49,8 +51,13 @@ class FinalizeHandler:
 
     async def __call__(self, request: web.Request) -> web.Response:
         cfg = self.config
-        check_admin(request.headers.get("Authorization"), cfg.secret, cfg.admin_token)
         job_id = request.match_info["job_id"]
+        header = request.headers.get("Authorization")
+        try:
+            check_admin(header, cfg.secret, cfg.admin_token)
+        except AuthError as e:
+            report(self.metrics, refusal_of(e, header, finalize=True, job=job_id))
+            raise
         if not valid_job_id(job_id):
             raise BadRequest( "job id must match [A-Za-z0-9][A-Za-z0-9._-]{0,127}")
         wait, existing = parse_finalize_body(await read_body(request, cfg.max_body_bytes),
@@ -60,7 +67,7 @@ class FinalizeHandler:
         try:
             body = await finalize_job(self.store(), cfg, job_id, wait_seconds=wait,
                                       existing_last_output=existing)
-            outcome = "ok"
+            outcome = "complete" if orjson.loads(body).get("complete") else "incomplete"
         except JobNotFound:
             outcome = "not_found"
             raise
@@ -68,7 +75,6 @@ class FinalizeHandler:
             outcome = "busy"
             raise
         except StoreError as e:
-            outcome = "storage_error"
             self.metrics.storage_errors.labels("finalize").inc()
             log.warning("finalize storage failure", extra={"fields": {"job_id": job_id, "error": str(e)}})
             raise

@@ -228,7 +228,7 @@ async def test_finalize_metrics(serve: Any) -> None:
     await ingest(client, batch(evs=events([0]), eof=True))
     await finalize(client)
     text = await (await client.get("/metrics")).text()
-    assert 'blast_logs_aggregator_finalize_duration_seconds_count{outcome="ok"} 1.0' in text
+    assert 'blast_logs_aggregator_finalize_duration_seconds_count{outcome="complete"} 1.0' in text
     assert 'route="/v1/jobs/{job_id}/finalize",status="200"' in text
 
 

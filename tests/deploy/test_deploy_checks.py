@@ -8,10 +8,10 @@ import sys
 from pathlib import Path
 
 import pytest
-from k8s_templates import FIXTURES, K8S_VERSIONS, load_all, render
+from k8s_templates import FIXTURES, K8S_VERSIONS, NO_COMMAND, load_all, render
 from paths import ROOT
 
-from blastlogs_tools.inject import inject_documents
+from blastlogs_tools.inject import InjectOptions, inject_documents
 
 VENV_BIN = Path(sys.executable).parent
 MANIFESTS = ROOT / "manifests"
@@ -59,7 +59,7 @@ def test_manifests_and_injected_fixtures_pass_kubernetes_validate(version: str, 
     rendered = []
     for fixture in FIXTURES:
         out = tmp_path / fixture.name
-        out.write_text(render(inject_documents(fixture.read_text())))
+        out.write_text(render(inject_documents(fixture.read_text(), InjectOptions(skip_containers=NO_COMMAND))))
         rendered.append(str(out))
     files = [str(p) for p in BASE_RESOURCES] + [str(EXAMPLE_JOB), *rendered]
     proc = run([tool("kubernetes-validate"), "-k", version, "--strict", "--quiet", *files])

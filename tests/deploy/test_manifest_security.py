@@ -64,7 +64,8 @@ def test_the_injected_shipper_has_no_storage_access_and_only_its_token() -> None
     _spec, sidecar = _shipper_container()
     env = _env(sidecar)
     assert not any(m in name for name in env for m in (*STORAGE_KEY_MARKERS, "AZURE", "STORE")), sorted(env)
-    assert env["BLAST_LOGS_TOKEN"]["valueFrom"]["secretKeyRef"] == {"name": "blast-logs-token", "key": "token"}
+    assert env["BLAST_LOGS_TOKEN"]["valueFrom"]["secretKeyRef"] == {"name": "blast-logs-token", "key": "token",
+                                                                    "optional": True}
     assert "value" not in env["BLAST_LOGS_TOKEN"]
     # Only the shared log volume is mounted: no storage credentials, no service account token volume.
     assert [m["name"] for m in sidecar["volumeMounts"]] == ["blast-logs"]

@@ -12,7 +12,7 @@ from typing import Any
 
 import kubernetes_validate
 import pytest
-from k8s_templates import FIXTURES, K8S_VERSIONS, ROOT, load_all, pod_specs, render
+from k8s_templates import FIXTURES, K8S_VERSIONS, NO_COMMAND, ROOT, load_all, pod_specs, render
 
 from blastlogs_tools.inject import (
     LOGWRAP_PATH,
@@ -25,6 +25,9 @@ from blastlogs_tools.inject import (
     inject_pod_spec,
     main,
 )
+
+#: The fixtures need their entrypoint-only containers skipped (inject refuses them otherwise).
+SKIP = InjectOptions(skip_containers=NO_COMMAND)
 
 
 def run_main(args: list[str], stdin_text: str | None = None, tmp_path: Path | None = None) -> tuple[int, str, str]:
@@ -57,7 +60,7 @@ def test_fixtures_cover_the_shapes_we_promise() -> None:
 def test_every_command_is_wrapped_and_args_untouched(fixture_text: str) -> None:
     before = pod_specs(load_all(fixture_text))
     warnings: list[str] = []
-    after = pod_specs(load_all(inject_documents(fixture_text, InjectOptions(), warnings)))
+    after = pod_specs(load_all(inject_documents(fixture_text, SKIP, warnings)))
     assert len(before) == len(after)
     for old, new in zip(before, after, strict=True):
         assert new["initContainers"][0]["name"] == SIDECAR_NAME
@@ -76,7 +79,7 @@ def test_every_command_is_wrapped_and_args_untouched(fixture_text: str) -> None:
                 }
             else:
                 assert n == o
-                assert any(repr(o["name"]) in w and "no command" in w for w in warnings)
+                assert any(repr(o["name"]) in w and "skipped" in w for w in warnings)
 
 
 def test_sidecar_is_a_hardened_native_sidecar() -> None:
@@ -96,7 +99,8 @@ def test_sidecar_is_a_hardened_native_sidecar() -> None:
     assert env["BLAST_LOGS_JOB_ID"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.labels['elb-job-id']"
     assert env["BLAST_LOGS_POD"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
     assert env["BLAST_LOGS_NAMESPACE"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.namespace"
-    assert env["BLAST_LOGS_TOKEN"]["valueFrom"]["secretKeyRef"] == {"name": "blast-logs-token", "key": "token"}
+    assert env["BLAST_LOGS_TOKEN"]["valueFrom"]["secretKeyRef"] == {"name": "blast-logs-token", "key": "token",
+                                                                    "optional": True}
     assert env["BLAST_LOGS_AGGREGATOR_URL"]["value"] == "http://blast-logs-aggregator:8080"
     assert env["BLAST_LOGS_PHASE"]["value"] == "running"
     assert "value" not in env["BLAST_LOGS_TOKEN"]
@@ -115,7 +119,8 @@ def test_options_reach_the_sidecar() -> None:
     out = inject_documents(text, options)
     for spec in pod_specs(load_all(out)):
         env = {e["name"]: e for e in spec["initContainers"][0]["env"]}
-        assert env["BLAST_LOGS_TOKEN"]["valueFrom"]["secretKeyRef"] == {"name": "elb-${ELB_JOB_ID}-logs", "key": "jt"}
+        assert env["BLAST_LOGS_TOKEN"]["valueFrom"]["secretKeyRef"] == {"name": "elb-${ELB_JOB_ID}-logs", "key": "jt",
+                                                                        "optional": True}
         assert env["BLAST_LOGS_JOB_ID"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.labels['example.org/job']"
         assert env["BLAST_LOGS_AGGREGATOR_URL"]["value"] == "http://a:8080,http://b:8080"
         assert spec["initContainers"][0]["image"] == "registry.example/blast-logs-shipper:9"
@@ -135,13 +140,13 @@ def test_phase_from_app_label_or_flag() -> None:
     init = (FIXTURES[0].parent / "init-local-ssd.yaml").read_text()
     submit = (FIXTURES[0].parent / "submit-and-janitor.yaml").read_text()
     assert phases(init, InjectOptions()) == ["unknown", "staging_db"]  # DaemonSet has no app label
-    assert phases(submit, InjectOptions()) == ["unknown", "unknown"]  # app: submit / janitor
+    assert phases(submit, SKIP) == ["unknown", "unknown"]  # app: submit / janitor
     assert phases(init, InjectOptions(phase="warming_up")) == ["warming_up", "warming_up"]
 
 
 def test_everything_else_is_kept_byte_for_byte(fixture_text: str) -> None:
     """Only insertions, except the flow lists we extend in place: comments, quoting, folding kept."""
-    out = inject_documents(fixture_text)
+    out = inject_documents(fixture_text, SKIP)
     old, new = fixture_text.splitlines(), out.splitlines()
     for tag, i1, i2, j1, j2 in difflib.SequenceMatcher(a=old, b=new, autojunk=False).get_opcodes():
         if tag == "equal" or tag == "insert":
@@ -157,7 +162,7 @@ def test_everything_else_is_kept_byte_for_byte(fixture_text: str) -> None:
 
 def test_other_kinds_pass_through_untouched() -> None:
     text = (FIXTURES[0].parent / "submit-and-janitor.yaml").read_text()
-    out = inject_documents(text)
+    out = inject_documents(text, SKIP)
     config_map = text[text.rindex("---\napiVersion: v1\nkind: ConfigMap") :]
     assert out.endswith(config_map)
     crd = "apiVersion: example.org/v1\nkind: BlastThing\nspec:\n  containers: [{name: x, command: [sh]}]\n"
@@ -166,21 +171,23 @@ def test_other_kinds_pass_through_untouched() -> None:
 
 def test_rendering_commutes_with_injecting(fixture_text: str) -> None:
     secret = "logs-${ELB_JOB_ID}"  # a placeholder in an option renders like one in the template
-    render_then_inject = load_all(inject_documents(render(fixture_text), InjectOptions(token_secret=render(secret))))
-    inject_then_render = load_all(render(inject_documents(fixture_text, InjectOptions(token_secret=secret))))
+    render_then_inject = load_all(inject_documents(render(fixture_text), InjectOptions(
+        token_secret=render(secret), skip_containers=NO_COMMAND)))
+    inject_then_render = load_all(render(inject_documents(fixture_text, InjectOptions(
+        token_secret=secret, skip_containers=NO_COMMAND))))
     assert inject_then_render == render_then_inject
 
 
 def test_injecting_twice_changes_nothing(fixture_text: str) -> None:
-    once = inject_documents(fixture_text)
-    assert inject_documents(once) == once
-    rendered = inject_documents(render(fixture_text))
-    assert inject_documents(rendered) == rendered
+    once = inject_documents(fixture_text, SKIP)
+    assert inject_documents(once, SKIP) == once
+    rendered = inject_documents(render(fixture_text), SKIP)
+    assert inject_documents(rendered, SKIP) == rendered
 
 
 @pytest.mark.parametrize("version", K8S_VERSIONS)
 def test_rendered_result_is_valid_kubernetes(fixture_text: str, version: str) -> None:
-    for doc in load_all(render(inject_documents(fixture_text))):
+    for doc in load_all(render(inject_documents(fixture_text, SKIP))):
         kubernetes_validate.validate(doc, version, strict=True)
 
 
@@ -211,7 +218,8 @@ def test_inject_pod_spec_on_plain_dicts() -> None:
     }
     original = copy.deepcopy(spec)
     warnings: list[str] = []
-    out = inject_pod_spec(spec, options=InjectOptions(), labels={"app": "setup", "elb-job-id": "j1"}, warnings=warnings)
+    options = InjectOptions(skip_containers=frozenset({"entry"}))
+    out = inject_pod_spec(spec, options=options, labels={"app": "setup", "elb-job-id": "j1"}, warnings=warnings)
     assert spec == original
     assert out["initContainers"][0]["name"] == SIDECAR_NAME
     assert {e["name"]: e.get("value") for e in out["initContainers"][0]["env"]}["BLAST_LOGS_PHASE"] == "staging_db"
@@ -219,7 +227,7 @@ def test_inject_pod_spec_on_plain_dicts() -> None:
     assert out["containers"][0]["args"] == ["blastn -version"]
     assert out["containers"][1] == original["containers"][1]
     assert any("'entry'" in w for w in warnings)
-    assert inject_pod_spec(out, options=InjectOptions(), labels={"app": "setup", "elb-job-id": "j1"}) == out
+    assert inject_pod_spec(out, options=options, labels={"app": "setup", "elb-job-id": "j1"}) == out
     for version in K8S_VERSIONS:
         kubernetes_validate.validate({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p"}, "spec": out},
                                      version, strict=True)
@@ -263,10 +271,12 @@ def test_refuses_invalid_yaml() -> None:
 
 def test_command_line_reads_stdin_and_names_unwrapped_containers() -> None:
     text = (FIXTURES[0].parent / "submit-and-janitor.yaml").read_text()
-    code, out, err = run_main(["-f", "-", "--phase", "running", "--token-secret", "t-${ELB_JOB_ID}"], text)
+    code, out, err = run_main(["-f", "-", "--phase", "running", "--token-secret", "t-${ELB_JOB_ID}",
+                               "--skip-container", "${K8S_JOB_SUBMIT_JOBS}"], text)
     assert code == 0, err
-    assert out == inject_documents(text, InjectOptions(phase="running", token_secret="t-${ELB_JOB_ID}"))
-    assert "'${K8S_JOB_SUBMIT_JOBS}' has no command" in err
+    assert out == inject_documents(text, InjectOptions(phase="running", token_secret="t-${ELB_JOB_ID}",
+                                                       skip_containers=frozenset({"${K8S_JOB_SUBMIT_JOBS}"})))
+    assert "'${K8S_JOB_SUBMIT_JOBS}' skipped" in err
 
 
 def test_command_line_usage_errors() -> None:
