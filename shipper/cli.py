@@ -64,21 +64,27 @@ def run_command(argv: Sequence[str]) -> int:
     from shipper.signals import catch_early
 
     catch_early()
-    from shipper.config import EXIT_CONFIG, ConfigError, load_config
+    from shipper.config import EXIT_CONFIG, read_config
     from shipper.worker_process import WorkerPlan
 
     setup_logging()
-    try:
-        config = load_config(argv)
-    except ConfigError as exc:
-        logging.getLogger("shipper").error("bad configuration", extra={"error": str(exc)})
-        print(f"blast-log-shipper run: {exc}", file=sys.stderr)
+    loaded = read_config(argv)
+    for warning in loaded.warnings:
+        logging.getLogger("shipper").warning("configuration warning", extra={"warning": warning})
+        print(f"blast-log-shipper run: warning: {warning}", file=sys.stderr)
+    if loaded.problems and loaded.config.require_shipping:
+        # The other choice (`--require-shipping`): no logwrap, no start, so the job waits.
+        for problem in loaded.problems:
+            logging.getLogger("shipper").error("bad configuration", extra={"error": problem})
+            print(f"blast-log-shipper run: {problem}", file=sys.stderr)
         return EXIT_CONFIG
-    workers = WorkerPlan.decide(config)
-    workers.start(config.max_line_chars)  # their start-up overlaps importing the rest of the shipper
+    workers = None
+    if not loaded.problems:
+        workers = WorkerPlan.decide(loaded.config)
+        workers.start(loaded.config.max_line_chars)  # their start-up overlaps importing the rest
     from shipper.runner import run
 
-    return run(config, workers)
+    return run(loaded, workers, reload=lambda: read_config(argv))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
