@@ -21,9 +21,9 @@ from typing import Final
 from shipper.client import AggregatorClient
 from shipper.metrics import ShipperMetrics
 
-#: A failing aggregator marks the shipper degraded once no attempt succeeded for this long, so one
-#: retried hiccup does not flap the gauge.
-FAILING_AFTER: Final = 10.0
+#: A failing aggregator marks the shipper degraded once no attempt succeeded for this many longest
+#: retry delays (`backoff_max`), and at least a second, so one retried hiccup does not flap the gauge.
+FAILING_AFTER_DELAYS: Final = 2.0
 
 
 def assess(problems: tuple[str, ...], risks: dict[str, str], failing: str | None) -> str:
@@ -66,13 +66,13 @@ class Health:
             self.risks[what] = text
 
     def failing(self) -> str | None:
-        """The aggregator's trouble in one line, when no attempt succeeded for `FAILING_AFTER`."""
+        """The aggregator's trouble in one line, when no attempt succeeded for a while."""
         client = self.client
         out = client.failing if client is not None else None
         if client is None or out is None:
             return None
         seconds = time.monotonic() - client.failing_since
-        if seconds < FAILING_AFTER:
+        if seconds < max(FAILING_AFTER_DELAYS * client.backoff_max, 1.0):
             return None
         what = (f"answers {out.status}" if out.status is not None else "unreachable")
         return f"aggregator {out.url} {what} for {seconds:.0f} s: {out.detail}"[:400]
