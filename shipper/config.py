@@ -112,6 +112,11 @@ OPTIONS: Final[tuple[Option, ...]] = (
            "line cap after sanitising, marker included", positive=True),
     Option("stream_budget_bytes", int, 64 * 1024 * 1024, "BLAST_LOGS_STREAM_BUDGET_BYTES",
            "--stream-budget-bytes", "bytes shipped per stream before only a tail is kept", unit="bytes"),
+    Option("drop_report_bytes", int, 16 * 1024 * 1024, "BLAST_LOGS_DROP_REPORT_BYTES",
+           "--drop-report-bytes", "past the stream budget, lines left out are reported (one marker) "
+           "each time this many log bytes were left out, so that their volume space is given back "
+           "while the container still writes; 0: one report at drain (the volume keeps them till "
+           "then)", unit="bytes"),
     Option("tail_ring_bytes", int, 1024 * 1024, "BLAST_LOGS_TAIL_RING_BYTES", "--tail-ring-bytes",
            "size of that tail (encoded events), shipped at drain", unit="bytes"),
     Option("batch_max_events", int, MAX_BATCH_EVENTS, "BLAST_LOGS_BATCH_MAX_EVENTS", "--batch-max-events",
@@ -189,6 +194,7 @@ class ShipperConfig:
     line_prefix_bytes: int
     max_line_chars: int
     stream_budget_bytes: int
+    drop_report_bytes: int
     tail_ring_bytes: int
     batch_max_events: int
     batch_max_bytes: int

@@ -82,7 +82,8 @@ class Health:
 
     def report(self) -> dict[str, object]:
         failing = self.failing()
-        problems = [*self.problems, *self.risks.values(), *([failing] if failing else [])]
-        return {"status": assess(self.problems, self.risks, failing), "shipping": not self.problems,
+        risks = dict(self.risks)  # a copy: the checkpoint writer's thread may add one (reclaim)
+        problems = [*self.problems, *risks.values(), *([failing] if failing else [])]
+        return {"status": assess(self.problems, risks, failing), "shipping": not self.problems,
                 "ready": self.ready, "problems": problems, "warnings": list(self.warnings),
                 **self.details()}

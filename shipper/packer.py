@@ -6,7 +6,9 @@ fills up (`Batch.fitting`) or the stream budget is reached is found by bisecting
 line by line. The budget: once `stream_budget_bytes` of log bytes went into batches, lines go to
 the tail ring, and at drain one `dropped` report covers those it pushed out, followed by the ring's
 lines. The checkpoint stays at the budget point meanwhile, so a restart re-reads (and re-counts)
-from there.
+from there; except that each time `report_bytes` were pushed out, they are reported at once (an
+empty batch with a `dropped` report), so that the checkpoint moves on to the ring's first line and
+the volume space of what was left out is given back (`shipper.reclaim`).
 """
 
 from __future__ import annotations
@@ -29,13 +31,16 @@ log = logging.getLogger("shipper.stream")
 
 class Packer:
     def __init__(self, name: str, container: str, limits: Limits, budget: int, ring: TailRing,
-                 linger: float, outbox: Outbox, metrics: ShipperMetrics, shipped: int = 0) -> None:
+                 linger: float, outbox: Outbox, metrics: ShipperMetrics, shipped: int = 0,
+                 report_bytes: int = 0) -> None:
         self.name = name
         self.limits = limits
         #: log bytes a stream ships before only a tail is kept, and how many it shipped
         self.budget = budget
         self.shipped = shipped
         self.ring = ring
+        #: past the budget, report lines pushed out of the ring once this many bytes (0: at drain)
+        self.report_bytes = report_bytes
         self.linger = linger
         self.outbox = outbox
         self.metrics = metrics
@@ -93,6 +98,7 @@ class Packer:
         while i < n:
             if budgeted and self.shipped >= limit:
                 self.ring.extend(offs[i:], ends[i:], events[i:])
+                await self._report_pushed_out(cur)
                 return
             b = self.builder
             if b.full_for(sizes[i + 1] - sizes[i] - 1, limits):
@@ -134,6 +140,19 @@ class Packer:
         b = self.builder
         if b.events and time.time() - b.first_ts >= self.linger:
             await self.flush()
+
+    async def _report_pushed_out(self, cur: Cursor) -> None:
+        """Past the budget: once `report_bytes` were pushed out of the ring, report them now in an
+        empty batch that resumes at the ring's first line (of the generation `cur` names)."""
+        drop = self.ring.dropped
+        if not self.report_bytes or drop is None or drop.bytes < self.report_bytes:
+            return
+        await self.flush()
+        self.ring.dropped = None
+        self._report(drop)
+        first = self.ring.lines[0][0]
+        self.formed = Cursor(cur.dev, cur.ino, first - cur.base, cur.base)
+        await self.flush()
 
     def _report(self, drop: Dropped) -> None:
         count_drop(self.metrics, self.name, self._labels, drop)

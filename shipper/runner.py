@@ -147,7 +147,8 @@ class Runner:
             if container in self.streams:
                 continue
             stream = Stream(container, self.config, self.client, self.checkpointer, self.metrics,
-                            Sanitiser(max_chars=self.config.max_line_chars), self.drain, self.pool)
+                            Sanitiser(max_chars=self.config.max_line_chars), self.drain, self.pool,
+                            on_risk=self.health.risk)
             self.streams[container] = stream
             self.tasks[container] = asyncio.create_task(self._run_stream(stream), name=container)
             self.metrics.streams.set(len(self.streams))

@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +25,7 @@ from shipper.metrics import ShipperMetrics
 from shipper.packer import Packer
 from shipper.preparing import Preparer
 from shipper.reader import Chunk, LineReader
+from shipper.reclaim import Reclaimer
 from shipper.sanitise import Sanitiser
 from shipper.sender import Outbox, Sender
 from shipper.tailring import TailRing
@@ -62,7 +64,8 @@ class Undelivered:
 class Stream:
     def __init__(self, container: str, config: ShipperConfig, client: AggregatorClient,
                  checkpointer: Checkpointer, metrics: ShipperMetrics, sanitiser: Sanitiser,
-                 drain: asyncio.Event, pool: SanitiserPool | None = None) -> None:
+                 drain: asyncio.Event, pool: SanitiserPool | None = None,
+                 on_risk: Callable[[str, str | None], None] | None = None) -> None:
         self.container = container
         self.config = config
         self.metrics = metrics
@@ -77,13 +80,17 @@ class Stream:
                                  resume=cp.cursor if cp else None)
         self.preparer = Preparer(sanitiser, pool, metrics)
         self.outbox = Outbox(metrics, container)
-        self.checkpoints = checkpointer.paced()
+        #: gives back the delivered prefix's space once each checkpoint is on disk
+        self.reclaimer = Reclaimer(self.log_path, container, metrics, on_risk)
+        self.checkpoints = checkpointer.paced(
+            after_write=self.reclaimer.after_write if config.reclaim else None)
         self.sender = Sender(ident, self.name, client, self.outbox, self.checkpoints, metrics,
                              config.reject_backoff, cp, on_ack=self._update_lag)
         self.packer = Packer(self.name, container,
                              Limits.for_body(ident, config.batch_max_events, config.batch_max_bytes),
                              config.stream_budget_bytes, TailRing(config.tail_ring_bytes), config.linger,
-                             self.outbox, metrics, shipped=cp.shipped if cp else 0)
+                             self.outbox, metrics, shipped=cp.shipped if cp else 0,
+                             report_bytes=config.drop_report_bytes)
 
     @property
     def seq(self) -> int:
