@@ -6,9 +6,9 @@ fills up (`Batch.fitting`) or the stream budget is reached is found by bisecting
 line by line. The budget: once `stream_budget_bytes` of log bytes went into batches, lines go to
 the tail ring, and at drain one `dropped` report covers those it pushed out, followed by the ring's
 lines. The checkpoint stays at the budget point meanwhile, so a restart re-reads (and re-counts)
-from there; except that each time `report_bytes` were pushed out, they are reported at once (an
-empty batch with a `dropped` report), so that the checkpoint moves on to the ring's first line and
-the volume space of what was left out is given back (`shipper.reclaim`).
+from there; except that each report the ring cuts (its `report_bytes`) is sent at once (an empty batch
+with a `dropped` report) and resumes where it ends, so that the checkpoint moves past what was left
+out and its volume space is given back (`shipper.reclaim`).
 """
 
 from __future__ import annotations
@@ -31,16 +31,13 @@ log = logging.getLogger("shipper.stream")
 
 class Packer:
     def __init__(self, name: str, container: str, limits: Limits, budget: int, ring: TailRing,
-                 linger: float, outbox: Outbox, metrics: ShipperMetrics, shipped: int = 0,
-                 report_bytes: int = 0) -> None:
+                 linger: float, outbox: Outbox, metrics: ShipperMetrics, shipped: int = 0) -> None:
         self.name = name
         self.limits = limits
         #: log bytes a stream ships before only a tail is kept, and how many it shipped
         self.budget = budget
         self.shipped = shipped
         self.ring = ring
-        #: past the budget, report lines pushed out of the ring once this many bytes (0: at drain)
-        self.report_bytes = report_bytes
         self.linger = linger
         self.outbox = outbox
         self.metrics = metrics
@@ -142,17 +139,14 @@ class Packer:
             await self.flush()
 
     async def _report_pushed_out(self, cur: Cursor) -> None:
-        """Past the budget: once `report_bytes` were pushed out of the ring, report them now in an
-        empty batch that resumes at the ring's first line (of the generation `cur` names)."""
-        drop = self.ring.dropped
-        if not self.report_bytes or drop is None or drop.bytes < self.report_bytes:
-            return
-        await self.flush()
-        self.ring.dropped = None
-        self._report(drop)
-        first = self.ring.lines[0][0]
-        self.formed = Cursor(cur.dev, cur.ino, first - cur.base, cur.base)
-        await self.flush()
+        """Past the budget: each report the ring formed (`report_bytes`) goes out at once, in an
+        empty batch that resumes where it ends (in the generation `cur` names)."""
+        for drop in self.ring.take_reports():
+            await self.flush()
+            self._report(drop)
+            end = drop.off + drop.bytes
+            self.formed = Cursor(cur.dev, cur.ino, end - cur.base, cur.base)
+            await self.flush()
 
     def _report(self, drop: Dropped) -> None:
         count_drop(self.metrics, self.name, self._labels, drop)

@@ -88,9 +88,9 @@ class Stream:
                              config.reject_backoff, cp, on_ack=self._update_lag)
         self.packer = Packer(self.name, container,
                              Limits.for_body(ident, config.batch_max_events, config.batch_max_bytes),
-                             config.stream_budget_bytes, TailRing(config.tail_ring_bytes), config.linger,
-                             self.outbox, metrics, shipped=cp.shipped if cp else 0,
-                             report_bytes=config.drop_report_bytes)
+                             config.stream_budget_bytes,
+                             TailRing(config.tail_ring_bytes, config.drop_report_bytes), config.linger,
+                             self.outbox, metrics, shipped=cp.shipped if cp else 0)
 
     @property
     def seq(self) -> int:

@@ -14,7 +14,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -170,13 +170,6 @@ async def test_require_shipping_exits_at_once_without_logwrap(start: Any) -> Non
     assert await asyncio.to_thread(car.proc.wait, 30) == 2
     assert "no job token" in car.stderr()
     assert not (car.volume / "bin" / "logwrap").exists()
-
-
-@pytest.fixture
-async def recorder() -> AsyncIterator[Recorder]:
-    rec = await Recorder().start()
-    yield rec
-    await rec.stop()
 
 
 async def test_a_token_file_that_appears_later_is_picked_up(start: Any, recorder: Recorder, tmp_path: Path) -> None:
