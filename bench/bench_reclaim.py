@@ -4,7 +4,7 @@
     .venv/bin/python bench/bench_reclaim.py [--total 2G] [--volume 256M] [--rate 32M] [--line 512]
                                             [--budget 1024G] [--drop-report 16M]
 
-A writer under the installed `logwrap` prints `--total` bytes of `--line`-byte lines at `--rate`
+A writer (bench/paced_writer.py) under the installed `logwrap` prints `--total` bytes of `--line`-byte lines at `--rate`
 bytes/s into a `--volume` tmpfs; `blast-log-shipper run` (defaults, except the per-stream budget:
 unlimited unless `--budget` is given) ships them to bench/sink.py (its own process, counting).
 The volume's use is sampled every 20 ms. Reported: whether every write went in, the peak use,
@@ -33,24 +33,6 @@ sys.path.insert(0, str(BENCH))
 
 from gen_logs import _size  # noqa: E402
 from machine_info import machine as machine_info  # noqa: E402
-
-WRITER: Final = """
-import sys, time
-line_size, count, rate = int(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3])
-filler = b"x" * (line_size - 12)
-out = sys.stdout.buffer
-per = max(65536 // line_size, 1)
-start = time.monotonic()
-i = 0
-while i < count:
-    k = min(per, count - i)
-    out.write(b"".join(b"%010d %s\\n" % (j, filler) for j in range(i, i + k)))
-    out.flush()
-    i += k
-    ahead = i * line_size / rate - (time.monotonic() - start)
-    if ahead > 0:
-        time.sleep(ahead)
-"""
 
 
 def used(path: Path) -> int:
@@ -113,8 +95,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         sampler = threading.Thread(target=sample, daemon=True)
         sampler.start()
         began = time.monotonic()
-        done = subprocess.run([str(volume / "bin" / "logwrap"), "blast", "--", sys.executable, "-c", WRITER,
-                               str(args.line), str(lines), str(rate)],
+        done = subprocess.run([str(volume / "bin" / "logwrap"), "blast", "--", sys.executable,
+                               str(BENCH / "paced_writer.py"), str(args.line), str(lines), str(rate)],
                               env={**os.environ, "BLAST_LOGS_DIR": str(volume)}, stdout=subprocess.DEVNULL,
                               stderr=subprocess.PIPE)
         written = time.monotonic() - began

@@ -26,18 +26,18 @@ import orjson
 import pytest
 from aiohttp import web
 from conftest import free_port
-from shipper_helpers import TOKEN, Shipper, eventually, start_shipper
+from shipper_helpers import ROOT, TOKEN, Shipper, eventually, start_shipper
 
 from shipper.metrics import ShipperMetrics
 from shipper.reclaim import HEAD_KEEP, MIN_STEP, TAIL_KEEP, Reclaimer, punch_hole, span
 
 MiB = 1024 * 1024
 LINE = 512  # bytes per line, newline included: line i starts at stream offset i * LINE
-FILLER = b"x" * (LINE - 12)
 
 
 def line(i: int) -> bytes:
-    return b"%010d %s\n" % (i, FILLER)
+    """What bench/paced_writer.py writes as line i."""
+    return b"%010d %s\n" % (i, b"x" * (LINE - 12))
 
 
 # ---- the arithmetic, and one hole on a real tmpfs --------------------------------------------------
@@ -205,30 +205,13 @@ class CountingSink:
         return covered.count(0)
 
 
-WRITER = """
-import sys, time
-line_size, count, rate = int(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3])
-filler = b"x" * (line_size - 12)
-out = sys.stdout.buffer
-per = max(65536 // line_size, 1)
-start = time.monotonic()
-i = 0
-while i < count:
-    k = min(per, count - i)
-    out.write(b"".join(b"%010d %s\\n" % (j, filler) for j in range(i, i + k)))
-    out.flush()
-    i += k
-    ahead = i * line_size / rate - (time.monotonic() - start)
-    if ahead > 0:
-        time.sleep(ahead)
-"""
 
 
 def write_through_logwrap(volume: Path, nbytes: int, rate: float) -> subprocess.CompletedProcess[bytes]:
     """A job container printing `nbytes` at `rate` bytes/s under logwrap (its stdout discarded)."""
     return subprocess.run(
-        [str(volume / "bin" / "logwrap"), "blast", "--", sys.executable, "-c", WRITER, str(LINE),
-         str(nbytes // LINE), str(rate)],
+        [str(volume / "bin" / "logwrap"), "blast", "--", sys.executable,
+         str(ROOT / "bench" / "paced_writer.py"), str(LINE), str(nbytes // LINE), str(rate)],
         env={**os.environ, "BLAST_LOGS_DIR": str(volume)}, stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE, timeout=300)
 
