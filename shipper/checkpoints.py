@@ -13,7 +13,6 @@ import asyncio
 import contextlib
 import math
 import time
-from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Final
@@ -97,11 +96,9 @@ class Checkpointer:
         self.state_dir.mkdir(parents=True, exist_ok=True)
         write_atomic(self.path(cp.container), encode_checkpoint(cp))
 
-    def paced(self, interval: float = CHECKPOINT_INTERVAL,
-              after_write: Callable[[Checkpoint], None] | None = None) -> PacedCheckpoints:
-        """A writer for one stream's checkpoints that keeps their fsyncs to a few per second;
-        `after_write` runs in the writer's thread once a checkpoint is on disk (`shipper.reclaim`)."""
-        return PacedCheckpoints(self, interval, after_write)
+    def paced(self, interval: float = CHECKPOINT_INTERVAL) -> PacedCheckpoints:
+        """A writer for one stream's checkpoints that keeps their fsyncs to a few per second."""
+        return PacedCheckpoints(self, interval)
 
 
 class PacedCheckpoints:
@@ -113,11 +110,9 @@ class PacedCheckpoints:
     per batch; `hurry()` (at eof and drain) ends the pacing.
     """
 
-    def __init__(self, checkpointer: Checkpointer, interval: float,
-                 after_write: Callable[[Checkpoint], None] | None = None) -> None:
+    def __init__(self, checkpointer: Checkpointer, interval: float) -> None:
         self.checkpointer = checkpointer
         self.interval = interval
-        self.after_write = after_write
         #: the newest checkpoint on disk, and how many writes it took to get there
         self.written: Checkpoint | None = None
         self.writes = 0
@@ -154,12 +149,6 @@ class PacedCheckpoints:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._writer
 
-    def _save(self, cp: Checkpoint) -> None:
-        """In the writer's thread: the checkpoint, then what may follow once it is on disk."""
-        self.checkpointer.save(cp)
-        if self.after_write is not None:
-            self.after_write(cp)
-
     async def _write(self) -> None:
         while self.written is not self._next and self._next is not None:
             wait = self._last + self.interval - time.monotonic()
@@ -172,6 +161,6 @@ class PacedCheckpoints:
                     self.pacing = False
             cp = self._next
             self._last = time.monotonic()
-            await asyncio.to_thread(self._save, cp)
+            await asyncio.to_thread(self.checkpointer.save, cp)
             self.written = cp
             self.writes += 1

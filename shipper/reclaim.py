@@ -8,9 +8,9 @@ file keeps its size, so the writer's appends (`O_APPEND`), the reader's position
 offsets are unchanged; the punched bytes read back as zeros, and nothing reads them again.
 
 Why it is safe:
-- only below a checkpoint that is on disk (`PacedCheckpoints` calls `after_write` once it wrote
-  one): a restarted shipper resumes at a checkpoint on disk, never before it; the reader of a
-  running one is past every acknowledged line;
+- only below a checkpoint that is on disk (after each acknowledgement the stream hands
+  `give_back` the newest one `PacedCheckpoints` wrote): a restarted shipper resumes at a checkpoint
+  on disk, never before it; the reader of a running one is past every acknowledged line;
 - only the file the checkpoint names: opened with `O_NOFOLLOW | O_NONBLOCK` (no symlink, no FIFO
   wait) and punched only when `fstat` gives the checkpoint's device and inode;
 - block-aligned, so no partial block is zeroed without being freed; and the first `HEAD_KEEP`
@@ -99,7 +99,7 @@ def span(punched: int, delivered: int, block: int, step: int = MIN_STEP) -> tupl
 
 
 class Reclaimer:
-    """Punches one stream's delivered prefix; `after_write` runs in the checkpoint writer's thread."""
+    """Punches one stream's delivered prefix; `give_back` blocks: the stream runs it in a thread."""
 
     def __init__(self, path: Path, container: str, metrics: ShipperMetrics,
                  on_risk: Callable[[str, str | None], None] | None = None) -> None:
@@ -114,8 +114,8 @@ class Reclaimer:
         self.unsupported = False
         self._last_error = 0
 
-    def after_write(self, cp: Position) -> None:
-        """A checkpoint is on disk: give back what lies before it (blocking: call in a thread)."""
+    def give_back(self, cp: Position) -> None:
+        """`cp` is on disk: give back what lies before it (blocking: call in a thread)."""
         if self.unsupported:
             return
         if (cp.dev, cp.ino) != self.file:

@@ -121,7 +121,7 @@ def test_a_filesystem_that_cannot_punch_is_said_once_counted_and_left_alone(
     risks: dict[str, str | None] = {}
     reclaimer = Reclaimer(path, "blast", metrics, lambda what, text: risks.__setitem__(what, text))
     for pos in (2 * MiB, 3 * MiB, 4 * MiB):
-        reclaimer.after_write(At(st.st_dev, st.st_ino, pos))
+        reclaimer.give_back(At(st.st_dev, st.st_ino, pos))
     assert reclaimer.unsupported
     assert metrics.registry.get_sample_value("blast_logs_shipper_reclaim_errors_total",
                                              {"reason": "unsupported"}) == 1
@@ -140,11 +140,11 @@ def test_a_replaced_file_or_a_symlink_is_not_punched(mounts: Mounts) -> None:
     reclaimer = Reclaimer(path, "blast", ShipperMetrics())
     path.unlink()
     path.symlink_to(other)
-    reclaimer.after_write(At(st.st_dev, st.st_ino, 4 * MiB))
+    reclaimer.give_back(At(st.st_dev, st.st_ino, 4 * MiB))
     assert other.read_bytes() == b"z" * (4 * MiB)
     path.unlink()
     os.link(other, path)  # a regular file, but not the one the checkpoint names
-    reclaimer.after_write(At(st.st_dev, st.st_ino, 4 * MiB))
+    reclaimer.give_back(At(st.st_dev, st.st_ino, 4 * MiB))
     assert other.read_bytes() == b"z" * (4 * MiB)
 
 
