@@ -351,9 +351,9 @@ def url_problem(url: str) -> str | None:
         parts.port  # noqa: B018 - raises for a port that is not a number
     except ValueError:
         return f"BLAST_LOGS_AGGREGATOR_URL / --aggregator-url: {url!r} has a malformed port"
-    if parts.query or parts.fragment or parts.path not in ("", "/"):
+    if parts.query or parts.fragment:
         return (f"BLAST_LOGS_AGGREGATOR_URL / --aggregator-url: {url!r}: give the base URL only "
-                "(scheme, host and port; the shipper adds /v1/ingest)")
+                "(no query or fragment; the shipper adds /v1/ingest)")
     return None
 
 

@@ -8,9 +8,9 @@ file keeps its size, so the writer's appends (`O_APPEND`), the reader's position
 offsets are unchanged; the punched bytes read back as zeros, and nothing reads them again.
 
 Why it is safe:
-- only below a checkpoint that is on disk (after each acknowledgement the stream hands
-  `give_back` the newest one `PacedCheckpoints` wrote): a restarted shipper resumes at a checkpoint
-  on disk, never before it; the reader of a running one is past every acknowledged line;
+- only below a checkpoint that is on disk (after each acknowledgement the stream has the reclaimer
+  `follow` the newest one `PacedCheckpoints` wrote): a restarted shipper resumes at a checkpoint on
+  disk, never before it; the reader of a running one is past every acknowledged line;
 - only the file the checkpoint names: opened with `O_NOFOLLOW | O_NONBLOCK` (no symlink, no FIFO
   wait) and punched only when `fstat` gives the checkpoint's device and inode;
 - block-aligned, so no partial block is zeroed without being freed; and the first `HEAD_KEEP`
@@ -25,6 +25,8 @@ for that stream: shipping goes on; the volume is then bounded only by its size l
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import ctypes
 import ctypes.util
 import errno
@@ -61,6 +63,8 @@ class Position(Protocol):
     def ino(self) -> int: ...
     @property
     def pos(self) -> int: ...
+    @property
+    def off(self) -> int: ...
 
 
 @cache
@@ -99,7 +103,8 @@ def span(punched: int, delivered: int, block: int, step: int = MIN_STEP) -> tupl
 
 
 class Reclaimer:
-    """Punches one stream's delivered prefix; `give_back` blocks: the stream runs it in a thread."""
+    """Punches one stream's delivered prefix: `follow` after each acknowledgement (the blocking
+    `give_back` runs in a thread, one at a time), `close` when the stream ends."""
 
     def __init__(self, path: Path, container: str, metrics: ShipperMetrics,
                  on_risk: Callable[[str, str | None], None] | None = None) -> None:
@@ -113,6 +118,35 @@ class Reclaimer:
         #: the filesystem cannot punch holes: given up for this stream
         self.unsupported = False
         self._last_error = 0
+        self._task: asyncio.Task[None] | None = None
+        self._given: Position | None = None
+
+    def follow(self, written: Callable[[], Position | None], acked_off: Callable[[], int],
+               interval: float) -> None:
+        """An acknowledgement came: give back the space before the newest checkpoint on disk
+        (`written()`), and keep at it every `interval` until that checkpoint is the acknowledged
+        position (`acked_off()`; the checkpoint writer lags it by up to its pacing interval)."""
+        if self._task is None or self._task.done():
+            self._task = asyncio.create_task(self._catch_up(written, acked_off, interval),
+                                             name=f"reclaim {self.container}")
+
+    async def _catch_up(self, written: Callable[[], Position | None], acked_off: Callable[[], int],
+                        interval: float) -> None:
+        while True:
+            cp = written()
+            if cp is not None and cp is not self._given:
+                self._given = cp
+                await asyncio.to_thread(self.give_back, cp)
+            if cp is not None and cp.off >= acked_off():
+                return
+            await asyncio.sleep(interval)
+
+    async def close(self) -> None:
+        """Stop following; a punch under way in its thread still completes."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
 
     def give_back(self, cp: Position) -> None:
         """`cp` is on disk: give back what lies before it (blocking: call in a thread)."""

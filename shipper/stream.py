@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from shipper.batch import Identity, Limits
-from shipper.checkpoints import Checkpoint, Checkpointer
+from shipper.checkpoints import Checkpointer
 from shipper.client import AggregatorClient
 from shipper.config import ShipperConfig
 from shipper.metrics import ShipperMetrics
@@ -89,33 +89,14 @@ class Stream:
                              TailRing(config.tail_ring_bytes, config.drop_report_bytes), config.linger,
                              self.outbox, metrics, shipped=cp.shipped if cp else 0)
         #: gives back the volume space before the newest checkpoint on disk, after each ack
-        self.reclaimer = Reclaimer(self.log_path, container, metrics, on_risk)
-        self._reclaiming: asyncio.Task[None] | None = None
-        self._reclaimed: Checkpoint | None = None
+        self.reclaimer = Reclaimer(self.log_path, container, metrics, on_risk) if config.reclaim else None
         self.sender.on_ack = self._acked
 
     def _acked(self) -> None:
         self._update_lag()
-        self._reclaim()
-
-    def _reclaim(self) -> None:
-        """Have the space before the newest checkpoint on disk given back (one task per stream)."""
-        if self.config.reclaim and (self._reclaiming is None or self._reclaiming.done()):
-            self._reclaiming = asyncio.create_task(self._reclaim_until_written(),
-                                                   name=f"reclaim {self.container}")
-
-    async def _reclaim_until_written(self) -> None:
-        """Punch the log's prefix before the newest checkpoint on disk (`PacedCheckpoints.written`:
-        a restart never resumes before it), in a thread, until the checkpoint on disk is the
-        acknowledged one (it lags the acknowledgements by up to a pacing interval)."""
-        while True:
-            cp = self.checkpoints.written
-            if cp is not None and cp is not self._reclaimed:
-                self._reclaimed = cp
-                await asyncio.to_thread(self.reclaimer.give_back, cp)
-            if cp is not None and cp.off >= self.sender.acked_off:
-                return
-            await asyncio.sleep(self.checkpoints.interval)
+        if self.reclaimer is not None:
+            self.reclaimer.follow(lambda: self.checkpoints.written, lambda: self.sender.acked_off,
+                                  self.checkpoints.interval)
 
     @property
     def seq(self) -> int:
@@ -139,9 +120,8 @@ class Stream:
                 await sender
             self.preparer.close()  # a stream that stopped early gives back what it held
             await self.checkpoints.close()
-            if self._reclaiming is not None:
-                self._reclaiming.cancel()  # a punch under way in its thread still completes
-                await asyncio.wait([self._reclaiming])
+            if self.reclaimer is not None:
+                await self.reclaimer.close()
             self.reader.close()
 
     async def _wait(self, seconds: float) -> None:

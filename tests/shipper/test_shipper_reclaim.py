@@ -110,6 +110,10 @@ class At:
     ino: int
     pos: int
 
+    @property
+    def off(self) -> int:
+        return self.pos
+
 
 def test_a_filesystem_that_cannot_punch_is_said_once_counted_and_left_alone(
         mounts: Mounts, capsys: pytest.CaptureFixture[str]) -> None:
