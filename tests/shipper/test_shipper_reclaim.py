@@ -283,7 +283,7 @@ async def test_eight_times_the_volume_goes_through_it_while_the_shipper_ships(
                              BLAST_LOGS_DROP_REPORT_BYTES=str(report))
     sampler = Sampler(volume)
     began = time.monotonic()
-    done = await asyncio.to_thread(write_through_logwrap, volume, total, 16 * MiB)
+    done = await asyncio.to_thread(write_through_logwrap, volume, total, 12 * MiB)
     seconds = time.monotonic() - began
     assert done.returncode == 0 and done.stderr == b"", done.stderr[-2000:]
     assert (volume / "logs" / "blast.log").stat().st_size == total  # every write went in
