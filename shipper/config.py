@@ -158,6 +158,10 @@ OPTIONS: Final[tuple[Option, ...]] = (
     Option("config_retry", float, 5.0, "BLAST_LOGS_CONFIG_RETRY", "--config-retry",
            "while the configuration is unusable, how often it is read again (a token file that "
            "appears later is picked up)", unit="s", positive=True),
+    Option("volume_limit_bytes", int, 0, "BLAST_LOGS_VOLUME_LIMIT_BYTES", "--volume-limit-bytes",
+           "the shared volume's size limit (the `emptyDir`'s `sizeLimit`, which the sidecar cannot "
+           "see); when the logs hold more than 80% of it, `/healthz` says the pod risks eviction; "
+           "0: unknown", unit="bytes"),
     Option("reclaim", bool, True, "BLAST_LOGS_RECLAIM", "--reclaim",
            "give back the volume space of each log's delivered prefix while the container still "
            "writes (punches holes: `fallocate` `PUNCH_HOLE`; where the filesystem cannot, said once "
@@ -213,6 +217,7 @@ class ShipperConfig:
     sanitise_workers: int | None
     require_shipping: bool = False
     config_retry: float = 5.0
+    volume_limit_bytes: int = 0
     reclaim: bool = True
 
     @property

@@ -60,6 +60,11 @@ class ShipperMetrics:
         self.reclaim_errors = Counter(_P + "reclaim_errors",
                                       "Failed attempts to give back delivered log space, by reason",
                                       ["reason"], registry=r)
+        self.log_disk_bytes = Gauge(_P + "log_disk_bytes",
+                                    "Volume bytes a log file holds (allocated: what reclaim left)",
+                                    ["container"], registry=r)
+        self.volume_limit = Gauge(_P + "volume_limit_bytes",
+                                  "The shared volume's size limit as configured (0: unknown)", registry=r)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -13,6 +13,7 @@ once it can; a SIGTERM meanwhile ends it at once with `EXIT_CONFIG`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import signal
@@ -235,12 +236,16 @@ async def serve(loaded: Loaded, workers: WorkerPlan | None = None,
                 reload: Callable[[], Loaded] | None = None) -> int:
     """Install logwrap and answer `/healthz` whatever the configuration; wait in `standby` while
     it cannot ship; then ship until the drain is over. The exit status."""
+    from shipper import diskuse
     from shipper.standby import standby
 
     metrics = ShipperMetrics()
     health = Health(metrics, loaded.problems, loaded.warnings)
     await asyncio.to_thread(install_logwrap_reporting, loaded.config, health)
     server = await start_health_server(metrics, loaded.config, health)
+    # Also while not shipping: the logs pile up then, and that is when the pod is at risk.
+    disk = asyncio.create_task(diskuse.watch(loaded.config.logs_dir, loaded.config.volume_limit_bytes,
+                                             metrics, health.risk), name="disk use")
     try:
         if loaded.problems:
             ready = await standby(loaded, reload, health)
@@ -253,6 +258,9 @@ async def serve(loaded: Loaded, workers: WorkerPlan | None = None,
         runner.install_signal_handlers()
         return await runner.run()
     finally:
+        disk.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await disk
         if server is not None:
             server.close()
             await server.wait_closed()

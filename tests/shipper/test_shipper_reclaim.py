@@ -28,6 +28,7 @@ from aiohttp import web
 from conftest import free_port
 from shipper_helpers import ROOT, TOKEN, Shipper, eventually, start_shipper
 
+from shipper.diskuse import risk_text
 from shipper.metrics import ShipperMetrics
 from shipper.reclaim import HEAD_KEEP, MIN_STEP, TAIL_KEEP, Reclaimer, punch_hole, span
 
@@ -300,26 +301,46 @@ async def test_eight_times_the_volume_goes_through_it_while_the_shipper_ships(
           f"peak use {peak / MiB:.1f} MiB; dropped reports {len(sink.dropped)}")
 
 
+def healthz(port: int) -> dict[str, Any]:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5) as resp:
+        body: dict[str, Any] = orjson.loads(resp.read())
+        return body
+
+
 async def test_with_the_aggregator_down_nothing_is_given_back_until_it_returns(
         mounts: Mounts, sink_factory: Callable[[int], Any]) -> None:
     volume = mounts.mount("tmpfs", f"size={LIMIT // MiB}m")
-    total = LIMIT // 2
+    total = LIMIT * 7 // 8
     sink: CountingSink = await sink_factory(total // LINE)
     sink.down = True
     port = free_port()
-    shipper = await start_on(volume, sink, port, BLAST_LOGS_BACKOFF_MAX="0.2")
+    shipper = await start_on(volume, sink, port, BLAST_LOGS_BACKOFF_MAX="0.2",
+                             BLAST_LOGS_VOLUME_LIMIT_BYTES=str(LIMIT))
     empty = used(volume)
     done = await asyncio.to_thread(write_through_logwrap, volume, total, 32 * MiB)
     assert done.returncode == 0 and done.stderr == b""
-    await asyncio.sleep(1.0)
     # Nothing delivered, nothing given back: the whole log is on the volume. What bounds it now is
-    # the volume's size limit (then the kubelet evicts the pod): there is no loss policy.
+    # the volume's size limit (then the kubelet evicts the pod): there is no loss policy. The
+    # shipper says so before the limit: the logs hold 7/8 of it.
     assert used(volume) - empty >= total
+    await eventually(lambda: any("the pod risks eviction" in p for p in healthz(port)["problems"]),
+                     what="the risk said")
+    assert healthz(port)["status"] == "degraded"
+    assert metric(port, "blast_logs_shipper_log_disk_bytes") >= total
+    assert metric(port, "blast_logs_shipper_volume_limit_bytes") == LIMIT
     assert metric(port, "blast_logs_shipper_reclaimed_bytes_total") == 0
     sink.down = False
     await eventually(lambda: sink.seen.count(0) == 0, limit=60, what="everything delivered")
     await eventually(lambda: used(volume) - empty < MIN_STEP + HEAD_KEEP + TAIL_KEEP + 2 * MiB,
                      what="the delivered space given back")
     assert metric(port, "blast_logs_shipper_reclaimed_bytes_total") >= total - 4 * MiB
+    await eventually(lambda: healthz(port)["status"] == "ok", what="no risk any more")
+    assert metric(port, "blast_logs_shipper_log_disk_bytes") < 4 * MiB
     assert await shipper.stop() == 0
     assert not sink.bad and sink.unaccounted() == 0
+
+
+def test_the_risk_is_said_past_four_fifths_of_a_known_limit() -> None:
+    assert risk_text(80, 100) is None and risk_text(10**9, 0) is None
+    assert risk_text(900 * MiB, 1024 * MiB) == (
+        "the logs hold 88% of the volume's 1024 MiB limit (900 MiB not yet delivered): the pod risks eviction")
