@@ -64,6 +64,8 @@ class Position(Protocol):
     @property
     def pos(self) -> int: ...
     @property
+    def base(self) -> int: ...
+    @property
     def off(self) -> int: ...
 
 
@@ -112,8 +114,8 @@ class Reclaimer:
         self.container = container
         self.metrics = metrics
         self.on_risk = on_risk
-        #: the file (dev, inode) punched, and up to where
-        self.file = (0, 0)
+        #: the file generation (dev, inode, stream base) punched, and up to where in it
+        self.file = (0, 0, -1)
         self.punched = 0
         #: the filesystem cannot punch holes: given up for this stream
         self.unsupported = False
@@ -152,8 +154,8 @@ class Reclaimer:
         """`cp` is on disk: give back what lies before it (blocking: call in a thread)."""
         if self.unsupported:
             return
-        if (cp.dev, cp.ino) != self.file:
-            self.file, self.punched = (cp.dev, cp.ino), 0
+        if (cp.dev, cp.ino, cp.base) != self.file:  # replaced or truncated: a new generation
+            self.file, self.punched = (cp.dev, cp.ino, cp.base), 0
         try:
             self._punch(cp)
         except OSError as exc:
@@ -165,7 +167,7 @@ class Reclaimer:
         fd = os.open(self.path, os.O_WRONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
         try:
             st = os.fstat(fd)
-            if not stat.S_ISREG(st.st_mode) or (st.st_dev, st.st_ino) != self.file:
+            if not stat.S_ISREG(st.st_mode) or (st.st_dev, st.st_ino) != self.file[:2]:
                 return  # replaced: the old file's space goes once the reader lets go of it
             todo = span(self.punched, cp.pos, st.st_blksize or 4096)
             if todo is None:

@@ -107,13 +107,16 @@ def test_punching_a_hole_gives_the_space_back_and_keeps_size_and_appends(mounts:
 
 @dataclass(frozen=True)
 class At:
+    """A checkpoint's position (`reclaim.Position`)."""
+
     dev: int
     ino: int
     pos: int
+    base: int = 0
 
     @property
     def off(self) -> int:
-        return self.pos
+        return self.base + self.pos
 
 
 def test_a_filesystem_that_cannot_punch_is_said_once_counted_and_left_alone(
@@ -133,6 +136,23 @@ def test_a_filesystem_that_cannot_punch_is_said_once_counted_and_left_alone(
     assert "cannot punch holes" in (risks["reclaim"] or "")
     assert capsys.readouterr().err.count("cannot give back delivered log space") == 1
     assert path.read_bytes() == b"x" * (4 * MiB)
+
+
+def test_a_truncated_file_is_punched_again_from_its_start(mounts: Mounts) -> None:
+    volume = mounts.mount("tmpfs", "size=32m")
+    path = volume / "blast.log"
+    path.write_bytes(os.urandom(8 * MiB))
+    st = path.stat()
+    reclaimer = Reclaimer(path, "blast", ShipperMetrics())
+    reclaimer.give_back(At(st.st_dev, st.st_ino, 8 * MiB))
+    assert reclaimer.punched == 8 * MiB - TAIL_KEEP
+    with open(path, "r+b") as f:  # the container truncates its log and writes on
+        f.truncate(0)
+        f.write(os.urandom(4 * MiB))
+    empty = used(volume)
+    reclaimer.give_back(At(st.st_dev, st.st_ino, 4 * MiB, base=8 * MiB))  # the next generation
+    assert reclaimer.punched == 4 * MiB - TAIL_KEEP
+    assert empty - used(volume) >= 4 * MiB - HEAD_KEEP - TAIL_KEEP - 64 * 1024
 
 
 def test_a_replaced_file_or_a_symlink_is_not_punched(mounts: Mounts) -> None:
