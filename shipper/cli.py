@@ -10,13 +10,11 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import logging
-import os
 import sys
 from collections.abc import Callable, Sequence
 from typing import Final
 
 from blastlogs import jsonlog
-from blastlogs.envnames import unknown_settings
 from blastlogs.version import installed_version
 
 USAGE: Final = """usage: blast-log-shipper {run,inject,demo} [options]
@@ -30,14 +28,6 @@ USAGE: Final = """usage: blast-log-shipper {run,inject,demo} [options]
 
 def setup_logging(level: int = logging.INFO) -> None:
     jsonlog.setup_logging(sys.stdout, level)
-
-
-def warn_unknown_settings() -> None:
-    """Log one warning per `BLAST_LOGS_*` variable `run` does not read (a misspelt setting)."""
-    from shipper.config import OPTIONS
-
-    for line in unknown_settings(os.environ, (o.env for o in OPTIONS), "blast-log-shipper run"):
-        logging.getLogger("shipper").warning(line)
 
 
 #: The deploy-time tools: the module that holds each, and the modules it needs beyond the shipper's.
@@ -75,22 +65,27 @@ def run_command(argv: Sequence[str]) -> int:
     from shipper.signals import catch_early
 
     catch_early()
-    from shipper.config import EXIT_CONFIG, ConfigError, load_config
+    from shipper.config import EXIT_CONFIG, read_config
     from shipper.worker_process import WorkerPlan
 
     setup_logging()
-    warn_unknown_settings()
-    try:
-        config = load_config(argv)
-    except ConfigError as exc:
-        logging.getLogger("shipper").error("bad configuration", extra={"error": str(exc)})
-        print(f"blast-log-shipper run: {exc}", file=sys.stderr)
+    loaded = read_config(argv)
+    for warning in loaded.warnings:
+        logging.getLogger("shipper").warning("configuration warning", extra={"warning": warning})
+        print(f"blast-log-shipper run: warning: {warning}", file=sys.stderr)
+    if loaded.problems and loaded.config.require_shipping:
+        # The other choice (`--require-shipping`): no logwrap, no start, so the job waits.
+        for problem in loaded.problems:
+            logging.getLogger("shipper").error("bad configuration", extra={"error": problem})
+            print(f"blast-log-shipper run: {problem}", file=sys.stderr)
         return EXIT_CONFIG
-    workers = WorkerPlan.decide(config)
-    workers.start(config.max_line_chars)  # their start-up overlaps importing the rest of the shipper
+    workers = None
+    if not loaded.problems:
+        workers = WorkerPlan.decide(loaded.config)
+        workers.start(loaded.config.max_line_chars)  # their start-up overlaps importing the rest
     from shipper.runner import run
 
-    return run(config, workers)
+    return run(loaded, workers, reload=lambda: read_config(argv))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -17,6 +17,7 @@ import enum
 import gzip
 import logging
 import random
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -76,6 +77,9 @@ class AggregatorClient:
         self.metrics = metrics
         self.rand = rand
         self.current = 0
+        #: the last failed attempt while no attempt has succeeded since, and since when (monotonic)
+        self.failing: Outcome | None = None
+        self.failing_since = 0.0
 
     async def post(self, body: bytes) -> Outcome:
         """One attempt against the current URL."""
@@ -100,7 +104,11 @@ class AggregatorClient:
         while True:
             out = await self.post(body)
             if out.verdict in (Verdict.OK, Verdict.SPLIT):
+                self.failing = None
                 return out
+            if self.failing is None:
+                self.failing_since = time.monotonic()
+            self.failing = out
             reason = "connection" if out.status is None else str(out.status)
             self.metrics.retries.labels(reason=reason).inc()
             if out.verdict is Verdict.REJECT:

@@ -49,6 +49,22 @@ class ShipperMetrics:
         self.prepared = Counter(_P + "chunks_prepared", "Chunks of lines sanitised and encoded, by where",
                                 ["where"], registry=r)
         self.streams = Gauge(_P + "streams", "Streams being shipped", registry=r)
+        # Fail-open health (`shipper.health`) and volume reclaim (`shipper.reclaim`).
+        self.config_errors = Gauge(_P + "config_errors",
+                                   "Configuration problems that keep the shipper from shipping", registry=r)
+        self.healthy = Gauge(_P + "healthy", "1 while shipping without a known problem, else 0 "
+                             "(/healthz says what is wrong)", registry=r)
+        self.reclaimed_bytes = Counter(_P + "reclaimed_bytes",
+                                       "Volume bytes given back from delivered log prefixes (holes punched)",
+                                       ["container"], registry=r)
+        self.reclaim_errors = Counter(_P + "reclaim_errors",
+                                      "Failed attempts to give back delivered log space, by reason",
+                                      ["reason"], registry=r)
+        self.log_disk_bytes = Gauge(_P + "log_disk_bytes",
+                                    "Volume bytes a log file holds (allocated: what reclaim left)",
+                                    ["container"], registry=r)
+        self.volume_limit = Gauge(_P + "volume_limit_bytes",
+                                  "The shared volume's size limit as configured (0: unknown)", registry=r)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
@@ -86,8 +102,15 @@ def _answer(head: bytes, metrics: ShipperMetrics, health: Callable[[], dict[str,
     if path == b"/metrics":
         return _response(200, "OK", metrics.render(), CONTENT_TYPE_LATEST, head_only=head_only)
     if path == b"/healthz":
+        # Liveness: 200 whenever the process answers; the body says what is wrong (fail-open).
         return _response(200, "OK", orjson.dumps({"status": "ok", **health()}), "application/json",
                          head_only=head_only)
+    if path == b"/readyz":
+        # Startup: 200 once logwrap is in the volume, whatever the configuration.
+        report = health()
+        ready = report.get("ready", True) is True
+        return _response(200 if ready else 503, "OK" if ready else "Service Unavailable",
+                         orjson.dumps({"status": "ok", **report}), "application/json", head_only=head_only)
     return _response(404, "Not Found", b"not found\n", "text/plain", head_only=head_only)
 
 

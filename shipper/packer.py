@@ -6,7 +6,9 @@ fills up (`Batch.fitting`) or the stream budget is reached is found by bisecting
 line by line. The budget: once `stream_budget_bytes` of log bytes went into batches, lines go to
 the tail ring, and at drain one `dropped` report covers those it pushed out, followed by the ring's
 lines. The checkpoint stays at the budget point meanwhile, so a restart re-reads (and re-counts)
-from there.
+from there; except that each report the ring cuts (its `report_bytes`) is sent at once (an empty batch
+with a `dropped` report) and resumes where it ends, so that the checkpoint moves past what was left
+out and its volume space is given back (`shipper.reclaim`).
 """
 
 from __future__ import annotations
@@ -93,6 +95,7 @@ class Packer:
         while i < n:
             if budgeted and self.shipped >= limit:
                 self.ring.extend(offs[i:], ends[i:], events[i:])
+                await self._report_pushed_out(cur)
                 return
             b = self.builder
             if b.full_for(sizes[i + 1] - sizes[i] - 1, limits):
@@ -133,6 +136,16 @@ class Packer:
         """Flush a batch whose first line waited `linger` seconds."""
         b = self.builder
         if b.events and time.time() - b.first_ts >= self.linger:
+            await self.flush()
+
+    async def _report_pushed_out(self, cur: Cursor) -> None:
+        """Past the budget: each report the ring formed (`report_bytes`) goes out at once, in an
+        empty batch that resumes where it ends (in the generation `cur` names)."""
+        for drop in self.ring.take_reports():
+            await self.flush()
+            self._report(drop)
+            end = drop.off + drop.bytes
+            self.formed = Cursor(cur.dev, cur.ino, end - cur.base, cur.base)
             await self.flush()
 
     def _report(self, drop: Dropped) -> None:

@@ -4,21 +4,28 @@ Exit status: 0 when every stream's data and `eof` were acknowledged; 3 (`EXIT_UN
 the grace budget ran out first, with a message naming each stream and what it did not deliver;
 128+N at once on a second signal N (checkpoints only ever describe delivered data, so nothing
 needs saving).
+
+Fail-open (`serve`): whatever the configuration, logwrap is installed and `/healthz` answers first;
+with configuration problems the shipper waits in `standby` (re-reading its configuration) and ships
+once it can; a SIGTERM meanwhile ends it at once with `EXIT_CONFIG`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import signal
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from shipper.checkpoints import Checkpointer
 from shipper.client import AggregatorClient
-from shipper.config import EXIT_UNDELIVERED, ShipperConfig
+from shipper.config import EXIT_CONFIG, EXIT_UNDELIVERED, Loaded, ShipperConfig
+from shipper.health import Health
 from shipper.http import HttpClient
 from shipper.metrics import ShipperMetrics, start_server
 from shipper.signals import HANDLED, take_pending
@@ -43,10 +50,11 @@ class Parts:
     cpus: float
 
 
-def build_parts(config: ShipperConfig, workers: WorkerPlan | None = None) -> Parts:
+def build_parts(config: ShipperConfig, workers: WorkerPlan | None = None,
+                metrics: ShipperMetrics | None = None) -> Parts:
     """The collaborators `blast-log-shipper run` uses; `workers` may have started already."""
     plan = workers if workers is not None else WorkerPlan.decide(config)
-    metrics = ShipperMetrics()
+    metrics = metrics if metrics is not None else ShipperMetrics()
     client = AggregatorClient(
         HttpClient(), config.urls, config.token, timeout=config.request_timeout, use_gzip=config.gzip,
         backoff_base=config.backoff_base, backoff_max=config.backoff_max,
@@ -56,12 +64,53 @@ def build_parts(config: ShipperConfig, workers: WorkerPlan | None = None) -> Par
     return Parts(metrics, Checkpointer(config.state_dir), client, pool, plan.cpus)
 
 
+def install_logwrap_reporting(config: ShipperConfig, health: Health) -> None:
+    """Install logwrap (blocking: run in a thread); a failure is a risk reported, not fatal."""
+    from shipper.logwrap import install_logwrap
+
+    try:
+        path = install_logwrap(config.volume)
+        config.logs_dir.mkdir(parents=True, exist_ok=True)
+        config.state_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        text = f"cannot install logwrap into {config.volume}: {exc}; wrapped containers will run uncaptured"
+        if not health.ready:
+            log.error("cannot install logwrap; wrapped containers will run uncaptured",
+                      extra={"dir": str(config.volume), "error": str(exc)})
+            print(f"blast-log-shipper run: {text}", file=sys.stderr, flush=True)
+        health.risk("logwrap", text)
+        return
+    health.risk("logwrap", None)
+    if not health.ready:
+        log.info("logwrap installed", extra={"path": str(path)})
+    health.ready = True
+
+
+async def start_health_server(metrics: ShipperMetrics, config: ShipperConfig,
+                              health: Health) -> asyncio.Server | None:
+    """`/metrics`, `/healthz`, `/readyz`; a port that cannot be had is said, not fatal."""
+    try:
+        return await start_server(metrics, config.metrics_host, config.metrics_port, health.report)
+    except OSError as exc:
+        text = f"cannot serve /metrics and /healthz on {config.metrics_host}:{config.metrics_port}: {exc}"
+        log.error("cannot serve metrics and health", extra={"error": str(exc)})
+        print(f"blast-log-shipper run: {text}", file=sys.stderr, flush=True)
+        health.risk("metrics", text)
+        return None
+
+
 class Runner:
     """Finds the streams, runs each, and drains them when told to (`start_drain`)."""
 
-    def __init__(self, config: ShipperConfig, parts: Parts) -> None:
+    def __init__(self, config: ShipperConfig, parts: Parts, health: Health | None = None,
+                 *, own_server: bool = True) -> None:
         self.config = config
         self.metrics = parts.metrics
+        self.health = health if health is not None else Health(parts.metrics)
+        self.health.client = parts.client
+        self.health.details = self._health
+        #: `run` starts the metrics and health server (`serve` starts it earlier itself)
+        self.own_server = own_server
         self.checkpointer = parts.checkpointer
         self.client = parts.client
         self.pool = parts.pool
@@ -99,7 +148,8 @@ class Runner:
             if container in self.streams:
                 continue
             stream = Stream(container, self.config, self.client, self.checkpointer, self.metrics,
-                            Sanitiser(max_chars=self.config.max_line_chars), self.drain, self.pool)
+                            Sanitiser(max_chars=self.config.max_line_chars), self.drain, self.pool,
+                            on_risk=self.health.risk)
             self.streams[container] = stream
             self.tasks[container] = asyncio.create_task(self._run_stream(stream), name=container)
             self.metrics.streams.set(len(self.streams))
@@ -129,10 +179,9 @@ class Runner:
     async def run(self) -> int:
         """Ship until the drain is over; the exit status (0, or `EXIT_UNDELIVERED`)."""
         cfg = self.config
-        self._install_logwrap()
-        cfg.logs_dir.mkdir(parents=True, exist_ok=True)
-        cfg.state_dir.mkdir(parents=True, exist_ok=True)
-        server = await start_server(self.metrics, cfg.metrics_host, cfg.metrics_port, self._health)
+        await asyncio.to_thread(install_logwrap_reporting, cfg, self.health)  # and logs/, state/
+        server = (await start_health_server(self.metrics, cfg, self.health) if self.own_server
+                  else None)
         if self.pool is not None:
             await self.pool.start()
         log.info("shipper started", extra={
@@ -156,17 +205,6 @@ class Runner:
             if server is not None:
                 server.close()
                 await server.wait_closed()
-
-    def _install_logwrap(self) -> None:
-        from shipper.logwrap import install_logwrap
-
-        try:
-            path = install_logwrap(self.config.volume)
-        except OSError as exc:
-            log.error("cannot install logwrap; wrapped containers will fail to start",
-                      extra={"dir": str(self.config.volume), "error": str(exc)})
-            return
-        log.info("logwrap installed", extra={"path": str(path)})
 
     async def _finish_drain(self) -> int:
         remaining = self.drain_started + self.config.grace - time.monotonic()
@@ -194,12 +232,43 @@ class Runner:
         return EXIT_UNDELIVERED
 
 
-async def serve(config: ShipperConfig, workers: WorkerPlan | None = None) -> int:
-    runner = Runner(config, build_parts(config, workers))
-    runner.install_signal_handlers()
-    return await runner.run()
+async def serve(loaded: Loaded, workers: WorkerPlan | None = None,
+                reload: Callable[[], Loaded] | None = None) -> int:
+    """Install logwrap and answer `/healthz` whatever the configuration; wait in `standby` while
+    it cannot ship; then ship until the drain is over. The exit status."""
+    from shipper import diskuse
+    from shipper.standby import standby
+
+    metrics = ShipperMetrics()
+    health = Health(metrics, loaded.problems, loaded.warnings)
+    await asyncio.to_thread(install_logwrap_reporting, loaded.config, health)
+    server = await start_health_server(metrics, loaded.config, health)
+    # Also while not shipping: the logs pile up then, and that is when the pod is at risk.
+    disk = asyncio.create_task(diskuse.watch(loaded.config.logs_dir, loaded.config.volume_limit_bytes,
+                                             metrics, health.risk), name="disk use")
+    try:
+        if loaded.problems:
+            ready = await standby(loaded, reload, health)
+            if ready is None:
+                return EXIT_CONFIG
+            loaded = ready
+            workers = None
+        runner = Runner(loaded.config, build_parts(loaded.config, workers, metrics), health,
+                        own_server=False)
+        runner.install_signal_handlers()
+        return await runner.run()
+    finally:
+        disk.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await disk
+        if server is not None:
+            server.close()
+            await server.wait_closed()
 
 
-def run(config: ShipperConfig, workers: WorkerPlan | None = None) -> int:
+def run(loaded: Loaded | ShipperConfig, workers: WorkerPlan | None = None,
+        reload: Callable[[], Loaded] | None = None) -> int:
     """`blast-log-shipper run` once its configuration is read."""
-    return asyncio.run(serve(config, workers))
+    if isinstance(loaded, ShipperConfig):
+        loaded = Loaded(loaded)
+    return asyncio.run(serve(loaded, workers, reload))

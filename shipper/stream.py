@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +25,7 @@ from shipper.metrics import ShipperMetrics
 from shipper.packer import Packer
 from shipper.preparing import Preparer
 from shipper.reader import Chunk, LineReader
+from shipper.reclaim import Reclaimer
 from shipper.sanitise import Sanitiser
 from shipper.sender import Outbox, Sender
 from shipper.tailring import TailRing
@@ -62,7 +64,8 @@ class Undelivered:
 class Stream:
     def __init__(self, container: str, config: ShipperConfig, client: AggregatorClient,
                  checkpointer: Checkpointer, metrics: ShipperMetrics, sanitiser: Sanitiser,
-                 drain: asyncio.Event, pool: SanitiserPool | None = None) -> None:
+                 drain: asyncio.Event, pool: SanitiserPool | None = None,
+                 on_risk: Callable[[str, str | None], None] | None = None) -> None:
         self.container = container
         self.config = config
         self.metrics = metrics
@@ -82,8 +85,18 @@ class Stream:
                              config.reject_backoff, cp, on_ack=self._update_lag)
         self.packer = Packer(self.name, container,
                              Limits.for_body(ident, config.batch_max_events, config.batch_max_bytes),
-                             config.stream_budget_bytes, TailRing(config.tail_ring_bytes), config.linger,
+                             config.stream_budget_bytes,
+                             TailRing(config.tail_ring_bytes, config.drop_report_bytes), config.linger,
                              self.outbox, metrics, shipped=cp.shipped if cp else 0)
+        #: gives back the volume space before the newest checkpoint on disk, after each ack
+        self.reclaimer = Reclaimer(self.log_path, container, metrics, on_risk) if config.reclaim else None
+        self.sender.on_ack = self._acked
+
+    def _acked(self) -> None:
+        self._update_lag()
+        if self.reclaimer is not None:
+            self.reclaimer.follow(lambda: self.checkpoints.written, lambda: self.sender.acked_off,
+                                  self.checkpoints.interval)
 
     @property
     def seq(self) -> int:
@@ -107,6 +120,8 @@ class Stream:
                 await sender
             self.preparer.close()  # a stream that stopped early gives back what it held
             await self.checkpoints.close()
+            if self.reclaimer is not None:
+                await self.reclaimer.close()
             self.reader.close()
 
     async def _wait(self, seconds: float) -> None:

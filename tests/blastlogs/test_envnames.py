@@ -39,7 +39,7 @@ async def test_the_shipper_warns_about_a_misspelt_setting(volume: Path, recorder
     shipper = await start_shipper(volume, [recorder.url], BLAST_LOGS_GRACEE="5", BLAST_LOGS_LINGR="1")
     try:
         await shipper.started()
-        warned = [r["msg"] for r in shipper.log() if r.get("level") == "warning"]
+        warned = [r.get("warning", r["msg"]) for r in shipper.log() if r.get("level") == "warning"]
         assert "BLAST_LOGS_GRACEE is not a setting of blast-log-shipper run; did you mean BLAST_LOGS_GRACE?" in warned
         assert any(m.startswith("BLAST_LOGS_LINGR ") and "BLAST_LOGS_LINGER?" in m for m in warned)
     finally:
