@@ -179,6 +179,7 @@ def sidecar_container(options: InjectOptions, phase: str, guaranteed: bool = Fal
             {"name": "BLAST_LOGS_METRICS_HOST", "value": METRICS_HOST},
             {"name": "BLAST_LOGS_METRICS_PORT", "value": str(options.metrics_port)},
             {"name": "BLAST_LOGS_GRACE", "value": f"{options.grace_seconds:g}"},
+            *volume_limit_env(options.volume_size_limit),
         ],
         "ports": [{"name": METRICS_PORT_NAME, "containerPort": options.metrics_port, "protocol": "TCP"}],
         # The kubelet starts the next container only once this succeeds: logwrap is in place.
@@ -225,6 +226,15 @@ _SUFFIXES: Final[dict[str, Fraction]] = {
     **{s: Fraction(1000) ** (i + 1) for i, s in enumerate("kMGTPE")},
     **{s + "i": Fraction(1024) ** (i + 1) for i, s in enumerate("KMGTPE")},
 }
+
+
+def volume_limit_env(size_limit: str) -> list[dict[str, str]]:
+    """`BLAST_LOGS_VOLUME_LIMIT_BYTES` from the emptyDir's sizeLimit, so the shipper's /healthz
+    warns before the kubelet would evict the pod (none for a placeholder it cannot read)."""
+    limit = quantity(size_limit)
+    if limit is None or limit <= 0:
+        return []
+    return [{"name": "BLAST_LOGS_VOLUME_LIMIT_BYTES", "value": str(int(limit))}]
 
 
 def quantity(value: object) -> Fraction | None:

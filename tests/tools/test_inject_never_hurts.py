@@ -328,3 +328,16 @@ def test_json_answers_json() -> None:
     untouched = json.dumps({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c"}})
     assert inject_documents(untouched) == untouched
     validate([out])
+
+
+@pytest.mark.parametrize(("size_limit", "env_value"), [("1Gi", "1073741824"), ("256Mi", "268435456"),
+                                                       ("${LOG_VOLUME}", None)])
+def test_the_sidecar_knows_the_volume_limit_it_must_warn_before(size_limit: str, env_value: str | None) -> None:
+    """The shipper's /healthz says degraded past 80% of BLAST_LOGS_VOLUME_LIMIT_BYTES: inject sets it
+    from the emptyDir's sizeLimit (the kubelet evicts past it), and leaves it out for a placeholder."""
+    spec = {"containers": [{"name": "blast", "image": "ncbi/elb", "command": ["blastn"]}]}
+    out = inject_pod_spec(spec, options=InjectOptions(volume_size_limit=size_limit))
+    env = {e["name"]: e.get("value") for e in sidecar_of(out)["env"]}
+    assert env.get("BLAST_LOGS_VOLUME_LIMIT_BYTES") == env_value
+    (volume,) = [v for v in out["volumes"] if "emptyDir" in v]
+    assert volume["emptyDir"]["sizeLimit"] == size_limit
