@@ -21,8 +21,11 @@ import orjson
 
 from blastlogs.atomic import write_atomic
 from shipper.reader import Cursor
+from shipper.volumefiles import read_small
 
 CHECKPOINT_VERSION: Final = 1
+#: A checkpoint is a few hundred bytes; a larger file in its place is not one.
+CHECKPOINT_CAP: Final = 64 * 1024
 #: Seconds between checkpoint writes while batches stream (eof and drain write at once): a write
 #: costs an fsync, and a restart re-sends at most this much acknowledged data.
 CHECKPOINT_INTERVAL: Final = 0.1
@@ -84,9 +87,10 @@ class Checkpointer:
         return self.state_dir / f"{container}.json"
 
     def load(self, container: str) -> Checkpoint | None:
-        try:
-            data = self.path(container).read_bytes()
-        except FileNotFoundError:
+        """The stream's checkpoint; None when absent or not a small regular file (`state/` is in the
+        shared volume: a FIFO or a link there must not hang or feed the shipper)."""
+        data = read_small(self.path(container), CHECKPOINT_CAP)
+        if data is None:
             return None
         cp = decode_checkpoint(data)
         return cp if cp is not None and cp.container == container else None

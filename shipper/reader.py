@@ -22,6 +22,8 @@ from itertools import accumulate
 from pathlib import Path
 from typing import Final
 
+from shipper.volumefiles import NotRegularFile, open_regular
+
 _CONTINUATION: Final = bytes(range(0x80, 0xC0))
 _PLUS_ONE: Final = (1).__add__
 
@@ -129,6 +131,8 @@ class LineReader:
     read_size: int
     prefix_bytes: int
     resume: Cursor | None = None
+    #: the volume's device: a file on any other filesystem is refused (None: not checked)
+    volume_dev: int | None = None
     fd: int = -1
     dev: int = 0
     ino: int = 0
@@ -136,6 +140,8 @@ class LineReader:
     base: int = 0
     seen_size: int = 0
     note: str = ""
+    #: why the path was last refused (a symlink, FIFO, ...), "" when it was not
+    refused: str = ""
     _partial: bytes = b""
     _partial_start: int = 0
     _partial_ts: float = 0.0
@@ -143,12 +149,12 @@ class LineReader:
     _skipping: bool = False
 
     def open(self) -> bool:
-        """Open the file, resuming from `resume` when it still names this file. False if absent."""
-        try:
-            fd = os.open(self.path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
-        except FileNotFoundError:
+        """Open the file, resuming from `resume` when it still names this file. False if absent
+        or refused (`refused` says why): only a regular file of the volume is ever read."""
+        opened = self._open_regular()
+        if opened is None:
             return False
-        st = os.fstat(fd)
+        fd, st = opened
         self.fd, self.dev, self.ino = fd, st.st_dev, st.st_ino
         cur = self.resume
         if cur is None:
@@ -164,6 +170,17 @@ class LineReader:
         self._partial_start = self.pos
         self.seen_size = max(st.st_size, self.pos)
         return True
+
+    def _open_regular(self) -> tuple[int, os.stat_result] | None:
+        try:
+            opened = open_regular(self.path, self.volume_dev)
+        except FileNotFoundError:
+            return None
+        except NotRegularFile as exc:
+            self.refused = exc.strerror or "refused"
+            return None
+        self.refused = ""
+        return opened
 
     def close(self) -> None:
         if self.fd >= 0:
@@ -277,7 +294,7 @@ class LineReader:
         Call only after `read()` returned None, so a replaced file's old inode was read to its end.
         """
         try:
-            st = os.stat(self.path)
+            st = os.lstat(self.path)
         except FileNotFoundError:
             return None  # deleted: keep reading the open file; nothing new will come
         try:
@@ -289,17 +306,19 @@ class LineReader:
         if not replaced and not truncated:
             self.seen_size = max(self.seen_size, size)
             return None
+        opened = self._open_regular() if replaced else None
+        if replaced and opened is None:
+            return None  # gone again, or replaced by something never read: keep the old file
+        if opened is not None and (opened[1].st_dev, opened[1].st_ino) == (self.dev, self.ino):
+            os.close(opened[0])  # the name changed twice between our looks, back to our file
+            return None
         tail = self.flush_partial()
         lost = max(self.seen_size - self.pos, 0)
         lost_off = self.base + self.pos
         new_base = lost_off + lost
-        if replaced:
-            try:
-                fd = os.open(self.path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
-            except FileNotFoundError:
-                return None
+        if opened is not None:
             os.close(self.fd)
-            st = os.fstat(fd)
+            fd, st = opened
             self.fd, self.dev, self.ino = fd, st.st_dev, st.st_ino
         else:
             os.lseek(self.fd, 0, os.SEEK_SET)

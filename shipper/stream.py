@@ -15,6 +15,7 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Final
 
 from shipper.batch import Identity, Limits
 from shipper.checkpoints import Checkpointer
@@ -27,19 +28,24 @@ from shipper.reader import Chunk, LineReader
 from shipper.sanitise import Sanitiser
 from shipper.sender import Outbox, Sender
 from shipper.tailring import TailRing
+from shipper.volumefiles import read_small, volume_device
 from shipper.workers import SanitiserPool
 
 log = logging.getLogger("shipper.stream")
 
 
-def read_exit_code(path: Path) -> int | None:
-    """The status logwrap recorded, or None when absent or unreadable."""
-    try:
-        text = path.read_text(encoding="ascii", errors="replace").strip()
-    except OSError:
+#: An exit file holds a status in decimal digits and a newline; anything longer is not one.
+EXIT_FILE_CAP: Final = 32
+
+
+def read_exit_code(path: Path, dev: int | None = None) -> int | None:
+    """The status logwrap recorded, or None when absent, unreadable, refused or not a status
+    (`read_small`: a regular file of the volume, at most `EXIT_FILE_CAP` bytes)."""
+    data = read_small(path, EXIT_FILE_CAP, dev)
+    if data is None:
         return None
     try:
-        return int(text)
+        return int(data.decode("ascii").strip())
     except ValueError:
         return None
 
@@ -72,9 +78,11 @@ class Stream:
         self.log_path = config.logs_dir / f"{container}.log"
         self.exit_path = config.logs_dir / f"{container}.exit"
         self._labels = {"container": container}
+        self._refused = ""
         cp = checkpointer.load(container)
+        self.volume_dev = volume_device(config.volume)
         self.reader = LineReader(self.log_path, config.read_size, config.line_prefix_bytes,
-                                 resume=cp.cursor if cp else None)
+                                 resume=cp.cursor if cp else None, volume_dev=self.volume_dev)
         self.preparer = Preparer(sanitiser, pool, metrics)
         self.outbox = Outbox(metrics, container)
         self.checkpoints = checkpointer.paced()
@@ -117,13 +125,14 @@ class Stream:
     async def _produce(self) -> None:
         reader, packer = self.reader, self.packer
         while not reader.open():
+            self._note_refusal()
             if self.drain.is_set():
                 await self.outbox.close()
                 return
             await self._wait(self.config.poll_interval)
         if reader.note:
             log.warning(reader.note, extra={"stream": self.name})
-        packer.begin(reader.cursor, read_exit_code(self.exit_path))
+        packer.begin(reader.cursor, read_exit_code(self.exit_path, self.volume_dev))
         if not self.sender.eof_acked:
             await packer.flush(force=True)  # the first batch: the aggregator learns of the stream now
         idle_since = time.monotonic()
@@ -144,6 +153,7 @@ class Stream:
                 await self._settle()
                 continue
             change = reader.check_generation()
+            self._note_refusal()
             if change is not None:
                 tail, gen = change
                 if tail is not None:
@@ -154,7 +164,7 @@ class Stream:
                 continue
             self._update_lag()
             # logwrap removes the file when a restarted container starts: no status while it runs.
-            packer.exit_status(read_exit_code(self.exit_path))
+            packer.exit_status(read_exit_code(self.exit_path, self.volume_dev))
             if self.drain.is_set():
                 await self._finish()
                 return
@@ -168,6 +178,15 @@ class Stream:
             elif packer.exit_unsent and not self.sender.eof_acked:
                 await packer.flush(force=True)  # tell the aggregator the exit status promptly
             await self._wait(self.config.poll_interval)
+
+    def _note_refusal(self) -> None:
+        """Log once each time the log's path starts naming something that is never read."""
+        why = self.reader.refused
+        if why != self._refused:
+            self._refused = why
+            if why:
+                log.error("log file refused: only regular files of the volume are read",
+                          extra={"stream": self.name, "file": self.log_path.name, "reason": why})
 
     async def _place_next(self) -> None:
         chunk, prepared = await self.preparer.next()

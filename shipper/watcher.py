@@ -23,7 +23,9 @@ def discover(logs_dir: Path) -> tuple[list[str], list[str]]:
     except FileNotFoundError:
         return good, bad
     for entry in entries:
-        if not entry.name.endswith(LOG_SUFFIX) or not entry.is_file():
+        # The directory entry's own type, with no stat call: a symlink, FIFO, device or socket
+        # named `*.log` is never a stream (and the reader checks the opened file again).
+        if not entry.name.endswith(LOG_SUFFIX) or not entry.is_file(follow_symlinks=False):
             continue
         container = entry.name[: -len(LOG_SUFFIX)]
         (good if valid_k8s_name(container) else bad).append(container if valid_k8s_name(container)
