@@ -116,11 +116,14 @@ def _dropped(value: object) -> Dropped | None:
         raise BadBatch("dropped.lines and dropped.bytes must be non-negative integers")
     if off is not None and not is_nonneg_int(off):
         raise BadBatch("dropped.off must be a non-negative integer")
+    exact = value.get("exact", True)
+    if not isinstance(exact, bool):
+        raise BadBatch("dropped.exact must be a boolean")
     if lines == 0:
         return None
     if off is None:
         raise BadBatch("dropped.off is required when dropped.lines > 0")
-    return Dropped(off, lines, nbytes)
+    return Dropped(off, lines, nbytes, exact)
 
 
 

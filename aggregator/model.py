@@ -12,6 +12,8 @@ class Dropped:
     off: int
     lines: int
     bytes: int
+    #: False: the shipper could not know what it lost; `lines` and `bytes` are lower bounds
+    exact: bool = True
 
 
 @dataclass(frozen=True, slots=True)

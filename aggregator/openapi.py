@@ -93,6 +93,9 @@ def _schemas(config: AggregatorConfig) -> dict[str, Any]:
             "off": _nonneg("Stream position where the left-out lines began (identifies the report)."),
             "lines": _nonneg("Lines left out."),
             "bytes": _nonneg("Bytes left out."),
+            "exact": {"type": "boolean", "default": True,
+                      "description": "`false` when the shipper could not know what it lost (a file truncated or "
+                                     "replaced unseen): `lines` and `bytes` are then lower bounds."},
         },
         "if": {"type": "object", "required": ["lines"], "properties": {"lines": {"exclusiveMinimum": 0}}},
         "then": {"required": ["off"]},

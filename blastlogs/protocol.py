@@ -45,15 +45,18 @@ UNKNOWN_PHASE: Final = "unknown"
 @dataclass(frozen=True, slots=True)
 class Dropped:
     """A batch's `dropped` report: what the shipper deliberately left out just before the batch,
-    `lines` lines of `bytes` stream bytes starting at stream offset `off`."""
+    `lines` lines of `bytes` stream bytes starting at stream offset `off`. Not `exact`: the shipper
+    could not know what it lost (a file truncated or replaced unseen), and `lines` (at least 1) and
+    `bytes` are lower bounds."""
 
     off: int
     lines: int
     bytes: int
+    exact: bool = True
 
     def merge(self, later: Dropped) -> Dropped:
         """Two adjacent reports as one (`later` starts where this one ends)."""
-        return Dropped(self.off, self.lines + later.lines, self.bytes + later.bytes)
+        return Dropped(self.off, self.lines + later.lines, self.bytes + later.bytes, self.exact and later.exact)
 
 
 def valid_job_id(value: object) -> bool:
@@ -108,5 +111,6 @@ def omitted_marker(lines: int) -> str:
     return f"[... {lines} lines omitted ...]"
 
 
-def dropped_marker(lines: int, nbytes: int) -> str:
-    return f"[... {lines} lines ({nbytes} bytes) dropped by the shipper ...]"
+def dropped_marker(lines: int, nbytes: int, exact: bool = True) -> str:
+    """The marker of a dropped report; an inexact one (`exact: false`) counts lower bounds."""
+    return f"[... {'' if exact else 'at least '}{lines} lines ({nbytes} bytes) dropped by the shipper ...]"

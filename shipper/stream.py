@@ -13,18 +13,18 @@ import asyncio
 import contextlib
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Final
 
 from shipper.batch import Identity, Limits
-from shipper.checkpoints import Checkpointer
+from shipper.checkpoints import Checkpoint, Checkpointer
 from shipper.client import AggregatorClient
 from shipper.config import ShipperConfig
 from shipper.metrics import ShipperMetrics
 from shipper.packer import Packer
 from shipper.preparing import Preparer
-from shipper.reader import Chunk, LineReader
+from shipper.reader import Chunk, LineReader, fingerprint_at
 from shipper.sanitise import Sanitiser
 from shipper.sender import Outbox, Sender
 from shipper.tailring import TailRing
@@ -82,10 +82,11 @@ class Stream:
         cp = checkpointer.load(container)
         self.volume_dev = volume_device(config.volume)
         self.reader = LineReader(self.log_path, config.read_size, config.line_prefix_bytes,
-                                 resume=cp.cursor if cp else None, volume_dev=self.volume_dev)
+                                 resume=cp.cursor if cp else None, resume_fp=cp.fp if cp else "",
+                                 volume_dev=self.volume_dev)
         self.preparer = Preparer(sanitiser, pool, metrics)
         self.outbox = Outbox(metrics, container)
-        self.checkpoints = checkpointer.paced()
+        self.checkpoints = checkpointer.paced(stamp=self._stamp)
         self.sender = Sender(ident, self.name, client, self.outbox, self.checkpoints, metrics,
                              config.reject_backoff, cp, on_ack=self._update_lag)
         self.packer = Packer(self.name, container,
@@ -133,7 +134,9 @@ class Stream:
         if reader.note:
             log.warning(reader.note, extra={"stream": self.name})
         packer.begin(reader.cursor, read_exit_code(self.exit_path, self.volume_dev))
-        if not self.sender.eof_acked:
+        if reader.lost is not None:
+            await packer.generation(reader.lost)  # the first batch, reporting what the change lost
+        elif not self.sender.eof_acked:
             await packer.flush(force=True)  # the first batch: the aggregator learns of the stream now
         idle_since = time.monotonic()
         while True:
@@ -178,6 +181,10 @@ class Stream:
             elif packer.exit_unsent and not self.sender.eof_acked:
                 await packer.flush(force=True)  # tell the aggregator the exit status promptly
             await self._wait(self.config.poll_interval)
+
+    def _stamp(self, cp: Checkpoint) -> Checkpoint:
+        """The checkpoint with the fingerprint of the bytes before its position (a thread runs this)."""
+        return replace(cp, fp=fingerprint_at(self.log_path, cp.dev, cp.ino, cp.pos, self.volume_dev))
 
     def _note_refusal(self) -> None:
         """Log once each time the log's path starts naming something that is never read."""
