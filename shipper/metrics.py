@@ -49,6 +49,11 @@ class ShipperMetrics:
         self.prepared = Counter(_P + "chunks_prepared", "Chunks of lines sanitised and encoded, by where",
                                 ["where"], registry=r)
         self.streams = Gauge(_P + "streams", "Streams being shipped", registry=r)
+        self.open_files = Gauge(_P + "open_files", "Log files held open (at most the open-file cap)",
+                                registry=r)
+        self.files_closed = Counter(_P + "files_closed",
+                                    "Log files closed to stay under the open-file cap (reopened by identity)",
+                                    registry=r)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -32,9 +32,12 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from itertools import accumulate
 from pathlib import Path
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
-from shipper.volumefiles import NotRegularFile, open_regular
+from shipper.volumefiles import open_regular
+
+if TYPE_CHECKING:
+    from shipper.openfiles import OpenFiles
 
 _CONTINUATION: Final = bytes(range(0x80, 0xC0))
 _PLUS_ONE: Final = (1).__add__
@@ -176,7 +179,11 @@ class LineReader:
     resume_fp: str = ""
     #: the volume's device: a file on any other filesystem is refused (None: not checked)
     volume_dev: int | None = None
+    #: the cap on open files this reader counts against (None: no cap)
+    files: OpenFiles | None = None
     fd: int = -1
+    #: the file was closed to free its handle (`suspend`); reopened by identity when next read
+    suspended: bool = False
     dev: int = 0
     ino: int = 0
     pos: int = 0
@@ -204,7 +211,7 @@ class LineReader:
         if opened is None:
             return False
         fd, st = opened
-        self.fd, self.dev, self.ino = fd, st.st_dev, st.st_ino
+        self._hold(fd, st)
         cur = self.resume
         same = cur is not None and (cur.dev, cur.ino) == (st.st_dev, st.st_ino)
         if cur is None:
@@ -247,24 +254,57 @@ class LineReader:
             return False
 
     def _open_regular(self) -> tuple[int, os.stat_result] | None:
+        """The path opened (`open_regular`), or None: absent, refused, or not now (EMFILE, EACCES:
+        `refused` says why, and the next look tries again)."""
         try:
             opened = open_regular(self.path, self.volume_dev)
         except FileNotFoundError:
             return None
-        except NotRegularFile as exc:
-            self.refused = exc.strerror or "refused"
+        except OSError as exc:
+            self.refused = exc.strerror or type(exc).__name__
             return None
         self.refused = ""
         return opened
 
-    def close(self) -> None:
+    def _hold(self, fd: int, st: os.stat_result) -> None:
+        """Make `fd` (the file `st`) the one read, counted against the open-file cap."""
+        self.fd, self.dev, self.ino, self.suspended = fd, st.st_dev, st.st_ino, False
+        if self.files is not None:
+            self.files.opened(self)
+
+    def _release(self) -> None:
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
+            if self.files is not None:
+                self.files.closed(self)
+
+    def close(self) -> None:
+        self._release()
+        self.suspended = False
+
+    def suspend(self) -> None:
+        """Close the file to free its handle; the next read reopens it by identity."""
+        if self.fd >= 0:
+            self._release()
+            self.suspended = True
+
+    def _reopen(self) -> bool:
+        """Reopen a suspended file: True when the path still names the same file (dev, inode)."""
+        opened = self._open_regular()
+        if opened is None:
+            return False
+        fd, st = opened
+        if (st.st_dev, st.st_ino) != (self.dev, self.ino):
+            os.close(fd)  # replaced while closed: `check_generation` switches to it
+            return False
+        os.lseek(fd, self.pos, os.SEEK_SET)
+        self._hold(fd, st)
+        return True
 
     @property
     def is_open(self) -> bool:
-        return self.fd >= 0
+        return self.fd >= 0 or self.suspended
 
     @property
     def cursor(self) -> Cursor:
@@ -288,6 +328,10 @@ class LineReader:
 
     def read(self) -> Chunk | None:
         """Up to `read_size` bytes as complete lines; None when no byte was there to read."""
+        if self.fd < 0 and not (self.suspended and self._reopen()):
+            return None
+        if self.files is not None:
+            self.files.used(self)
         start = self.pos
         data = os.read(self.fd, self.read_size)
         if not data:
@@ -376,6 +420,8 @@ class LineReader:
         Returns the old generation's unterminated last line (if any) and the change, or None.
         Call only after `read()` returned None, so a replaced file's old inode was read to its end.
         """
+        if self.fd < 0 and not (self.suspended and self._reopen()):
+            return self._replaced_while_closed()
         try:
             st = os.lstat(self.path)
         except FileNotFoundError:
@@ -391,26 +437,44 @@ class LineReader:
         if not replaced and not truncated:
             self.seen_size = max(self.seen_size, size)
             return None
-        opened = self._open_regular() if replaced else None
+        opened = self._open_other() if replaced else None
         if replaced and opened is None:
             return None  # gone again, or replaced by something never read: keep the old file
-        if opened is not None and (opened[1].st_dev, opened[1].st_ino) == (self.dev, self.ino):
-            os.close(opened[0])  # the name changed twice between our looks, back to our file
+        # A replaced file was read to its end (exact); a truncated or rewritten one held unknown
+        # bytes past our position.
+        return self._switch(opened, "replaced" if replaced else "truncated" if size < self.pos else "rewritten",
+                            exact=replaced)
+
+    def _replaced_while_closed(self) -> tuple[Chunk | None, Generation] | None:
+        """A suspended file's name now names another regular file: switch to it. What the old
+        file got after it was closed is unknowable, so the change is not exact."""
+        if not self.suspended:
             return None
-        reason = "replaced" if replaced else "truncated" if size < self.pos else "rewritten"
+        opened = self._open_other()
+        if opened is None:
+            return None
+        return self._switch(opened, "replaced", exact=False)
+
+    def _open_other(self) -> tuple[int, os.stat_result] | None:
+        """The path opened when it names another file than ours now, else None."""
+        opened = self._open_regular()
+        if opened is not None and (opened[1].st_dev, opened[1].st_ino) == (self.dev, self.ino):
+            os.close(opened[0])  # still ours (the name changed twice between our looks, or not at all)
+            return None
+        return opened
+
+    def _switch(self, opened: tuple[int, os.stat_result] | None, reason: str,
+                exact: bool) -> tuple[Chunk | None, Generation]:
+        """Start the next generation: in `opened`, or from the start of the same file."""
         tail = self.flush_partial()
         lost = max(self.seen_size - self.pos, 0)
         lost_off = self.base + self.pos
-        new_base = lost_off + lost
         if opened is not None:
-            os.close(self.fd)
-            fd, st = opened
-            self.fd, self.dev, self.ino = fd, st.st_dev, st.st_ino
+            self._release()
+            self._hold(*opened)
         else:
             os.lseek(self.fd, 0, os.SEEK_SET)
-        self.base, self.pos, self._partial_start = new_base, 0, 0
+        self.base, self.pos, self._partial_start = lost_off + lost, 0, 0
         self.seen_size = 0
         self._recent, self._rewritten = b"", False
-        # A replaced file was read to its end (exact); a truncated or rewritten one held unknown
-        # bytes past our position.
-        return tail, Generation(lost_off, lost, self.cursor, reason, exact=replaced)
+        return tail, Generation(lost_off, lost, self.cursor, reason, exact)

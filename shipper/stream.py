@@ -22,6 +22,7 @@ from shipper.checkpoints import Checkpoint, Checkpointer
 from shipper.client import AggregatorClient
 from shipper.config import ShipperConfig
 from shipper.metrics import ShipperMetrics
+from shipper.openfiles import OpenFiles
 from shipper.packer import Packer
 from shipper.preparing import Preparer
 from shipper.reader import Chunk, LineReader, fingerprint_at
@@ -34,6 +35,8 @@ from shipper.workers import SanitiserPool
 log = logging.getLogger("shipper.stream")
 
 
+#: Seconds an idle stream sleeps when the watcher does not wake it (a fallback only).
+IDLE_RECHECK: Final = 30.0
 #: An exit file holds a status in decimal digits and a newline; anything longer is not one.
 EXIT_FILE_CAP: Final = 32
 
@@ -68,7 +71,8 @@ class Undelivered:
 class Stream:
     def __init__(self, container: str, config: ShipperConfig, client: AggregatorClient,
                  checkpointer: Checkpointer, metrics: ShipperMetrics, sanitiser: Sanitiser,
-                 drain: asyncio.Event, pool: SanitiserPool | None = None) -> None:
+                 drain: asyncio.Event, pool: SanitiserPool | None = None,
+                 open_files: OpenFiles | None = None) -> None:
         self.container = container
         self.config = config
         self.metrics = metrics
@@ -83,7 +87,9 @@ class Stream:
         self.volume_dev = volume_device(config.volume)
         self.reader = LineReader(self.log_path, config.read_size, config.line_prefix_bytes,
                                  resume=cp.cursor if cp else None, resume_fp=cp.fp if cp else "",
-                                 volume_dev=self.volume_dev)
+                                 volume_dev=self.volume_dev, files=open_files)
+        #: set when the watcher saw the stream's files change, or the drain began
+        self._wake = asyncio.Event()
         self.preparer = Preparer(sanitiser, pool, metrics)
         self.outbox = Outbox(metrics, container)
         self.checkpoints = checkpointer.paced(stamp=self._stamp)
@@ -118,10 +124,26 @@ class Stream:
             await self.checkpoints.close()
             self.reader.close()
 
+    def wake(self) -> None:
+        """The stream's files changed (or the drain began): look at them now."""
+        self._wake.set()
+
     async def _wait(self, seconds: float) -> None:
-        """Sleep, but wake at once when the drain starts."""
+        """Sleep until woken (`wake`) or for `seconds`; not at all once the drain started."""
+        if self.drain.is_set():
+            return
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self.drain.wait(), seconds)
+            async with asyncio.timeout(seconds):
+                await self._wake.wait()
+        self._wake.clear()
+
+    def _idle_wait(self) -> float:
+        """How long to sleep at the end of the file: a poll interval while a batch lingers or an
+        unterminated line waits for its exit to settle, else until the watcher wakes us (with a
+        long fallback, should a change escape it)."""
+        if self.packer.building or self.reader.has_partial:
+            return self.config.poll_interval
+        return IDLE_RECHECK
 
     async def _produce(self) -> None:
         reader, packer = self.reader, self.packer
@@ -180,7 +202,7 @@ class Stream:
                 await packer.flush_if_lingered()
             elif packer.exit_unsent and not self.sender.eof_acked:
                 await packer.flush(force=True)  # tell the aggregator the exit status promptly
-            await self._wait(self.config.poll_interval)
+            await self._wait(self._idle_wait())
 
     def _stamp(self, cp: Checkpoint) -> Checkpoint:
         """The checkpoint with the fingerprint of the bytes before its position (a thread runs this)."""
