@@ -24,7 +24,7 @@ from aggregator.model import Dropped, StoredBatch
 from aggregator.staging import encode_batch
 from aggregator.storage import Store
 from aggregator.storage.layout import batch_key
-from blastlogs.protocol import cap_line, valid_job_id, valid_k8s_name, valid_phase
+from blastlogs.protocol import JOB_ID_RULE, cap_line, valid_job_id, valid_k8s_name, valid_phase
 
 log = logging.getLogger("aggregator.ingest")
 
@@ -33,7 +33,7 @@ def parse_batch(body: bytes, *, max_events: int, max_line_chars: int) -> StoredB
     obj = json_object(body, BadBatch)
     job_id = obj.get("job_id")
     if not valid_job_id(job_id):
-        raise BadBatch("job_id must match [A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+        raise BadBatch(JOB_ID_RULE)
     pod, container, phase = obj.get("pod"), obj.get("container"), obj.get("phase")
     if not valid_k8s_name(pod):
         raise BadBatch("pod must be a Kubernetes name")

@@ -20,6 +20,11 @@ MAX_BATCH_EVENTS: Final = 1000
 MAX_BATCH_BYTES: Final = 1024 * 1024
 
 JOB_ID_RE: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+#: ...and a job id must not end with this: it is a storage path segment, and Azure documents that a
+#: segment should not end with a dot (it may trim it: `elb-1.` and `elb-1` would meet).
+JOB_ID_BAD_END: Final = "."
+#: The job id rule in words, for answers and docs.
+JOB_ID_RULE: Final = f"job_id must match {JOB_ID_RE.pattern} and not end with '{JOB_ID_BAD_END}'"
 K8S_NAME_RE: Final = re.compile(r"[a-z0-9]([-a-z0-9.]*[a-z0-9])?")
 K8S_NAME_MAX: Final = 253
 PHASE_RE: Final = re.compile(r"[a-z][a-z0-9_]{0,63}")
@@ -60,7 +65,9 @@ class Dropped:
 
 
 def valid_job_id(value: object) -> bool:
-    return isinstance(value, str) and JOB_ID_RE.fullmatch(value) is not None
+    """`JOB_ID_RE`, and no id that storage could alias (`JOB_ID_BAD_END`)."""
+    return (isinstance(value, str) and JOB_ID_RE.fullmatch(value) is not None
+            and not value.endswith(JOB_ID_BAD_END))
 
 
 def valid_k8s_name(value: object) -> bool:

@@ -16,7 +16,7 @@ from aggregator.errors import BadRequest, JobNotFound, LockBusy, StoreError
 from aggregator.finalize.job import finalize_job
 from aggregator.metrics import Metrics
 from aggregator.storage import Store
-from blastlogs.protocol import valid_job_id
+from blastlogs.protocol import JOB_ID_RULE, valid_job_id
 
 log = logging.getLogger("aggregator.finalize")
 
@@ -52,7 +52,7 @@ class FinalizeHandler:
         check_admin(request.headers.get("Authorization"), cfg.secret, cfg.admin_token)
         job_id = request.match_info["job_id"]
         if not valid_job_id(job_id):
-            raise BadRequest( "job id must match [A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+            raise BadRequest(JOB_ID_RULE)
         wait, existing = parse_finalize_body(await read_body(request, cfg.max_body_bytes),
                                              cfg.finalize_max_wait)
         started = time.monotonic()
