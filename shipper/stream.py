@@ -84,7 +84,7 @@ class Stream:
         self._labels = {"container": container}
         self._refused = ""
         cp = checkpointer.load(container)
-        self.volume_dev = volume_device(config.volume)
+        self.volume_dev = volume_device(config.logs_dir)
         self.reader = LineReader(self.log_path, config.read_size, config.line_prefix_bytes,
                                  resume=cp.cursor if cp else None, resume_fp=cp.fp if cp else "",
                                  volume_dev=self.volume_dev, files=open_files)
@@ -214,7 +214,7 @@ class Stream:
         if why != self._refused:
             self._refused = why
             if why:
-                log.error("log file refused: only regular files of the volume are read",
+                log.error("log file not read: only regular files of the volume are, once they open",
                           extra={"stream": self.name, "file": self.log_path.name, "reason": why})
 
     async def _place_next(self) -> None:

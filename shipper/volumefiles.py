@@ -82,9 +82,13 @@ def read_small(path: Path, cap: int, dev: int | None = None) -> bytes | None:
     return data if len(data) <= cap else None
 
 
-def volume_device(volume: Path) -> int | None:
-    """The device of the volume's filesystem, or None when the volume cannot be looked at yet."""
+def volume_device(logs_dir: Path) -> int | None:
+    """The device the files of `logs_dir` must be on, or None when it cannot be looked at yet.
+
+    `lstat`: for the folder itself, its filesystem (the volume's, or whatever an operator mounted
+    there); for a symlink a job put in its place, the volume's, so files it leads to elsewhere
+    are refused."""
     try:
-        return os.stat(volume).st_dev
+        return os.lstat(logs_dir).st_dev
     except OSError:
         return None

@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
+import pytest
 from shipper_helpers import TOKEN, Recorder, append, eventually, shipping
 
 CANARY = "canary-from-the-shippers-environment-7f3a"
@@ -52,7 +55,7 @@ async def test_fifos_devices_and_symlinks_neither_hang_nor_leak(volume: Path, re
             peak = max(peak, rss_bytes(pid))
             await asyncio.sleep(0.05)
         assert peak < 200 * 1024 * 1024, f"RSS {peak / 2**20:.0f} MiB"
-        await eventually(lambda: any(r.get("msg", "").startswith("log file refused") for r in shipper.log()),
+        await eventually(lambda: any(r.get("msg", "").startswith("log file not read") for r in shipper.log()),
                          what="the FIFO refused")
         started = time.monotonic()
         assert await shipper.stop(limit=15) == 0
@@ -67,3 +70,29 @@ async def test_fifos_devices_and_symlinks_neither_hang_nor_leak(volume: Path, re
     assert shipped == {"good", "evil", "evil2", "zero", "fifo"}, shipped
     bodies = repr(recorder.requests)
     assert TOKEN not in bodies and CANARY not in bodies and "BLAST_LOGS" not in bodies
+
+
+
+@pytest.fixture
+def off_volume(volume: Path, tmp_path: Path) -> Iterator[Path]:
+    """A folder on another filesystem (/dev/shm) holding a `.log`, and `logs/` a link to it."""
+    shm = Path("/dev/shm")
+    if not shm.is_dir() or shm.stat().st_dev == volume.stat().st_dev:
+        pytest.skip("no second filesystem at /dev/shm")
+    elsewhere = shm / f"hostile-{os.getpid()}-{tmp_path.name}"
+    elsewhere.mkdir()
+    (elsewhere / "secret.log").write_bytes(b"outside the volume\n")
+    (volume / "logs").rmdir()
+    os.symlink(elsewhere, volume / "logs")  # a job replaced logs/ with a link off the volume
+    yield elsewhere
+    shutil.rmtree(elsewhere)
+
+
+async def test_a_logs_folder_leading_off_the_volume_is_not_read(volume: Path, recorder: Recorder,
+                                                                 off_volume: Path) -> None:
+    async with shipping(volume, [recorder.url]) as shipper:
+        await eventually(lambda: any(r.get("reason") == "on another filesystem than the volume"
+                                     for r in shipper.log()), what="the refusal")
+        assert await shipper.stop() == 0
+    assert all(not b["events"] for b in recorder.accepted)
+    assert "outside the volume" not in repr(recorder.requests)
