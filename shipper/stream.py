@@ -193,7 +193,7 @@ class Stream:
             if self.drain.is_set():
                 await self._finish()
                 return
-            if (reader.has_partial and self.exit_path.exists()
+            if (reader.has_partial and packer.exit_code is not None  # its exit file, as just read
                     and time.monotonic() - idle_since >= self.config.exit_settle):
                 tail = reader.flush_partial()
                 if tail is not None:
