@@ -26,6 +26,8 @@ from aggregator.errors import (
 )
 from aggregator.finalize.handler import FinalizeHandler
 from aggregator.ingest import IngestHandler
+from aggregator.logfilter import install as install_log_filter
+from aggregator.logfilter import job_id_field, method_field
 from aggregator.metrics import Metrics
 from aggregator.openapi import OPENAPI_PATH, openapi_document
 from aggregator.storage import Store, open_store
@@ -66,6 +68,7 @@ def make_app(config: AggregatorConfig, *, store: Store | None = None) -> web.App
     """The service. `store` (tests) replaces the one `config.store_url` names; the app closes it either way."""
     metrics = Metrics()
     runtime = Runtime()
+    install_log_filter()  # aiohttp's own records of malformed requests quote them: not in our log
     # We inflate gzip bodies ourselves, with a cap on the inflated size; idle connections are closed.
     app = web.Application(middlewares=[_middleware(metrics, config)],
                           handler_args={"auto_decompress": False, "keepalive_timeout": config.idle_timeout})
@@ -176,10 +179,12 @@ def _middleware(metrics: Metrics, config: AggregatorConfig) -> Middleware:
         metrics.requests.labels(route, str(resp.status)).inc()
         level = logging.DEBUG if route in QUIET_ROUTES and resp.status < 400 else logging.INFO
         if log.isEnabledFor(level):
-            fields: dict[str, object] = {"method": request.method, "route": route, "status": resp.status,
-                                         "ms": round((time.monotonic() - started) * 1000, 1)}
-            if "job_id" in request.match_info:
-                fields["job_id"] = request.match_info["job_id"]
+            # Only values we chose: nothing the client sent is logged raw (aggregator/logfilter.py).
+            fields: dict[str, object] = {"method": method_field(request.method), "route": route,
+                                         "status": resp.status, "ms": round((time.monotonic() - started) * 1000, 1)}
+            job_id = job_id_field(request.match_info.get("job_id"), resp.status)
+            if job_id is not None:
+                fields["job_id"] = job_id
             log.log(level, "request", extra={"fields": fields})
         return resp
 
@@ -198,7 +203,8 @@ def _answer(e: AggregatorError, retry_after: int) -> web.Response | None:
 
 def _internal_error(request: web.Request) -> web.Response:
     """Log the exception being handled; the client learns nothing of it."""
-    log.exception("unhandled error", extra={"fields": {"method": request.method, "route": _route(request)}})
+    log.exception("unhandled error", extra={"fields": {"method": method_field(request.method),
+                                                       "route": _route(request)}})
     return error_response(500, "internal", "internal error")
 
 

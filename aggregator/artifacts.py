@@ -197,22 +197,22 @@ def _merge_events(batches: list[StoredBatch]) -> list[tuple[int, float, str]]:
     return [(off, v[0], v[2]) for off, v in sorted(best.items())]
 
 
-def _merge_drops(batches: list[StoredBatch]) -> list[tuple[int, int, int]]:
-    """A stream's dropped reports as (off, lines, bytes), each `off` once, ordered by `off`."""
-    best: dict[int, tuple[int, int, int]] = {}
+def _merge_drops(batches: list[StoredBatch]) -> list[tuple[int, int, int, bool]]:
+    """A stream's dropped reports as (off, lines, bytes, exact), each `off` once, ordered by `off`."""
+    best: dict[int, tuple[int, int, int, bool]] = {}
     for b in batches:
         d = b.dropped
         if d is None or d.lines <= 0:
             continue
-        cand = (b.seq, d.lines, d.bytes)
+        cand = (b.seq, d.lines, d.bytes, d.exact)
         cur = best.get(d.off)
         if cur is None or cand < cur:
             best[d.off] = cand
-    return [(off, v[1], v[2]) for off, v in sorted(best.items())]
+    return [(off, v[1], v[2], v[3]) for off, v in sorted(best.items())]
 
 
 def _retain(
-    events: list[tuple[int, float, str]], drops: list[tuple[int, int, int]], head: int, tail: int
+    events: list[tuple[int, float, str]], drops: list[tuple[int, int, int, bool]], head: int, tail: int
 ) -> tuple[list[Entry], int]:
     """Keep `head` first and `tail` last lines, place markers; return the entries and marker total."""
     n = len(events)
@@ -223,8 +223,8 @@ def _retain(
     omitted = tail_start - head_end
     # Each drop sits before the first line whose off is >= its own: position = that line's index.
     placed = [
-        (bisect_left(events, off, key=_OFF), dropped_marker(lines, nbytes), lines)
-        for off, lines, nbytes in drops
+        (bisect_left(events, off, key=_OFF), dropped_marker(lines, nbytes, exact), lines)
+        for off, lines, nbytes, exact in drops
     ]
     marked = omitted + sum(p[2] for p in placed)
     raw: list[tuple[float | None, str, int]] = []

@@ -18,7 +18,7 @@ from aggregator.config import OPTIONS, AggregatorConfig, Option, option_named
 from aggregator.errors import ConfigError
 from aggregator.logs import setup_logging
 from blastlogs.envnames import unknown_settings
-from blastlogs.protocol import valid_job_id
+from blastlogs.protocol import JOB_ID_RULE, valid_job_id
 from blastlogs.version import installed_version
 
 log = logging.getLogger("aggregator.cli")
@@ -58,7 +58,7 @@ def _token(job_id: str) -> int:
         print(f"{PROG}: {SECRET_ENV} is not set", file=sys.stderr)
         return EXIT_CONFIG
     if not valid_job_id(job_id):
-        print(f"{PROG}: {job_id!r} is not a job id ([A-Za-z0-9][A-Za-z0-9._-]{{0,127}})", file=sys.stderr)
+        print(f"{PROG}: {job_id!r} is not a job id ({JOB_ID_RULE})", file=sys.stderr)
         return EXIT_CONFIG
     print(job_token(secret, job_id))
     return 0

@@ -27,7 +27,7 @@ from aggregator.refusals import Refusal, batch_identity, refusal_of, report, tok
 from aggregator.staging import encode_batch
 from aggregator.storage import Store
 from aggregator.storage.layout import batch_key
-from blastlogs.protocol import cap_line, valid_job_id, valid_k8s_name, valid_phase
+from blastlogs.protocol import JOB_ID_RULE, cap_line, valid_job_id, valid_k8s_name, valid_phase
 
 log = logging.getLogger("aggregator.ingest")
 #: A refused request's body is read (to name its pod in the log) by at most this many at once and
@@ -40,7 +40,7 @@ def parse_batch(body: bytes, *, max_events: int, max_line_chars: int) -> StoredB
     obj = json_object(body, BadBatch)
     job_id = obj.get("job_id")
     if not valid_job_id(job_id):
-        raise BadBatch("job_id must match [A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+        raise BadBatch(JOB_ID_RULE)
     pod, container, phase = obj.get("pod"), obj.get("container"), obj.get("phase")
     if not valid_k8s_name(pod):
         raise BadBatch("pod must be a Kubernetes name")
@@ -123,11 +123,14 @@ def _dropped(value: object) -> Dropped | None:
         raise BadBatch("dropped.lines and dropped.bytes must be non-negative integers")
     if off is not None and not is_nonneg_int(off):
         raise BadBatch("dropped.off must be a non-negative integer")
+    exact = value.get("exact", True)
+    if not isinstance(exact, bool):
+        raise BadBatch("dropped.exact must be a boolean")
     if lines == 0:
         return None
     if off is None:
         raise BadBatch("dropped.off is required when dropped.lines > 0")
-    return Dropped(off, lines, nbytes)
+    return Dropped(off, lines, nbytes, exact)
 
 
 

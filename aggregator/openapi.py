@@ -7,6 +7,7 @@ against the router and against `parse_batch` on generated bodies.
 
 from __future__ import annotations
 
+import re
 from typing import Any, Final
 
 from aggregator.config import AggregatorConfig
@@ -27,6 +28,7 @@ from aggregator.errors import (
 from blastlogs.protocol import (
     FINALIZE_PATH,
     INGEST_PATH,
+    JOB_ID_BAD_END,
     JOB_ID_RE,
     K8S_NAME_MAX,
     K8S_NAME_RE,
@@ -62,6 +64,10 @@ def anchored(pattern: str) -> str:
     return f"^{pattern}$"
 
 
+#: The job id's restriction beyond its pattern (`valid_job_id`), as a schema it must not match.
+JOB_ID_NOT: Final = {"pattern": re.escape(JOB_ID_BAD_END) + "$"}
+
+
 def _k8s_name(what: str) -> dict[str, Any]:
     return {"type": "string", "pattern": anchored(K8S_NAME_RE.pattern), "maxLength": K8S_NAME_MAX,
             "description": f"The {what}: a Kubernetes name."}
@@ -72,8 +78,9 @@ def _nonneg(description: str) -> dict[str, Any]:
 
 
 def _schemas(config: AggregatorConfig) -> dict[str, Any]:
-    job_id = {"type": "string", "pattern": anchored(JOB_ID_RE.pattern),
-              "description": "The job id (the pod label `elb-job-id`)."}
+    job_id = {"type": "string", "pattern": anchored(JOB_ID_RE.pattern), "not": JOB_ID_NOT,
+              "description": "The job id (the pod label `elb-job-id`); not ending with `.` (a storage path "
+                             "segment that Azure may trim)."}
     event = {
         "type": "object",
         "required": ["off", "ts", "line"],
@@ -93,6 +100,9 @@ def _schemas(config: AggregatorConfig) -> dict[str, Any]:
             "off": _nonneg("Stream position where the left-out lines began (identifies the report)."),
             "lines": _nonneg("Lines left out."),
             "bytes": _nonneg("Bytes left out."),
+            "exact": {"type": "boolean", "default": True,
+                      "description": "`false` when the shipper could not know what it lost (a file truncated or "
+                                     "replaced unseen): `lines` and `bytes` are then lower bounds."},
         },
         "if": {"type": "object", "required": ["lines"], "properties": {"lines": {"exclusiveMinimum": 0}}},
         "then": {"required": ["off"]},
@@ -222,7 +232,8 @@ def openapi_document(config: AggregatorConfig) -> dict[str, Any]:
                 "description": gzip_note + " The body is optional.",
                 "security": [{"adminToken": []}],
                 "parameters": [{"name": "job_id", "in": "path", "required": True,
-                                "schema": {"type": "string", "pattern": anchored(JOB_ID_RE.pattern)}}],
+                                "schema": {"type": "string", "pattern": anchored(JOB_ID_RE.pattern),
+                                           "not": JOB_ID_NOT}}],
                 "requestBody": {"required": False, "content": {
                     "application/json": {"schema": {"$ref": "#/components/schemas/FinalizeRequest"}}}},
                 "responses": {"200": _json_body("FinalizeResult", "The summary, also written as summary.json."),

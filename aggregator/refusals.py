@@ -6,7 +6,9 @@ is visible. Everything named is checked first: a job id or a pod name, never hea
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import dataclass
+from typing import Final
 
 from aggregator.auth import bearer_token
 from aggregator.body import json_object
@@ -45,8 +47,7 @@ def token_named_job(header: str | None) -> str | None:
         token = bearer_token(header)
     except AuthError:
         return None
-    job_id = token.rpartition(".")[0]
-    return job_id if valid_job_id(job_id) else None
+    return _job(token.rpartition(".")[0])
 
 
 def refusal_of(error: AuthError, header: str | None, *, finalize: bool, job: str | None = None,
@@ -60,8 +61,13 @@ def refusal_of(error: AuthError, header: str | None, *, finalize: bool, job: str
             reason = "invalid_token"
         except Unauthorized:
             reason = "malformed"
-    return Refusal(HTTP_ANSWERS[Forbidden if isinstance(error, Forbidden) else Unauthorized][0], reason,
-                   token_named_job(header), _job(job), _pod(pod))
+    # A finalize URL's job id is a path the client typed, which may hold a secret sent in the wrong
+    # place: like the request log, it is named only once the token held (403). A batch's job id
+    # (ingest) is named when valid and not shaped like a token.
+    verified = isinstance(error, Forbidden)
+    named = _job(job) if verified or not finalize else None
+    return Refusal(HTTP_ANSWERS[Forbidden if verified else Unauthorized][0], reason,
+                   token_named_job(header), named, _pod(pod))
 
 
 def batch_identity(body: bytes) -> tuple[str | None, str | None]:
@@ -79,8 +85,16 @@ def report(metrics: Metrics, refusal: Refusal) -> None:
     log.warning("token refused", extra={"fields": refusal.fields()})
 
 
+#: A token's MAC: 43 base64url characters (32 bytes, no padding) as one `.`-separated segment.
+_MAC_SEGMENT: Final = re.compile(r"(?:^|\.)[A-Za-z0-9_-]{43}(?:\.|$)")
+
+
 def _job(value: object) -> str | None:
-    return value if isinstance(value, str) and valid_job_id(value) else None
+    """A job id fit for a log line and a label: valid, and holding nothing shaped like a token's MAC
+    (a client may send a token where a job id goes, in the path, the body or before another `.`)."""
+    if not isinstance(value, str) or not valid_job_id(value) or _MAC_SEGMENT.search(value):
+        return None
+    return value
 
 
 def _pod(value: object) -> str | None:

@@ -27,7 +27,8 @@ def encode_batch(batch: StoredBatch) -> bytes:
         "seq": batch.seq,
         "eof": batch.eof,
         "exit_code": batch.exit_code,
-        "dropped": None if d is None else [d.off, d.lines, d.bytes],
+        # an inexact report (issue 18) adds `false`; exact ones stay as version 1 always wrote them
+        "dropped": None if d is None else [d.off, d.lines, d.bytes, *(() if d.exact else (False,))],
         "events": batch.events,  # (off, ts, line) tuples, written as arrays
     })
 
@@ -54,9 +55,10 @@ def decode_batch(data: bytes) -> StoredBatch:
         raise ValueError("bad exit_code")
     drop: Dropped | None = None
     if dropped is not None:
-        if not (isinstance(dropped, list) and len(dropped) == 3 and all(is_nonneg_int(x) for x in dropped)):
+        if not (isinstance(dropped, list) and len(dropped) in (3, 4) and all(is_nonneg_int(x) for x in dropped[:3])
+                and dropped[3:] in ([], [False])):
             raise ValueError("bad dropped")
-        drop = Dropped(dropped[0], dropped[1], dropped[2])
+        drop = Dropped(dropped[0], dropped[1], dropped[2], exact=len(dropped) == 3)
     if not isinstance(events, list):
         raise ValueError("bad events")
     return StoredBatch(job_id, pod, container, phase, seq, eof, exit_code, drop, _decode_events(events))

@@ -20,6 +20,11 @@ MAX_BATCH_EVENTS: Final = 1000
 MAX_BATCH_BYTES: Final = 1024 * 1024
 
 JOB_ID_RE: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+#: ...and a job id must not end with this: it is a storage path segment, and Azure documents that a
+#: segment should not end with a dot (it may trim it: `elb-1.` and `elb-1` would meet).
+JOB_ID_BAD_END: Final = "."
+#: The job id rule in words, for answers and docs.
+JOB_ID_RULE: Final = f"job_id must match {JOB_ID_RE.pattern} and not end with '{JOB_ID_BAD_END}'"
 K8S_NAME_RE: Final = re.compile(r"[a-z0-9]([-a-z0-9.]*[a-z0-9])?")
 K8S_NAME_MAX: Final = 253
 PHASE_RE: Final = re.compile(r"[a-z][a-z0-9_]{0,63}")
@@ -45,19 +50,24 @@ UNKNOWN_PHASE: Final = "unknown"
 @dataclass(frozen=True, slots=True)
 class Dropped:
     """A batch's `dropped` report: what the shipper deliberately left out just before the batch,
-    `lines` lines of `bytes` stream bytes starting at stream offset `off`."""
+    `lines` lines of `bytes` stream bytes starting at stream offset `off`. Not `exact`: the shipper
+    could not know what it lost (a file truncated or replaced unseen), and `lines` (at least 1) and
+    `bytes` are lower bounds."""
 
     off: int
     lines: int
     bytes: int
+    exact: bool = True
 
     def merge(self, later: Dropped) -> Dropped:
         """Two adjacent reports as one (`later` starts where this one ends)."""
-        return Dropped(self.off, self.lines + later.lines, self.bytes + later.bytes)
+        return Dropped(self.off, self.lines + later.lines, self.bytes + later.bytes, self.exact and later.exact)
 
 
 def valid_job_id(value: object) -> bool:
-    return isinstance(value, str) and JOB_ID_RE.fullmatch(value) is not None
+    """`JOB_ID_RE`, and no id that storage could alias (`JOB_ID_BAD_END`)."""
+    return (isinstance(value, str) and JOB_ID_RE.fullmatch(value) is not None
+            and not value.endswith(JOB_ID_BAD_END))
 
 
 def valid_k8s_name(value: object) -> bool:
@@ -108,5 +118,6 @@ def omitted_marker(lines: int) -> str:
     return f"[... {lines} lines omitted ...]"
 
 
-def dropped_marker(lines: int, nbytes: int) -> str:
-    return f"[... {lines} lines ({nbytes} bytes) dropped by the shipper ...]"
+def dropped_marker(lines: int, nbytes: int, exact: bool = True) -> str:
+    """The marker of a dropped report; an inexact one (`exact: false`) counts lower bounds."""
+    return f"[... {'' if exact else 'at least '}{lines} lines ({nbytes} bytes) dropped by the shipper ...]"

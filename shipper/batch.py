@@ -157,8 +157,12 @@ def _header(ident: Identity, seq: int, batch: Batch) -> dict[str, object]:
         "phase": ident.phase, "seq": seq, "eof": batch.eof,
     }
     d = batch.dropped
-    head["dropped"] = ({"off": d.off, "lines": d.lines, "bytes": d.bytes} if d is not None and d.lines
-                       else {"lines": 0, "bytes": 0})
+    report: dict[str, object] = {"lines": 0, "bytes": 0}
+    if d is not None and d.lines:
+        report = {"off": d.off, "lines": d.lines, "bytes": d.bytes}
+        if not d.exact:
+            report["exact"] = False  # lower bounds (docs/protocol.md section 4)
+    head["dropped"] = report
     if batch.exit_code is not None:
         head["exit_code"] = batch.exit_code
     return head
@@ -171,5 +175,5 @@ def encode_batch(ident: Identity, seq: int, batch: Batch) -> bytes:
 
 def header_reserve(ident: Identity) -> int:
     """An upper bound on everything in a body but its events, for the byte limit."""
-    big = Batch(dropped=Dropped(2**62, 2**62, 2**62), exit_code=-(2**31), eof=False)
+    big = Batch(dropped=Dropped(2**62, 2**62, 2**62, exact=False), exit_code=-(2**31), eof=False)
     return len(encode_batch(ident, 2**62, big)) + 16

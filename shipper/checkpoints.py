@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import math
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Final
@@ -21,8 +22,11 @@ import orjson
 
 from blastlogs.atomic import write_atomic
 from shipper.reader import Cursor
+from shipper.volumefiles import read_small
 
 CHECKPOINT_VERSION: Final = 1
+#: A checkpoint is a few hundred bytes; a larger file in its place is not one.
+CHECKPOINT_CAP: Final = 64 * 1024
 #: Seconds between checkpoint writes while batches stream (eof and drain write at once): a write
 #: costs an fsync, and a restart re-sends at most this much acknowledged data.
 CHECKPOINT_INTERVAL: Final = 0.1
@@ -38,6 +42,9 @@ class Checkpoint:
     seq: int
     shipped: int
     eof: bool = False
+    #: `reader.fingerprint` of the bytes before `pos` ("" when unknown): tells a restart whether the
+    #: file was rewritten while the shipper was down
+    fp: str = ""
     v: int = CHECKPOINT_VERSION
 
     @property
@@ -65,7 +72,7 @@ def decode_checkpoint(data: bytes) -> Checkpoint | None:
         cp = Checkpoint(
             container=str(raw["container"]), dev=int(raw["dev"]), ino=int(raw["ino"]),
             pos=int(raw["pos"]), base=int(raw["base"]), seq=int(raw["seq"]),
-            shipped=int(raw["shipped"]), eof=bool(raw.get("eof", False)),
+            shipped=int(raw["shipped"]), eof=bool(raw.get("eof", False)), fp=str(raw.get("fp", "")),
         )
     except (KeyError, TypeError, ValueError):
         return None
@@ -84,9 +91,10 @@ class Checkpointer:
         return self.state_dir / f"{container}.json"
 
     def load(self, container: str) -> Checkpoint | None:
-        try:
-            data = self.path(container).read_bytes()
-        except FileNotFoundError:
+        """The stream's checkpoint; None when absent or not a small regular file (`state/` is in the
+        shared volume: a FIFO or a link there must not hang or feed the shipper)."""
+        data = read_small(self.path(container), CHECKPOINT_CAP)
+        if data is None:
             return None
         cp = decode_checkpoint(data)
         return cp if cp is not None and cp.container == container else None
@@ -96,9 +104,11 @@ class Checkpointer:
         self.state_dir.mkdir(parents=True, exist_ok=True)
         write_atomic(self.path(cp.container), encode_checkpoint(cp))
 
-    def paced(self, interval: float = CHECKPOINT_INTERVAL) -> PacedCheckpoints:
-        """A writer for one stream's checkpoints that keeps their fsyncs to a few per second."""
-        return PacedCheckpoints(self, interval)
+    def paced(self, interval: float = CHECKPOINT_INTERVAL,
+              stamp: Callable[[Checkpoint], Checkpoint] | None = None) -> PacedCheckpoints:
+        """A writer for one stream's checkpoints that keeps their fsyncs to a few per second;
+        `stamp` completes each just before it is written, in the writer's thread."""
+        return PacedCheckpoints(self, interval, stamp)
 
 
 class PacedCheckpoints:
@@ -110,9 +120,11 @@ class PacedCheckpoints:
     per batch; `hurry()` (at eof and drain) ends the pacing.
     """
 
-    def __init__(self, checkpointer: Checkpointer, interval: float) -> None:
+    def __init__(self, checkpointer: Checkpointer, interval: float,
+                 stamp: Callable[[Checkpoint], Checkpoint] | None = None) -> None:
         self.checkpointer = checkpointer
         self.interval = interval
+        self.stamp = stamp
         #: the newest checkpoint on disk, and how many writes it took to get there
         self.written: Checkpoint | None = None
         self.writes = 0
@@ -149,6 +161,9 @@ class PacedCheckpoints:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._writer
 
+    def _save(self, cp: Checkpoint) -> None:
+        self.checkpointer.save(cp if self.stamp is None else self.stamp(cp))
+
     async def _write(self) -> None:
         while self.written is not self._next and self._next is not None:
             wait = self._last + self.interval - time.monotonic()
@@ -161,6 +176,6 @@ class PacedCheckpoints:
                     self.pacing = False
             cp = self._next
             self._last = time.monotonic()
-            await asyncio.to_thread(self.checkpointer.save, cp)
+            await asyncio.to_thread(self._save, cp)
             self.written = cp
             self.writes += 1

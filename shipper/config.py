@@ -104,6 +104,9 @@ OPTIONS: Final[tuple[Option, ...]] = (
     Option("poll_interval", float, 0.25, "BLAST_LOGS_POLL_INTERVAL", "--poll-interval",
            "how often files are polled for growth and new files (polling is portable: no inotify on "
            "every volume driver); at least 0.01 s", unit="s"),
+    Option("max_open_files", int, 256, "BLAST_LOGS_MAX_OPEN_FILES", "--max-open-files",
+           "log files held open at once (at most a quarter of `ulimit -n`); past it the least "
+           "recently read is closed and reopened by identity when it grows", positive=True),
     Option("read_size", int, 256 * 1024, "BLAST_LOGS_READ_SIZE", "--read-size", "bytes per bulk read",
            unit="bytes", positive=True),
     Option("line_prefix_bytes", int, 64 * 1024, "BLAST_LOGS_LINE_PREFIX_BYTES", "--line-prefix-bytes",
@@ -220,6 +223,7 @@ class ShipperConfig:
     config_retry: float = 5.0
     volume_limit_bytes: int = 0
     reclaim: bool = True
+    max_open_files: int = 256
 
     @property
     def logs_dir(self) -> Path:

@@ -35,6 +35,9 @@ DEFAULT_MAX_BODY: Final = 64 * 1024
 DEFAULT_MAX_HEAD: Final = 64 * 1024
 DEFAULT_IDLE_TIMEOUT: Final = 15.0
 DEFAULT_MAX_IDLE: Final = 8
+#: Requests in flight at once (each holds a connection, a descriptor): thousands of streams sending
+#: their first batch together queue here instead of overflowing the server's backlog and `ulimit -n`.
+DEFAULT_MAX_CONNECTIONS: Final = 32
 USER_AGENT: Final = "blast-log-shipper"
 
 
@@ -102,6 +105,7 @@ class HttpClient:
 
     def __init__(self, *, max_body: int = DEFAULT_MAX_BODY, max_head: int = DEFAULT_MAX_HEAD,
                  idle_timeout: float = DEFAULT_IDLE_TIMEOUT, max_idle: int = DEFAULT_MAX_IDLE,
+                 max_connections: int = DEFAULT_MAX_CONNECTIONS,
                  ssl_context: ssl.SSLContext | None = None) -> None:
         self.max_body = max_body
         self.max_head = max_head
@@ -109,6 +113,7 @@ class HttpClient:
         self.max_idle = max_idle
         self._ssl = ssl_context
         self._idle: dict[Origin, list[_Conn]] = {}
+        self._slots = asyncio.Semaphore(max_connections)
         self.opened = 0  # connections made so far (keep-alive reuse shows as fewer)
 
     async def __aenter__(self) -> HttpClient:
@@ -141,6 +146,11 @@ class HttpClient:
         `asyncio.timeout`)."""
         origin, target, host_header = _parse_url(url)
         head = _request_head(method, target, host_header, headers or {}, len(body))
+        async with self._slots:  # waiting for a slot is not the server's time: outside the timeout
+            return await self._request(origin, method, head, body, timeout)
+
+    async def _request(self, origin: Origin, method: str, head: bytes, body: bytes,
+                       timeout: float) -> Response:  # noqa: ASYNC109 (see `request`)
         try:
             async with asyncio.timeout(timeout):
                 conn, reused = await self._acquire(origin)

@@ -65,6 +65,11 @@ class ShipperMetrics:
                                     ["container"], registry=r)
         self.volume_limit = Gauge(_P + "volume_limit_bytes",
                                   "The shared volume's size limit as configured (0: unknown)", registry=r)
+        self.open_files = Gauge(_P + "open_files", "Log files held open (at most the open-file cap)",
+                                registry=r)
+        self.files_closed = Counter(_P + "files_closed",
+                                    "Log files closed to stay under the open-file cap (reopened by identity)",
+                                    registry=r)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -157,11 +157,12 @@ class Packer:
         bytes lost, and go on from the new generation."""
         await self.flush()
         drop = self.ring.discard(gen.lost_off) if self.capped else None
-        if gen.lost_bytes:
-            # How many lines the lost bytes held is unknowable; report at least one.
-            lost = Dropped(gen.lost_off, 1, gen.lost_bytes)
+        if gen.lost_bytes or not gen.exact:
+            # How many lines the lost bytes held is unknowable; report at least one (and, when even
+            # the bytes are unknowable, a report that is not `exact`).
+            lost = Dropped(gen.lost_off, 1, gen.lost_bytes, gen.exact)
             drop = lost if drop is None else Dropped(drop.off, drop.lines + 1,
-                                                     gen.lost_off + gen.lost_bytes - drop.off)
+                                                     gen.lost_off + gen.lost_bytes - drop.off, gen.exact)
         if drop is not None:
             self._report(drop)
         self.formed = gen.cursor

@@ -9,10 +9,22 @@ Offsets: `off` of a line is the bytes consumed from the container's log before i
 generation of the file. When the file is replaced (new inode) the old one is read to its end
 first; when it is truncated (size below our position) the count goes on. Either way the new
 generation starts at `old base + old position + bytes lost`, so offsets never repeat.
+
+Truncation the size cannot show (truncated and written past our position, or rewritten to the same
+size) is told by the file's content: the last `FP_BYTES` bytes before the position are kept, and
+after every read, and at every look at the end, the file must still hold them there (a `pread`).
+A read they no longer match is thrown away unused (it may be the new content, which would start
+mid-line) and the file is read again from its start as a new generation. What the old generation
+held past our position is then unknowable: the change is reported not `exact` (at least one line;
+as bytes, only what an `fstat` proved was there while the content still matched). A checkpoint
+carries the fingerprint (a hash) of the same bytes, so a restart tells a file truncated, rewritten
+or replaced while the shipper was down. Limits: a rewrite that puts back the very same bytes
+before our position, or a truncation to at or past it followed by writes, looks like an append.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import time
 from collections.abc import Sequence
@@ -20,10 +32,42 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from itertools import accumulate
 from pathlib import Path
-from typing import Final
+from typing import TYPE_CHECKING, Final
+
+from shipper.volumefiles import open_regular
+
+if TYPE_CHECKING:
+    from shipper.openfiles import OpenFiles
 
 _CONTINUATION: Final = bytes(range(0x80, 0xC0))
 _PLUS_ONE: Final = (1).__add__
+#: Bytes before the read position that must stay the same for the file to count as appended to.
+FP_BYTES: Final = 256
+
+
+def fingerprint(data: bytes) -> str:
+    """A short hash of the bytes before a position, for a checkpoint (the bytes themselves may be
+    secrets the sanitiser has not seen)."""
+    return hashlib.blake2b(data, digest_size=8).hexdigest()
+
+
+def fingerprint_at(path: Path, dev: int, ino: int, pos: int, volume_dev: int | None = None) -> str:
+    """The fingerprint of the `FP_BYTES` before `pos` in the file `(dev, ino)` at `path`; "" when
+    the path names another file now, or a shorter one (blocking: for a checkpoint writer's thread)."""
+    try:
+        fd, st = open_regular(path, volume_dev)
+    except OSError:
+        return ""
+    try:
+        if (st.st_dev, st.st_ino) != (dev, ino) or st.st_size < pos:
+            return ""
+        n = min(FP_BYTES, pos)
+        data = os.pread(fd, n, pos - n)
+        return fingerprint(data) if len(data) == n else ""
+    except OSError:
+        return ""
+    finally:
+        os.close(fd)
 
 
 def line_ends(raws: Sequence[bytes]) -> list[int]:
@@ -115,12 +159,14 @@ class Chunk:
 
 @dataclass(frozen=True)
 class Generation:
-    """The file was replaced or truncated: bytes never read are reported as lost."""
+    """The file was replaced or truncated: bytes never read are reported as lost; not `exact` when
+    how much was lost is unknowable (`lost_bytes` is then a lower bound, and at least a line was)."""
 
     lost_off: int
     lost_bytes: int
     cursor: Cursor
     reason: str
+    exact: bool = True
 
 
 @dataclass
@@ -129,13 +175,29 @@ class LineReader:
     read_size: int
     prefix_bytes: int
     resume: Cursor | None = None
+    #: the checkpoint's fingerprint of the bytes before `resume` ("" for none)
+    resume_fp: str = ""
+    #: the volume's device: a file on any other filesystem is refused (None: not checked)
+    volume_dev: int | None = None
+    #: the cap on open files this reader counts against (None: no cap)
+    files: OpenFiles | None = None
     fd: int = -1
+    #: the file was closed to free its handle (`suspend`); reopened by identity when next read
+    suspended: bool = False
     dev: int = 0
     ino: int = 0
     pos: int = 0
     base: int = 0
     seen_size: int = 0
     note: str = ""
+    #: why the path was last refused (a symlink, FIFO, ...), "" when it was not
+    refused: str = ""
+    #: the file changed while the shipper was down (set by `open`, for the first batch's report)
+    lost: Generation | None = None
+    #: the last (up to) `FP_BYTES` bytes before `pos`, as read
+    _recent: bytes = b""
+    #: a read found them changed: the file was rewritten (`check_generation` switches)
+    _rewritten: bool = False
     _partial: bytes = b""
     _partial_start: int = 0
     _partial_ts: float = 0.0
@@ -143,36 +205,106 @@ class LineReader:
     _skipping: bool = False
 
     def open(self) -> bool:
-        """Open the file, resuming from `resume` when it still names this file. False if absent."""
-        try:
-            fd = os.open(self.path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
-        except FileNotFoundError:
+        """Open the file, resuming from `resume` when it still names this file. False if absent
+        or refused (`refused` says why): only a regular file of the volume is ever read."""
+        opened = self._open_regular()
+        if opened is None:
             return False
-        st = os.fstat(fd)
-        self.fd, self.dev, self.ino = fd, st.st_dev, st.st_ino
+        fd, st = opened
+        self._hold(fd, st)
         cur = self.resume
+        same = cur is not None and (cur.dev, cur.ino) == (st.st_dev, st.st_ino)
         if cur is None:
             self.pos, self.base = 0, 0
-        elif (cur.dev, cur.ino) == (st.st_dev, st.st_ino) and st.st_size >= cur.pos:
+        elif same and st.st_size >= cur.pos and self._matches(cur.pos, self.resume_fp):
             self.pos, self.base = cur.pos, cur.base
         else:
-            # Replaced or truncated while we were down: what lay past the checkpoint is gone.
+            # Replaced, truncated or rewritten while we were down: what lay past the checkpoint is
+            # gone, and how much of it there was is unknowable.
             self.pos, self.base = 0, cur.off
-            self.note = "file replaced or truncated since the checkpoint; continuing the count"
+            self._recent = b""
+            reason = "truncated or rewritten" if same else "replaced"
+            self.note = f"file {reason} since the checkpoint; continuing the count"
+            self.lost = Generation(cur.off, 0, Cursor(st.st_dev, st.st_ino, 0, cur.off), reason, exact=False)
         if self.pos:
             os.lseek(fd, self.pos, os.SEEK_SET)
         self._partial_start = self.pos
         self.seen_size = max(st.st_size, self.pos)
         return True
 
-    def close(self) -> None:
+    def _matches(self, pos: int, fp: str) -> bool:
+        """The file holds bytes before `pos` whose fingerprint is `fp` (always, for no `fp`); keeps
+        them as `_recent`."""
+        n = min(FP_BYTES, pos)
+        try:
+            data = os.pread(self.fd, n, pos - n)
+        except OSError:
+            return False
+        self._recent = data
+        return len(data) == n and (not fp or fingerprint(data) == fp)
+
+    def _intact(self, pos: int) -> bool:
+        """The file still holds `_recent` just before `pos` (it was appended to, not rewritten)."""
+        expected = self._recent
+        if not expected:
+            return True
+        try:
+            return os.pread(self.fd, len(expected), pos - len(expected)) == expected
+        except OSError:
+            return False
+
+    def _open_regular(self) -> tuple[int, os.stat_result] | None:
+        """The path opened (`open_regular`), or None: absent, refused, or not now (EMFILE, EACCES:
+        `refused` says why, and the next look tries again)."""
+        try:
+            opened = open_regular(self.path, self.volume_dev)
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            self.refused = exc.strerror or type(exc).__name__
+            return None
+        self.refused = ""
+        return opened
+
+    def _hold(self, fd: int, st: os.stat_result) -> None:
+        """Make `fd` (the file `st`) the one read, counted against the open-file cap."""
+        self.fd, self.dev, self.ino, self.suspended = fd, st.st_dev, st.st_ino, False
+        if self.files is not None:
+            self.files.opened(self)
+
+    def _release(self) -> None:
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
+            if self.files is not None:
+                self.files.closed(self)
+
+    def close(self) -> None:
+        self._release()
+        self.suspended = False
+
+    def suspend(self) -> None:
+        """Close the file to free its handle; the next read reopens it by identity."""
+        if self.fd >= 0:
+            self._release()
+            self.suspended = True
+
+    def _reopen(self) -> bool:
+        """Reopen a suspended file: True when the path still names the same file (dev, inode)."""
+        opened = self._open_regular()
+        if opened is None:
+            return False
+        fd, st = opened
+        if (st.st_dev, st.st_ino) != (self.dev, self.ino):
+            os.close(fd)  # replaced while closed: `check_generation` switches to it
+            return False
+        os.lseek(fd, self.pos, os.SEEK_SET)
+        self._hold(fd, st)
+        return True
 
     @property
     def is_open(self) -> bool:
-        return self.fd >= 0
+        return self.fd >= 0 or self.suspended
 
     @property
     def cursor(self) -> Cursor:
@@ -184,22 +316,34 @@ class LineReader:
         return bool(self._partial) or self._skipping
 
     def stream_end(self) -> int:
-        """The stream offset of the file's current end (for lag)."""
+        """The stream offset of the file's current end (for lag). Not kept as `seen_size`: the
+        file may have been rewritten meanwhile, and only a size seen with its content intact is."""
+        size = self.seen_size
         if self.fd >= 0:
             try:
-                self.seen_size = max(self.seen_size, os.fstat(self.fd).st_size)
+                size = max(size, os.fstat(self.fd).st_size)
             except OSError:
                 pass
-        return self.base + max(self.seen_size, self.pos)
+        return self.base + max(size, self.pos)
 
     def read(self) -> Chunk | None:
         """Up to `read_size` bytes as complete lines; None when no byte was there to read."""
+        if self.fd < 0 and not (self.suspended and self._reopen()):
+            return None
+        if self.files is not None:
+            self.files.used(self)
+        start = self.pos
         data = os.read(self.fd, self.read_size)
         if not data:
             return None
+        if not self._intact(start):
+            # Rewritten before or while we read: `data` may be new content from mid-line. Unused.
+            os.lseek(self.fd, start, os.SEEK_SET)
+            self._rewritten = True
+            return None
+        self._recent = (self._recent + data[-FP_BYTES:])[-FP_BYTES:]
         now = time.time()
         ts = self._partial_ts if self.has_partial else now
-        start = self.pos
         self.pos += len(data)
         self.seen_size = max(self.seen_size, self.pos)
         if self._skipping:
@@ -276,8 +420,10 @@ class LineReader:
         Returns the old generation's unterminated last line (if any) and the change, or None.
         Call only after `read()` returned None, so a replaced file's old inode was read to its end.
         """
+        if self.fd < 0 and not (self.suspended and self._reopen()):
+            return self._replaced_while_closed()
         try:
-            st = os.stat(self.path)
+            st = os.lstat(self.path)
         except FileNotFoundError:
             return None  # deleted: keep reading the open file; nothing new will come
         try:
@@ -285,24 +431,50 @@ class LineReader:
         except OSError:
             size = self.pos
         replaced = (st.st_dev, st.st_ino) != (self.dev, self.ino)
-        truncated = not replaced and size < self.pos
+        # The size first, then the content: a size seen before the content proved unchanged is
+        # the old generation's, so what lies past our position is a true lower bound of a loss.
+        truncated = not replaced and (size < self.pos or self._rewritten or not self._intact(self.pos))
         if not replaced and not truncated:
             self.seen_size = max(self.seen_size, size)
             return None
+        opened = self._open_other() if replaced else None
+        if replaced and opened is None:
+            return None  # gone again, or replaced by something never read: keep the old file
+        # A replaced file was read to its end (exact); a truncated or rewritten one held unknown
+        # bytes past our position.
+        return self._switch(opened, "replaced" if replaced else "truncated" if size < self.pos else "rewritten",
+                            exact=replaced)
+
+    def _replaced_while_closed(self) -> tuple[Chunk | None, Generation] | None:
+        """A suspended file's name now names another regular file: switch to it. What the old
+        file got after it was closed is unknowable, so the change is not exact."""
+        if not self.suspended:
+            return None
+        opened = self._open_other()
+        if opened is None:
+            return None
+        return self._switch(opened, "replaced", exact=False)
+
+    def _open_other(self) -> tuple[int, os.stat_result] | None:
+        """The path opened when it names another file than ours now, else None."""
+        opened = self._open_regular()
+        if opened is not None and (opened[1].st_dev, opened[1].st_ino) == (self.dev, self.ino):
+            os.close(opened[0])  # still ours (the name changed twice between our looks, or not at all)
+            return None
+        return opened
+
+    def _switch(self, opened: tuple[int, os.stat_result] | None, reason: str,
+                exact: bool) -> tuple[Chunk | None, Generation]:
+        """Start the next generation: in `opened`, or from the start of the same file."""
         tail = self.flush_partial()
         lost = max(self.seen_size - self.pos, 0)
         lost_off = self.base + self.pos
-        new_base = lost_off + lost
-        if replaced:
-            try:
-                fd = os.open(self.path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
-            except FileNotFoundError:
-                return None
-            os.close(self.fd)
-            st = os.fstat(fd)
-            self.fd, self.dev, self.ino = fd, st.st_dev, st.st_ino
+        if opened is not None:
+            self._release()
+            self._hold(*opened)
         else:
             os.lseek(self.fd, 0, os.SEEK_SET)
-        self.base, self.pos, self._partial_start = new_base, 0, 0
+        self.base, self.pos, self._partial_start = lost_off + lost, 0, 0
         self.seen_size = 0
-        return tail, Generation(lost_off, lost, self.cursor, "replaced" if replaced else "truncated")
+        self._recent, self._rewritten = b"", False
+        return tail, Generation(lost_off, lost, self.cursor, reason, exact)

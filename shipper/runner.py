@@ -28,13 +28,17 @@ from shipper.config import EXIT_CONFIG, EXIT_UNDELIVERED, Loaded, ShipperConfig
 from shipper.health import Health
 from shipper.http import HttpClient
 from shipper.metrics import ShipperMetrics, start_server
+from shipper.openfiles import OpenFiles, effective_cap
 from shipper.signals import HANDLED, take_pending
 from shipper.stream import Stream
-from shipper.watcher import discover
+from shipper.watcher import Watcher, scan
 from shipper.worker_process import WorkerPlan
 from shipper.workers import SanitiserPool
 
 log = logging.getLogger("shipper.runner")
+
+#: The folder is looked at no more often than every `SCAN_SHARE` times the last look took.
+SCAN_SHARE = 4
 
 
 @dataclass
@@ -121,6 +125,11 @@ class Runner:
         self.streams: dict[str, Stream] = {}
         self.tasks: dict[str, asyncio.Task[None]] = {}
         self.rejected_names: set[str] = set()
+        self.watcher = Watcher()
+        self.open_files = OpenFiles(effective_cap(config.max_open_files), parts.metrics)
+        #: how long the last look at the folder took (the next waits at least `SCAN_SHARE` times it)
+        self.scan_seconds = 0.0
+        self._scan_error = ""
 
     def _on_signal(self, signum: int) -> None:
         if self.drain.is_set():
@@ -135,11 +144,24 @@ class Runner:
         """Read every file to its end, deliver, send each stream's eof, and return from `run`."""
         self.drain_started = time.monotonic()
         self.drain.set()
+        for stream in self.streams.values():
+            stream.wake()
 
-    def _discover(self) -> None:
+    async def _discover(self) -> None:
         from shipper.sanitise import Sanitiser
 
-        containers, bad = discover(self.config.logs_dir)
+        started = time.monotonic()
+        try:
+            found = await asyncio.to_thread(scan, self.config.logs_dir)
+        except OSError as exc:  # EMFILE, EACCES: the streams found so far go on; look again later
+            if exc.strerror != self._scan_error:
+                log.error("cannot list the log folder; trying again",
+                          extra={"dir": str(self.config.logs_dir), "error": exc.strerror})
+            self._scan_error = exc.strerror or ""
+            return
+        self._scan_error = ""
+        self.scan_seconds = time.monotonic() - started
+        containers, bad = found.containers, found.bad
         for name in bad:
             if name not in self.rejected_names:
                 self.rejected_names.add(name)
@@ -149,12 +171,15 @@ class Runner:
                 continue
             stream = Stream(container, self.config, self.client, self.checkpointer, self.metrics,
                             Sanitiser(max_chars=self.config.max_line_chars), self.drain, self.pool,
-                            on_risk=self.health.risk)
+                            on_risk=self.health.risk, open_files=self.open_files)
             self.streams[container] = stream
             self.tasks[container] = asyncio.create_task(self._run_stream(stream), name=container)
             self.metrics.streams.set(len(self.streams))
             log.info("stream found", extra={"stream": stream.name, "resume_off": stream.acked_off,
                                             "seq": stream.seq})
+        for container in self.watcher.changed(found):
+            if (changed := self.streams.get(container)) is not None:
+                changed.wake()
 
     async def _run_stream(self, stream: Stream) -> None:
         try:
@@ -191,12 +216,13 @@ class Runner:
             "sanitise_workers": self.workers, "cpus": round(self.cpus, 2)})
         try:
             while not self.drain.is_set():
-                self._discover()
+                await self._discover()
                 try:
-                    await asyncio.wait_for(self.drain.wait(), cfg.poll_interval)
+                    # Thousands of files: a look may not take more than a share of the time.
+                    await asyncio.wait_for(self.drain.wait(), max(cfg.poll_interval, SCAN_SHARE * self.scan_seconds))
                 except TimeoutError:
                     pass
-            self._discover()
+            await self._discover()
             return await self._finish_drain()
         finally:
             await self.client.http.close()

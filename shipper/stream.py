@@ -14,34 +14,43 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Final
 
 from shipper.batch import Identity, Limits
-from shipper.checkpoints import Checkpointer
+from shipper.checkpoints import Checkpoint, Checkpointer
 from shipper.client import AggregatorClient
 from shipper.config import ShipperConfig
 from shipper.metrics import ShipperMetrics
+from shipper.openfiles import OpenFiles
 from shipper.packer import Packer
 from shipper.preparing import Preparer
-from shipper.reader import Chunk, LineReader
+from shipper.reader import Chunk, LineReader, fingerprint_at
 from shipper.reclaim import Reclaimer
 from shipper.sanitise import Sanitiser
 from shipper.sender import Outbox, Sender
 from shipper.tailring import TailRing
+from shipper.volumefiles import read_small, volume_device
 from shipper.workers import SanitiserPool
 
 log = logging.getLogger("shipper.stream")
 
 
-def read_exit_code(path: Path) -> int | None:
-    """The status logwrap recorded, or None when absent or unreadable."""
-    try:
-        text = path.read_text(encoding="ascii", errors="replace").strip()
-    except OSError:
+#: Seconds an idle stream sleeps when the watcher does not wake it (a fallback only).
+IDLE_RECHECK: Final = 30.0
+#: An exit file holds a status in decimal digits and a newline; anything longer is not one.
+EXIT_FILE_CAP: Final = 32
+
+
+def read_exit_code(path: Path, dev: int | None = None) -> int | None:
+    """The status logwrap recorded, or None when absent, unreadable, refused or not a status
+    (`read_small`: a regular file of the volume, at most `EXIT_FILE_CAP` bytes)."""
+    data = read_small(path, EXIT_FILE_CAP, dev)
+    if data is None:
         return None
     try:
-        return int(text)
+        return int(data.decode("ascii").strip())
     except ValueError:
         return None
 
@@ -65,7 +74,8 @@ class Stream:
     def __init__(self, container: str, config: ShipperConfig, client: AggregatorClient,
                  checkpointer: Checkpointer, metrics: ShipperMetrics, sanitiser: Sanitiser,
                  drain: asyncio.Event, pool: SanitiserPool | None = None,
-                 on_risk: Callable[[str, str | None], None] | None = None) -> None:
+                 on_risk: Callable[[str, str | None], None] | None = None,
+                 open_files: OpenFiles | None = None) -> None:
         self.container = container
         self.config = config
         self.metrics = metrics
@@ -75,12 +85,17 @@ class Stream:
         self.log_path = config.logs_dir / f"{container}.log"
         self.exit_path = config.logs_dir / f"{container}.exit"
         self._labels = {"container": container}
+        self._refused = ""
         cp = checkpointer.load(container)
+        self.volume_dev = volume_device(config.logs_dir)
         self.reader = LineReader(self.log_path, config.read_size, config.line_prefix_bytes,
-                                 resume=cp.cursor if cp else None)
+                                 resume=cp.cursor if cp else None, resume_fp=cp.fp if cp else "",
+                                 volume_dev=self.volume_dev, files=open_files)
+        #: set when the watcher saw the stream's files change, or the drain began
+        self._wake = asyncio.Event()
         self.preparer = Preparer(sanitiser, pool, metrics)
         self.outbox = Outbox(metrics, container)
-        self.checkpoints = checkpointer.paced()
+        self.checkpoints = checkpointer.paced(stamp=self._stamp)
         self.sender = Sender(ident, self.name, client, self.outbox, self.checkpoints, metrics,
                              config.reject_backoff, cp, on_ack=self._update_lag)
         self.packer = Packer(self.name, container,
@@ -124,22 +139,41 @@ class Stream:
                 await self.reclaimer.close()
             self.reader.close()
 
+    def wake(self) -> None:
+        """The stream's files changed (or the drain began): look at them now."""
+        self._wake.set()
+
     async def _wait(self, seconds: float) -> None:
-        """Sleep, but wake at once when the drain starts."""
+        """Sleep until woken (`wake`) or for `seconds`; not at all once the drain started."""
+        if self.drain.is_set():
+            return
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self.drain.wait(), seconds)
+            async with asyncio.timeout(seconds):
+                await self._wake.wait()
+        self._wake.clear()
+
+    def _idle_wait(self) -> float:
+        """How long to sleep at the end of the file: a poll interval while a batch lingers or an
+        unterminated line waits for its exit to settle, else until the watcher wakes us (with a
+        long fallback, should a change escape it)."""
+        if self.packer.building or self.reader.has_partial:
+            return self.config.poll_interval
+        return IDLE_RECHECK
 
     async def _produce(self) -> None:
         reader, packer = self.reader, self.packer
         while not reader.open():
+            self._note_refusal()
             if self.drain.is_set():
                 await self.outbox.close()
                 return
             await self._wait(self.config.poll_interval)
         if reader.note:
             log.warning(reader.note, extra={"stream": self.name})
-        packer.begin(reader.cursor, read_exit_code(self.exit_path))
-        if not self.sender.eof_acked:
+        packer.begin(reader.cursor, read_exit_code(self.exit_path, self.volume_dev))
+        if reader.lost is not None:
+            await packer.generation(reader.lost)  # the first batch, reporting what the change lost
+        elif not self.sender.eof_acked:
             await packer.flush(force=True)  # the first batch: the aggregator learns of the stream now
         idle_since = time.monotonic()
         while True:
@@ -159,6 +193,7 @@ class Stream:
                 await self._settle()
                 continue
             change = reader.check_generation()
+            self._note_refusal()
             if change is not None:
                 tail, gen = change
                 if tail is not None:
@@ -169,11 +204,11 @@ class Stream:
                 continue
             self._update_lag()
             # logwrap removes the file when a restarted container starts: no status while it runs.
-            packer.exit_status(read_exit_code(self.exit_path))
+            packer.exit_status(read_exit_code(self.exit_path, self.volume_dev))
             if self.drain.is_set():
                 await self._finish()
                 return
-            if (reader.has_partial and self.exit_path.exists()
+            if (reader.has_partial and packer.exit_code is not None  # its exit file, as just read
                     and time.monotonic() - idle_since >= self.config.exit_settle):
                 tail = reader.flush_partial()
                 if tail is not None:
@@ -182,7 +217,20 @@ class Stream:
                 await packer.flush_if_lingered()
             elif packer.exit_unsent and not self.sender.eof_acked:
                 await packer.flush(force=True)  # tell the aggregator the exit status promptly
-            await self._wait(self.config.poll_interval)
+            await self._wait(self._idle_wait())
+
+    def _stamp(self, cp: Checkpoint) -> Checkpoint:
+        """The checkpoint with the fingerprint of the bytes before its position (a thread runs this)."""
+        return replace(cp, fp=fingerprint_at(self.log_path, cp.dev, cp.ino, cp.pos, self.volume_dev))
+
+    def _note_refusal(self) -> None:
+        """Log once each time the log's path starts naming something that is never read."""
+        why = self.reader.refused
+        if why != self._refused:
+            self._refused = why
+            if why:
+                log.error("log file not read: only regular files of the volume are, once they open",
+                          extra={"stream": self.name, "file": self.log_path.name, "reason": why})
 
     async def _place_next(self) -> None:
         chunk, prepared = await self.preparer.next()

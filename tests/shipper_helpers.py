@@ -11,7 +11,7 @@ import signal
 import ssl
 import sys
 import time
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -124,7 +124,8 @@ class Shipper:
 
 
 async def start_shipper(volume: Path, urls: Iterable[str], *args: str, token: str = TOKEN,
-                        job_id: str = JOB_ID, **env: str) -> Shipper:
+                        job_id: str = JOB_ID, preexec_fn: Callable[[], object] | None = None,
+                        **env: str) -> Shipper:
     full_env = dict(os.environ)
     full_env.update({
         "PYTHONPATH": str(ROOT),
@@ -147,7 +148,7 @@ async def start_shipper(volume: Path, urls: Iterable[str], *args: str, token: st
     try:
         proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "shipper", "run", *args, env=full_env, stdout=out,
-            stderr=asyncio.subprocess.STDOUT)
+            stderr=asyncio.subprocess.STDOUT, preexec_fn=preexec_fn)
     finally:
         out.close()
     return Shipper(proc, log_path)

@@ -163,6 +163,8 @@ def test_marker_texts() -> None:
     assert f"`{template(omitted_marker(N))}`" in section(6)
     dropped = template(dropped_marker(N, N)).replace("(N bytes)", "(B bytes)")
     assert f"`{dropped}`" in section(6)
+    inexact = template(dropped_marker(N, N, exact=False)).replace("(N bytes)", "(B bytes)")
+    assert f"`{inexact}`" in section(6) and inexact in section(4)
 
 
 def _table_rows(text: str) -> list[list[str]]:

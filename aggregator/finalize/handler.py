@@ -18,7 +18,7 @@ from aggregator.finalize.job import finalize_job
 from aggregator.metrics import Metrics
 from aggregator.refusals import refusal_of, report
 from aggregator.storage import Store
-from blastlogs.protocol import valid_job_id
+from blastlogs.protocol import JOB_ID_RULE, valid_job_id
 
 log = logging.getLogger("aggregator.finalize")
 
@@ -59,7 +59,7 @@ class FinalizeHandler:
             report(self.metrics, refusal_of(e, header, finalize=True, job=job_id))
             raise
         if not valid_job_id(job_id):
-            raise BadRequest( "job id must match [A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+            raise BadRequest(JOB_ID_RULE)
         wait, existing = parse_finalize_body(await read_body(request, cfg.max_body_bytes),
                                              cfg.finalize_max_wait)
         started = time.monotonic()

@@ -63,7 +63,8 @@ def batch_digest(batch: StoredBatch) -> str:
     """SHA-256 over what identifies a batch's content; not `ts` or `seq`, which a re-send may change."""
     identity = [
         list(map(_OFF_LINE, batch.events)),  # (off, line) pairs: orjson writes a tuple as an array
-        None if batch.dropped is None else [batch.dropped.off, batch.dropped.lines, batch.dropped.bytes],
+        None if batch.dropped is None else [batch.dropped.off, batch.dropped.lines, batch.dropped.bytes,
+                                            *(() if batch.dropped.exact else (False,))],
         batch.eof,
         batch.exit_code,
     ]

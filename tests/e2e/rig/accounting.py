@@ -12,7 +12,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 MARKER_RE = re.compile(
-    r"^\[\.\.\. (?P<lines>\d+) lines (?:omitted|\((?P<bytes>\d+) bytes\) dropped by the shipper) \.\.\.\]$"
+    # an inexact report's marker (`exact: false`) says "at least N lines": it still counts N
+    r"^\[\.\.\. (?:at least )?(?P<lines>\d+) lines (?:omitted|\((?P<bytes>\d+) bytes\) dropped by the shipper) \.\.\.\]$"
 )
 
 
