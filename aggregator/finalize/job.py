@@ -3,7 +3,8 @@
 Order matters for other writers and for replicas (docs/design.md, "Finalize and concurrent replicas"):
 list `logs/` before reading the manifest; write the manifest (old and new names) before the chunks;
 delete our stale chunks; write the manifest again with only the new names; then `summary.json`.
-The same staging contents give the same bytes on every run and on every replica.
+The same staging contents give the same bytes on every run and on every replica. Every write under the
+lock runs through `aggregator.fanout`: the lock is released only once each write we started has settled.
 """
 
 from __future__ import annotations
@@ -11,13 +12,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Mapping
 from functools import partial
-from typing import TypeVar
 
 from aggregator.artifacts import build_artifacts, chunk_body, keep_longer_existing, summary_body
 from aggregator.config import AggregatorConfig
 from aggregator.errors import JobNotFound
+from aggregator.fanout import run_bounded
 from aggregator.finalize.lock import JobLock
 from aggregator.finalize.manifest import decode_manifest, encode_manifest, first_free_seqs
 from aggregator.model import StoredBatch
@@ -34,9 +35,6 @@ from aggregator.storage.layout import (
 )
 
 log = logging.getLogger("aggregator.finalize")
-
-T = TypeVar("T")
-
 
 def _not_found(job_id: str) -> JobNotFound:
     return JobNotFound(f"nothing is stored for job {job_id}")
@@ -55,16 +53,6 @@ async def wait_for_eof(store: Store, job_id: str, wait_seconds: float, poll: flo
         await asyncio.sleep(min(poll, left))
 
 
-async def _gather_bounded(limit: int, jobs: Iterable[Callable[[], Awaitable[T]]]) -> list[T]:
-    sem = asyncio.Semaphore(limit)
-
-    async def one(job: Callable[[], Awaitable[T]]) -> T:
-        async with sem:
-            return await job()
-
-    return list(await asyncio.gather(*(one(j) for j in jobs)))
-
-
 async def read_staged(store: Store, job_id: str, concurrency: int) -> list[StoredBatch]:
     keys = [k for k in await store.list_keys(staging_prefix(job_id)) if parse_batch_key(job_id, k)]
 
@@ -78,7 +66,7 @@ async def read_staged(store: Store, job_id: str, concurrency: int) -> list[Store
             log.error("unreadable staged batch skipped", extra={"fields": {"key": key, "error": str(e)}})
             return None
 
-    found = await _gather_bounded(concurrency, (partial(read, k) for k in keys))
+    found = await run_bounded(concurrency, (partial(read, k) for k in keys))
     return [b for b in found if b is not None and b.job_id == job_id]
 
 
@@ -104,10 +92,10 @@ async def finalize_job(store: Store, cfg: AggregatorConfig, job_id: str, *, wait
         if new_ours != old_ours:
             # Before any chunk exists under its name, the manifest claims it (and still every old one).
             await store.put(manifest_key(job_id), encode_manifest(old_ours | new_ours))
-        await _gather_bounded(cfg.read_concurrency,
+        await run_bounded(cfg.read_concurrency,
                               (partial(store.put, k, b) for k, b in sorted(writes.items())))
         stale = sorted(old_ours - new_ours)
-        await _gather_bounded(cfg.read_concurrency, (partial(store.delete, k) for k in stale))
+        await run_bounded(cfg.read_concurrency, (partial(store.delete, k) for k in stale))
         if new_ours != old_ours:
             await store.put(manifest_key(job_id), encode_manifest(new_ours))
         summary = summary_body({

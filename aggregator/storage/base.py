@@ -3,7 +3,9 @@
 Keys are `/`-separated paths relative to the store's root (a folder or a blob container).
 Every backend must make a `put` atomic: a reader sees the old object or the new one, never half.
 Every method raises ValueError for an unsafe key or prefix (`check_key`, `check_prefix`) and
-StoreError when storage fails; nothing else escapes.
+StoreError when storage fails; nothing else escapes. A cancelled `put` or `delete` returns only once
+the operation has settled (applied or not), so nothing we started writes after its caller has moved
+on (for finalize: after its lock was released).
 """
 
 from __future__ import annotations

@@ -7,6 +7,7 @@ import os
 import tempfile
 from pathlib import Path
 
+from aggregator.fanout import finish_even_if_cancelled
 from aggregator.storage.base import TEMP_PREFIX, StoreError, check_key, check_prefix
 
 
@@ -31,7 +32,8 @@ class LocalStore:
             raise StoreError(f"read {key}: {e.strerror}") from e
 
     async def put(self, key: str, data: bytes, *, overwrite: bool = True) -> bool:
-        return await asyncio.to_thread(self._put, key, data, overwrite)
+        # A thread cannot be stopped: a cancelled put returns only once the write has settled.
+        return await finish_even_if_cancelled(asyncio.to_thread(self._put, key, data, overwrite))
 
     def _put(self, key: str, data: bytes, overwrite: bool) -> bool:
         path = self._path(key)
@@ -65,7 +67,7 @@ class LocalStore:
             raise StoreError(f"write {key}: {e.strerror}") from e
 
     async def delete(self, key: str) -> None:
-        await asyncio.to_thread(self._delete, key)
+        await finish_even_if_cancelled(asyncio.to_thread(self._delete, key))
 
     def _delete(self, key: str) -> None:
         try:
