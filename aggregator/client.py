@@ -24,8 +24,10 @@ from blastlogs.protocol import FINALIZE_PATH
 __all__ = ["FinalizeResult", "finalize", "finalize_sync", "job_token"]
 
 RETRY_STATUSES = frozenset({429, 502, 503, 504})
-#: Extra seconds beyond `wait_seconds` for the whole call, attempts, and the first pause between them.
-CLIENT_TIMEOUT_MARGIN = 30.0
+#: Extra seconds beyond `wait_seconds` for the whole call, attempts, and the pauses between them:
+#: a dead replica's stale lock (`LOCK_TTL`, 6 s), the finalize itself (measured in docs/benchmarks.md,
+#: "Big jobs": at most about 20 s on the local store for every shape there), and room for one 503 retry.
+CLIENT_TIMEOUT_MARGIN = 90.0
 CLIENT_ATTEMPTS = 4
 CLIENT_BACKOFF = 0.5
 
@@ -53,7 +55,10 @@ async def finalize(
 ) -> FinalizeResult:
     """POST /v1/jobs/{job_id}/finalize; retries 429/5xx-unavailable and connection errors within `timeout`.
 
-    `timeout` bounds the whole call, retries included; by default `wait_seconds` plus a margin.
+    `timeout` bounds the whole call, retries included; by default `wait_seconds` plus 90 s
+    (`CLIENT_TIMEOUT_MARGIN`): enough for a stale lock left by a dead replica (seconds, `LOCK_TTL`)
+    and the finalize times measured for big jobs (docs/benchmarks.md, "Big jobs"). Pass a larger
+    `timeout` for jobs bigger than those.
     """
     try:
         return await _finalize(base_url, admin_token, job_id, wait_seconds, existing_last_output,

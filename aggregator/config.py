@@ -165,10 +165,15 @@ class AggregatorConfig:
     poll_seconds: float = field(default=0.25, metadata=opt(
         env="POLL_SECONDS", minimum=0.01,
         help="how often, in seconds, a waiting finalize re-lists staging (for eof objects, or a held lock)"))
-    lock_ttl: float = field(default=60.0, metadata=opt(
+    lock_ttl: float = field(default=6.0, metadata=opt(
         env="LOCK_TTL", minimum=1.0,
-        help="seconds after which a finalize lock not renewed belongs to a dead replica and is taken over"))
-    lock_wait: float = field(default=120.0, metadata=opt(
+        help="seconds after which a finalize lock not renewed belongs to a dead replica and is taken over; "
+             "a holder that cannot renew it within this time stops writing"))
+    lock_renew: float = field(default=2.0, metadata=opt(
+        env="LOCK_RENEW", minimum=0.1,
+        help="seconds between renewals of a held finalize lock; at least three renewals fit in `LOCK_TTL` "
+             "(a larger value is cut to a third of it)"))
+    lock_wait: float = field(default=60.0, metadata=opt(
         env="LOCK_WAIT", help="seconds a finalize waits for another replica's lock before answering 503"))
     read_concurrency: int = field(default=16, metadata=opt(
         env="READ_CONCURRENCY", minimum=1, help="staged batches a finalize reads (and chunks it writes) at once"))

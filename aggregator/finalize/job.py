@@ -74,7 +74,8 @@ async def finalize_job(store: Store, cfg: AggregatorConfig, job_id: str, *, wait
                        existing_last_output: Mapping[str, str]) -> bytes:
     """Build and write the job's artifacts; the summary.json bytes (the response body)."""
     await wait_for_eof(store, job_id, wait_seconds, cfg.poll_seconds)
-    async with JobLock(store, job_id, ttl=cfg.lock_ttl, wait=cfg.lock_wait, poll=cfg.poll_seconds):
+    async with JobLock(store, job_id, ttl=cfg.lock_ttl, wait=cfg.lock_wait, poll=cfg.poll_seconds,
+                       renew=cfg.lock_renew):
         listed = await store.list_keys(logs_prefix(job_id))
         old_ours = decode_manifest(await store.get(manifest_key(job_id)))
         batches = await read_staged(store, job_id, cfg.read_concurrency)
