@@ -13,28 +13,41 @@ import asyncio
 import logging
 import time
 from collections.abc import Mapping
+from dataclasses import dataclass
 from functools import partial
 
-from aggregator.artifacts import build_artifacts, chunk_body, keep_longer_existing, summary_body
+from aggregator.artifacts import (
+    Chunker,
+    Entry,
+    StreamSummary,
+    chunk_body,
+    keep_longer_existing,
+    plan_artifacts,
+    retained_entries,
+    summarize,
+    summary_body,
+)
 from aggregator.config import AggregatorConfig
-from aggregator.errors import JobNotFound
+from aggregator.errors import JobNotFound, StoreError
 from aggregator.fanout import run_bounded
 from aggregator.finalize.lock import JobLock
 from aggregator.finalize.manifest import decode_manifest, encode_manifest, first_free_seqs
-from aggregator.model import StoredBatch
-from aggregator.staging import decode_batch
+from aggregator.finalize.streams import StagedStream, StagingReader, group_staged
 from aggregator.storage import Store
 from aggregator.storage.layout import (
     chunk_key,
     logs_prefix,
     manifest_key,
-    parse_batch_key,
     staging_prefix,
     stream_states,
     summary_key,
 )
 
 log = logging.getLogger("aggregator.finalize")
+
+#: Retained entries pass one keeps in memory for pass two (about 200 bytes each); beyond, streams are
+#: read again in pass two, so memory holds about a window of streams, not the job.
+FINALIZE_CACHE_ENTRIES = 200_000
 
 def _not_found(job_id: str) -> JobNotFound:
     return JobNotFound(f"nothing is stored for job {job_id}")
@@ -53,21 +66,66 @@ async def wait_for_eof(store: Store, job_id: str, wait_seconds: float, poll: flo
         await asyncio.sleep(min(poll, left))
 
 
-async def read_staged(store: Store, job_id: str, concurrency: int) -> list[StoredBatch]:
-    keys = [k for k in await store.list_keys(staging_prefix(job_id)) if parse_batch_key(job_id, k)]
+@dataclass(slots=True)
+class Scanned:
+    """Pass one's result for a stream: its summary, where it is stored, and its entries if cached."""
 
-    async def read(key: str) -> StoredBatch | None:
-        data = await store.get(key)
-        if data is None:
-            return None
-        try:
-            return decode_batch(data)
-        except ValueError as e:
-            log.error("unreadable staged batch skipped", extra={"fields": {"key": key, "error": str(e)}})
-            return None
+    summary: StreamSummary
+    sources: list[str]
+    entries: list[Entry] | None
 
-    found = await run_bounded(concurrency, (partial(read, k) for k in keys))
-    return [b for b in found if b is not None and b.job_id == job_id]
+
+async def scan_streams(reader: StagingReader, job_id: str, keys: list[str], cfg: AggregatorConfig,
+                       ) -> dict[tuple[str, str], Scanned]:
+    """Pass one: read (and compact) each stream, keep its summary; keep its entries while they fit
+    `FINALIZE_CACHE_ENTRIES` in all, else pass two reads the stream again."""
+    room = [FINALIZE_CACHE_ENTRIES]
+
+    async def scan(stream: StagedStream) -> tuple[tuple[str, str], Scanned] | None:
+        state, sources = await reader.load(stream)
+        if state is None:
+            return None
+        entries, marked = retained_entries(state, cfg.head_lines, cfg.tail_lines)
+        summary = summarize(state, entries, marked)
+        keep = len(entries) <= room[0]
+        if keep:
+            room[0] -= len(entries)
+        return (stream.pod, stream.container), Scanned(summary, sources, entries if keep else None)
+
+    streams = group_staged(job_id, keys).values()
+    found = await run_bounded(cfg.read_concurrency, (partial(scan, s) for s in streams))
+    return dict(f for f in found if f is not None)
+
+
+async def write_phase(store: Store, reader: StagingReader, cfg: AggregatorConfig, job_id: str, phase: str,
+                      members: list[StreamSummary], scanned: Mapping[tuple[str, str], Scanned],
+                      first_seq: int) -> int:
+    """Pass two for one phase: its streams' entries in plan order, `read_concurrency` streams at a time,
+    its chunks written as they fill. The number of chunks written."""
+
+    async def entries_of(s: StreamSummary) -> list[Entry]:
+        found = scanned[(s.pod, s.container)]
+        if found.entries is not None:
+            return found.entries
+        state = await reader.reload(found.sources)
+        if state is None:
+            raise StoreError(f"staging of {s.pod}/{s.container} vanished during finalize")
+        return retained_entries(state, cfg.head_lines, cfg.tail_lines)[0]
+
+    chunker = Chunker(cfg.chunk_events)
+    seq = first_seq
+    window = max(cfg.read_concurrency, 1)
+    for start in range(0, len(members), window):
+        part = members[start:start + window]
+        loaded = await run_bounded(window, (partial(entries_of, s) for s in part))
+        chunks = [c for s, entries in zip(part, loaded, strict=True) for c in chunker.add(s, entries)]
+        if start + window >= len(members):
+            chunks += chunker.flush()
+        writes = [(chunk_key(job_id, phase, seq + i), chunk_body(job_id, phase, seq + i, c))
+                  for i, c in enumerate(chunks)]
+        seq += len(chunks)
+        await run_bounded(cfg.read_concurrency, (partial(store.put, k, b) for k, b in writes))
+    return seq - first_seq
 
 
 async def finalize_job(store: Store, cfg: AggregatorConfig, job_id: str, *, wait_seconds: float,
@@ -78,34 +136,34 @@ async def finalize_job(store: Store, cfg: AggregatorConfig, job_id: str, *, wait
                        renew=cfg.lock_renew):
         listed = await store.list_keys(logs_prefix(job_id))
         old_ours = decode_manifest(await store.get(manifest_key(job_id)))
-        batches = await read_staged(store, job_id, cfg.read_concurrency)
-        if not batches:
+        reader = StagingReader(store, job_id, cfg.read_concurrency)
+        scanned = await scan_streams(reader, job_id, await store.list_keys(staging_prefix(job_id)), cfg)
+        if not scanned:
             raise _not_found(job_id)
-        art = build_artifacts(batches, phase_table=cfg.phase_table, head_lines=cfg.head_lines,
-                              tail_lines=cfg.tail_lines, chunk_events=cfg.chunk_events)
+        plan = plan_artifacts((s.summary for s in scanned.values()), phase_table=cfg.phase_table,
+                              chunk_events=cfg.chunk_events)
         first = first_free_seqs(job_id, listed, old_ours)
-        writes: dict[str, bytes] = {}
-        for phase, chunks in art.phases.items():
-            for i, events in enumerate(chunks):
-                seq = first.get(phase, 0) + i
-                writes[chunk_key(job_id, phase, seq)] = chunk_body(job_id, phase, seq, events)
-        new_ours = set(writes)
+        new_ours = {chunk_key(job_id, phase, first.get(phase, 0) + i)
+                    for phase, step in plan.steps.items() for i in range(step["chunks"])}
         if new_ours != old_ours:
             # Before any chunk exists under its name, the manifest claims it (and still every old one).
             await store.put(manifest_key(job_id), encode_manifest(old_ours | new_ours))
-        await run_bounded(cfg.read_concurrency,
-                              (partial(store.put, k, b) for k, b in sorted(writes.items())))
+        for phase, members in plan.members.items():
+            written = await write_phase(store, reader, cfg, job_id, phase, members, scanned, first.get(phase, 0))
+            if written != plan.steps[phase]["chunks"]:
+                raise StoreError(f"staging changed during finalize: {phase} has {written} chunks, not "
+                                 f"{plan.steps[phase]['chunks']}")
         stale = sorted(old_ours - new_ours)
         await run_bounded(cfg.read_concurrency, (partial(store.delete, k) for k in stale))
         if new_ours != old_ours:
             await store.put(manifest_key(job_id), encode_manifest(new_ours))
         summary = summary_body({
             "job_id": job_id,
-            "complete": art.complete,
-            "incomplete_streams": art.incomplete_streams,
-            "steps": keep_longer_existing(art.steps, existing_last_output),
+            "complete": plan.complete,
+            "incomplete_streams": plan.incomplete_streams,
+            "steps": keep_longer_existing(plan.steps, existing_last_output),
         })
         await store.put(summary_key(job_id), summary)
-    log.info("finalized", extra={"fields": {"job_id": job_id, "complete": art.complete,
+    log.info("finalized", extra={"fields": {"job_id": job_id, "complete": plan.complete, "streams": len(scanned),
                                             "chunks": len(new_ours), "stale_deleted": len(stale)}})
     return summary
