@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from functools import partial
 
@@ -34,11 +34,13 @@ from aggregator.finalize.lock import JobLock
 from aggregator.finalize.manifest import decode_manifest, encode_manifest, first_free_seqs
 from aggregator.finalize.streams import StagedStream, StagingReader, group_staged
 from aggregator.storage import Store
+from aggregator.storage.base import SweepsTemp
 from aggregator.storage.layout import (
     chunk_key,
     logs_prefix,
     manifest_key,
     staging_prefix,
+    steps_prefix,
     stream_states,
     summary_key,
 )
@@ -73,6 +75,7 @@ class Scanned:
     summary: StreamSummary
     sources: list[str]
     entries: list[Entry] | None
+    redundant: list[str]
 
 
 async def scan_streams(reader: StagingReader, job_id: str, keys: list[str], cfg: AggregatorConfig,
@@ -82,15 +85,17 @@ async def scan_streams(reader: StagingReader, job_id: str, keys: list[str], cfg:
     room = [FINALIZE_CACHE_ENTRIES]
 
     async def scan(stream: StagedStream) -> tuple[tuple[str, str], Scanned] | None:
-        state, sources = await reader.load(stream)
-        if state is None:
+        loaded = await reader.load(stream)
+        if loaded is None:
             return None
+        state = loaded.state
         entries, marked = retained_entries(state, cfg.head_lines, cfg.tail_lines)
         summary = summarize(state, entries, marked)
         keep = len(entries) <= room[0]
         if keep:
             room[0] -= len(entries)
-        return (stream.pod, stream.container), Scanned(summary, sources, entries if keep else None)
+        return (stream.pod, stream.container), Scanned(summary, loaded.sources, entries if keep else None,
+                                                      loaded.redundant)
 
     streams = group_staged(job_id, keys).values()
     found = await run_bounded(cfg.read_concurrency, (partial(scan, s) for s in streams))
@@ -126,6 +131,19 @@ async def write_phase(store: Store, reader: StagingReader, cfg: AggregatorConfig
         seq += len(chunks)
         await run_bounded(cfg.read_concurrency, (partial(store.put, k, b) for k, b in writes))
     return seq - first_seq
+
+
+async def clean_staging(store: Store, cfg: AggregatorConfig, job_id: str, scanned: Iterable[Scanned]) -> int:
+    """After a successful finalize: delete what compacted objects make redundant (unless retention is
+    `all`) and stray temp files; how many objects went. Failures are logged: the artifacts stand."""
+    redundant = [k for s in scanned for k in s.redundant] if cfg.staging_retention == "compacted" else []
+    try:
+        await run_bounded(cfg.read_concurrency, (partial(store.delete, k) for k in redundant))
+        swept = await store.sweep_temp(steps_prefix(job_id), cfg.temp_max_age) if isinstance(store, SweepsTemp) else 0
+    except StoreError as e:
+        log.warning("staging cleanup failed", extra={"fields": {"job_id": job_id, "error": str(e)}})
+        return 0
+    return len(redundant) + swept
 
 
 async def finalize_job(store: Store, cfg: AggregatorConfig, job_id: str, *, wait_seconds: float,
@@ -164,6 +182,8 @@ async def finalize_job(store: Store, cfg: AggregatorConfig, job_id: str, *, wait
             "steps": keep_longer_existing(plan.steps, existing_last_output),
         })
         await store.put(summary_key(job_id), summary)
+        cleaned = await clean_staging(store, cfg, job_id, scanned.values())
     log.info("finalized", extra={"fields": {"job_id": job_id, "complete": plan.complete, "streams": len(scanned),
-                                            "chunks": len(new_ours), "stale_deleted": len(stale)}})
+                                            "chunks": len(new_ours), "stale_deleted": len(stale),
+                                            "staging_deleted": cleaned}})
     return summary

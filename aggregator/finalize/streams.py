@@ -56,6 +56,16 @@ def group_staged(job_id: str, keys: list[str]) -> dict[tuple[str, str], StagedSt
     return out
 
 
+@dataclass(slots=True)
+class Loaded:
+    """A stream as `StagingReader.load` read it."""
+
+    state: StreamState
+    sources: list[str]
+    #: Staged objects the stream's compacted object makes redundant (deleted after a finalize).
+    redundant: list[str]
+
+
 class StagingReader:
     """Reads staged objects, at most `concurrency` at a time across every stream of a finalize."""
 
@@ -88,8 +98,9 @@ class StagingReader:
         c = await self._read(key, decode_compacted, "compacted stream")
         return (c.state, c.covers) if c is not None and c.job_id == self.job_id else None
 
-    async def load(self, stream: StagedStream) -> tuple[StreamState | None, list[str]]:
-        """The stream's merged state and the keys it came from (after compacting, just one)."""
+    async def load(self, stream: StagedStream) -> Loaded | None:
+        """The stream's merged state, the keys it now comes from (after compacting, just one), and what
+        that compacted object makes redundant."""
         best = stream.best()
         states: list[StreamState] = []
         covers: frozenset[str] = frozenset()
@@ -107,14 +118,19 @@ class StagingReader:
         states.extend(s for s in read if s is not None)
         sources.extend(stream.batches[n] for n in rest)
         if not states:
-            return None, []
+            return None
         state = merge_states(states)
         if len(sources) > 1:
-            covered = covers | {n for n, s in zip(rest, read, strict=True) if s is not None}
-            key = compact_key(self.job_id, stream.pod, stream.container, covered, state.eof)
-            await self.store.put(key, encode_compacted(self.job_id, state, covered), overwrite=False)
+            covers = covers | {n for n, s in zip(rest, read, strict=True) if s is not None}
+            key = compact_key(self.job_id, stream.pod, stream.container, covers, state.eof)
+            await self.store.put(key, encode_compacted(self.job_id, state, covers), overwrite=False)
             sources = [key]
-        return state, sources
+        if len(sources) != 1 or sources[0] in stream.batches.values():
+            return Loaded(state, sources, [])
+        # Compactions of a stream only grow (each starts from the largest), so the others are older.
+        redundant = [stream.batches[n] for n in sorted(covers) if n in stream.batches]
+        redundant += sorted(k for _, k in stream.compacted if k != sources[0])
+        return Loaded(state, sources, redundant)
 
     async def reload(self, sources: list[str]) -> StreamState | None:
         """The state of a stream from the keys `load` gave (pass two of a finalize)."""

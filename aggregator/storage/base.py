@@ -10,11 +10,11 @@ on (for finalize: after its lock was released).
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from aggregator.errors import StoreError
 
-__all__ = ["TEMP_PREFIX", "Store", "StoreError", "check_key", "check_prefix"]
+__all__ = ["TEMP_PREFIX", "Store", "StoreError", "SweepsTemp", "check_key", "check_prefix"]
 
 #: LocalStore's in-progress writes start with this; such names are never keys (check_key refuses them).
 TEMP_PREFIX = ".tmp-"
@@ -40,6 +40,14 @@ class Store(Protocol):
 
     async def close(self) -> None:
         """Release connections."""
+
+
+@runtime_checkable
+class SweepsTemp(Protocol):
+    """A store whose interrupted writes can leave temporary files behind (LocalStore)."""
+
+    async def sweep_temp(self, prefix: str, older_than: float) -> int:
+        """Remove temporary files under `prefix` last modified over `older_than` seconds ago; how many."""
 
 
 def check_key(key: str) -> str:

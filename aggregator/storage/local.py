@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import tempfile
+import time
 from pathlib import Path
 
 from aggregator.fanout import finish_even_if_cancelled
@@ -110,6 +111,31 @@ class LocalStore:
             raise StoreError(f"list {prefix}: {e.strerror}") from e
         out.sort()
         return out
+
+    async def sweep_temp(self, prefix: str, older_than: float) -> int:
+        """Remove `.tmp-*.part` files under `prefix` older than `older_than` seconds (a crash mid-write
+        leaves them; a write in progress is seconds old, never that old)."""
+        return await asyncio.to_thread(self._sweep_temp, check_prefix(prefix), older_than)
+
+    def _sweep_temp(self, prefix: str, older_than: float) -> int:
+        folder = prefix.rsplit("/", 1)[0] if "/" in prefix else ""
+        base = self.root.joinpath(*folder.split("/")) if folder else self.root
+        cutoff = time.time() - older_than
+        removed = 0
+        for dirpath, _dirs, files in os.walk(base):
+            for name in files:
+                if not (name.startswith(TEMP_PREFIX) and name.endswith(".part")):
+                    continue
+                path = os.path.join(dirpath, name)
+                try:
+                    if os.stat(path).st_mtime < cutoff:
+                        os.unlink(path)
+                        removed += 1
+                except FileNotFoundError:
+                    continue
+                except OSError as e:
+                    raise StoreError(f"sweep {prefix}: {e.strerror}") from e
+        return removed
 
     async def ping(self) -> None:
         def _ping() -> None:
