@@ -83,7 +83,7 @@ class Stream:
         self.packer = Packer(self.name, container,
                              Limits.for_body(ident, config.batch_max_events, config.batch_max_bytes),
                              config.stream_budget_bytes, TailRing(config.tail_ring_bytes), config.linger,
-                             self.outbox, metrics, shipped=cp.shipped if cp else 0)
+                             self.outbox, metrics, shipped=cp.shipped if cp else 0, linger_max=config.linger_max)
 
     @property
     def seq(self) -> int:
