@@ -30,30 +30,44 @@ async def finish_even_if_cancelled(aw: Awaitable[T]) -> T:
 
 
 async def run_bounded(limit: int, jobs: Iterable[Callable[[], Awaitable[T]]]) -> list[T]:
-    """Run `jobs` at most `limit` at a time; their results in order.
+    """Run `jobs` at most `limit` at a time, in order; their results in order.
 
     On the first failure (or our own cancellation) the jobs not yet started never start, the running
     ones are cancelled, and every one is awaited before the exception propagates.
     """
-    sem = asyncio.Semaphore(max(limit, 1))
+    return await run_weighted(limit, ((1, j) for j in jobs))
 
-    async def one(job: Callable[[], Awaitable[T]]) -> T:
-        async with sem:
-            return await job()
 
-    tasks = [asyncio.ensure_future(one(j)) for j in jobs]
-    if not tasks:
-        return []
+async def run_weighted(capacity: int, jobs: Iterable[tuple[int, Callable[[], Awaitable[T]]]]) -> list[T]:
+    """`run_bounded` where each job weighs some units of `capacity` (say, the objects it will hold in
+    memory): jobs start in order while their weights fit (one heavier than the capacity runs alone)."""
+    capacity = max(capacity, 1)
+    results: dict[int, T] = {}
+    running: dict[asyncio.Future[T], tuple[int, int]] = {}  # task -> (index, weight)
+    used = 0
+
+    async def reap() -> None:
+        nonlocal used
+        done, _ = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
+        for t in done:
+            index, weight = running.pop(t)
+            used -= weight
+            results[index] = t.result()  # a failure raises here
+
     try:
-        await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
-        for t in tasks:
-            if t.done() and not t.cancelled() and (err := t.exception()) is not None:
-                raise err
-        return [t.result() for t in tasks]
+        for index, (weight, job) in enumerate(jobs):
+            weight = min(max(weight, 1), capacity)
+            while running and used + weight > capacity:
+                await reap()
+            running[asyncio.ensure_future(job())] = (index, weight)
+            used += weight
+        while running:
+            await reap()
+        return [results[i] for i in range(len(results))]
     finally:
-        for t in tasks:
+        for t in running:
             t.cancel()
-        await _settle(set(tasks))
+        await _settle(list(running))
 
 
 async def _settle(tasks: Iterable[asyncio.Future[Any]]) -> None:

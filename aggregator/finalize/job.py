@@ -12,9 +12,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from functools import partial
+from typing import TypeVar
 
 from aggregator.artifacts import (
     Chunker,
@@ -29,7 +30,7 @@ from aggregator.artifacts import (
 )
 from aggregator.config import AggregatorConfig
 from aggregator.errors import JobNotFound, StoreError
-from aggregator.fanout import run_bounded
+from aggregator.fanout import run_bounded, run_weighted
 from aggregator.finalize.lock import JobLock
 from aggregator.finalize.manifest import decode_manifest, encode_manifest, first_free_seqs
 from aggregator.finalize.streams import StagedStream, StagingReader, group_staged
@@ -47,9 +48,14 @@ from aggregator.storage.layout import (
 
 log = logging.getLogger("aggregator.finalize")
 
+T = TypeVar("T")
+
 #: Retained entries pass one keeps in memory for pass two (about 200 bytes each); beyond, streams are
 #: read again in pass two, so memory holds about a window of streams, not the job.
 FINALIZE_CACHE_ENTRIES = 200_000
+#: Staged batches (or the batches a compacted object covers: about as many events) in memory at once,
+#: across the streams read together: a stream of 100 full batches does not read beside 15 others.
+FINALIZE_READ_WEIGHT = 256
 
 def _not_found(job_id: str) -> JobNotFound:
     return JobNotFound(f"nothing is stored for job {job_id}")
@@ -76,6 +82,8 @@ class Scanned:
     sources: list[str]
     entries: list[Entry] | None
     redundant: list[str]
+    #: staged batches its pass-one read covered (memory it takes to read it again, roughly)
+    weight: int
 
 
 async def scan_streams(reader: StagingReader, job_id: str, keys: list[str], cfg: AggregatorConfig,
@@ -95,11 +103,29 @@ async def scan_streams(reader: StagingReader, job_id: str, keys: list[str], cfg:
         if keep:
             room[0] -= len(entries)
         return (stream.pod, stream.container), Scanned(summary, loaded.sources, entries if keep else None,
-                                                      loaded.redundant)
+                                                      loaded.redundant, stream.weight())
 
     streams = group_staged(job_id, keys).values()
-    found = await run_bounded(cfg.read_concurrency, (partial(scan, s) for s in streams))
+    found = await run_weighted(FINALIZE_READ_WEIGHT, ((s.weight(), partial(scan, s)) for s in streams))
     return dict(f for f in found if f is not None)
+
+
+def weighted_windows(items: list[T], weight: Callable[[T], int], capacity: int, most: int) -> list[list[T]]:
+    """`items` cut, in order, into runs of at most `most` whose weights add up to at most `capacity`
+    (a heavier item alone)."""
+    out: list[list[T]] = []
+    run: list[T] = []
+    used = 0
+    for item in items:
+        w = weight(item)
+        if run and (used + w > capacity or len(run) >= most):
+            out.append(run)
+            run, used = [], 0
+        run.append(item)
+        used += w
+    if run:
+        out.append(run)
+    return out
 
 
 async def write_phase(store: Store, reader: StagingReader, cfg: AggregatorConfig, job_id: str, phase: str,
@@ -119,12 +145,12 @@ async def write_phase(store: Store, reader: StagingReader, cfg: AggregatorConfig
 
     chunker = Chunker(cfg.chunk_events)
     seq = first_seq
-    window = max(cfg.read_concurrency, 1)
-    for start in range(0, len(members), window):
-        part = members[start:start + window]
-        loaded = await run_bounded(window, (partial(entries_of, s) for s in part))
+    windows = weighted_windows(members, lambda s: scanned[(s.pod, s.container)].weight, FINALIZE_READ_WEIGHT,
+                               cfg.read_concurrency)
+    for n, part in enumerate(windows, 1):
+        loaded = await run_bounded(cfg.read_concurrency, (partial(entries_of, s) for s in part))
         chunks = [c for s, entries in zip(part, loaded, strict=True) for c in chunker.add(s, entries)]
-        if start + window >= len(members):
+        if n == len(windows):
             chunks += chunker.flush()
         writes = [(chunk_key(job_id, phase, seq + i), chunk_body(job_id, phase, seq + i, c))
                   for i, c in enumerate(chunks)]

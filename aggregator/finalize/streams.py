@@ -35,6 +35,12 @@ class StagedStream:
     batches: dict[str, str] = field(default_factory=dict)  # name -> key
     compacted: list[tuple[StagedKey, str]] = field(default_factory=list)
 
+    def weight(self) -> int:
+        """About how many batches reading the stream means holding: those its largest compacted object
+        covers, or those staged (which include the covered ones while `STAGING_RETENTION` is `all`)."""
+        best = max((c[0].covers for c in self.compacted), default=0)
+        return max(best, len(self.batches), 1)
+
     def best(self) -> str | None:
         if not self.compacted:
             return None
