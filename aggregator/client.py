@@ -25,8 +25,9 @@ __all__ = ["FinalizeResult", "finalize", "finalize_sync", "job_token"]
 
 RETRY_STATUSES = frozenset({429, 502, 503, 504})
 #: Extra seconds beyond `wait_seconds` for the whole call, attempts, and the pauses between them:
-#: a dead replica's stale lock (`LOCK_TTL`, 6 s), the finalize itself (measured in docs/benchmarks.md,
-#: "Big jobs": at most about 20 s on the local store for every shape there), and room for one 503 retry.
+#: a dead replica's stale lock (`LOCK_TTL`, 6 s), the finalize itself (docs/benchmarks.md, "Big jobs":
+#: at most 6 s for the shapes at the scale measured there, 30 s the target at full scale), and a
+#: `LOCK_WAIT` (60 s) for a finalize of the same job already running on another replica.
 CLIENT_TIMEOUT_MARGIN = 90.0
 CLIENT_ATTEMPTS = 4
 CLIENT_BACKOFF = 0.5
