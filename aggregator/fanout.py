@@ -70,6 +70,19 @@ async def run_weighted(capacity: int, jobs: Iterable[tuple[int, Callable[[], Awa
         await _settle(list(running))
 
 
+#: CPU work on more than about this many bytes runs in a thread, so the loop keeps serving ingest.
+OFF_LOOP_BYTES = 256 * 1024
+
+
+async def cpu_work(size: int, fn: Callable[..., T], *args: Any) -> T:
+    """`fn(*args)`, in a worker thread when `size` (bytes handled, roughly) is large: a big stream's
+    decode, merge or encode would otherwise hold the event loop for tenths of a second. Small work
+    stays on the loop (a thread hop costs more than it)."""
+    if size < OFF_LOOP_BYTES:
+        return fn(*args)
+    return await finish_even_if_cancelled(asyncio.to_thread(fn, *args))
+
+
 async def _settle(tasks: Iterable[asyncio.Future[Any]]) -> None:
     """Wait until every task is done, even through further cancellations of our own (re-raised after)."""
     cancelled = False

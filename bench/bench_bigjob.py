@@ -19,7 +19,9 @@ finalize on replica A (`wait_seconds` 0), whose answer is checked (complete; lin
 sent, per phase), and a re-finalize on replica B whose summary must be byte-identical. Reported:
 ingest requests and time, staging objects before finalize, finalize and re-finalize seconds, each
 replica's peak RSS (`VmHWM` from /proc: fresh processes per shape, so it is that shape's peak), and
-the objects and bytes left in the store after cleanup (and how many of them are staging).
+the objects and bytes left in the store after cleanup (and how many of them are staging). Another
+job's ingest latency on replica A (one small batch every 20 ms) is probed while idle (100 batches)
+and during the finalize: its p99 in ms.
 `--azurite-typical-pods N` also runs *typical* with N pods on a fresh Azurite (correctness on
 Azure's API; Azurite is a poor stopwatch). Results: Markdown on stdout, JSON in bench/results/.
 """
@@ -158,6 +160,29 @@ async def ingest(session: aiohttp.ClientSession, urls: list[str], job_id: str, b
     return await run_concurrently(senders, numbered, send)
 
 
+async def probe(session: aiohttp.ClientSession, url: str, job_id: str, stop: asyncio.Event | None,
+                count: int) -> list[float]:
+    """Another job's ingest latencies (ms): one small batch every 20 ms, `count` of them, or until `stop`."""
+    headers = {"Authorization": f"Bearer {job_token(TEST_SECRET, job_id)}", "Content-Type": "application/json"}
+    out: list[float] = []
+    seq = 0
+    while (stop is None and seq < count) or (stop is not None and not stop.is_set()):
+        body = orjson.dumps({"job_id": job_id, "pod": "probe", "container": "blast", "phase": "running",
+                             "seq": seq, "eof": False, "dropped": {"off": 0, "lines": 0, "bytes": 0},
+                             "events": [{"off": seq, "ts": TS0 + seq, "line": f"probe {uuid.uuid4().hex}"}]})
+        t0 = time.perf_counter()
+        async with session.post(url + "/v1/ingest", data=body, headers=headers) as resp:
+            await resp.read()
+        out.append((time.perf_counter() - t0) * 1000)
+        seq += 1
+        await asyncio.sleep(0.02)
+    return out
+
+
+def p99(values: list[float]) -> float:
+    return sorted(values)[int(0.99 * (len(values) - 1))] if values else 0.0
+
+
 async def finalize(session: aiohttp.ClientSession, url: str, job_id: str,
                    phases: dict[str, int]) -> tuple[float, bytes]:
     headers = {"Authorization": f"Bearer {TEST_ADMIN_TOKEN}", "Content-Type": "application/json"}
@@ -193,12 +218,19 @@ async def run_shape(shape: str, args: argparse.Namespace, workdir: Path, store_u
         async with aiohttp.ClientSession(timeout=HTTP_TIMEOUT) as session:
             urls = [p.url for p in procs]
             ingest_s = await ingest(session, urls, job_id, bodies, args.senders)
-            before = tree_stats(root) if store_url is None else (len(bodies), 0, len(bodies))
-            fin_s, first = await finalize(session, urls[0], job_id, phases)
+            before = tree_stats(root / job_id) if store_url is None else (len(bodies), 0, len(bodies))
+            idle = await probe(session, urls[0], f"probe-{job_id}", None, 100)
+            stop = asyncio.Event()
+            busy_task = asyncio.create_task(probe(session, urls[0], f"probe2-{job_id}", stop, 0))
+            try:
+                fin_s, first = await finalize(session, urls[0], job_id, phases)
+            finally:
+                stop.set()
+                busy = await busy_task
             refin_s, again = await finalize(session, urls[1], job_id, phases)
             if again != first:
                 raise RuntimeError("re-finalize on the other replica gave other bytes")
-        after = tree_stats(root) if store_url is None else (0, 0, 0)
+        after = tree_stats(root / job_id) if store_url is None else (0, 0, 0)
         rss = [round(vm_hwm_mib(p.proc.pid if p.proc else None), 1) for p in procs]
     finally:
         for p in procs:
@@ -206,19 +238,22 @@ async def run_shape(shape: str, args: argparse.Namespace, workdir: Path, store_u
     return {"shape": shape, "store": "azurite" if store_url else "local", "streams": streams,
             "lines": phases["running"], "ingest_requests": len(bodies), "ingest_s": round(ingest_s, 2),
             "staging_objects": before[2], "finalize_s": round(fin_s, 2), "refinalize_s": round(refin_s, 2),
-            "peak_rss_mib": rss, "objects_after": after[0], "bytes_after": after[1], "staging_after": after[2]}
+            "peak_rss_mib": rss,
+            "probe_p99_ms": [round(p99(idle), 1), round(p99(busy), 1), len(busy)], "objects_after": after[0], "bytes_after": after[1], "staging_after": after[2]}
 
 
 def markdown(rows: list[dict[str, Any]]) -> str:
     out = ["| store | shape | streams | lines | ingest requests (s) | staging objects | finalize s | re-finalize s "
-           "| peak RSS MiB (A, B) | objects / MiB after cleanup (staging) |",
-           "|---|---|---|---|---|---|---|---|---|---|"]
+           "| peak RSS MiB (A, B) | other job's ingest p99 ms idle / during finalize (n) "
+           "| objects / MiB after cleanup (staging) |",
+           "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         after = (f"{r['objects_after']:,} / {r['bytes_after'] / 2**20:.1f} ({r['staging_after']:,})"
                  if r["store"] == "local" else "–")
         out.append(f"| {r['store']} | {r['shape']} | {r['streams']:,} | {r['lines']:,} | {r['ingest_requests']:,} "
                    f"({r['ingest_s']}) | {r['staging_objects']:,} | {r['finalize_s']} | {r['refinalize_s']} | "
-                   f"{r['peak_rss_mib'][0]:.0f}, {r['peak_rss_mib'][1]:.0f} | {after} |")
+                   f"{r['peak_rss_mib'][0]:.0f}, {r['peak_rss_mib'][1]:.0f} | {r['probe_p99_ms'][0]} / "
+                   f"{r['probe_p99_ms'][1]} ({r['probe_p99_ms'][2]}) | {after} |")
     return "\n".join(out) + "\n"
 
 

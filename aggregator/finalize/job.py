@@ -20,6 +20,7 @@ from typing import TypeVar
 from aggregator.artifacts import (
     Chunker,
     Entry,
+    StreamState,
     StreamSummary,
     chunk_body,
     keep_longer_existing,
@@ -30,10 +31,10 @@ from aggregator.artifacts import (
 )
 from aggregator.config import AggregatorConfig
 from aggregator.errors import JobNotFound, StoreError
-from aggregator.fanout import run_bounded, run_weighted
+from aggregator.fanout import cpu_work, run_bounded, run_weighted
 from aggregator.finalize.lock import JobLock
 from aggregator.finalize.manifest import decode_manifest, encode_manifest, first_free_seqs
-from aggregator.finalize.streams import StagedStream, StagingReader, group_staged
+from aggregator.finalize.streams import EVENT_BYTES, StagedStream, StagingReader, group_staged
 from aggregator.storage import Store
 from aggregator.storage.base import SweepsTemp
 from aggregator.storage.layout import (
@@ -86,6 +87,12 @@ class Scanned:
     weight: int
 
 
+def summarize_stream(state: StreamState, cfg: AggregatorConfig) -> tuple[list[Entry], StreamSummary]:
+    """A stream's retained entries and its summary (pure, CPU: may run in a thread)."""
+    entries, marked = retained_entries(state, cfg.head_lines, cfg.tail_lines)
+    return entries, summarize(state, entries, marked)
+
+
 async def scan_streams(reader: StagingReader, job_id: str, keys: list[str], cfg: AggregatorConfig,
                        ) -> dict[tuple[str, str], Scanned]:
     """Pass one: read (and compact) each stream, keep its summary; keep its entries while they fit
@@ -97,8 +104,7 @@ async def scan_streams(reader: StagingReader, job_id: str, keys: list[str], cfg:
         if loaded is None:
             return None
         state = loaded.state
-        entries, marked = retained_entries(state, cfg.head_lines, cfg.tail_lines)
-        summary = summarize(state, entries, marked)
+        entries, summary = await cpu_work(len(state.events) * EVENT_BYTES, summarize_stream, state, cfg)
         keep = len(entries) <= room[0]
         if keep:
             room[0] -= len(entries)
@@ -141,7 +147,8 @@ async def write_phase(store: Store, reader: StagingReader, cfg: AggregatorConfig
         state = await reader.reload(found.sources)
         if state is None:
             raise StoreError(f"staging of {s.pod}/{s.container} vanished during finalize")
-        return retained_entries(state, cfg.head_lines, cfg.tail_lines)[0]
+        return (await cpu_work(len(state.events) * EVENT_BYTES, retained_entries, state, cfg.head_lines,
+                               cfg.tail_lines))[0]
 
     chunker = Chunker(cfg.chunk_events)
     seq = first_seq

@@ -16,7 +16,7 @@ from functools import partial
 from typing import TypeVar
 
 from aggregator.artifacts import StreamState, merge_states, state_of_batch
-from aggregator.fanout import run_bounded
+from aggregator.fanout import cpu_work, run_bounded
 from aggregator.staging import decode_batch, decode_compacted, encode_compacted
 from aggregator.storage import Store
 from aggregator.storage.layout import StagedKey, compact_key, parse_staged_key
@@ -24,6 +24,9 @@ from aggregator.storage.layout import StagedKey, compact_key, parse_staged_key
 log = logging.getLogger("aggregator.finalize")
 
 T = TypeVar("T")
+
+#: About what one staged event weighs, for deciding what work leaves the loop (`cpu_work`).
+EVENT_BYTES = 100
 
 
 @dataclass
@@ -91,7 +94,7 @@ class StagingReader:
         if data is None:
             return None
         try:
-            return decode(data)
+            return await cpu_work(len(data), decode, data)
         except ValueError as e:
             log.error(f"unreadable {what} skipped", extra={"fields": {"key": key, "error": str(e)}})
             return None
@@ -125,11 +128,13 @@ class StagingReader:
         sources.extend(stream.batches[n] for n in rest)
         if not states:
             return None
-        state = merge_states(states)
+        size = sum(len(s.events) for s in states) * EVENT_BYTES
+        state = await cpu_work(size, merge_states, states)
         if len(sources) > 1:
             covers = covers | {n for n, s in zip(rest, read, strict=True) if s is not None}
             key = compact_key(self.job_id, stream.pod, stream.container, covers, state.eof)
-            await self.store.put(key, encode_compacted(self.job_id, state, covers), overwrite=False)
+            body = await cpu_work(size, encode_compacted, self.job_id, state, covers)
+            await self.store.put(key, body, overwrite=False)
             sources = [key]
         if len(sources) != 1 or sources[0] in stream.batches.values():
             return Loaded(state, sources, [])
@@ -142,7 +147,9 @@ class StagingReader:
         """The state of a stream from the keys `load` gave (pass two of a finalize)."""
         read = await run_bounded(self.concurrency, [partial(self._load_any, k) for k in sources])
         states = [s for s in read if s is not None]
-        return merge_states(states) if states else None
+        if not states:
+            return None
+        return await cpu_work(sum(len(s.events) for s in states) * EVENT_BYTES, merge_states, states)
 
     async def _load_any(self, key: str) -> StreamState | None:
         staged = parse_staged_key(self.job_id, key)

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from agg_helpers import JOB, make_config, read_tree
 
+from aggregator import fanout
 from aggregator.artifacts import build_artifacts, chunk_body, summary_body
 from aggregator.config import AggregatorConfig
 from aggregator.finalize import job as finalize_module
@@ -75,6 +76,8 @@ async def stage(store: LocalStore, batches: list[StoredBatch]) -> None:
 async def test_streaming_finalize_matches_build_artifacts(tmp_path: Path, seed: int, cache: int,
                                                           monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(finalize_module, "FINALIZE_CACHE_ENTRIES", cache)
+    if not cache:
+        monkeypatch.setattr(fanout, "OFF_LOOP_BYTES", 0)  # every decode, merge and encode in a thread
     rng = random.Random(seed)
     cfg = make_config(head_lines=rng.randint(0, 12), tail_lines=rng.randint(0, 12), chunk_events=rng.randint(1, 7),
                       read_concurrency=rng.randint(1, 4))
