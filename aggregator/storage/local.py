@@ -78,6 +78,17 @@ class LocalStore:
         except OSError as e:
             raise StoreError(f"delete {key}: {e.strerror}") from e
 
+    async def delete_many(self, keys: list[str]) -> None:
+        for key in keys:
+            check_key(key)
+        for start in range(0, len(keys), 1000):
+            part = keys[start:start + 1000]
+            await finish_even_if_cancelled(asyncio.to_thread(self._delete_all, part))
+
+    def _delete_all(self, keys: list[str]) -> None:
+        for key in keys:
+            self._delete(key)
+
     async def list_keys(self, prefix: str) -> list[str]:
         return await asyncio.to_thread(self._list_keys, check_prefix(prefix))
 
