@@ -42,24 +42,29 @@ async def run_weighted(capacity: int, jobs: Iterable[tuple[int, Callable[[], Awa
     """`run_bounded` where each job weighs some units of `capacity` (say, the objects it will hold in
     memory): jobs start in order while their weights fit (one heavier than the capacity runs alone)."""
     capacity = max(capacity, 1)
+    todo = list(jobs)
+    if len(todo) <= 1:  # nothing to run beside it: no tasks, no queue (finalize does this per small stream)
+        return [await job() for _, job in todo]
     results: dict[int, T] = {}
     running: dict[asyncio.Future[T], tuple[int, int]] = {}  # task -> (index, weight)
+    finished: asyncio.Queue[asyncio.Future[T]] = asyncio.Queue()  # O(1) per completion, however many run
     used = 0
 
     async def reap() -> None:
         nonlocal used
-        done, _ = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
-        for t in done:
-            index, weight = running.pop(t)
-            used -= weight
-            results[index] = t.result()  # a failure raises here
+        t = await finished.get()
+        index, weight = running.pop(t)
+        used -= weight
+        results[index] = t.result()  # a failure raises here
 
     try:
-        for index, (weight, job) in enumerate(jobs):
+        for index, (weight, job) in enumerate(todo):
             weight = min(max(weight, 1), capacity)
             while running and used + weight > capacity:
                 await reap()
-            running[asyncio.ensure_future(job())] = (index, weight)
+            task = asyncio.ensure_future(job())
+            task.add_done_callback(finished.put_nowait)
+            running[task] = (index, weight)
             used += weight
         while running:
             await reap()
