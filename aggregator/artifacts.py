@@ -54,6 +54,9 @@ _SUMMARY_KEYS: Final = ("job_id", "complete", "incomplete_streams", "steps")
 _CONTAINER_KEYS: Final = ("pod", "container", "lines", "exit_code")
 _STREAM_KEYS: Final = ("pod", "container")
 
+#: Bytes a stream's `last_output` block keeps at each end: enough for any cut of the joined blocks.
+_SPAN_KEEP: Final = LAST_OUTPUT_LIMIT
+
 #: One artifact entry of a stream: (ts, text, marker_count); marker_count is 0 for a line event.
 Entry = tuple[float, str, int]
 
@@ -69,20 +72,194 @@ class Artifacts:
 
 
 @dataclass(slots=True)
-class _Stream:
+class StreamState:
+    """A stream's staged batches merged by the rules above: what any further batch merges into.
+
+    It is a compacted stream's content (`aggregator.staging`): merging states is associative and
+    commutative, so compacted objects plus batches give what the batches alone give.
+    """
+
     pod: str
     container: str
-    entries: list[Entry]
+    #: (off, ts, seq, line): each `off` once, the lowest `(ts, seq, line)`, ordered by `off`.
+    events: list[tuple[int, float, int, str]]
+    #: (off, seq, lines, bytes, exact): each `off` once, the lowest `(seq, lines, bytes, exact)`,
+    #: ordered by `off`; `exact` False for a report of what the shipper could not count.
+    drops: list[tuple[int, int, int, int, bool]]
+    eof: bool
+    #: (seq, code) of the highest-seq batch carrying an exit code (equal seq: larger code).
+    exit: tuple[int, int] | None
+    #: (seq, phase) of the highest-seq batch (equal seq: greater phase).
+    top: tuple[int, str]
+
+
+def state_of_batch(batch: StoredBatch) -> StreamState:
+    seq = batch.seq
+    d = batch.dropped
+    return StreamState(
+        pod=batch.pod, container=batch.container,
+        events=[(off, ts, seq, line) for off, ts, line in batch.events],
+        drops=[] if d is None or d.lines <= 0 else [(d.off, seq, d.lines, d.bytes, d.exact)],
+        eof=batch.eof,
+        exit=None if batch.exit_code is None else (seq, batch.exit_code),
+        top=(seq, batch.phase),
+    )
+
+
+def merge_states(states: Sequence[StreamState]) -> StreamState:
+    """One stream's states (from batches or compacted objects) merged into one."""
+    if not states:
+        raise ValueError("nothing to merge")
+    first = states[0]
+    if len(states) == 1:
+        return first
+    exits = [s.exit for s in states if s.exit is not None]
+    return StreamState(
+        pod=first.pod, container=first.container,
+        events=_merge_events(states), drops=_merge_drops(states),
+        eof=any(s.eof for s in states),
+        exit=max(exits) if exits else None,
+        top=max(s.top for s in states),
+    )
+
+
+@dataclass(slots=True)
+class TextSpan:
+    """A block of text ("\\n"-joined parts) as far as `last_output` needs it: its UTF-8 size and, when
+    large, only its first and last `keep` bytes (`full` says whether `head` is the whole block)."""
+
+    size: int
+    head: bytes
+    tail: bytes
+    full: bool
+
+    @classmethod
+    def of(cls, parts: list[str], keep: int) -> TextSpan:
+        total = sum(map(_utf8_len, parts)) + len(parts) - 1 if parts else 0
+        if total <= 2 * keep:
+            data = b"\n".join(map(_utf8, parts))
+            return cls(total, data, data, True)
+        return cls(total, _edge(parts, keep), _edge(parts[::-1], keep, back=True), False)
+
+
+@dataclass(slots=True)
+class StreamSummary:
+    """What a finalize keeps of a stream between its two passes: everything but its entries."""
+
+    pod: str
+    container: str
+    entries: int
     lines: int
     marked: int
     eof: bool
     exit_code: int | None
     phase: str
+    first_ts: float
+    block: TextSpan  # this stream's block of `last_output` (when it is primary in a phase)
 
     def sort_key(self) -> tuple[int, float, str, str]:
         if self.lines:
-            return (0, self.entries[0][0], self.pod, self.container)
+            return (0, self.first_ts, self.pod, self.container)
         return (1, 0.0, self.pod, self.container)
+
+
+@dataclass(slots=True)
+class Plan:
+    """The artifacts' shape from stream summaries alone: each phase's streams in order, its step
+    (chunk count included) and the job's completeness. The chunks' events come stream by stream."""
+
+    members: dict[str, list[StreamSummary]] = field(default_factory=dict)
+    steps: dict[str, dict[str, Any]] = field(default_factory=dict)
+    incomplete_streams: list[dict[str, str]] = field(default_factory=list)
+    complete: bool = True
+
+
+def retained_entries(state: StreamState, head: int, tail: int) -> tuple[list[Entry], int]:
+    """A stream's artifact entries after head/tail retention, and its marker total."""
+    events = [(off, ts, line) for off, ts, _, line in state.events]
+    drops = [(off, lines, nbytes, exact) for off, _, lines, nbytes, exact in state.drops]
+    return _retain(events, drops, head, tail)
+
+
+def summarize(state: StreamState, entries: list[Entry], marked: int) -> StreamSummary:
+    """The stream's summary; `entries` and `marked` are `retained_entries(state, ...)`."""
+    lines = sum(1 for e in entries if not e[2])
+    exit_code = state.exit[1] if state.exit is not None else None
+    block = [f"--- {state.pod}/{state.container} ---"]
+    block.extend(text for _, text, _ in entries)
+    if exit_code is not None:
+        block.append(f"[exit code {exit_code}]")
+    return StreamSummary(
+        pod=state.pod, container=state.container, entries=len(entries), lines=lines, marked=marked,
+        eof=state.eof, exit_code=exit_code, phase=state.top[1],
+        first_ts=entries[0][0] if entries else 0.0, block=TextSpan.of(block, _SPAN_KEEP),
+    )
+
+
+def plan_artifacts(
+    summaries: Iterable[StreamSummary],
+    *,
+    phase_table: Mapping[str, Mapping[str, Sequence[str]]] = DEFAULT_PHASE_TABLE,
+    chunk_events: int = DEFAULT_CHUNK_EVENTS,
+) -> Plan:
+    """Which streams feed each phase, in artifact order, and each phase's step."""
+    if chunk_events < 1:
+        raise ValueError("chunk_events must be >= 1")
+    streams = sorted(summaries, key=StreamSummary.sort_key)
+    fed: dict[str, list[StreamSummary]] = {}
+    primary: dict[str, list[StreamSummary]] = {}
+    for stream in streams:
+        feeds, prim = _phases_of(stream, phase_table)
+        for phase in feeds:
+            fed.setdefault(phase, []).append(stream)
+            if phase in prim:
+                primary.setdefault(phase, []).append(stream)
+    plan = Plan()
+    for phase in sorted(fed):
+        members = fed[phase]
+        text, truncated = _join_spans([s.block for s in primary.get(phase, [])])
+        plan.members[phase] = members
+        plan.steps[phase] = {
+            "last_output": text,
+            "truncated": truncated,
+            "lines": sum(s.lines for s in members),
+            "omitted_lines": sum(s.marked for s in members),
+            "chunks": -(-sum(s.entries for s in members) // chunk_events),
+            "containers": [
+                {"pod": s.pod, "container": s.container, "lines": s.lines, "exit_code": s.exit_code}
+                for s in members
+            ],
+        }
+    unfinished = sorted((s.pod, s.container) for s in streams if not s.eof)
+    plan.incomplete_streams = [{"pod": p, "container": c} for p, c in unfinished]
+    plan.complete = not unfinished
+    return plan
+
+
+class Chunker:
+    """A phase's chunks of events, fed stream by stream in plan order: only the open chunk is held."""
+
+    def __init__(self, chunk_events: int) -> None:
+        self.chunk_events = chunk_events
+        self._open: list[dict[str, Any]] = []
+
+    def add(self, stream: StreamSummary, entries: list[Entry]) -> list[list[dict[str, Any]]]:
+        """The chunks that `entries` completed."""
+        done: list[list[dict[str, Any]]] = []
+        pod, container, chunk = stream.pod, stream.container, self._open
+        for ts, text, _ in entries:
+            chunk.append({"ts": ts, "pod": pod, "container": container, "line": text})
+            if len(chunk) == self.chunk_events:
+                done.append(chunk)
+                chunk = []
+        self._open = chunk
+        return done
+
+    def flush(self) -> list[list[dict[str, Any]]]:
+        """The last, partly filled chunk, if any."""
+        done = [self._open] if self._open else []
+        self._open = []
+        return done
 
 
 def build_artifacts(
@@ -93,64 +270,38 @@ def build_artifacts(
     tail_lines: int = DEFAULT_TAIL_LINES,
     chunk_events: int = DEFAULT_CHUNK_EVENTS,
 ) -> Artifacts:
-    """Merge one job's staged batches into per-phase chunks and step summaries.
+    """Merge one job's staged batches into per-phase chunks and step summaries, all in memory.
 
-    The result depends only on the set of batches, not on their order.
+    The result depends only on the set of batches, not on their order. Finalize builds the same
+    bytes stream by stream (`plan_artifacts`, `Chunker`) without holding every stream at once.
     """
     if head_lines < 0 or tail_lines < 0:
         raise ValueError("head_lines and tail_lines must be >= 0")
-    if chunk_events < 1:
-        raise ValueError("chunk_events must be >= 1")
-    by_stream: dict[tuple[str, str], list[StoredBatch]] = {}
+    by_stream: dict[tuple[str, str], list[StreamState]] = {}
     job_ids: set[str] = set()
     for batch in batches:
         job_ids.add(batch.job_id)
-        by_stream.setdefault((batch.pod, batch.container), []).append(batch)
+        by_stream.setdefault((batch.pod, batch.container), []).append(state_of_batch(batch))
     if len(job_ids) > 1:
         raise ValueError(f"batches of several jobs: {sorted(job_ids)}")
-
-    streams = [_build_stream(pod, ctr, bs, head_lines, tail_lines) for (pod, ctr), bs in by_stream.items()]
-    streams.sort(key=_Stream.sort_key)
-
-    fed: dict[str, list[_Stream]] = {}
-    primary: dict[str, list[_Stream]] = {}
-    for stream in streams:
-        feeds, prim = _phases_of(stream, phase_table)
-        for phase in feeds:
-            fed.setdefault(phase, []).append(stream)
-            if phase in prim:
-                primary.setdefault(phase, []).append(stream)
-
-    result = Artifacts()
-    for phase in sorted(fed):
-        members = fed[phase]
-        events = [
-            {"ts": ts, "pod": s.pod, "container": s.container, "line": text}
-            for s in members
-            for ts, text, _ in s.entries
-        ]
-        chunks = [events[i : i + chunk_events] for i in range(0, len(events), chunk_events)]
-        text, truncated = _last_output_parts(_summary_parts(primary.get(phase, [])))
-        result.phases[phase] = chunks
-        result.steps[phase] = {
-            "last_output": text,
-            "truncated": truncated,
-            "lines": sum(s.lines for s in members),
-            "omitted_lines": sum(s.marked for s in members),
-            "chunks": len(chunks),
-            "containers": [
-                {"pod": s.pod, "container": s.container, "lines": s.lines, "exit_code": s.exit_code}
-                for s in members
-            ],
-        }
-    unfinished = sorted((s.pod, s.container) for s in streams if not s.eof)
-    result.incomplete_streams = [{"pod": p, "container": c} for p, c in unfinished]
-    result.complete = not unfinished
+    entries_of: dict[tuple[str, str], list[Entry]] = {}
+    summaries: list[StreamSummary] = []
+    for stream, states in by_stream.items():
+        state = merge_states(states)
+        entries, marked = retained_entries(state, head_lines, tail_lines)
+        entries_of[stream] = entries
+        summaries.append(summarize(state, entries, marked))
+    plan = plan_artifacts(summaries, phase_table=phase_table, chunk_events=chunk_events)
+    result = Artifacts(steps=plan.steps, incomplete_streams=plan.incomplete_streams, complete=plan.complete)
+    for phase, members in plan.members.items():
+        chunker = Chunker(chunk_events)
+        chunks = [c for s in members for c in chunker.add(s, entries_of[(s.pod, s.container)])]
+        result.phases[phase] = chunks + chunker.flush()
     return result
 
 
 def _phases_of(
-    stream: _Stream, phase_table: Mapping[str, Mapping[str, Sequence[str]]]
+    stream: StreamSummary, phase_table: Mapping[str, Mapping[str, Sequence[str]]]
 ) -> tuple[list[str], set[str]]:
     row = phase_table.get(stream.container)
     if row is None:
@@ -159,56 +310,34 @@ def _phases_of(
     return feeds, set(row.get("primary", ())) & set(feeds)
 
 
-def _build_stream(pod: str, container: str, batches: list[StoredBatch], head: int, tail: int) -> _Stream:
-    events = _merge_events(batches)
-    drops = _merge_drops(batches)
-    entries, marked = _retain(events, drops, head, tail)
-    top = max(batches, key=lambda b: (b.seq, b.phase))
-    coded = [(b.seq, b.exit_code) for b in batches if b.exit_code is not None]
-    return _Stream(
-        pod=pod,
-        container=container,
-        entries=entries,
-        lines=sum(1 for e in entries if not e[2]),
-        marked=marked,
-        eof=any(b.eof for b in batches),
-        exit_code=max(coded)[1] if coded else None,
-        phase=top.phase,
-    )
-
-
-def _merge_events(batches: list[StoredBatch]) -> list[tuple[int, float, str]]:
-    """A stream's events, each `off` once, ordered by `off`."""
-    with_events = sorted((b for b in batches if b.events), key=lambda b: (b.events[0][0], len(b.events)))
-    joined: list[tuple[int, float, str]] = []
-    for b in with_events:
-        joined.extend(b.events)
+def _merge_events(states: Sequence[StreamState]) -> list[tuple[int, float, int, str]]:
+    """The states' events, each `off` once (lowest `(ts, seq, line)`), ordered by `off`."""
+    with_events = sorted((s.events for s in states if s.events), key=lambda e: (e[0][0], len(e)))
+    joined: list[tuple[int, float, int, str]] = []
+    for evs in with_events:
+        joined.extend(evs)
     offs = [e[0] for e in joined]
     if all(map(operator.lt, offs, islice(offs, 1, None))):
         return joined  # the usual case: disjoint batches, no copies to choose among
     best: dict[int, tuple[float, int, str]] = {}
-    for b in batches:
-        seq = b.seq
-        for off, ts, line in b.events:
-            cand = (ts, seq, line)
+    for off, ts, seq, line in joined:
+        cand = (ts, seq, line)
+        cur = best.get(off)
+        if cur is None or cand < cur:
+            best[off] = cand
+    return [(off, v[0], v[1], v[2]) for off, v in sorted(best.items())]
+
+
+def _merge_drops(states: Sequence[StreamState]) -> list[tuple[int, int, int, int, bool]]:
+    """The states' dropped reports, each `off` once (lowest `(seq, lines, bytes, exact)`), by `off`."""
+    best: dict[int, tuple[int, int, int, bool]] = {}
+    for s in states:
+        for off, seq, lines, nbytes, exact in s.drops:
+            cand = (seq, lines, nbytes, exact)
             cur = best.get(off)
             if cur is None or cand < cur:
                 best[off] = cand
-    return [(off, v[0], v[2]) for off, v in sorted(best.items())]
-
-
-def _merge_drops(batches: list[StoredBatch]) -> list[tuple[int, int, int, bool]]:
-    """A stream's dropped reports as (off, lines, bytes, exact), each `off` once, ordered by `off`."""
-    best: dict[int, tuple[int, int, int, bool]] = {}
-    for b in batches:
-        d = b.dropped
-        if d is None or d.lines <= 0:
-            continue
-        cand = (b.seq, d.lines, d.bytes, d.exact)
-        cur = best.get(d.off)
-        if cur is None or cand < cur:
-            best[d.off] = cand
-    return [(off, v[1], v[2], v[3]) for off, v in sorted(best.items())]
+    return [(off, *v) for off, v in sorted(best.items())]
 
 
 def _retain(
@@ -260,17 +389,6 @@ def _stamp_markers(raw: list[tuple[float | None, str, int]]) -> list[Entry]:
     return out
 
 
-def _summary_parts(primaries: list[_Stream]) -> list[str]:
-    """The lines of S: each primary stream's block, all to be joined with "\\n"."""
-    parts: list[str] = []
-    for s in primaries:
-        parts.append(f"--- {s.pod}/{s.container} ---")
-        parts.extend(text for _, text, _ in s.entries)
-        if s.exit_code is not None:
-            parts.append(f"[exit code {s.exit_code}]")
-    return parts
-
-
 def _utf8(text: str) -> bytes:
     return text.encode("utf-8", "replace")
 
@@ -294,11 +412,35 @@ def _last_output_parts(
     """`last_output("\\n".join(parts))` without building S when it is large."""
     if not parts:
         return "", False
-    total = sum(map(_utf8_len, parts)) + len(parts) - 1
+    return _join_spans([TextSpan.of(parts, max(limit, half + 1))], limit=limit, half=half)
+
+
+def _join_spans(
+    spans: Sequence[TextSpan], *, limit: int = LAST_OUTPUT_LIMIT, half: int = LAST_OUTPUT_HALF
+) -> tuple[str, bool]:
+    """`last_output` of the spans' blocks joined with "\\n"; each span keeps at least
+    `max(limit, half + 1)` bytes at each end (`_SPAN_KEEP` by default)."""
+    if not spans:
+        return "", False
+    total = sum(s.size for s in spans) + len(spans) - 1
     if total <= limit:
-        return last_output("\n".join(parts), limit=limit, half=half)
+        return b"\n".join(s.head for s in spans).decode("utf-8"), False
     _check_limits(limit, half)
-    return _cut(_edge(parts, half + 1), _edge(parts[::-1], half, back=True), total, half), True
+    return _cut(_span_edge(spans, half + 1), _span_edge(spans, half, back=True), total, half), True
+
+
+def _span_edge(spans: Sequence[TextSpan], need: int, *, back: bool = False) -> bytes:
+    """The first (or, with `back`, the last) `need` bytes of the spans' blocks joined with "\\n"."""
+    pieces: list[bytes] = []
+    size = -1
+    for s in reversed(spans) if back else spans:
+        pieces.append(s.tail if back else s.head)
+        size += len(pieces[-1]) + 1
+        if size >= need or not s.full:
+            break
+    if back:
+        return b"\n".join(reversed(pieces))[-need:]
+    return b"\n".join(pieces)[:need]
 
 
 def _edge(parts: list[str], need: int, *, back: bool = False) -> bytes:

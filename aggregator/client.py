@@ -26,8 +26,11 @@ from blastlogs.retry import backoff_delay, parse_retry_after
 __all__ = ["FinalizeResult", "finalize", "finalize_sync", "job_token"]
 
 RETRY_STATUSES = frozenset({429, 502, 503, 504})
-#: Extra seconds beyond `wait_seconds` for the whole call, and how many attempts it makes.
-CLIENT_TIMEOUT_MARGIN = 30.0
+#: Extra seconds beyond `wait_seconds` for the whole call, attempts, and the pauses between them:
+#: a dead replica's stale lock (`LOCK_TTL`, 6 s), the finalize itself (docs/benchmarks.md, "Big jobs":
+#: at most 6 s for the shapes at the scale measured there, 30 s the target at full scale), and a
+#: `LOCK_WAIT` (60 s) for a finalize of the same job already running on another replica.
+CLIENT_TIMEOUT_MARGIN = 90.0
 CLIENT_ATTEMPTS = 4
 #: Pauses between attempts follow `blastlogs.retry` (full jitter, at least `Retry-After`): the first
 #: pause's ceiling, every pause's ceiling, and the longest `Retry-After` obeyed. The whole call's
@@ -60,7 +63,10 @@ async def finalize(
 ) -> FinalizeResult:
     """POST /v1/jobs/{job_id}/finalize; retries 429/5xx-unavailable and connection errors within `timeout`.
 
-    `timeout` bounds the whole call, retries included; by default `wait_seconds` plus a margin.
+    `timeout` bounds the whole call, retries included; by default `wait_seconds` plus 90 s
+    (`CLIENT_TIMEOUT_MARGIN`): enough for a stale lock left by a dead replica (seconds, `LOCK_TTL`)
+    and the finalize times measured for big jobs (docs/benchmarks.md, "Big jobs"). Pass a larger
+    `timeout` for jobs bigger than those.
     """
     try:
         return await _finalize(base_url, admin_token, job_id, wait_seconds, existing_last_output,

@@ -33,6 +33,8 @@ PhaseTable = dict[str, dict[str, tuple[str, ...]]]
 Kind = Literal["text", "int", "float", "phase_table"]
 ENV_PREFIX: Final = "BLAST_LOGS_"
 _SPEC: Final = "aggregator.option"
+#: What a finalize keeps of staging: see `AggregatorConfig.staging_retention`.
+STAGING_RETENTIONS: Final = ("compacted", "all")
 
 
 @dataclass(frozen=True)
@@ -178,11 +180,24 @@ class AggregatorConfig:
     poll_seconds: float = field(default=0.25, metadata=opt(
         env="POLL_SECONDS", minimum=0.01,
         help="how often, in seconds, a waiting finalize re-lists staging (for eof objects, or a held lock)"))
-    lock_ttl: float = field(default=60.0, metadata=opt(
+    lock_ttl: float = field(default=6.0, metadata=opt(
         env="LOCK_TTL", minimum=1.0,
-        help="seconds after which a finalize lock not renewed belongs to a dead replica and is taken over"))
-    lock_wait: float = field(default=120.0, metadata=opt(
+        help="seconds after which a finalize lock not renewed belongs to a dead replica and is taken over; "
+             "a holder that cannot renew it within this time stops writing"))
+    lock_renew: float = field(default=2.0, metadata=opt(
+        env="LOCK_RENEW", minimum=0.1,
+        help="seconds between renewals of a held finalize lock; at least three renewals fit in `LOCK_TTL` "
+             "(a larger value is cut to a third of it)"))
+    lock_wait: float = field(default=60.0, metadata=opt(
         env="LOCK_WAIT", help="seconds a finalize waits for another replica's lock before answering 503"))
+    staging_retention: str = field(default="compacted", metadata=opt(
+        env="STAGING_RETENTION",
+        help="after a successful finalize, `compacted` deletes the staged batches (and older compacted objects) "
+             "a stream's compacted object covers, so re-finalize still gives the same bytes; `all` keeps them"))
+    temp_max_age: float = field(default=3600.0, metadata=opt(
+        env="TEMP_MAX_AGE", minimum=1.0,
+        help="local store: a finalize removes the job's `.tmp-*.part` files older than this many seconds "
+             "(left by a crash mid-write)"))
     read_concurrency: int = field(default=16, metadata=opt(
         env="READ_CONCURRENCY", minimum=1, help="staged batches a finalize reads (and chunks it writes) at once"))
     retry_after: int = field(default=2, metadata=opt(
@@ -198,6 +213,11 @@ class AggregatorConfig:
              "table covers ElasticBLAST's containers"))
     log_level: str = field(default="INFO", metadata=opt(
         env="LOG_LEVEL", choices=("DEBUG", "INFO", "WARNING", "ERROR"), help="`DEBUG`, `INFO`, `WARNING` or `ERROR`"))
+
+    def __post_init__(self) -> None:
+        if self.staging_retention not in STAGING_RETENTIONS:
+            raise ConfigError(f"BLAST_LOGS_STAGING_RETENTION={self.staging_retention!r} must be one of "
+                              f"{', '.join(STAGING_RETENTIONS)}")
 
     def __repr__(self) -> str:
         # Never print the secret, the admin token or a connection string (logs, tracebacks).

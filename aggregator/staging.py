@@ -1,14 +1,18 @@
-"""The staged batch's encoding: a `StoredBatch` as the bytes of its staging object, and back.
+"""The staged objects' encodings: a `StoredBatch` as the bytes of its staging object, a compacted
+stream (a `StreamState` and the batch names it covers), and back.
 
-Where the object lives is `aggregator.storage.layout`'s business (`batch_key`).
+Where the objects live is `aggregator.storage.layout`'s business (`batch_key`, `compact_key`).
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
 
+from aggregator.artifacts import StreamState
 from aggregator.checks import events_of_columns, is_int, is_nonneg_int, valid_columns
 from aggregator.model import Dropped, StoredBatch
 from blastlogs.protocol import valid_job_id, valid_k8s_name, valid_phase
@@ -75,3 +79,75 @@ def _decode_events(events: list[Any]) -> tuple[tuple[int, float, str], ...]:
     if not valid_columns(offs, tss, lines):
         raise ValueError("bad event")
     return events_of_columns(offs, tss, lines)
+
+
+@dataclass(frozen=True, slots=True)
+class Compacted:
+    """A compacted stream: the merged state of the batches named in `covers`."""
+
+    job_id: str
+    state: StreamState
+    covers: frozenset[str]
+
+
+def encode_compacted(job_id: str, state: StreamState, covers: Iterable[str]) -> bytes:
+    return orjson.dumps({
+        "v": STAGING_VERSION,
+        "kind": "stream",
+        "job_id": job_id,
+        "pod": state.pod,
+        "container": state.container,
+        "covers": sorted(covers),
+        "eof": state.eof,
+        "exit": state.exit,
+        "top": state.top,
+        # (off, seq, lines, bytes), and `false` after them for an inexact report (exact ones keep
+        # the bytes they had before inexact reports existed)
+        "drops": [list(d[:4]) if d[4] else list(d) for d in state.drops],
+        "events": state.events,  # (off, ts, seq, line)
+    })
+
+
+def decode_compacted(data: bytes) -> Compacted:
+    """The compacted stream an object holds; ValueError when it is not one."""
+    try:
+        obj: Any = orjson.loads(data)
+    except orjson.JSONDecodeError as e:
+        raise ValueError(f"not JSON: {e}") from None
+    if not isinstance(obj, dict) or obj.get("v") != STAGING_VERSION or obj.get("kind") != "stream":
+        raise ValueError("not a compacted stream of a known version")
+    try:
+        job_id, pod, container, covers, eof, exit_, top, drops, events = (
+            obj["job_id"], obj["pod"], obj["container"], obj["covers"], obj["eof"], obj["exit"], obj["top"],
+            obj["drops"], obj["events"])
+    except KeyError as e:
+        raise ValueError(f"missing field {e}") from None
+    if not (valid_job_id(job_id) and valid_k8s_name(pod) and valid_k8s_name(container)):
+        raise ValueError("bad ids")
+    if not (isinstance(covers, list) and all(isinstance(c, str) for c in covers)) or not isinstance(eof, bool):
+        raise ValueError("bad covers or eof")
+    if exit_ is not None and not (isinstance(exit_, list) and len(exit_) == 2 and all(map(is_int, exit_))):
+        raise ValueError("bad exit")
+    if not (isinstance(top, list) and len(top) == 2 and is_nonneg_int(top[0]) and valid_phase(top[1])):
+        raise ValueError("bad top")
+    if not (isinstance(drops, list) and all(
+            isinstance(d, list) and (len(d) == 4 or (len(d) == 5 and d[4] is False))
+            and all(map(is_nonneg_int, d[:4])) for d in drops)):
+        raise ValueError("bad drops")
+    if not isinstance(events, list):
+        raise ValueError("bad events")
+    state = StreamState(pod, container, _decode_seq_events(events), [(d[0], d[1], d[2], d[3], len(d) == 4) for d in drops],
+                        eof, None if exit_ is None else (exit_[0], exit_[1]), (top[0], top[1]))
+    return Compacted(job_id, state, frozenset(covers))
+
+
+def _decode_seq_events(events: list[Any]) -> list[tuple[int, float, int, str]]:
+    """(off, ts, seq, line) tuples from `[[off, ts, seq, line], ...]`; ValueError for any bad event."""
+    if not events:
+        return []
+    if not (set(map(type, events)) <= {list} and set(map(len, events)) == {4}):
+        raise ValueError("bad event")
+    offs, tss, seqs, lines = zip(*events, strict=True)
+    if not valid_columns(offs, tss, lines) or not (set(map(type, seqs)) <= {int} and min(seqs) >= 0):
+        raise ValueError("bad event")
+    return list(zip(offs, map(float, tss), seqs, lines, strict=True))

@@ -129,6 +129,9 @@ OPTIONS: Final[tuple[Option, ...]] = (
            "encoded JSON bytes per batch", unit="bytes", positive=True),
     Option("linger", float, 0.3, "BLAST_LOGS_LINGER", "--linger",
            "how long a non-full batch waits for more lines", unit="s"),
+    Option("linger_max", float, 1.5, "BLAST_LOGS_LINGER_MAX", "--linger-max",
+           "how long a batch of a single line waits for a second one (a quiet stream sends at most one "
+           "request per second's lines, not one per line; at least `--linger`)", unit="s"),
     Option("exit_settle", float, 1.0, "BLAST_LOGS_EXIT_SETTLE", "--exit-settle",
            "after `<container>.exit` appears and the log stops growing this long, an unterminated "
            "last line is shipped", unit="s"),
@@ -207,6 +210,7 @@ class ShipperConfig:
     batch_max_events: int
     batch_max_bytes: int
     linger: float
+    linger_max: float
     exit_settle: float
     gzip: bool
     request_timeout: float

@@ -29,9 +29,15 @@ from shipper.tailring import TailRing
 log = logging.getLogger("shipper.stream")
 
 
+#: A batch with fewer events than this waits up to `linger_max`, not `linger`, for company.
+LINGER_COMPANY = 2
+DEFAULT_LINGER_MAX = 1.5
+
+
 class Packer:
     def __init__(self, name: str, container: str, limits: Limits, budget: int, ring: TailRing,
-                 linger: float, outbox: Outbox, metrics: ShipperMetrics, shipped: int = 0) -> None:
+                 linger: float, outbox: Outbox, metrics: ShipperMetrics, shipped: int = 0, *,
+                 linger_max: float = DEFAULT_LINGER_MAX) -> None:
         self.name = name
         self.limits = limits
         #: log bytes a stream ships before only a tail is kept, and how many it shipped
@@ -39,6 +45,9 @@ class Packer:
         self.shipped = shipped
         self.ring = ring
         self.linger = linger
+        #: a lone line waits this long for a second one: a stream printing a line a second sends a
+        #: batch of two about every two seconds (<= 1,800 requests an hour), each line late by < 2 s
+        self.linger_max = max(linger, linger_max)
         self.outbox = outbox
         self.metrics = metrics
         self._labels = {"container": container}
@@ -133,9 +142,15 @@ class Packer:
         await self.outbox.put(b)
 
     async def flush_if_lingered(self) -> None:
-        """Flush a batch whose first line waited `linger` seconds."""
+        """Flush a batch whose first line waited `linger` seconds, or `linger_max` while it holds
+        fewer than `LINGER_COMPANY` lines of a still running container (a quiet stream: one request
+        per line would be wasteful; an exited container's lines get no company)."""
         b = self.builder
-        if b.events and time.time() - b.first_ts >= self.linger:
+        if not b.events:
+            return
+        waited = time.time() - b.first_ts
+        alone = len(b.events) < LINGER_COMPANY and self.exit_code is None
+        if waited >= (self.linger_max if alone else self.linger):
             await self.flush()
 
     async def _report_pushed_out(self, cur: Cursor) -> None:

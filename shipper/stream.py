@@ -102,7 +102,8 @@ class Stream:
                              Limits.for_body(ident, config.batch_max_events, config.batch_max_bytes),
                              config.stream_budget_bytes,
                              TailRing(config.tail_ring_bytes, config.drop_report_bytes), config.linger,
-                             self.outbox, metrics, shipped=cp.shipped if cp else 0)
+                             self.outbox, metrics, shipped=cp.shipped if cp else 0,
+                             linger_max=config.linger_max)
         #: gives back the volume space before the newest checkpoint on disk, after each ack
         self.reclaimer = Reclaimer(self.log_path, container, metrics, on_risk) if config.reclaim else None
         self.sender.on_ack = self._acked

@@ -3,7 +3,8 @@
 Order matters for other writers and for replicas (docs/design.md, "Finalize and concurrent replicas"):
 list `logs/` before reading the manifest; write the manifest (old and new names) before the chunks;
 delete our stale chunks; write the manifest again with only the new names; then `summary.json`.
-The same staging contents give the same bytes on every run and on every replica.
+The same staging contents give the same bytes on every run and on every replica. Every write under the
+lock runs through `aggregator.fanout`: the lock is released only once each write we started has settled.
 """
 
 from __future__ import annotations
@@ -11,24 +12,37 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 from functools import partial
 from typing import TypeVar
 
-from aggregator.artifacts import build_artifacts, chunk_body, keep_longer_existing, summary_body
+from aggregator.artifacts import (
+    Chunker,
+    Entry,
+    StreamState,
+    StreamSummary,
+    chunk_body,
+    keep_longer_existing,
+    plan_artifacts,
+    retained_entries,
+    summarize,
+    summary_body,
+)
 from aggregator.config import AggregatorConfig
-from aggregator.errors import JobNotFound
+from aggregator.errors import JobNotFound, StoreError
+from aggregator.fanout import cpu_work, run_bounded, run_weighted
 from aggregator.finalize.lock import JobLock
 from aggregator.finalize.manifest import decode_manifest, encode_manifest, first_free_seqs
-from aggregator.model import StoredBatch
-from aggregator.staging import decode_batch
+from aggregator.finalize.streams import EVENT_BYTES, StagedStream, StagingReader, group_staged
 from aggregator.storage import Store
+from aggregator.storage.base import DeletesMany, SweepsTemp
 from aggregator.storage.layout import (
     chunk_key,
     logs_prefix,
     manifest_key,
-    parse_batch_key,
     staging_prefix,
+    steps_prefix,
     stream_states,
     summary_key,
 )
@@ -37,6 +51,12 @@ log = logging.getLogger("aggregator.finalize")
 
 T = TypeVar("T")
 
+#: Retained entries pass one keeps in memory for pass two (about 200 bytes each); beyond, streams are
+#: read again in pass two, so memory holds about a window of streams, not the job.
+FINALIZE_CACHE_ENTRIES = 200_000
+#: Staged batches (or the batches a compacted object covers: about as many events) in memory at once,
+#: across the streams read together: a stream of 100 full batches does not read beside 15 others.
+FINALIZE_READ_WEIGHT = 256
 
 def _not_found(job_id: str) -> JobNotFound:
     return JobNotFound(f"nothing is stored for job {job_id}")
@@ -55,68 +75,151 @@ async def wait_for_eof(store: Store, job_id: str, wait_seconds: float, poll: flo
         await asyncio.sleep(min(poll, left))
 
 
-async def _gather_bounded(limit: int, jobs: Iterable[Callable[[], Awaitable[T]]]) -> list[T]:
-    sem = asyncio.Semaphore(limit)
+@dataclass(slots=True)
+class Scanned:
+    """Pass one's result for a stream: its summary, where it is stored, and its entries if cached."""
 
-    async def one(job: Callable[[], Awaitable[T]]) -> T:
-        async with sem:
-            return await job()
+    summary: StreamSummary
+    sources: list[str]
+    entries: list[Entry] | None
+    redundant: list[str]
+    #: staged batches its pass-one read covered (memory it takes to read it again, roughly)
+    weight: int
 
-    return list(await asyncio.gather(*(one(j) for j in jobs)))
+
+def summarize_stream(state: StreamState, cfg: AggregatorConfig) -> tuple[list[Entry], StreamSummary]:
+    """A stream's retained entries and its summary (pure, CPU: may run in a thread)."""
+    entries, marked = retained_entries(state, cfg.head_lines, cfg.tail_lines)
+    return entries, summarize(state, entries, marked)
 
 
-async def read_staged(store: Store, job_id: str, concurrency: int) -> list[StoredBatch]:
-    keys = [k for k in await store.list_keys(staging_prefix(job_id)) if parse_batch_key(job_id, k)]
+async def scan_streams(reader: StagingReader, job_id: str, keys: list[str], cfg: AggregatorConfig,
+                       ) -> dict[tuple[str, str], Scanned]:
+    """Pass one: read (and compact) each stream, keep its summary; keep its entries while they fit
+    `FINALIZE_CACHE_ENTRIES` in all, else pass two reads the stream again."""
+    room = [FINALIZE_CACHE_ENTRIES]
 
-    async def read(key: str) -> StoredBatch | None:
-        data = await store.get(key)
-        if data is None:
+    async def scan(stream: StagedStream) -> tuple[tuple[str, str], Scanned] | None:
+        loaded = await reader.load(stream)
+        if loaded is None:
             return None
-        try:
-            return decode_batch(data)
-        except ValueError as e:
-            log.error("unreadable staged batch skipped", extra={"fields": {"key": key, "error": str(e)}})
-            return None
+        state = loaded.state
+        entries, summary = await cpu_work(len(state.events) * EVENT_BYTES, summarize_stream, state, cfg)
+        keep = len(entries) <= room[0]
+        if keep:
+            room[0] -= len(entries)
+        return (stream.pod, stream.container), Scanned(summary, loaded.sources, entries if keep else None,
+                                                      loaded.redundant, stream.weight())
 
-    found = await _gather_bounded(concurrency, (partial(read, k) for k in keys))
-    return [b for b in found if b is not None and b.job_id == job_id]
+    streams = group_staged(job_id, keys).values()
+    found = await run_weighted(FINALIZE_READ_WEIGHT, ((s.weight(), partial(scan, s)) for s in streams))
+    return dict(f for f in found if f is not None)
+
+
+def weighted_windows(items: list[T], weight: Callable[[T], int], capacity: int, most: int) -> list[list[T]]:
+    """`items` cut, in order, into runs of at most `most` whose weights add up to at most `capacity`
+    (a heavier item alone)."""
+    out: list[list[T]] = []
+    run: list[T] = []
+    used = 0
+    for item in items:
+        w = weight(item)
+        if run and (used + w > capacity or len(run) >= most):
+            out.append(run)
+            run, used = [], 0
+        run.append(item)
+        used += w
+    if run:
+        out.append(run)
+    return out
+
+
+async def write_phase(store: Store, reader: StagingReader, cfg: AggregatorConfig, job_id: str, phase: str,
+                      members: list[StreamSummary], scanned: Mapping[tuple[str, str], Scanned],
+                      first_seq: int) -> int:
+    """Pass two for one phase: its streams' entries in plan order, `read_concurrency` streams at a time,
+    its chunks written as they fill. The number of chunks written."""
+
+    async def entries_of(s: StreamSummary) -> list[Entry]:
+        found = scanned[(s.pod, s.container)]
+        if found.entries is not None:
+            return found.entries
+        state = await reader.reload(found.sources)
+        if state is None:
+            raise StoreError(f"staging of {s.pod}/{s.container} vanished during finalize")
+        return (await cpu_work(len(state.events) * EVENT_BYTES, retained_entries, state, cfg.head_lines,
+                               cfg.tail_lines))[0]
+
+    chunker = Chunker(cfg.chunk_events)
+    seq = first_seq
+    windows = weighted_windows(members, lambda s: scanned[(s.pod, s.container)].weight, FINALIZE_READ_WEIGHT,
+                               cfg.read_concurrency)
+    for n, part in enumerate(windows, 1):
+        loaded = await run_bounded(cfg.read_concurrency, (partial(entries_of, s) for s in part))
+        chunks = [c for s, entries in zip(part, loaded, strict=True) for c in chunker.add(s, entries)]
+        if n == len(windows):
+            chunks += chunker.flush()
+        writes = [(chunk_key(job_id, phase, seq + i), chunk_body(job_id, phase, seq + i, c))
+                  for i, c in enumerate(chunks)]
+        seq += len(chunks)
+        await run_bounded(cfg.read_concurrency, (partial(store.put, k, b) for k, b in writes))
+    return seq - first_seq
+
+
+async def clean_staging(store: Store, cfg: AggregatorConfig, job_id: str, scanned: Iterable[Scanned]) -> int:
+    """After a successful finalize: delete what compacted objects make redundant (unless retention is
+    `all`) and stray temp files; how many objects went. Failures are logged: the artifacts stand."""
+    redundant = [k for s in scanned for k in s.redundant] if cfg.staging_retention == "compacted" else []
+    try:
+        if isinstance(store, DeletesMany):
+            await store.delete_many(redundant)
+        else:
+            await run_bounded(cfg.read_concurrency, (partial(store.delete, k) for k in redundant))
+        swept = await store.sweep_temp(steps_prefix(job_id), cfg.temp_max_age) if isinstance(store, SweepsTemp) else 0
+    except StoreError as e:
+        log.warning("staging cleanup failed", extra={"fields": {"job_id": job_id, "error": str(e)}})
+        return 0
+    return len(redundant) + swept
 
 
 async def finalize_job(store: Store, cfg: AggregatorConfig, job_id: str, *, wait_seconds: float,
                        existing_last_output: Mapping[str, str]) -> bytes:
     """Build and write the job's artifacts; the summary.json bytes (the response body)."""
     await wait_for_eof(store, job_id, wait_seconds, cfg.poll_seconds)
-    async with JobLock(store, job_id, ttl=cfg.lock_ttl, wait=cfg.lock_wait, poll=cfg.poll_seconds):
+    async with JobLock(store, job_id, ttl=cfg.lock_ttl, wait=cfg.lock_wait, poll=cfg.poll_seconds,
+                       renew=cfg.lock_renew):
         listed = await store.list_keys(logs_prefix(job_id))
         old_ours = decode_manifest(await store.get(manifest_key(job_id)))
-        batches = await read_staged(store, job_id, cfg.read_concurrency)
-        if not batches:
+        reader = StagingReader(store, job_id, cfg.read_concurrency)
+        scanned = await scan_streams(reader, job_id, await store.list_keys(staging_prefix(job_id)), cfg)
+        if not scanned:
             raise _not_found(job_id)
-        art = build_artifacts(batches, phase_table=cfg.phase_table, head_lines=cfg.head_lines,
-                              tail_lines=cfg.tail_lines, chunk_events=cfg.chunk_events)
+        plan = plan_artifacts((s.summary for s in scanned.values()), phase_table=cfg.phase_table,
+                              chunk_events=cfg.chunk_events)
         first = first_free_seqs(job_id, listed, old_ours)
-        writes: dict[str, bytes] = {}
-        for phase, chunks in art.phases.items():
-            for i, events in enumerate(chunks):
-                seq = first.get(phase, 0) + i
-                writes[chunk_key(job_id, phase, seq)] = chunk_body(job_id, phase, seq, events)
-        new_ours = set(writes)
+        new_ours = {chunk_key(job_id, phase, first.get(phase, 0) + i)
+                    for phase, step in plan.steps.items() for i in range(step["chunks"])}
         if new_ours != old_ours:
             # Before any chunk exists under its name, the manifest claims it (and still every old one).
             await store.put(manifest_key(job_id), encode_manifest(old_ours | new_ours))
-        await _gather_bounded(cfg.read_concurrency,
-                              (partial(store.put, k, b) for k, b in sorted(writes.items())))
+        for phase, members in plan.members.items():
+            written = await write_phase(store, reader, cfg, job_id, phase, members, scanned, first.get(phase, 0))
+            if written != plan.steps[phase]["chunks"]:
+                raise StoreError(f"staging changed during finalize: {phase} has {written} chunks, not "
+                                 f"{plan.steps[phase]['chunks']}")
         stale = sorted(old_ours - new_ours)
-        await _gather_bounded(cfg.read_concurrency, (partial(store.delete, k) for k in stale))
+        await run_bounded(cfg.read_concurrency, (partial(store.delete, k) for k in stale))
         if new_ours != old_ours:
             await store.put(manifest_key(job_id), encode_manifest(new_ours))
         summary = summary_body({
             "job_id": job_id,
-            "complete": art.complete,
-            "incomplete_streams": art.incomplete_streams,
-            "steps": keep_longer_existing(art.steps, existing_last_output),
+            "complete": plan.complete,
+            "incomplete_streams": plan.incomplete_streams,
+            "steps": keep_longer_existing(plan.steps, existing_last_output),
         })
         await store.put(summary_key(job_id), summary)
-    log.info("finalized", extra={"fields": {"job_id": job_id, "complete": art.complete,
-                                            "chunks": len(new_ours), "stale_deleted": len(stale)}})
+        cleaned = await clean_staging(store, cfg, job_id, scanned.values())
+    log.info("finalized", extra={"fields": {"job_id": job_id, "complete": plan.complete, "streams": len(scanned),
+                                            "chunks": len(new_ours), "stale_deleted": len(stale),
+                                            "staging_deleted": cleaned}})
     return summary

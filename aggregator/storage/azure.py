@@ -28,6 +28,7 @@ from azure.core.exceptions import (
 from azure.storage.blob.aio import ContainerClient, LinearRetry
 
 from aggregator.errors import BlobPutError, ConfigError
+from aggregator.fanout import finish_even_if_cancelled
 from aggregator.storage.azure_credentials import (
     connection_string_secrets,
     parse_connection_string,
@@ -171,7 +172,8 @@ class AzureStore:
             await self._create_container(generation)
             return await self._putter.put(key, data, overwrite=overwrite)
 
-        return await self._run("put", key, op)
+        # A request already sent may still be applied: a cancelled put returns once it has settled.
+        return await finish_even_if_cancelled(self._run("put", key, op))
 
     async def delete(self, key: str) -> None:
         check_key(key)
@@ -182,7 +184,7 @@ class AzureStore:
             except ResourceNotFoundError:
                 pass
 
-        await self._run("delete", key, op)
+        await finish_even_if_cancelled(self._run("delete", key, op))
 
     async def list_keys(self, prefix: str) -> list[str]:
         check_prefix(prefix)

@@ -3,17 +3,19 @@
 Keys are `/`-separated paths relative to the store's root (a folder or a blob container).
 Every backend must make a `put` atomic: a reader sees the old object or the new one, never half.
 Every method raises ValueError for an unsafe key or prefix (`check_key`, `check_prefix`) and
-StoreError when storage fails; nothing else escapes.
+StoreError when storage fails; nothing else escapes. A cancelled `put` or `delete` returns only once
+the operation has settled (applied or not), so nothing we started writes after its caller has moved
+on (for finalize: after its lock was released).
 """
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from aggregator.errors import StoreError
 from blastlogs.atomic import TEMP_PREFIX
 
-__all__ = ["TEMP_PREFIX", "Store", "StoreError", "check_key", "check_prefix"]
+__all__ = ["TEMP_PREFIX", "DeletesMany", "Store", "StoreError", "SweepsTemp", "check_key", "check_prefix"]
 
 # LocalStore's in-progress writes start with TEMP_PREFIX; such names are never keys (check_key refuses them).
 
@@ -38,6 +40,23 @@ class Store(Protocol):
 
     async def close(self) -> None:
         """Release connections."""
+
+
+@runtime_checkable
+class DeletesMany(Protocol):
+    """A store that removes many objects in one call more cheaply than one by one (LocalStore: one
+    thread hop per thousand files instead of one per file)."""
+
+    async def delete_many(self, keys: list[str]) -> None:
+        """Remove every object; missing ones are not an error. Settles before a cancel returns."""
+
+
+@runtime_checkable
+class SweepsTemp(Protocol):
+    """A store whose interrupted writes can leave temporary files behind (LocalStore)."""
+
+    async def sweep_temp(self, prefix: str, older_than: float) -> int:
+        """Remove temporary files under `prefix` last modified over `older_than` seconds ago; how many."""
 
 
 def check_key(key: str) -> str:

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 from pathlib import Path
 from typing import Final
 
+from aggregator.fanout import finish_even_if_cancelled
 from aggregator.storage.base import TEMP_PREFIX, StoreError, check_key, check_prefix
 from blastlogs.atomic import write_atomic
 
@@ -36,7 +38,8 @@ class LocalStore:
             raise StoreError(f"read {key}: {e.strerror}") from e
 
     async def put(self, key: str, data: bytes, *, overwrite: bool = True) -> bool:
-        return await asyncio.to_thread(self._put, key, data, overwrite)
+        # A thread cannot be stopped: a cancelled put returns only once the write has settled.
+        return await finish_even_if_cancelled(asyncio.to_thread(self._put, key, data, overwrite))
 
     def _put(self, key: str, data: bytes, overwrite: bool) -> bool:
         path = self._path(key)
@@ -50,7 +53,7 @@ class LocalStore:
             raise StoreError(f"write {key}: {e.strerror}") from e
 
     async def delete(self, key: str) -> None:
-        await asyncio.to_thread(self._delete, key)
+        await finish_even_if_cancelled(asyncio.to_thread(self._delete, key))
 
     def _delete(self, key: str) -> None:
         try:
@@ -59,6 +62,17 @@ class LocalStore:
             pass
         except OSError as e:
             raise StoreError(f"delete {key}: {e.strerror}") from e
+
+    async def delete_many(self, keys: list[str]) -> None:
+        for key in keys:
+            check_key(key)
+        for start in range(0, len(keys), 1000):
+            part = keys[start:start + 1000]
+            await finish_even_if_cancelled(asyncio.to_thread(self._delete_all, part))
+
+    def _delete_all(self, keys: list[str]) -> None:
+        for key in keys:
+            self._delete(key)
 
     async def list_keys(self, prefix: str) -> list[str]:
         return await asyncio.to_thread(self._list_keys, check_prefix(prefix))
@@ -93,6 +107,31 @@ class LocalStore:
             raise StoreError(f"list {prefix}: {e.strerror}") from e
         out.sort()
         return out
+
+    async def sweep_temp(self, prefix: str, older_than: float) -> int:
+        """Remove `.tmp-*.part` files under `prefix` older than `older_than` seconds (a crash mid-write
+        leaves them; a write in progress is seconds old, never that old)."""
+        return await asyncio.to_thread(self._sweep_temp, check_prefix(prefix), older_than)
+
+    def _sweep_temp(self, prefix: str, older_than: float) -> int:
+        folder = prefix.rsplit("/", 1)[0] if "/" in prefix else ""
+        base = self.root.joinpath(*folder.split("/")) if folder else self.root
+        cutoff = time.time() - older_than
+        removed = 0
+        for dirpath, _dirs, files in os.walk(base):
+            for name in files:
+                if not (name.startswith(TEMP_PREFIX) and name.endswith(".part")):
+                    continue
+                path = os.path.join(dirpath, name)
+                try:
+                    if os.stat(path).st_mtime < cutoff:
+                        os.unlink(path)
+                        removed += 1
+                except FileNotFoundError:
+                    continue
+                except OSError as e:
+                    raise StoreError(f"sweep {prefix}: {e.strerror}") from e
+        return removed
 
     async def ping(self) -> None:
         def _ping() -> None:

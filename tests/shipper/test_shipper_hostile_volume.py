@@ -40,8 +40,10 @@ async def test_fifos_devices_and_symlinks_neither_hang_nor_leak(volume: Path, re
     os.symlink("/proc/self/cmdline", logs / "cmd.log")
     os.mkfifo(logs / "pipe.log")
     (logs / "fifo.log").write_bytes(b"before\n")
+    # A lone line may wait up to --linger-max for company (issue 16); this test times stalls, so the
+    # shipper sends each line after the plain linger.
     async with shipping(volume, [recorder.url], BLAST_LOGS_TOKEN_FILE=str(token_file),
-                        BLAST_LOGS_GRACE="10", HOSTILE_CANARY=CANARY) as shipper:
+                        BLAST_LOGS_GRACE="10", BLAST_LOGS_LINGER_MAX="0.1", HOSTILE_CANARY=CANARY) as shipper:
         pid = shipper.proc.pid
         await eventually(lambda: recorder.lines("fifo") == ["before"], what="fifo.log's first line")
         os.mkfifo(logs / "fifo.tmp")

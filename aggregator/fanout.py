@@ -1,0 +1,105 @@
+"""Structured concurrency for storage work: nothing we started outlives the call that started it.
+
+`asyncio.gather` leaves siblings running when one fails, and cancelling a task that waits on a
+thread (LocalStore) leaves the thread writing. Finalize holds a lock while it writes, so a write
+that lands after the lock was released can overwrite a later finalize's chunk. These helpers make
+"returned or raised" mean "every write we started has finished".
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+
+async def finish_even_if_cancelled(aw: Awaitable[T]) -> T:
+    """Await `aw`; if we are cancelled meanwhile, still wait for it to end, then re-raise the cancel.
+
+    For operations that cannot be stopped halfway (a write in a thread, a request already sent):
+    the caller's cancellation is honoured, but only once the operation has settled.
+    """
+    task = asyncio.ensure_future(aw)
+    try:
+        return await asyncio.shield(task)
+    except asyncio.CancelledError:
+        await _settle({task})
+        raise
+
+
+async def run_bounded(limit: int, jobs: Iterable[Callable[[], Awaitable[T]]]) -> list[T]:
+    """Run `jobs` at most `limit` at a time, in order; their results in order.
+
+    On the first failure (or our own cancellation) the jobs not yet started never start, the running
+    ones are cancelled, and every one is awaited before the exception propagates.
+    """
+    return await run_weighted(limit, ((1, j) for j in jobs))
+
+
+async def run_weighted(capacity: int, jobs: Iterable[tuple[int, Callable[[], Awaitable[T]]]]) -> list[T]:
+    """`run_bounded` where each job weighs some units of `capacity` (say, the objects it will hold in
+    memory): jobs start in order while their weights fit (one heavier than the capacity runs alone)."""
+    capacity = max(capacity, 1)
+    todo = list(jobs)
+    if len(todo) <= 1:  # nothing to run beside it: no tasks, no queue (finalize does this per small stream)
+        return [await job() for _, job in todo]
+    results: dict[int, T] = {}
+    running: dict[asyncio.Future[T], tuple[int, int]] = {}  # task -> (index, weight)
+    finished: asyncio.Queue[asyncio.Future[T]] = asyncio.Queue()  # O(1) per completion, however many run
+    used = 0
+
+    async def reap() -> None:
+        nonlocal used
+        t = await finished.get()
+        index, weight = running.pop(t)
+        used -= weight
+        results[index] = t.result()  # a failure raises here
+
+    try:
+        for index, (weight, job) in enumerate(todo):
+            weight = min(max(weight, 1), capacity)
+            while running and used + weight > capacity:
+                await reap()
+            task = asyncio.ensure_future(job())
+            task.add_done_callback(finished.put_nowait)
+            running[task] = (index, weight)
+            used += weight
+        while running:
+            await reap()
+        return [results[i] for i in range(len(results))]
+    finally:
+        for t in running:
+            t.cancel()
+        await _settle(list(running))
+
+
+#: CPU work on more than about this many bytes runs in a thread, so the loop keeps serving ingest.
+OFF_LOOP_BYTES = 256 * 1024
+
+
+async def cpu_work(size: int, fn: Callable[..., T], *args: Any) -> T:
+    """`fn(*args)`, in a worker thread when `size` (bytes handled, roughly) is large: a big stream's
+    decode, merge or encode would otherwise hold the event loop for tenths of a second. Small work
+    stays on the loop (a thread hop costs more than it)."""
+    if size < OFF_LOOP_BYTES:
+        return fn(*args)
+    return await finish_even_if_cancelled(asyncio.to_thread(fn, *args))
+
+
+async def _settle(tasks: Iterable[asyncio.Future[Any]]) -> None:
+    """Wait until every task is done, even through further cancellations of our own (re-raised after)."""
+    cancelled = False
+    tasks = list(tasks)
+    pending = {t for t in tasks if not t.done()}
+    while pending:
+        try:
+            _, pending = await asyncio.wait(pending)
+        except asyncio.CancelledError:
+            cancelled = True
+    for t in tasks:
+        if not t.cancelled():
+            t.exception()  # retrieved: no "exception was never retrieved" noise
+    if cancelled:
+        raise asyncio.CancelledError

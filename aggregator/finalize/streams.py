@@ -1,0 +1,159 @@
+"""One stream's staging, read and compacted: its batches and compacted objects merged into one state.
+
+A compacted object (`c-{count}-{digest}.json`) holds the merged state of the batches it names, so
+a finalize reads one object per compacted stream plus the batches that came after it. Finalize
+compacts each stream it reads that had more than one object to read (put-if-absent under a key
+naming the covered set: idempotent; re-finalize gives the same bytes, since merging is associative).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from functools import partial
+from typing import TypeVar
+
+from aggregator.artifacts import StreamState, merge_states, state_of_batch
+from aggregator.fanout import cpu_work, run_bounded
+from aggregator.staging import decode_batch, decode_compacted, encode_compacted
+from aggregator.storage import Store
+from aggregator.storage.layout import StagedKey, compact_key, parse_staged_key
+
+log = logging.getLogger("aggregator.finalize")
+
+T = TypeVar("T")
+
+#: About what one staged event weighs, for deciding what work leaves the loop (`cpu_work`).
+EVENT_BYTES = 100
+
+
+@dataclass
+class StagedStream:
+    """A stream's staging keys, as listed: its batches and its best (largest) compacted object."""
+
+    pod: str
+    container: str
+    batches: dict[str, str] = field(default_factory=dict)  # name -> key
+    compacted: list[tuple[StagedKey, str]] = field(default_factory=list)
+
+    def weight(self) -> int:
+        """About how many batches reading the stream means holding: those its largest compacted object
+        covers, or those staged (which include the covered ones while `STAGING_RETENTION` is `all`)."""
+        best = max((c[0].covers for c in self.compacted), default=0)
+        return max(best, len(self.batches), 1)
+
+    def best(self) -> str | None:
+        if not self.compacted:
+            return None
+        return max(self.compacted, key=lambda c: (c[0].covers, c[0].name))[1]
+
+
+def group_staged(job_id: str, keys: list[str]) -> dict[tuple[str, str], StagedStream]:
+    """The listing's staged objects by stream."""
+    out: dict[tuple[str, str], StagedStream] = {}
+    for key in keys:
+        staged = parse_staged_key(job_id, key)
+        if staged is None:
+            continue
+        s = out.setdefault(staged.stream, StagedStream(staged.pod, staged.container))
+        if staged.compacted:
+            s.compacted.append((staged, key))
+        else:
+            s.batches[staged.name] = key
+    return out
+
+
+@dataclass(slots=True)
+class Loaded:
+    """A stream as `StagingReader.load` read it."""
+
+    state: StreamState
+    sources: list[str]
+    #: Staged objects the stream's compacted object makes redundant (deleted after a finalize).
+    redundant: list[str]
+
+
+class StagingReader:
+    """Reads staged objects, at most `concurrency` at a time across every stream of a finalize."""
+
+    def __init__(self, store: Store, job_id: str, concurrency: int) -> None:
+        self.store = store
+        self.job_id = job_id
+        self.concurrency = concurrency
+        self._sem = asyncio.Semaphore(concurrency)
+
+    async def _get(self, key: str) -> bytes | None:
+        async with self._sem:
+            return await self.store.get(key)
+
+    async def _read(self, key: str, decode: Callable[[bytes], T], what: str) -> T | None:
+        """The decoded object, or None when it is gone or unreadable (logged, skipped)."""
+        data = await self._get(key)
+        if data is None:
+            return None
+        try:
+            return await cpu_work(len(data), decode, data)
+        except ValueError as e:
+            log.error(f"unreadable {what} skipped", extra={"fields": {"key": key, "error": str(e)}})
+            return None
+
+    async def _batch(self, key: str) -> StreamState | None:
+        batch = await self._read(key, decode_batch, "staged batch")
+        return state_of_batch(batch) if batch is not None and batch.job_id == self.job_id else None
+
+    async def _compacted(self, key: str) -> tuple[StreamState, frozenset[str]] | None:
+        c = await self._read(key, decode_compacted, "compacted stream")
+        return (c.state, c.covers) if c is not None and c.job_id == self.job_id else None
+
+    async def load(self, stream: StagedStream) -> Loaded | None:
+        """The stream's merged state, the keys it now comes from (after compacting, just one), and what
+        that compacted object makes redundant."""
+        best = stream.best()
+        states: list[StreamState] = []
+        covers: frozenset[str] = frozenset()
+        sources: list[str] = []
+        if best is not None:
+            found = await self._compacted(best)
+            if found is not None:
+                states.append(found[0])
+                covers = found[1]
+                sources.append(best)
+        rest = sorted(name for name in stream.batches if name not in covers)
+        jobs: list[Callable[[], Awaitable[StreamState | None]]] = [
+            partial(self._batch, stream.batches[n]) for n in rest]
+        read = await run_bounded(self.concurrency, jobs)
+        states.extend(s for s in read if s is not None)
+        sources.extend(stream.batches[n] for n in rest)
+        if not states:
+            return None
+        size = sum(len(s.events) for s in states) * EVENT_BYTES
+        state = await cpu_work(size, merge_states, states)
+        if len(sources) > 1:
+            covers = covers | {n for n, s in zip(rest, read, strict=True) if s is not None}
+            key = compact_key(self.job_id, stream.pod, stream.container, covers, state.eof)
+            body = await cpu_work(size, encode_compacted, self.job_id, state, covers)
+            await self.store.put(key, body, overwrite=False)
+            sources = [key]
+        if len(sources) != 1 or sources[0] in stream.batches.values():
+            return Loaded(state, sources, [])
+        # Compactions of a stream only grow (each starts from the largest), so the others are older.
+        redundant = [stream.batches[n] for n in sorted(covers) if n in stream.batches]
+        redundant += sorted(k for _, k in stream.compacted if k != sources[0])
+        return Loaded(state, sources, redundant)
+
+    async def reload(self, sources: list[str]) -> StreamState | None:
+        """The state of a stream from the keys `load` gave (pass two of a finalize)."""
+        read = await run_bounded(self.concurrency, [partial(self._load_any, k) for k in sources])
+        states = [s for s in read if s is not None]
+        if not states:
+            return None
+        return await cpu_work(sum(len(s.events) for s in states) * EVENT_BYTES, merge_states, states)
+
+    async def _load_any(self, key: str) -> StreamState | None:
+        staged = parse_staged_key(self.job_id, key)
+        if staged is not None and staged.compacted:
+            found = await self._compacted(key)
+            return None if found is None else found[0]
+        return await self._batch(key)
