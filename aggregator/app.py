@@ -26,6 +26,7 @@ from aggregator.errors import (
 )
 from aggregator.finalize.handler import FinalizeHandler
 from aggregator.ingest import IngestHandler
+from aggregator.logs_api import add_read_routes
 from aggregator.metrics import Metrics
 from aggregator.openapi import OPENAPI_PATH, openapi_document
 from aggregator.storage import Store, open_store
@@ -113,6 +114,7 @@ def make_app(config: AggregatorConfig, *, store: Store | None = None) -> web.App
 
     app.router.add_post(INGEST_PATH, IngestHandler(config, metrics, runtime.get_store))
     app.router.add_post(FINALIZE_PATH, FinalizeHandler(config, metrics, runtime.get_store))
+    add_read_routes(app, config, runtime.get_store)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics_route)
