@@ -22,6 +22,7 @@ from aiohttp import web
 from aggregator.auth import check_read
 from aggregator.config import AggregatorConfig
 from aggregator.errors import BadRequest, StoreError
+from aggregator.openapi import LOGS_PATH, STREAMS_PATH, VIEW_PATH
 from aggregator.reading import (
     Follower,
     LogEvent,
@@ -46,9 +47,6 @@ from blastlogs.protocol import valid_job_id, valid_k8s_name, valid_phase
 
 log = logging.getLogger("aggregator.read")
 
-LOGS_PATH: Final = "/v1/jobs/{job_id}/logs"
-STREAMS_PATH: Final = "/v1/jobs/{job_id}/streams"
-VIEW_PATH: Final = "/v1/jobs/{job_id}/view"
 #: Events per page: the default and the most a request may ask for (a page is built in memory).
 DEFAULT_LIMIT: Final = 1000
 MAX_LIMIT: Final = 5000
