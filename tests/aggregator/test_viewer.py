@@ -1,0 +1,159 @@
+"""The viewer page: self-contained (no external asset, no token in any URL), and in a real headless
+browser (Debian's chromium with chromedriver, driven over the W3C WebDriver HTTP API): phases, streams,
+exit codes, the live follow updating while lines are stored, the filter box, and the token kept out of
+the server's log."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from agg_helpers import JOB, POD, batch, events, ingest_headers
+from conftest import TEST_SECRET, free_port, wait_port
+
+from aggregator.auth import read_token
+
+VIEW = f"/v1/jobs/{JOB}/view"
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+CHROMEDRIVER = shutil.which("chromedriver")
+NO_BROWSER = ("the browser test needs Debian's chromium and chromium-driver (chromium + chromedriver on PATH); "
+              "add them to scripts/bootstrap.sh")
+
+
+def script_of(page: str) -> str:
+    found = re.search(r"<script>(.*)</script>", page, re.S)
+    assert found is not None
+    return found.group(1)
+
+
+async def test_page_is_self_contained(serve: Any) -> None:
+    client = await serve()
+    r = await client.get(VIEW)
+    page = await r.text()
+    assert r.status == 200 and r.headers["Content-Type"].startswith("text/html")
+    assert "default-src 'none'" in r.headers["Content-Security-Policy"]
+    assert r.headers["Referrer-Policy"] == "no-referrer"
+    # No external asset: no src/href to another origin, no stylesheet or script file at all.
+    assert not re.search(r"""(src|href)\s*=\s*["']?(https?:)?//""", page)
+    assert "<script src" not in page and "<link" not in page and "@import" not in page
+    # The token goes in headers only: never into a URL the page builds.
+    script = script_of(page)
+    assert '"Authorization": "Bearer " + token' in script
+    assert "token=" not in script.replace("#token=", "").replace("(?:^#|&)token=", "")
+
+
+def test_script_parses(tmp_path: Path) -> None:
+    node = shutil.which("node")
+    if node is None:
+        pytest.skip("node is not installed: the syntax check of the viewer's script needs it")
+    path = tmp_path / "viewer.js"
+    path.write_text(script_of(resources.files("aggregator").joinpath("viewer.html").read_text("utf-8")))
+    subprocess.run([node, "--check", str(path)], check=True)
+
+
+# --- a real browser -----------------------------------------------------------------------------------
+
+class WebDriver:
+    """Just enough of the W3C WebDriver protocol (chromedriver) for this test, over urllib."""
+
+    def __init__(self, port: int) -> None:
+        self.url = f"http://127.0.0.1:{port}"
+        caps = {"capabilities": {"alwaysMatch": {"browserName": "chrome", "goog:chromeOptions": {
+            "binary": CHROMIUM, "args": ["--headless=new", "--no-sandbox", "--disable-gpu",
+                                         "--disable-dev-shm-usage"]}}}}
+        self.session = self._call("POST", "/session", caps)["sessionId"]
+
+    def _call(self, method: str, path: str, body: Any = None) -> Any:
+        data = None if body is None else json.dumps(body).encode()
+        req = urllib.request.Request(self.url + path, data=data, method=method,
+                                     headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=60) as resp:
+            return json.loads(resp.read())["value"]
+
+    def go(self, url: str) -> None:
+        self._call("POST", f"/session/{self.session}/url", {"url": url})
+
+    def js(self, script: str, *args: Any) -> Any:
+        return self._call("POST", f"/session/{self.session}/execute/sync", {"script": script, "args": list(args)})
+
+    def wait(self, script: str, check: Callable[[Any], bool], timeout: float = 20.0) -> Any:
+        deadline = time.monotonic() + timeout
+        value = None
+        while time.monotonic() < deadline:
+            value = self.js(script)
+            if check(value):
+                return value
+            time.sleep(0.1)
+        raise AssertionError(f"{script!r} never held; last {value!r}")
+
+    def quit(self) -> None:
+        self._call("DELETE", f"/session/{self.session}")
+
+
+@pytest.fixture
+def browser(tmp_path: Path) -> Iterator[WebDriver]:
+    if CHROMIUM is None or CHROMEDRIVER is None:
+        pytest.skip(NO_BROWSER)
+    port = free_port()
+    proc = subprocess.Popen([CHROMEDRIVER, f"--port={port}"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_port(port)
+        driver = WebDriver(port)
+        try:
+            yield driver
+        finally:
+            driver.quit()
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+def post(url: str, body: dict[str, Any]) -> None:
+    req = urllib.request.Request(url + "/v1/ingest", data=orjson.dumps(body), headers=ingest_headers(), method="POST")
+    with urllib.request.urlopen(req, timeout=10) as resp:
+        assert resp.status == 200
+
+
+LOG_TEXT = "return document.getElementById('log').innerText"
+
+
+def test_viewer_follows_filters_and_shows_exit_codes(browser: WebDriver, start_aggregator: Any) -> None:
+    agg = start_aggregator()
+    post(agg.url, batch(seq=0, evs=events(range(0, 5))))
+    post(agg.url, batch(container="results-export", seq=0, evs=events([0], prefix="export"), eof=True, exit_code=0))
+    token = read_token(TEST_SECRET, JOB)
+    browser.go(f"{agg.url}{VIEW}#token={token}")
+    assert "line 4" in browser.wait(LOG_TEXT, lambda t: "line 4" in t)
+    # The token left the address bar; phases and streams are shown.
+    assert "token" not in browser.js("return location.href")
+    phases = browser.wait("return [...document.querySelectorAll('#phases button')].map(b => b.textContent)",
+                          lambda v: len(v) >= 3)
+    assert {"all phases", "running", "exporting_results"} <= set(phases)
+    # The follow updates while lines are stored.
+    post(agg.url, batch(seq=1, evs=events(range(5, 8))))
+    text = browser.wait(LOG_TEXT, lambda t: "line 7" in t)
+    assert text.count("line 5") == 1
+    # The filter box.
+    browser.js("const f = document.getElementById('filter'); f.value = 'export'; f.dispatchEvent(new Event('input'))")
+    text = browser.wait(LOG_TEXT, lambda t: "line 7" not in t)
+    assert "export 0" in text
+    # The end: every stream reached eof; the exit code shows.
+    post(agg.url, batch(seq=2, evs=events([8]), eof=True, exit_code=3))
+    browser.wait("return document.getElementById('status').textContent", lambda s: s.startswith("ended"))
+    exits = browser.wait("return [...document.querySelectorAll('#streams tbody tr')].map(r => r.cells[5].textContent)",
+                         lambda v: "3" in v)
+    assert "0" in exits
+    # The server never saw the token in a URL.
+    log_text = agg.log_path.read_text()
+    assert token.split(".")[1] not in log_text
+    assert POD in browser.js("return document.getElementById('streams').innerText")
