@@ -26,6 +26,7 @@ import orjson
 from aggregator.artifacts import (
     Plan,
     StreamState,
+    StreamSummary,
     merge_states,
     phases_of,
     plan_artifacts,
@@ -43,6 +44,8 @@ from aggregator.staging import decode_batch, decode_compacted
 from aggregator.storage import Store
 from aggregator.storage.layout import logs_prefix, manifest_key, parse_staged_key, staging_prefix, summary_key
 
+#: How often pass one reads again the streams a concurrent finalize compacted meanwhile.
+RESCANS: Final = 3
 #: Full entries of streams read in pass one kept for pass two (about 200 bytes each); beyond, re-read.
 CACHE_ENTRIES: Final = 200_000
 
@@ -175,32 +178,47 @@ class JobView:
 
 async def view_job(store: Store, cfg: AggregatorConfig, job_id: str) -> JobView:
     """Pass one over the job's staging: every stream read (never compacted: only finalize writes) and
-    summarised by finalize's rules, a few at a time; small jobs keep their entries for pass two."""
+    summarised by finalize's rules, a few at a time; small jobs keep their entries for pass two.
+
+    A finalize may compact a stream and delete the batches its object covers while we read them: the
+    listing is taken again afterwards, and a stream whose newest compacted object changed is read again
+    from the new listing (the object is written before any batch it covers is deleted)."""
     staged = group_staged(job_id, await store.list_keys(staging_prefix(job_id)))
     reader = StagingReader(store, job_id, cfg.read_concurrency)
     room = [CACHE_ENTRIES]
     view = JobView(job_id, reader, staged, {}, Plan())
-    summaries = []
+    summaries: dict[Stream, StreamSummary] = {}
 
     async def scan(s: StagedStream) -> None:
         loaded = await reader.load(s, compact=False)
+        key = (s.pod, s.container)
         if loaded is None:
             return
         state = loaded.state
         entries, marked = retained_entries(state, cfg.head_lines, cfg.tail_lines)
         summary = summarize(state, entries, marked)
-        summaries.append(summary)
+        summaries[key] = summary
         feeds, _ = phases_of(s.container, summary.phase, cfg.phase_table)
         last = state.events[-1] if state.events else None
-        view.info[(s.pod, s.container)] = StreamInfo(
+        view.info[key] = StreamInfo(
             s.pod, s.container, feeds, len(state.events), None if last is None else last[0],
             None if last is None else last[1], state.eof, summary.exit_code)
+        old = view.cache.pop(key, None)
+        room[0] += len(old) if old is not None else 0
         if len(state.events) <= room[0]:
             room[0] -= len(state.events)
-            view.cache[(s.pod, s.container)] = positioned_entries(state)
+            view.cache[key] = positioned_entries(state)
 
-    await run_weighted(FINALIZE_READ_WEIGHT, ((s.weight(), partial(scan, s)) for s in staged.values()))
-    view.plan = plan_artifacts(summaries, phase_table=cfg.phase_table, chunk_events=cfg.chunk_events)
+    todo = list(staged.values())
+    for _ in range(RESCANS):
+        await run_weighted(FINALIZE_READ_WEIGHT, ((s.weight(), partial(scan, s)) for s in todo))
+        again = group_staged(job_id, await store.list_keys(staging_prefix(job_id)))
+        todo = [s for key, s in again.items() if key in staged and s.best() != staged[key].best()]
+        for s in todo:
+            staged[(s.pod, s.container)] = s
+        if not todo:
+            break
+    view.plan = plan_artifacts(summaries.values(), phase_table=cfg.phase_table, chunk_events=cfg.chunk_events)
     return view
 
 

@@ -226,3 +226,22 @@ def test_bad_marks_are_refused(bad: str) -> None:
 
     with pytest.raises(BadRequest):
         decode_marks(bad)
+
+
+async def test_reads_during_a_finalize_that_cleans_staging_miss_nothing(serve: Any) -> None:
+    client = await serve(read_concurrency=2)
+    pods = [f"pod-{i}" for i in range(8)]
+    for pod in pods:
+        for seq in range(4):
+            await ingest(client, batch(pod=pod, seq=seq, evs=events(range(seq * 10, seq * 10 + 10)), eof=seq == 3))
+    want = sorted((p, f"line {o}") for p in pods for o in range(40))
+
+    async def read() -> list[tuple[str, str]]:
+        return sorted((e["pod"], e["line"]) for e in await get_lines(client, "?source=staging"))
+
+    fin = asyncio.ensure_future(client.post(f"/v1/jobs/{JOB}/finalize", headers=admin_headers()))
+    reads = [await read() for _ in range(6)]
+    assert (await fin).status == 200
+    reads.append(await read())
+    for got in reads:
+        assert got == want
