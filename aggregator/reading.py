@@ -426,6 +426,8 @@ class Follower:
         self.seen: dict[Stream, set[str]] = {}
         self.top: dict[Stream, tuple[int, str]] = {}
         self.eof: dict[Stream, bool] = {}
+        #: staged keys that could not be read, and how often: one retry, then passed over
+        self.failed: dict[str, int] = {}
 
     def _phase(self, stream: Stream) -> str | None:
         """The phase the stream's events are shown under, None when the selection leaves it out."""
@@ -480,9 +482,16 @@ class Follower:
                 found.append((stream, new))
         out: list[list[LogEvent]] = []
         for stream, new in found:
-            states = [s for s in await run_bounded(self.cfg.read_concurrency, [partial(self._read, k) for k in new])
-                      if s is not None]
+            read = await run_bounded(self.cfg.read_concurrency, [partial(self._read, k) for k in new])
+            failed = [k for k, s in zip(new, read, strict=True) if s is None]
+            if any(self.failed.get(k, 0) < 1 for k in failed):
+                # A batch gone between listing and reading (a finalize's cleanup, after its compacted object
+                # was written) or unreadable: read the stream on the next poll, not past what it held.
+                for k in failed:
+                    self.failed[k] = self.failed.get(k, 0) + 1
+                continue
             self.seen[stream].update(new)
+            states = [s for s in read if s is not None]
             if not states:
                 continue
             state = merge_states(states)
