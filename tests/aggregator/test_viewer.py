@@ -157,3 +157,45 @@ def test_viewer_follows_filters_and_shows_exit_codes(browser: WebDriver, start_a
     log_text = agg.log_path.read_text()
     assert token.split(".")[1] not in log_text
     assert POD in browser.js("return document.getElementById('streams').innerText")
+
+
+def test_viewer_script_runs_against_a_live_aggregator_in_node(start_aggregator: Any) -> None:
+    """Without a browser: the page's own script in node over a minimal DOM (tests/aggregator/viewer_dom.mjs),
+    following a live aggregator while lines are stored."""
+    node = shutil.which("node")
+    if node is None:
+        pytest.skip("node is not installed")
+    agg = start_aggregator()
+    post(agg.url, batch(seq=0, evs=events(range(0, 5))))
+    post(agg.url, batch(container="results-export", seq=0, evs=events([0], prefix="export"), eof=True, exit_code=0))
+    token = read_token(TEST_SECRET, JOB)
+    page = resources.files("aggregator").joinpath("viewer.html")
+    shim = Path(__file__).with_name("viewer_dom.mjs")
+    with resources.as_file(page) as page_path:
+        proc = subprocess.Popen([node, str(shim), str(page_path), agg.url, JOB, token], stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+        try:
+            assert proc.stdout is not None
+            steps: dict[int, Any] = {}
+            for raw in proc.stdout:
+                doc = json.loads(raw)
+                assert "error" not in doc, doc
+                steps[doc["step"]] = doc
+                if doc["step"] == 1:
+                    post(agg.url, batch(seq=1, evs=events(range(5, 8))))
+                elif doc["step"] == 3:
+                    post(agg.url, batch(seq=2, evs=events([8]), eof=True, exit_code=3))
+            assert proc.wait(timeout=30) == 0, proc.stderr.read() if proc.stderr else ""
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+    assert {"all phases", "running", "exporting_results"} <= set(steps[1]["phases"])
+    assert steps[1]["hash"] == ""  # the token left the address
+    assert f"{POD}/blast line 0" in steps[1]["lines"]
+    assert [x for x in steps[2]["lines"] if x.endswith("line 5")] == [f"{POD}/blast line 5"]
+    assert steps[3]["lines"] == [f"{POD}/results-export export 0"]
+    assert sorted(steps[4]["exits"]) == ["0", "3"]
+    assert "[exit code 3]" in steps[4]["lastOutput"]
+    # The token was never in a URL the page fetched, nor in the server's log.
+    assert all(token not in u and "token" not in u for u in steps[4]["urls"])
+    assert token.split(".")[1] not in agg.log_path.read_text()
