@@ -245,3 +245,16 @@ async def test_reads_during_a_finalize_that_cleans_staging_miss_nothing(serve: A
     reads.append(await read())
     for got in reads:
         assert got == want
+
+
+async def test_resume_id_of_a_wide_job_fits_in_a_header(serve: Any) -> None:
+    client = await serve()
+    client.server.app[READ_HANDLERS].poll = 0.05
+    await ingest(client, batch(seq=0, evs=events(range(0, 30, 10)), eof=True))
+    marks = {(f"blastn-batch-core-nt-job-{i}-x{i:04d}", "blast"): 10**6 + i for i in range(2000)}
+    marks[(POD, "blast")] = 2 * 10 + 1  # "line 10" delivered
+    last_id = encode_marks(marks)
+    assert len(last_id) > 8190  # beyond aiohttp's default header limit
+    r = await client.get(LOGS + "?follow=1", headers={**reader(), "Last-Event-ID": last_id})
+    assert r.status == 200
+    assert lines_of(await read_sse(r, lambda o: any(k == "end" for k, _, _ in o))) == ["line 20"]
