@@ -193,19 +193,19 @@ class ReadHandlers:
         await resp.write(f"retry: {RETRY_MS}\n\n".encode())
         last_write = time.monotonic()
 
-        async def send(groups: list[list[LogEvent]]) -> None:
+        async def send(piece: list[LogEvent]) -> None:
             nonlocal last_write
-            for group in groups:
-                await resp.write(sse("log", [orjson.dumps(e.doc()) for e in group], encode_marks(follower.marks)))
-                last_write = time.monotonic()
+            await resp.write(sse("log", [orjson.dumps(e.doc()) for e in piece], encode_marks(follower.marks)))
+            last_write = time.monotonic()
 
         try:
-            async for group in follower.backlog(tail):
-                await send([group])
+            async for piece in follower.backlog(tail):
+                await send(piece)
             while not follower.ended():
                 await asyncio.sleep(self.poll)
                 try:
-                    await send(await follower.poll())
+                    async for piece in follower.poll():
+                        await send(piece)
                 except StoreError as e:
                     log.warning("follow: storage failed, retrying", extra={"fields": {"error": str(e)}})
                 if time.monotonic() - last_write >= self.heartbeat:

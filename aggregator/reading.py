@@ -16,7 +16,7 @@ from __future__ import annotations
 import base64
 import binascii
 import zlib
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, Final
@@ -44,6 +44,8 @@ from aggregator.staging import decode_batch, decode_compacted
 from aggregator.storage import Store
 from aggregator.storage.layout import logs_prefix, manifest_key, parse_staged_key, staging_prefix, summary_key
 
+#: Events per piece a follower gives (one SSE event each): bounds what a big stream's backlog holds at once.
+FOLLOW_PIECE: Final = 500
 #: How often pass one reads again the streams a concurrent finalize compacted meanwhile.
 RESCANS: Final = 3
 #: Full entries of streams read in pass one kept for pass two (about 200 bytes each); beyond, re-read.
@@ -439,13 +441,24 @@ class Follower:
             return self.sel.phase if self.sel.phase in feeds else None
         return min(feeds)
 
-    def _events(self, stream: Stream, phase: str, entries: list[Positioned]) -> list[LogEvent]:
+    def _pieces(self, stream: Stream, phase: str, entries: list[Positioned]) -> Iterator[list[LogEvent]]:
+        """The stream's events past its mark, at most `FOLLOW_PIECE` at a time; the mark moves to each piece's
+        end just before it is given, so an id taken then names exactly what was delivered."""
         mark = self.marks.get(stream, -1)
-        out = [LogEvent(phase, stream[0], stream[1], ts, text, ("s", phase, stream[0], stream[1], pos))
-               for pos, ts, text in entries if pos > mark and self.sel.wants_entry(pos, ts)]
+        piece: list[LogEvent] = []
+        for pos, ts, text in entries:
+            if pos <= mark:
+                continue
+            if self.sel.wants_entry(pos, ts):
+                piece.append(LogEvent(phase, stream[0], stream[1], ts, text, ("s", phase, stream[0], stream[1], pos)))
+            if len(piece) >= FOLLOW_PIECE:
+                self.marks[stream] = pos
+                yield piece
+                piece = []
         if entries:
-            self.marks[stream] = max(mark, entries[-1][0])
-        return out
+            self.marks[stream] = max(self.marks.get(stream, -1), entries[-1][0])
+        if piece:
+            yield piece
 
     async def backlog(self, tail: int | None = None) -> AsyncIterator[list[LogEvent]]:
         """What is stored now past the marks, a stream at a time in artifact order (the last `tail`
@@ -465,12 +478,11 @@ class Follower:
             for ev in reversed(page.events):
                 self.marks[(ev.pod, ev.container)] = ev.at[4] - 1
         for phase, stream in order:
-            group = self._events(stream, phase, await view.entries(stream))
-            if group:
-                yield group
+            for piece in self._pieces(stream, phase, await view.entries(stream)):
+                yield piece
 
-    async def poll(self) -> list[list[LogEvent]]:
-        """New events since the last poll, grouped by stream."""
+    async def poll(self) -> AsyncIterator[list[LogEvent]]:
+        """New events since the last poll, a stream (and at most `FOLLOW_PIECE` events) at a time."""
         groups = group_staged(self.job_id, await self.store.list_keys(staging_prefix(self.job_id)))
         found: list[tuple[Stream, list[str]]] = []
         for stream, g in groups.items():
@@ -480,7 +492,6 @@ class Follower:
             new = sorted(k for k in [*g.batches.values(), *(k for _, k in g.compacted)] if k not in seen)
             if new:
                 found.append((stream, new))
-        out: list[list[LogEvent]] = []
         for stream, new in found:
             read = await run_bounded(self.cfg.read_concurrency, [partial(self._read, k) for k in new])
             failed = [k for k, s in zip(new, read, strict=True) if s is None]
@@ -499,10 +510,8 @@ class Follower:
             self.eof[stream] = self.eof.get(stream, False) or state.eof
             phase = self._phase(stream)
             if phase is not None:
-                group = self._events(stream, phase, positioned_entries(state))
-                if group:
-                    out.append(group)
-        return out
+                for piece in self._pieces(stream, phase, positioned_entries(state)):
+                    yield piece
 
     async def _read(self, key: str) -> StreamState | None:
         data = await self.store.get(key)

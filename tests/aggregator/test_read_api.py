@@ -258,3 +258,26 @@ async def test_resume_id_of_a_wide_job_fits_in_a_header(serve: Any) -> None:
     r = await client.get(LOGS + "?follow=1", headers={**reader(), "Last-Event-ID": last_id})
     assert r.status == 200
     assert lines_of(await read_sse(r, lambda o: any(k == "end" for k, _, _ in o))) == ["line 20"]
+
+
+async def test_each_piece_id_names_exactly_what_was_delivered(serve: Any, monkeypatch: Any) -> None:
+    import aggregator.reading
+
+    monkeypatch.setattr(aggregator.reading, "FOLLOW_PIECE", 2)
+    client = await serve()
+    client.server.app[READ_HANDLERS].poll = 0.05
+    await ingest(client, batch(seq=0, evs=events(range(5))))
+    r = await client.get(LOGS + "?follow=1", headers=reader())
+    got = await read_sse(r, lambda o: len(lines_of(o)) >= 5)
+    assert [len(d) for k, _, d in got if k == "log"] == [2, 2, 1]
+    r.close()
+    # New lines of two streams land in one poll; resuming from the first piece's id gives the rest once.
+    r = await client.get(LOGS + "?follow=1", headers={**reader(), "Last-Event-ID": got[-1][1]})
+    await ingest(client, batch(seq=1, evs=events(range(5, 8)), eof=True))
+    await ingest(client, batch(pod=POD2, seq=0, evs=events(range(3), prefix="p2"), eof=True))
+    got = await read_sse(r, lambda o: len(lines_of(o)) >= 6)
+    first = next(eid for k, eid, _ in got if k == "log")
+    r.close()
+    r = await client.get(LOGS + "?follow=1", headers={**reader(), "Last-Event-ID": first})
+    rest = await read_sse(r, lambda o: any(k == "end" for k, _, _ in o))
+    assert sorted(lines_of(got)[2:]) == sorted(lines_of(rest))

@@ -86,13 +86,17 @@ async def test_a_follow_poll_overtaken_by_finalize_cleanup_skips_no_line(store: 
     assert got == [f"line {o}" for o in range(10)]
     await stage(store, [late, stored(2, range(20, 30), eof=True)])
     gated.release.clear()
-    polling = asyncio.ensure_future(follower.poll())
+    polling = asyncio.ensure_future(poll(follower))
     await gated.reading.wait()
     await finalize_job(store, cfg, JOB, wait_seconds=0, existing_last_output={})
     gated.release.set()
     for _ in range(3):
-        got += [e.line for group in await polling for e in group]
-        polling = asyncio.ensure_future(follower.poll())
+        got += await polling
+        polling = asyncio.ensure_future(poll(follower))
     await polling
     assert got == [f"line {o}" for o in range(30)]
     assert follower.ended()
+
+
+async def poll(follower: Follower) -> list[str]:
+    return [e.line async for piece in follower.poll() for e in piece]
