@@ -46,6 +46,8 @@ from aggregator.storage.layout import logs_prefix, manifest_key, parse_staged_ke
 
 #: Events per piece a follower gives (one SSE event each): bounds what a big stream's backlog holds at once.
 FOLLOW_PIECE: Final = 500
+#: The most a follow's resume id may inflate to (its header is at most 64 KiB; ids compress about 3:1).
+MARKS_MAX_BYTES: Final = 1 << 20
 #: How often pass one reads again the streams a concurrent finalize compacted meanwhile.
 RESCANS: Final = 3
 #: Full entries of streams read in pass one kept for pass two (about 200 bytes each); beyond, re-read.
@@ -403,7 +405,10 @@ def encode_marks(marks: dict[Stream, int]) -> str:
 
 def decode_marks(text: str) -> dict[Stream, int]:
     try:
-        raw = zlib.decompress(base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)), bufsize=1 << 16)
+        inflate = zlib.decompressobj()
+        raw = inflate.decompress(base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)), MARKS_MAX_BYTES)
+        if inflate.unconsumed_tail or not inflate.eof:
+            raise ValueError("too large or cut")
         doc = orjson.loads(raw)
     except (binascii.Error, ValueError, zlib.error):
         raise BadRequest("Last-Event-ID is not one this service gave") from None

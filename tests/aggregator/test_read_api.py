@@ -4,6 +4,8 @@ marked): tokens of every kind, pages before and after finalize, filters, cursors
 from __future__ import annotations
 
 import asyncio
+import base64
+import zlib
 from typing import Any
 
 import orjson
@@ -220,7 +222,11 @@ def test_marks_round_trip() -> None:
     assert decode_marks(encode_marks(marks)) == marks
 
 
-@pytest.mark.parametrize("bad", ["", "x", "eJwLSS0uAQAEXQHB"])
+#: A valid id's shape that inflates to 8 MiB.
+BOMB = base64.urlsafe_b64encode(zlib.compress(b"[" + b" " * (8 << 20) + b"]")).decode()
+
+
+@pytest.mark.parametrize("bad", ["", "x", "eJwLSS0uAQAEXQHB", BOMB])
 def test_bad_marks_are_refused(bad: str) -> None:
     from aggregator.errors import BadRequest
 
