@@ -24,7 +24,8 @@ EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
 #: How long a follow retries a connection that cannot be made before giving up.
 RECONNECT_BUDGET = 60.0
 RECONNECT_PAUSE = 0.5
-PAGE = 1000
+#: Events per page: the most the server gives (each page of a live job reads its staging once more).
+PAGE = 5000
 
 
 class LogsError(Exception):
@@ -142,7 +143,8 @@ class LogsClient:
 
     def follow(self, query: dict[str, str]) -> Iterator[dict[str, Any]]:
         """The stored events, then new ones as they come, until the server's end event; reconnects after a
-        dropped connection from the last event id."""
+        dropped connection from the last event id (for up to `RECONNECT_BUDGET` seconds of failures; a
+        first connection that fails is an error at once)."""
         last_id: str | None = None
         failing_since: float | None = None
         while True:
@@ -153,7 +155,7 @@ class LogsClient:
                 conn, resp = self._get({**query, "follow": "1"}, headers, None)
             except (OSError, http.client.HTTPException) as e:
                 failing_since = failing_since or time.monotonic()
-                if time.monotonic() - failing_since > RECONNECT_BUDGET:
+                if last_id is None or time.monotonic() - failing_since > RECONNECT_BUDGET:
                     raise LogsError(f"cannot reach the aggregator: {e}") from None
                 time.sleep(RECONNECT_PAUSE)
                 continue
