@@ -167,6 +167,7 @@ class ReadHandlers:
         if page.cursor is not None:
             resp.headers["X-Cursor"] = page.cursor
         resp.headers["X-More"] = "true" if page.more else "false"
+        resp.headers["Cache-Control"] = "no-store"
         return resp
 
     async def _page(self, store: Store, job_id: str, sel: Selection, source: str,
@@ -230,7 +231,8 @@ class ReadHandlers:
                    for _, i in sorted(view.info.items())]
         doc = {"job_id": job_id, "finalized": summary is not None, "complete": view.plan.complete,
                "streams": streams, "steps": view.plan.steps}
-        return web.Response(body=orjson.dumps(doc), content_type="application/json")
+        return web.Response(body=orjson.dumps(doc), content_type="application/json",
+                            headers={"Cache-Control": "no-store"})
 
     async def view(self, request: web.Request) -> web.Response:
         job_id = request.match_info["job_id"]

@@ -483,7 +483,9 @@ class Follower:
             for ev in reversed(page.events):
                 self.marks[(ev.pod, ev.container)] = ev.at[4] - 1
         for phase, stream in order:
-            for piece in self._pieces(stream, phase, await view.entries(stream)):
+            entries = await view.entries(stream)
+            view.cache.pop(stream, None)  # sent once: free it as the backlog goes
+            for piece in self._pieces(stream, phase, entries):
                 yield piece
 
     async def poll(self) -> AsyncIterator[list[LogEvent]]:
