@@ -43,6 +43,9 @@ def add_logs_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("-f", "--follow", action="store_true", help="print what is stored, then follow until every "
                                                                 "stream shown has ended")
     p.add_argument("--prefix", action="store_true", help="start each line with pod/container")
+    p.add_argument("--source", choices=("auto", "staging", "chunks"), default="auto",
+                   help="auto: the chunks once the job is finalized (retention applied), else staging; staging: "
+                        "every line while staging keeps it (a follow always reads staging)")
     p.add_argument("--token-file", help=f"a file holding the read token (default: ${TOKEN_ENV})")
 
 
@@ -67,6 +70,8 @@ def run_logs(args: argparse.Namespace, out: IO[str] | None = None) -> int:
         client = LogsClient(args.url, token, args.job_id)
         query = {k: v for k, v in (("phase", args.phase), ("pod", args.pod), ("container", args.container),
                                    ("since", args.since)) if v}
+        if args.source != "auto" and not args.follow:
+            query["source"] = args.source
         if args.tail is not None:
             if args.tail < 0:
                 raise LogsError("--tail must be >= 0")

@@ -99,6 +99,10 @@ async def test_stored_lines_filters_and_errors(start_aggregator: Any, kit: Any, 
     assert lines == [f"{POD}/blast line 20", f"{POD2}/results-export x 0", f"{POD2}/results-export x 10"]
     code, lines, _ = await run(b.url, "--phase", "running", "--container", "results-export", "--since", "1h")
     assert (code, lines) == (0, [])
+    code, lines, _ = await run(b.url, "--source", "chunks")
+    assert code != 0  # not finalized: no chunks yet
+    code, lines, _ = await run(b.url, "--source", "staging", "--container", "blast")
+    assert (code, lines) == (0, ["line 0", "line 10", "line 20"])
     token_file = tmp_path / "token"
     token_file.write_text(read_token(TEST_SECRET, JOB) + "\n")
     code, lines, _ = await run(b.url, "--pod", POD2, "--token-file", str(token_file), token="ignored")
