@@ -118,7 +118,7 @@ def make_app(config: AggregatorConfig, *, store: Store | None = None) -> web.App
 
     app.router.add_post(INGEST_PATH, IngestHandler(config, metrics, runtime.get_store))
     app.router.add_post(FINALIZE_PATH, FinalizeHandler(config, metrics, runtime.get_store))
-    add_read_routes(app, config, runtime.get_store)
+    add_read_routes(app, config, runtime.get_store, lambda: runtime.draining)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics_route)

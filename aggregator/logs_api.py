@@ -134,9 +134,11 @@ def sse(event: str, data: list[bytes], event_id: str | None = None) -> bytes:
 class ReadHandlers:
     """The read routes over the app's store."""
 
-    def __init__(self, config: AggregatorConfig, store: Callable[[], Store]) -> None:
+    def __init__(self, config: AggregatorConfig, store: Callable[[], Store],
+                 draining: Callable[[], bool] = lambda: False) -> None:
         self.config = config
         self.store = store
+        self.draining = draining
         self.poll = FOLLOW_POLL
         self.heartbeat = HEARTBEAT
 
@@ -204,6 +206,9 @@ class ReadHandlers:
                 await send(piece)
             while not follower.ended():
                 await asyncio.sleep(self.poll)
+                if self.draining() or request.transport is None or request.transport.is_closing():
+                    # Gone, or this replica is shutting down: the client resumes (elsewhere) from its last id.
+                    return resp
                 try:
                     async for piece in follower.poll():
                         await send(piece)
@@ -250,8 +255,9 @@ class ReadHandlers:
 READ_HANDLERS = web.AppKey("read_handlers", ReadHandlers)
 
 
-def add_read_routes(app: web.Application, config: AggregatorConfig, store: Callable[[], Store]) -> None:
-    handlers = ReadHandlers(config, store)
+def add_read_routes(app: web.Application, config: AggregatorConfig, store: Callable[[], Store],
+                    draining: Callable[[], bool]) -> None:
+    handlers = ReadHandlers(config, store, draining)
     app[READ_HANDLERS] = handlers
     app.router.add_get(LOGS_PATH, handlers.logs)
     app.router.add_get(STREAMS_PATH, handlers.streams)

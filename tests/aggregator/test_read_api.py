@@ -13,6 +13,7 @@ import pytest
 from agg_helpers import JOB, POD, admin_headers, batch, dumps, events, ingest_headers
 from conftest import TEST_ADMIN_TOKEN, TEST_SECRET
 
+from aggregator.app import RUNTIME
 from aggregator.auth import job_token, read_token
 from aggregator.logs_api import READ_HANDLERS
 from aggregator.reading import decode_marks, encode_marks
@@ -287,3 +288,20 @@ async def test_each_piece_id_names_exactly_what_was_delivered(serve: Any, monkey
     r = await client.get(LOGS + "?follow=1", headers={**reader(), "Last-Event-ID": first})
     rest = await read_sse(r, lambda o: any(k == "end" for k, _, _ in o))
     assert sorted(lines_of(got)[2:]) == sorted(lines_of(rest))
+
+
+async def test_a_draining_replica_closes_follows_without_end_and_they_resume(serve: Any) -> None:
+    from aggregator.app import start_draining
+
+    client = await serve()
+    client.server.app[READ_HANDLERS].poll = 0.05
+    await ingest(client, batch(seq=0, evs=events(range(3))))
+    r = await client.get(LOGS + "?follow=1", headers=reader())
+    got = await read_sse(r, lambda o: len(lines_of(o)) >= 3)
+    start_draining(client.server.app)
+    rest = await read_sse(r, lambda o: False)  # until the answer ends
+    assert not any(k == "end" for k, _, _ in rest)
+    client.server.app[RUNTIME].draining = False  # as if another replica took the resume
+    await ingest(client, batch(seq=1, evs=events([3]), eof=True))
+    r = await client.get(LOGS + "?follow=1", headers={**reader(), "Last-Event-ID": got[-1][1]})
+    assert lines_of(await read_sse(r, lambda o: any(k == "end" for k, _, _ in o))) == ["line 3"]
