@@ -198,4 +198,7 @@ def test_viewer_script_runs_against_a_live_aggregator_in_node(start_aggregator: 
     assert "[exit code 3]" in steps[4]["lastOutput"]
     # The token was never in a URL the page fetched, nor in the server's log.
     assert all(token not in u and "token" not in u for u in steps[4]["urls"])
+    assert steps[5]["phaseLines"] == [f"{POD}/results-export export 0"]
+    assert steps[5]["download"] == f"{POD}/results-export export 0\n"
+    assert all(token not in u and "token" not in u for u in steps[5]["urls"])
     assert token.split(".")[1] not in agg.log_path.read_text()

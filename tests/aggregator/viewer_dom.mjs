@@ -18,7 +18,7 @@ class El {
   get cells() { return this.children; }
   get rows() { return this.children; }
   addEventListener(kind, fn) { (this.listeners[kind] ||= []).push(fn); }
-  dispatchEvent(ev) { for (const fn of this.listeners[ev.type] || []) fn(ev); }
+  dispatchEvent(ev) { ev.preventDefault ||= () => {}; for (const fn of this.listeners[ev.type] || []) fn(ev); }
   appendChild(c) { if (c.tagName === "#fragment") this.children.push(...c.children); else this.children.push(c); return c; }
   append(...cs) { for (const c of cs) this.appendChild(c); }
   replaceChildren(...cs) { this.children = []; this.text = ""; this.append(...cs); }
@@ -88,4 +88,18 @@ await until(() => $("status").textContent, (s) => s.startsWith("ended"));
 const exits = await until(() => $("streams").tBodies[0].rows.map((r) => r.cells[5].textContent), (v) => v.includes("3"));
 const streams = $("streams").tBodies[0].rows.map((r) => r.cells.map((c) => c.textContent));
 say({ step: 4, exits, streams, lastOutput: $("last-output").textContent, urls: seenUrls });
+
+// A phase's button: the log shows that phase alone (the filter cleared first).
+$("filter").value = "";
+$("filter").dispatchEvent(new Event("input"));
+const exporting = $("phases").children.find((b) => b.textContent === "exporting_results");
+exporting.dispatchEvent(new Event("click"));
+const phaseLines = await until(logLines, (l) => l.length > 0 && !l.some((x) => x.includes("/blast ")));
+// The download link: every line of the phase, as text, fetched with the token in a header.
+let blob = null;
+URL.createObjectURL = (b) => { blob = b; return "blob:test"; };
+URL.revokeObjectURL = () => {};
+$("download").dispatchEvent(Object.assign(new Event("click"), { preventDefault() {} }));
+await until(() => blob, (b) => b !== null);
+say({ step: 5, phaseLines, download: await blob.text(), urls: seenUrls });
 process.exit(0);
