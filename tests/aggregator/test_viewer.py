@@ -5,6 +5,7 @@ the server's log."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import shutil
@@ -20,8 +21,11 @@ import orjson
 import pytest
 from agg_helpers import JOB, POD, batch, events, ingest_headers
 from conftest import TEST_SECRET, free_port, wait_port
+from shipper_helpers import JOB_ID as SHIPPER_JOB
+from shipper_helpers import POD as SHIPPER_POD
+from shipper_helpers import append, shipping
 
-from aggregator.auth import read_token
+from aggregator.auth import job_token, read_token
 
 VIEW = f"/v1/jobs/{JOB}/view"
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -159,46 +163,53 @@ def test_viewer_follows_filters_and_shows_exit_codes(browser: WebDriver, start_a
     assert POD in browser.js("return document.getElementById('streams').innerText")
 
 
-def test_viewer_script_runs_against_a_live_aggregator_in_node(start_aggregator: Any) -> None:
+async def test_viewer_script_follows_a_real_shipper_in_node(start_aggregator: Any, volume: Path) -> None:
     """Without a browser: the page's own script in node over a minimal DOM (tests/aggregator/viewer_dom.mjs),
-    following a live aggregator while lines are stored."""
+    following a live aggregator while a real shipper ships what the containers write."""
     node = shutil.which("node")
     if node is None:
         pytest.skip("node is not installed")
     agg = start_aggregator()
-    post(agg.url, batch(seq=0, evs=events(range(0, 5))))
-    post(agg.url, batch(container="results-export", seq=0, evs=events([0], prefix="export"), eof=True, exit_code=0))
-    token = read_token(TEST_SECRET, JOB)
+    logs = volume / "logs"
+    (logs / "results-export.log").write_text("export 0\n")
+    (logs / "results-export.exit").write_text("0\n")
+    append(logs / "blast.log", b"".join(f"line {i}\n".encode() for i in range(5)))
+    token = read_token(TEST_SECRET, SHIPPER_JOB)
     page = resources.files("aggregator").joinpath("viewer.html")
     shim = Path(__file__).with_name("viewer_dom.mjs")
-    with resources.as_file(page) as page_path:
-        proc = subprocess.Popen([node, str(shim), str(page_path), agg.url, JOB, token], stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True)
-        try:
-            assert proc.stdout is not None
-            steps: dict[int, Any] = {}
-            for raw in proc.stdout:
-                doc = json.loads(raw)
-                assert "error" not in doc, doc
-                steps[doc["step"]] = doc
-                if doc["step"] == 1:
-                    post(agg.url, batch(seq=1, evs=events(range(5, 8))))
-                elif doc["step"] == 3:
-                    post(agg.url, batch(seq=2, evs=events([8]), eof=True, exit_code=3))
-            assert proc.wait(timeout=30) == 0, proc.stderr.read() if proc.stderr else ""
-        finally:
-            if proc.poll() is None:
-                proc.kill()
+    async with shipping(volume, [agg.url], token=job_token(TEST_SECRET, SHIPPER_JOB)) as shipper:
+        with resources.as_file(page) as page_path:
+            proc = await asyncio.create_subprocess_exec(
+                node, str(shim), str(page_path), agg.url, SHIPPER_JOB, token,
+                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+            try:
+                assert proc.stdout is not None
+                steps: dict[int, Any] = {}
+                while raw := await asyncio.wait_for(proc.stdout.readline(), 60):
+                    doc = json.loads(raw)
+                    assert "error" not in doc, doc
+                    steps[doc["step"]] = doc
+                    if doc["step"] == 1:
+                        append(logs / "blast.log", b"line 5\nline 6\nline 7\n")
+                    elif doc["step"] == 3:
+                        append(logs / "blast.log", b"line 8\n")
+                        (logs / "blast.exit").write_text("3\n")
+                        assert await shipper.stop() == 0  # the drain sends each stream's eof
+                assert await proc.wait() == 0, (await proc.stderr.read()) if proc.stderr else ""
+            finally:
+                if proc.returncode is None:
+                    proc.kill()
+                    await proc.wait()
+    pod = SHIPPER_POD
     assert {"all phases", "running", "exporting_results"} <= set(steps[1]["phases"])
     assert steps[1]["hash"] == ""  # the token left the address
-    assert f"{POD}/blast line 0" in steps[1]["lines"]
-    assert [x for x in steps[2]["lines"] if x.endswith("line 5")] == [f"{POD}/blast line 5"]
-    assert steps[3]["lines"] == [f"{POD}/results-export export 0"]
+    assert f"{pod}/blast line 0" in steps[1]["lines"]
+    assert [x for x in steps[2]["lines"] if x.endswith("line 5")] == [f"{pod}/blast line 5"]
+    assert steps[3]["lines"] == [f"{pod}/results-export export 0"]
     assert sorted(steps[4]["exits"]) == ["0", "3"]
     assert "[exit code 3]" in steps[4]["lastOutput"]
+    assert steps[5]["phaseLines"] == [f"{pod}/results-export export 0"]
+    assert steps[5]["download"] == f"{pod}/results-export export 0\n"
     # The token was never in a URL the page fetched, nor in the server's log.
-    assert all(token not in u and "token" not in u for u in steps[4]["urls"])
-    assert steps[5]["phaseLines"] == [f"{POD}/results-export export 0"]
-    assert steps[5]["download"] == f"{POD}/results-export export 0\n"
     assert all(token not in u and "token" not in u for u in steps[5]["urls"])
     assert token.split(".")[1] not in agg.log_path.read_text()
