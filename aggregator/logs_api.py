@@ -22,17 +22,15 @@ from aiohttp import web
 from aggregator.auth import check_read
 from aggregator.config import AggregatorConfig
 from aggregator.errors import BadRequest, StoreError
+from aggregator.follow import Follower, decode_marks, encode_marks
 from aggregator.openapi import LOGS_PATH, STREAMS_PATH, VIEW_PATH
 from aggregator.reading import (
-    Follower,
     LogEvent,
     Page,
     Selection,
     chunk_events,
     chunk_events_backwards,
     decode_cursor,
-    decode_marks,
-    encode_marks,
     finalized_summary,
     job_exists,
     staged_events,

@@ -15,8 +15,8 @@ from conftest import TEST_ADMIN_TOKEN, TEST_SECRET
 
 from aggregator.app import RUNTIME
 from aggregator.auth import job_token, read_token
+from aggregator.follow import decode_marks, encode_marks
 from aggregator.logs_api import READ_HANDLERS
-from aggregator.reading import decode_marks, encode_marks
 
 LOGS = f"/v1/jobs/{JOB}/logs"
 STREAMS = f"/v1/jobs/{JOB}/streams"
@@ -268,9 +268,9 @@ async def test_resume_id_of_a_wide_job_fits_in_a_header(serve: Any) -> None:
 
 
 async def test_each_piece_id_names_exactly_what_was_delivered(serve: Any, monkeypatch: Any) -> None:
-    import aggregator.reading
+    import aggregator.follow
 
-    monkeypatch.setattr(aggregator.reading, "FOLLOW_PIECE", 2)
+    monkeypatch.setattr(aggregator.follow, "FOLLOW_PIECE", 2)
     client = await serve()
     client.server.app[READ_HANDLERS].poll = 0.05
     await ingest(client, batch(seq=0, evs=events(range(5))))

@@ -9,8 +9,9 @@ from typing import Any
 from agg_helpers import JOB, POD, make_config
 
 from aggregator.finalize.job import finalize_job
+from aggregator.follow import Follower
 from aggregator.model import Dropped, StoredBatch
-from aggregator.reading import Follower, Selection, staged_events, view_job
+from aggregator.reading import Selection, staged_events, view_job
 from aggregator.staging import encode_batch
 from aggregator.storage import Store
 from aggregator.storage.layout import batch_key
