@@ -172,6 +172,8 @@ class ReadHandlers:
 
     async def _page(self, store: Store, job_id: str, sel: Selection, source: str,
                     cursor: tuple[Any, ...] | None, limit: int, tail: int | None) -> Page:
+        if source == "chunks" and sel.position is not None:
+            raise BadRequest("position reads staging (chunks hold no positions); not with source=chunks")
         summary = None if source == "staging" or sel.position is not None else await finalized_summary(store, job_id)
         if source == "chunks" and summary is None:
             raise BadRequest("the job is not finalized: no chunks to read (source=staging or auto)")
