@@ -17,9 +17,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-import orjson
 import pytest
-from agg_helpers import JOB, POD, batch, events, ingest_headers
+from agg_helpers import JOB
 from conftest import TEST_SECRET, free_port, wait_port
 from shipper_helpers import JOB_ID as SHIPPER_JOB
 from shipper_helpers import POD as SHIPPER_POD
@@ -122,45 +121,50 @@ def browser(tmp_path: Path) -> Iterator[WebDriver]:
         proc.wait(timeout=10)
 
 
-def post(url: str, body: dict[str, Any]) -> None:
-    req = urllib.request.Request(url + "/v1/ingest", data=orjson.dumps(body), headers=ingest_headers(), method="POST")
-    with urllib.request.urlopen(req, timeout=10) as resp:
-        assert resp.status == 200
-
-
 LOG_TEXT = "return document.getElementById('log').innerText"
 
 
-def test_viewer_follows_filters_and_shows_exit_codes(browser: WebDriver, start_aggregator: Any) -> None:
+async def test_viewer_follows_a_real_shipper_in_chromium(browser: WebDriver, start_aggregator: Any,
+                                                         volume: Path) -> None:
+    """Phases, streams and exit codes, the follow updating while a real shipper ships what the
+    containers write, the filter box; the token never in a URL or the server's log."""
     agg = start_aggregator()
-    post(agg.url, batch(seq=0, evs=events(range(0, 5))))
-    post(agg.url, batch(container="results-export", seq=0, evs=events([0], prefix="export"), eof=True, exit_code=0))
-    token = read_token(TEST_SECRET, JOB)
-    browser.go(f"{agg.url}{VIEW}#token={token}")
-    assert "line 4" in browser.wait(LOG_TEXT, lambda t: "line 4" in t)
-    # The token left the address bar; phases and streams are shown.
-    assert "token" not in browser.js("return location.href")
-    phases = browser.wait("return [...document.querySelectorAll('#phases button')].map(b => b.textContent)",
-                          lambda v: len(v) >= 3)
-    assert {"all phases", "running", "exporting_results"} <= set(phases)
-    # The follow updates while lines are stored.
-    post(agg.url, batch(seq=1, evs=events(range(5, 8))))
-    text = browser.wait(LOG_TEXT, lambda t: "line 7" in t)
-    assert text.count("line 5") == 1
-    # The filter box.
-    browser.js("const f = document.getElementById('filter'); f.value = 'export'; f.dispatchEvent(new Event('input'))")
-    text = browser.wait(LOG_TEXT, lambda t: "line 7" not in t)
-    assert "export 0" in text
-    # The end: every stream reached eof; the exit code shows.
-    post(agg.url, batch(seq=2, evs=events([8]), eof=True, exit_code=3))
-    browser.wait("return document.getElementById('status').textContent", lambda s: s.startswith("ended"))
-    exits = browser.wait("return [...document.querySelectorAll('#streams tbody tr')].map(r => r.cells[5].textContent)",
-                         lambda v: "3" in v)
+    logs = volume / "logs"
+    (logs / "results-export.log").write_text("export 0\n")
+    (logs / "results-export.exit").write_text("0\n")
+    append(logs / "blast.log", b"".join(f"line {i}\n".encode() for i in range(5)))
+    token = read_token(TEST_SECRET, SHIPPER_JOB)
+
+    async def wait(script: str, check: Callable[[Any], bool]) -> Any:
+        return await asyncio.to_thread(browser.wait, script, check)
+
+    async with shipping(volume, [agg.url], token=job_token(TEST_SECRET, SHIPPER_JOB)) as shipper:
+        await asyncio.to_thread(browser.go, f"{agg.url}/v1/jobs/{SHIPPER_JOB}/view#token={token}")
+        await wait(LOG_TEXT, lambda t: "line 4" in t)
+        # The token left the address bar; phases and streams are shown.
+        assert "token" not in await asyncio.to_thread(browser.js, "return location.href")
+        phases = await wait("return [...document.querySelectorAll('#phases button')].map(b => b.textContent)",
+                            lambda v: len(v) >= 3)
+        assert {"all phases", "running", "exporting_results"} <= set(phases)
+        # The follow updates while the shipper ships what the container writes.
+        append(logs / "blast.log", b"line 5\nline 6\nline 7\n")
+        text = await wait(LOG_TEXT, lambda t: "line 7" in t)
+        assert text.count("line 5") == 1
+        # The filter box.
+        await asyncio.to_thread(browser.js, "const f = document.getElementById('filter'); f.value = 'export'; "
+                                            "f.dispatchEvent(new Event('input'))")
+        text = await wait(LOG_TEXT, lambda t: "line 7" not in t)
+        assert "export 0" in text
+        # The end: the container exits 3, the shipper drains (eof); the follow ends, the exit codes show.
+        (logs / "blast.exit").write_text("3\n")
+        assert await shipper.stop() == 0
+    await wait("return document.getElementById('status').textContent", lambda s: s.startswith("ended"))
+    exits = await wait("return [...document.querySelectorAll('#streams tbody tr')].map(r => r.cells[5].textContent)",
+                       lambda v: "3" in v)
     assert "0" in exits
+    assert SHIPPER_POD in await asyncio.to_thread(browser.js, "return document.getElementById('streams').innerText")
     # The server never saw the token in a URL.
-    log_text = agg.log_path.read_text()
-    assert token.split(".")[1] not in log_text
-    assert POD in browser.js("return document.getElementById('streams').innerText")
+    assert token.split(".")[1] not in agg.log_path.read_text()
 
 
 async def test_viewer_script_follows_a_real_shipper_in_node(start_aggregator: Any, volume: Path) -> None:
