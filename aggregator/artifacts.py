@@ -303,9 +303,17 @@ def build_artifacts(
 def _phases_of(
     stream: StreamSummary, phase_table: Mapping[str, Mapping[str, Sequence[str]]]
 ) -> tuple[list[str], set[str]]:
-    row = phase_table.get(stream.container)
+    return phases_of(stream.container, stream.phase, phase_table)
+
+
+def phases_of(
+    container: str, default_phase: str, phase_table: Mapping[str, Mapping[str, Sequence[str]]]
+) -> tuple[list[str], set[str]]:
+    """The phases a container feeds (the stream's default phase when the table does not name it), and
+    those it is primary in."""
+    row = phase_table.get(container)
     if row is None:
-        return [stream.phase], set()
+        return [default_phase], set()
     feeds = list(dict.fromkeys(row.get("feeds", ())))
     return feeds, set(row.get("primary", ())) & set(feeds)
 

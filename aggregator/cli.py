@@ -13,10 +13,11 @@ from typing import Any
 from aiohttp import web
 
 from aggregator.app import make_app, start_draining
-from aggregator.auth import job_token
+from aggregator.auth import job_token, read_token
 from aggregator.config import OPTIONS, AggregatorConfig, Option, option_named
 from aggregator.errors import ConfigError
 from aggregator.logs import setup_logging
+from aggregator.logs_cli import add_logs_arguments, run_logs
 from blastlogs.envnames import unknown_settings
 from blastlogs.protocol import JOB_ID_RULE, valid_job_id
 from blastlogs.version import installed_version
@@ -39,12 +40,18 @@ def main(argv: list[str] | None = None) -> int:
         assert o.flag is not None
         serve.add_argument(o.flag, dest=o.name, type=_flag_type(o), default=None,
                            help=f"{o.help} (default {o.default_value()})")
-    token = sub.add_parser("token", help=f"print a job's ingest token (from {SECRET_ENV})")
+    token = sub.add_parser("token", help=f"print a job's ingest token, or with --read its read token (from "
+                                         f"{SECRET_ENV})")
     token.add_argument("job_id")
+    token.add_argument("--read", action="store_true", help="the token that reads the job's logs (and only that)")
+    logs = sub.add_parser("logs", help="print (and with -f follow) a job's logs")
+    add_logs_arguments(logs)
     args = parser.parse_args(argv)
 
     if args.command == "token":
-        return _token(args.job_id)
+        return _token(args.job_id, read=args.read)
+    if args.command == "logs":
+        return run_logs(args)
     return _serve({o.name: getattr(args, o.name) for o in flagged if getattr(args, o.name) is not None})
 
 
@@ -52,7 +59,7 @@ def _flag_type(o: Option) -> type[int] | type[float] | type[str]:
     return {"int": int, "float": float}.get(o.kind, str)
 
 
-def _token(job_id: str) -> int:
+def _token(job_id: str, *, read: bool = False) -> int:
     secret = os.environ.get(SECRET_ENV, "")
     if not secret:
         print(f"{PROG}: {SECRET_ENV} is not set", file=sys.stderr)
@@ -60,7 +67,7 @@ def _token(job_id: str) -> int:
     if not valid_job_id(job_id):
         print(f"{PROG}: {job_id!r} is not a job id ({JOB_ID_RULE})", file=sys.stderr)
         return EXIT_CONFIG
-    print(job_token(secret, job_id))
+    print((read_token if read else job_token)(secret, job_id))
     return 0
 
 

@@ -46,11 +46,18 @@ INGEST_ERRORS: Final = statuses((BadRequest, Unauthorized, Forbidden, BodyTimeou
 FINALIZE_ERRORS: Final = statuses((BadRequest, Unauthorized, Forbidden, JobNotFound, BodyTimeout, TooLarge,
                                    StoreError, LockBusy))
 READYZ_ERRORS: Final = statuses((Draining, StoreError))
+READ_ERRORS: Final = statuses((BadRequest, Unauthorized, Forbidden, JobNotFound, StoreError))
+VIEW_ERRORS: Final = statuses((BadRequest,))
+#: The read routes (aggregator/logs_api.py); kept here as plain strings so this module imports no handler.
+LOGS_PATH: Final = "/v1/jobs/{job_id}/logs"
+STREAMS_PATH: Final = "/v1/jobs/{job_id}/streams"
+VIEW_PATH: Final = "/v1/jobs/{job_id}/view"
 #: What each status means, for people reading the document.
 _ERROR_TEXT: Final = {
     400: "Malformed request: not a valid batch, bad JSON or gzip, an unsupported Content-Encoding.",
     401: "No token, a malformed Authorization header, or a token whose MAC does not hold.",
-    403: "A valid token of the wrong kind (admin on ingest, job on finalize) or for another job.",
+    403: "A valid token of the wrong kind (admin on ingest; job or read token on finalize; job token on a "
+         "read route; read token on ingest) or for another job.",
     404: "Nothing is stored for this job.",
     408: "The request body did not arrive in time; the connection is closed.",
     413: "The body (after inflating gzip) exceeds the size limit.",
@@ -175,6 +182,37 @@ def _schemas(config: AggregatorConfig) -> dict[str, Any]:
             },
         },
         "Step": step,
+        "LogEvent": {
+            "type": "object", "required": ["phase", "pod", "container", "ts", "line"],
+            "description": "One line of NDJSON from the logs route (also each `data:` line of a followed `log` "
+                           "event). Markers (dropped, omitted) are events too.",
+            "properties": {"phase": {"type": "string"}, "pod": {"type": "string"},
+                           "container": {"type": "string"}, "ts": {"type": "number"},
+                           "line": {"type": "string"}},
+        },
+        "Streams": {
+            "type": "object", "required": ["job_id", "finalized", "complete", "streams", "steps"],
+            "properties": {
+                "job_id": job_id,
+                "finalized": {"type": "boolean", "description": "summary.json exists."},
+                "complete": {"type": "boolean", "description": "Every stream reached eof."},
+                "streams": {"type": "array", "items": {
+                    "type": "object",
+                    "required": ["pod", "container", "phases", "lines", "last_position", "eof", "exit_code",
+                                 "last_activity"],
+                    "properties": {
+                        "pod": {"type": "string"}, "container": {"type": "string"},
+                        "phases": {"type": "array", "items": {"type": "string"}},
+                        "lines": {"type": "integer", "minimum": 0, "description": "Lines stored (every one)."},
+                        "last_position": {"type": ["integer", "null"], "description": "`off` of the last line."},
+                        "eof": {"type": "boolean"},
+                        "exit_code": {"type": ["integer", "null"]},
+                        "last_activity": {"type": ["number", "null"],
+                                          "description": "`ts` of the last line (Unix seconds)."}}}},
+                "steps": {"type": "object", "additionalProperties": {"$ref": "#/components/schemas/Step"},
+                          "description": "What finalize would answer now, per phase (its live `last_output`)."},
+            },
+        },
         "Status": {"type": "object", "required": ["status"], "properties": {"status": {"type": "string"}}},
         "Error": {
             "type": "object", "required": ["error", "detail"],
@@ -198,6 +236,37 @@ def _errors(statuses: tuple[int, ...]) -> dict[str, Any]:
                                                "schema": {"type": "integer", "minimum": 0}}}
         out[str(status)] = resp
     return out
+
+
+def _job_param() -> dict[str, Any]:
+    return {"name": "job_id", "in": "path", "required": True,
+            "schema": {"type": "string", "pattern": anchored(JOB_ID_RE.pattern)}}
+
+
+def _query(name: str, schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {"name": name, "in": "query", "required": False, "schema": schema, "description": description}
+
+
+def _read_params() -> list[dict[str, Any]]:
+    return [
+        _query("phase", {"type": "string", "pattern": anchored(PHASE_RE.pattern)}, "Only this phase's streams."),
+        _query("pod", {"type": "string", "pattern": anchored(K8S_NAME_RE.pattern)}, "Only this pod."),
+        _query("container", {"type": "string", "pattern": anchored(K8S_NAME_RE.pattern)}, "Only this container."),
+        _query("since", {"type": "string"}, "Events at or after: a duration back from now (`10m`, `2h`), an "
+                                            "RFC 3339 time, or Unix seconds."),
+        _query("position", {"type": "integer", "minimum": 0},
+               "Lines at or after this stream byte position (`off`); reads staging."),
+        _query("tail", {"type": "integer", "minimum": 0, "maximum": 5000}, "Only the last N events."),
+        _query("limit", {"type": "integer", "minimum": 1, "maximum": 5000, "default": 1000}, "Events per page."),
+        _query("cursor", {"type": "string"}, "Continue after a page (its `X-Cursor`)."),
+        _query("format", {"type": "string", "enum": ["ndjson", "text"], "default": "ndjson"}, "The page's format."),
+        _query("prefix", {"type": "string", "enum": ["0", "1"]}, "`format=text`: start lines with pod/container."),
+        _query("source", {"type": "string", "enum": ["auto", "staging", "chunks"], "default": "auto"},
+               "`auto`: the chunks once finalized, else staging; `staging`: every stored line (while kept)."),
+        _query("follow", {"type": "string", "enum": ["0", "1"]}, "Answer Server-Sent Events and follow."),
+        {"name": "Last-Event-ID", "in": "header", "required": False, "schema": {"type": "string"},
+         "description": "With follow: resume after this event id."},
+    ]
 
 
 def openapi_document(config: AggregatorConfig) -> dict[str, Any]:
@@ -239,6 +308,45 @@ def openapi_document(config: AggregatorConfig) -> dict[str, Any]:
                 "responses": {"200": _json_body("FinalizeResult", "The summary, also written as summary.json."),
                               **_errors(FINALIZE_ERRORS)},
             }},
+            LOGS_PATH: {"get": {
+                "operationId": "logs",
+                "summary": "A job's events in artifact order (a page), or followed as Server-Sent Events.",
+                "description": "docs/protocol.md section 10. Without `phase`, a stream feeding several phases "
+                               "comes once. `follow=1` (or `Accept: text/event-stream`) answers `text/event-stream`: "
+                               "`log` events (one JSON event per `data:` line) whose `id` resumes the follow "
+                               "(`Last-Event-ID`), `: heartbeat` comments, an `end` event once every selected "
+                               "stream reached eof. A page carries `X-Cursor` (after its last event) and `X-More`.",
+                "security": [{"readToken": []}, {"adminToken": []}],
+                "parameters": [_job_param(), *_read_params()],
+                "responses": {"200": {
+                    "description": "The events: NDJSON (`format=ndjson`), plain lines (`format=text`), or SSE.",
+                    "headers": {"X-Cursor": {"description": "Pass as `cursor` for the next page.",
+                                             "schema": {"type": "string"}},
+                                "X-More": {"description": "Whether more events follow the page.",
+                                           "schema": {"type": "string", "enum": ["true", "false"]}}},
+                    "content": {"application/x-ndjson": {"schema": {"$ref": "#/components/schemas/LogEvent"}},
+                                "text/plain": {"schema": {"type": "string"}},
+                                "text/event-stream": {"schema": {"type": "string"}}}},
+                    **_errors(READ_ERRORS)},
+            }},
+            STREAMS_PATH: {"get": {
+                "operationId": "streams",
+                "summary": "Each stream's state and each phase's live `last_output` (finalize's rule, now).",
+                "security": [{"readToken": []}, {"adminToken": []}],
+                "parameters": [_job_param()],
+                "responses": {"200": _json_body("Streams", "The job's streams and steps."),
+                              **_errors(READ_ERRORS)},
+            }},
+            VIEW_PATH: {"get": {
+                "operationId": "view",
+                "summary": "The log viewer page (HTML, no external assets). It holds no job data: it asks for a "
+                           "read token (URL fragment or prompt) and sends it as a header.",
+                "security": [],
+                "parameters": [_job_param()],
+                "responses": {"200": {"description": "The page.",
+                                      "content": {"text/html": {"schema": {"type": "string"}}}},
+                              **_errors(VIEW_ERRORS)},
+            }},
             "/healthz": {"get": {
                 "operationId": "healthz", "summary": "The process is alive.", "security": [],
                 "responses": {"200": _json_body("Status", "Alive.")},
@@ -266,6 +374,9 @@ def openapi_document(config: AggregatorConfig) -> dict[str, Any]:
                 "jobToken": {"type": "http", "scheme": "bearer",
                              "description": "`job_id.base64url(HMAC-SHA256(secret, \"ingest:\" + job_id))`; "
                                             "`blast-log-aggregator token JOB_ID` prints it."},
+                "readToken": {"type": "http", "scheme": "bearer",
+                              "description": "`job_id.base64url(HMAC-SHA256(secret, \"read:\" + job_id))`; "
+                                             "`blast-log-aggregator token --read JOB_ID` prints it. Reads one job."},
                 "adminToken": {"type": "http", "scheme": "bearer",
                                "description": "The admin token (BLAST_LOGS_ADMIN_TOKEN)."},
             },

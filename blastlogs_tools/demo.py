@@ -160,6 +160,7 @@ def main(argv: list[str] | None = None) -> int:
         steps_dir = store / DEMO_JOB_ID / "execution-steps"
         print(f"\ndemo: artifacts are in {steps_dir}/logs/<phase>/<n>.json, "
               f"the summary in {steps_dir}/summary.json")
+        _print_reading(url, store)
         return 0 if rc == 0 and body.get("complete") else 1
     finally:
         if shipper is not None and shipper.poll() is None:
@@ -171,6 +172,26 @@ def main(argv: list[str] | None = None) -> int:
             agg.kill()
         agg_log.close()
         shutil.rmtree(work, ignore_errors=True)
+
+
+def _print_reading(url: str, store: Path) -> None:
+    """How to read the job back: the last lines through the `logs` command (while this aggregator is up),
+    then the viewer URL and the follow command for an aggregator started on the demo's store."""
+    from aggregator.auth import read_token
+
+    token = read_token(DEMO_SECRET, DEMO_JOB_ID)
+    env = dict(os.environ, BLAST_LOGS_TOKEN=token)
+    tail = subprocess.run([sys.executable, "-m", "aggregator.cli", "logs", DEMO_JOB_ID, "--url", url, "--prefix",
+                           "--phase", "running", "--tail", "3"], env=env, capture_output=True, text=True, timeout=60, check=False)
+    print(f"\ndemo: its last lines, read back (blast-log-aggregator logs {DEMO_JOB_ID} --phase running --tail 3 --prefix):")
+    print(tail.stdout.rstrip() or tail.stderr.rstrip())
+    port = 8080
+    print("\ndemo: to read it again, serve the demo's store and open the viewer or follow it:")
+    print(f"  BLAST_LOGS_STORE=file://{store} BLAST_LOGS_SECRET={DEMO_SECRET} "
+          f"BLAST_LOGS_ADMIN_TOKEN={DEMO_ADMIN_TOKEN} blast-log-aggregator serve --port {port} &")
+    print(f"  viewer: http://127.0.0.1:{port}/v1/jobs/{DEMO_JOB_ID}/view#token={token}")
+    print(f"  follow: BLAST_LOGS_TOKEN={token} blast-log-aggregator logs {DEMO_JOB_ID} "
+          f"--url http://127.0.0.1:{port} -f")
 
 
 if __name__ == "__main__":

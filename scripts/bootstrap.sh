@@ -8,7 +8,7 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 
-want_debs="${BLAST_LOGS_DEBS:-busybox ncbi-blast+ docker-compose}"
+want_debs="${BLAST_LOGS_DEBS:-busybox ncbi-blast+ docker-compose chromium chromium-driver}"
 missing=()
 for pkg in $want_debs; do
   dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")

@@ -24,6 +24,8 @@ import pytest
 from paths import ROOT
 
 from aggregator.artifacts import last_output
+from aggregator.auth import read_token
+from aggregator.openapi import LOGS_PATH, STREAMS_PATH, VIEW_PATH
 from blastlogs.protocol import (
     APP_LABEL_PHASES,
     DEFAULT_PHASE_TABLE,
@@ -56,6 +58,7 @@ SECTIONS = {
     7: "Finalize: job API → aggregator",
     8: "Configuration",
     9: "Running it",
+    10: "Reading logs",
 }
 #: Names other systems set; docs/protocol.md section 8 fixes them.
 FIXED_NAMES = {
@@ -92,7 +95,7 @@ def template(marker: str) -> str:
     return marker.replace(str(N), "N")
 
 
-def test_sections_are_numbered_1_to_9_with_stable_titles() -> None:
+def test_sections_are_numbered_1_to_10_with_stable_titles() -> None:
     headings = re.findall(r"^## (\d+)\. (.*)$", DOC.read_text(encoding="utf-8"), re.M)
     assert [(int(n), title) for n, title in headings] == list(SECTIONS.items())
 
@@ -132,6 +135,14 @@ def test_no_source_file_points_outside_the_repository_for_the_protocol() -> None
 def test_routes() -> None:
     assert f"POST {INGEST_PATH}" in section(4)
     assert f"POST {FINALIZE_PATH}" in section(7)
+    for path in (LOGS_PATH, STREAMS_PATH, VIEW_PATH):
+        assert f"GET {path}" in section(10)
+
+
+def test_read_token_example() -> None:
+    example = re.search(r"```\n(elb-123\.[A-Za-z0-9_-]+)\n```", section(10))
+    assert example is not None
+    assert example.group(1) == read_token("s3cret", "elb-123")
 
 
 def test_id_patterns() -> None:

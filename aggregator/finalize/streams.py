@@ -107,9 +107,10 @@ class StagingReader:
         c = await self._read(key, decode_compacted, "compacted stream")
         return (c.state, c.covers) if c is not None and c.job_id == self.job_id else None
 
-    async def load(self, stream: StagedStream) -> Loaded | None:
+    async def load(self, stream: StagedStream, *, compact: bool = True) -> Loaded | None:
         """The stream's merged state, the keys it now comes from (after compacting, just one), and what
-        that compacted object makes redundant."""
+        that compacted object makes redundant. Readers pass `compact=False`: only a finalize, under the
+        job's lock, may write a compacted object (cleanup relies on compactions only growing)."""
         best = stream.best()
         states: list[StreamState] = []
         covers: frozenset[str] = frozenset()
@@ -130,6 +131,8 @@ class StagingReader:
             return None
         size = sum(len(s.events) for s in states) * EVENT_BYTES
         state = await cpu_work(size, merge_states, states)
+        if not compact:
+            return Loaded(state, sources, [])
         if len(sources) > 1:
             covers = covers | {n for n, s in zip(rest, read, strict=True) if s is not None}
             key = compact_key(self.job_id, stream.pod, stream.container, covers, state.eof)

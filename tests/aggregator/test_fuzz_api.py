@@ -24,8 +24,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from live_app import Answer, Live, exchange, request, serve_in_thread
 
-from aggregator.auth import job_token
-from aggregator.openapi import OPENAPI_PATH
+from aggregator.auth import job_token, read_token
+from aggregator.openapi import LOGS_PATH, OPENAPI_PATH, STREAMS_PATH, VIEW_PATH
 from blastlogs.protocol import FINALIZE_PATH, INGEST_PATH, valid_job_id
 
 FUZZ = settings(max_examples=int(os.environ.get("BLAST_LOGS_FUZZ_EXAMPLES", "250")), deadline=None,
@@ -124,6 +124,34 @@ def finalize_requests(draw: st.DrawFn) -> bytes:
     return request(draw(st.sampled_from(["POST", "POST", "POST", "GET", "PUT"])), path, headers, body)
 
 
+_QUERY_VALUE = st.one_of(_TEXT, st.sampled_from(["running", "blast", POD, "10m", "2026-12-07T00:00:00Z", "0", "1",
+                                                 "5000", "5001", "-1", "1e9", "text", "ndjson", "chunks",
+                                                 "staging", "WyJzIiwiYSIsImIiLCJjIiwxXQ", "WyJjIiwiYSIsMCwwXQ"]))
+
+
+@st.composite
+def read_requests(draw: st.DrawFn) -> bytes:
+    """The read routes: ids, every query parameter with odd values, every kind of token. Never a follow
+    that could wait for new lines (a follow gets a Last-Event-ID it must refuse, or finds every stream
+    ended)."""
+    job_id = draw(st.one_of(st.just(JOB), _quoted_id()))
+    path = draw(st.sampled_from([LOGS_PATH, STREAMS_PATH, VIEW_PATH])).format(job_id=job_id)
+    names = ["phase", "pod", "container", "since", "position", "tail", "limit", "cursor", "format", "prefix",
+             "source", "x"]
+    query = draw(st.lists(st.tuples(st.sampled_from(names), _QUERY_VALUE), max_size=4))
+    headers = {"admin": {"Authorization": f"Bearer {TEST_ADMIN_TOKEN}"},
+               "read": {"Authorization": f"Bearer {read_token(TEST_SECRET, JOB)}"},
+               "job": {"Authorization": f"Bearer {job_token(TEST_SECRET, JOB)}"},
+               "none": {}}[draw(st.sampled_from(["admin", "read", "read", "job", "none"]))]
+    if draw(st.booleans()):
+        query.append(("follow", "1"))
+        headers = {**headers, "Last-Event-ID": draw(st.text(
+            alphabet=st.characters(min_codepoint=0x21, max_codepoint=0x7E), min_size=1, max_size=40))}
+    if query:
+        path += "?" + urllib.parse.urlencode(query)
+    return request(draw(st.sampled_from(["GET", "GET", "GET", "HEAD", "POST"])), path, headers, b"")
+
+
 _PATHS = st.one_of(
     st.sampled_from([INGEST_PATH, "/healthz", "/readyz", "/metrics", OPENAPI_PATH, "/", "/v1", "/v1/jobs",
                      "/v1/jobs//finalize", "/v1/jobs/a/finalize/extra", "//v1/ingest", "/v1/ingest/",
@@ -170,6 +198,12 @@ def fuzz_finalize(live: Live, raw: bytes) -> None:
 
 
 @FUZZ
+@given(raw=read_requests())
+def fuzz_read(live: Live, raw: bytes) -> None:
+    check(live, raw, exchange(live.port, raw))
+
+
+@FUZZ
 @given(raw=raw_requests())
 def fuzz_any_request(live: Live, raw: bytes) -> None:
     check(live, raw, exchange(live.port, raw))
@@ -182,6 +216,11 @@ def test_fuzz_ingest(live: Live) -> None:
 
 def test_fuzz_finalize(live: Live) -> None:
     fuzz_finalize(live)
+    assert_healthy_after_fuzzing(live)
+
+
+def test_fuzz_read(live: Live) -> None:
+    fuzz_read(live)
     assert_healthy_after_fuzzing(live)
 
 
@@ -206,6 +245,9 @@ def assert_healthy_after_fuzzing(live: Live) -> None:
     answer = exchange(live.port, request("POST", FINALIZE_PATH.format(job_id=JOB),
                                          {"Authorization": f"Bearer {TEST_ADMIN_TOKEN}"}, b"{}"))
     assert answer is not None and answer.status == 200, answer
+    answer = exchange(live.port, request("GET", LOGS_PATH.format(job_id=JOB) + "?pod=" + POD,
+                                         {"Authorization": f"Bearer {read_token(TEST_SECRET, JOB)}"}, b""))
+    assert answer is not None and answer.status == 200 and f"line {10 ** 9}".encode() in answer.body, answer
     # Nothing outside the store's root; inside it, only `{valid job id}/execution-steps/...`.
     assert sorted(p.name for p in live.root.iterdir()) == ["store"]
     for path in live.store_root.rglob("*"):

@@ -25,7 +25,7 @@ from referencing.jsonschema import DRAFT202012
 from aggregator.app import make_app
 from aggregator.errors import BadBatch
 from aggregator.ingest import parse_batch
-from aggregator.openapi import OPENAPI_PATH, openapi_document
+from aggregator.openapi import LOGS_PATH, OPENAPI_PATH, STREAMS_PATH, openapi_document
 from blastlogs.protocol import (
     FINALIZE_PATH,
     INGEST_PATH,
@@ -85,9 +85,12 @@ def test_document_is_openapi_31_with_valid_schemas() -> None:
                 assert status == "200" or int(status) >= 400
                 assert resp["description"]
             # Every protected operation names its token; probes and the document need none.
-            assert ("security" in op) and (op["security"] == [] or path in (INGEST_PATH, FINALIZE_PATH))
+            assert ("security" in op) and (op["security"] == [] or path in (INGEST_PATH, FINALIZE_PATH, LOGS_PATH,
+                                                                             STREAMS_PATH))
     assert doc["paths"][INGEST_PATH]["post"]["security"] == [{"jobToken": []}]
     assert doc["paths"][FINALIZE_PATH]["post"]["security"] == [{"adminToken": []}]
+    for path in (LOGS_PATH, STREAMS_PATH):
+        assert doc["paths"][path]["get"]["security"] == [{"readToken": []}, {"adminToken": []}]
 
 
 def test_ingest_schema_states_the_protocol_rules() -> None:
@@ -167,6 +170,11 @@ async def test_served_document_and_real_answers_match_it(aiohttp_client: Any, lo
         (finalize_path, FINALIZE_PATH, "post", admin_headers(), dumps({"wait_seconds": 0}), 200),
         (FINALIZE_PATH.format(job_id="nope"), FINALIZE_PATH, "post", admin_headers(), b"", 404),
         (finalize_path, FINALIZE_PATH, "post", ingest_headers(), b"", 403),
+        (STREAMS_PATH.format(job_id=JOB), STREAMS_PATH, "get", admin_headers(), b"", 200),
+        (STREAMS_PATH.format(job_id=JOB), STREAMS_PATH, "get", ingest_headers(), b"", 403),
+        (STREAMS_PATH.format(job_id="nope"), STREAMS_PATH, "get", admin_headers(), b"", 404),
+        (LOGS_PATH.format(job_id=JOB) + "?limit=0", LOGS_PATH, "get", admin_headers(), b"", 400),
+        (LOGS_PATH.format(job_id=JOB), LOGS_PATH, "get", {}, b"", 401),
         ("/healthz", "/healthz", "get", {}, b"", 200),
         ("/readyz", "/readyz", "get", {}, b"", 200),
     ]

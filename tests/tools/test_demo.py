@@ -33,3 +33,8 @@ def test_demo_runs_blast_end_to_end_and_prints_its_error_and_exit_code(tmp_path:
     written = (tmp_path / "demo/pod-volume/logs/blast.log").read_text().splitlines()
     chunk = json.loads((tmp_path / "demo/store/elb-demo-1/execution-steps/logs/running/0.json").read_text())
     assert [e["line"] for e in chunk["events"]] == written
+    # It ends with the job read back, the viewer's URL and the command that follows the job.
+    read_back = out.split("its last lines, read back")[1]
+    assert f"blastn-batch-demo-job-0-abc12/blast {written[-1]}" in read_back
+    assert "/v1/jobs/elb-demo-1/view#token=elb-demo-1." in out
+    assert "blast-log-aggregator logs elb-demo-1 --url http://127.0.0.1:8080 -f" in out.splitlines()[-1]
