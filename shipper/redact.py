@@ -218,7 +218,7 @@ PATTERNS: Final[tuple[SecretPattern, ...]] = (
     SecretPattern("github_token", r"\b(?P<v>gh[pousr]_[A-Za-z0-9]{30,}|github_pat_[A-Za-z0-9_]{30,})"),
     SecretPattern("slack_token", r"\b(?P<v>xox[abprs]-[A-Za-z0-9-]{10,})"),
     SecretPattern(
-        "slack_webhook", r"(?i:hooks\.slack\.com)/(?:services|workflows|triggers)/(?P<v>[A-Za-z0-9/_-]+)"
+        "slack_webhook", r"(?i:hooks\.slack\.com)/(?:services|workflows|triggers)/(?P<v>[A-Za-z0-9+/_-]+)"
     ),
     SecretPattern("azure_sas", r"(?<![A-Za-z0-9_-])sig=(?P<v>[^\s&;\"'<>]+)", _accept_value),
     SecretPattern("url_signature", r"(?i:\bX-(?:Amz|Goog)-Signature)=(?P<v>[^\s&;\"'<>]+)", _accept_value),
@@ -248,11 +248,11 @@ PATTERNS: Final[tuple[SecretPattern, ...]] = (
         _accept_value,
         _classify_key,
     ),
-    # curl -u user:SECRET, curl --user 'user:SECRET'
+    # curl -u user:SECRET, curl --user 'user:SECRET' (the pair, as gitleaks' curl-auth-user has it)
     SecretPattern(
         "password",
-        r"\bcurl\b[^\n]*?[ \t](?:-u|--user)(?:=|[ \t]*)(?P<q>[\"'])?[^:\s\"']*:"
-        r"(?P<v>(?(q)[^\"'\n]+|[^\s\"']+))",
+        r"\bcurl\b[^\n]*?[ \t](?:-u|--user)(?:=|[ \t]*)(?P<q>[\"'])?"
+        r"(?P<v>[^:\s\"']*:(?(q)[^\"'\n]+|[^\s\"']+))",
         _accept_value,
     ),
     # mysql -pSECRET (the password sticks to -p; `-p` alone prompts)
@@ -552,15 +552,16 @@ class Redactor:
         return self._render(text, spans)
 
     def _spans(self, text: str, own: bool = True) -> list[Span]:
-        """Our table's finds, then the rule set's that do not overlap one of ours (our table knows
-        these logs' shapes: where both find a secret, ours keeps the readable parts readable)."""
+        """Our table's finds and the rule set's. A rule's find that starts with a URL's scheme, host
+        and path words (gitleaks' Slack and Teams webhooks) keeps those readable, as ours do."""
         spans: list[Span] = []
         if own:
             spans += [sp for m in self._c.regex.finditer(text) if (sp := self._own_span(m)) is not None]
             spans += shape_spans(text)
         if self._rule_set:
-            ours = list(spans)
-            spans += [r for r in rule_spans(text) if not any(r[0] < e and s < r[1] for s, e, _ in ours)]
+            for start, end, kind in rule_spans(text):
+                head = _URL_HEAD.match(text, start, end)
+                spans.append((head.end() if head is not None and head.end() < end else start, end, kind))
         return spans
 
     def _render(self, text: str, spans: list[Span]) -> str:
@@ -624,10 +625,15 @@ def shape_spans(text: str) -> list[Span]:
     return spans
 
 
+_URL_HEAD: Final = re.compile(r"(?:[a-z]+://)?[\w-]+(?:\.[\w-]+)+(?:/[A-Za-z]+)*/", re.ASCII)
 _MARKER_RE: Final = re.compile(r"\[REDACTED:[^\]]*\]")
-#: Rule-set kinds named for a vendor win over gitleaks' catch-all when both find the same secret.
+#: Our kinds come first where finds overlap (ours are sorted first at one start); rule-set kinds
+#: named for a vendor win over gitleaks' catch-all.
 _GENERIC_RULES: Final = frozenset({"generic-api-key"})
 
 
 def _span_order(span: Span) -> tuple[int, int, int]:
-    return span[0], -span[1], span[2] in _GENERIC_RULES
+    """By start; at one start ours (snake_case kinds) before the rule set's (gitleaks' kebab-case
+    ids), its catch-all last; then the longest."""
+    kind = span[2]
+    return span[0], 2 if kind in _GENERIC_RULES else "-" in kind, -span[1]

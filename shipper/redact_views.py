@@ -18,6 +18,8 @@ View = tuple[str, list[int]]
 
 _PERCENT: Final = re.compile(r"%[0-9A-Fa-f]{2}")
 _JSON_ESCAPE: Final = re.compile(r"\\[\\\"/'nrt]|\\u[0-9A-Fa-f]{4}")
+#: An XML tag becomes one space: rules end a secret at a quote, space or `;`, never at `<`.
+_XML_TAG: Final = re.compile(r"</?[A-Za-z_][^<>\n]*>")
 _XML_ENTITY: Final = re.compile(r"&(?:quot|apos|amp|lt|gt|#[0-9]{1,6}|#x[0-9A-Fa-f]{1,5});")
 _JSON_SIMPLE: Final = {"n": " ", "r": " ", "t": " "}  # a line is one line: keep escaped breaks as spaces
 _XML: Final = {"quot": '"', "apos": "'", "amp": "&", "lt": "<", "gt": ">"}
@@ -66,19 +68,28 @@ def _decode(view: View, pattern: re.Pattern[str], repl: Callable[[re.Match[str]]
 
 
 #: (a substring the line must hold for the decoder to be worth running, its pattern, its replacement)
-_DECODERS: Final = (
+_DECODERS: Final[tuple[tuple[str, re.Pattern[str], Callable[[re.Match[str]], str]], ...]] = (
     ("%", _PERCENT, _unpercent),
     ("\\", _JSON_ESCAPE, _unjson),
     ("\\", _JSON_ESCAPE, _unjson),  # JSON in a JSON string in a JSON string
+    ("<", _XML_TAG, lambda m: " "),
     ("&", _XML_ENTITY, _unxml),
 )
 
 
 def decoded_views(text: str) -> list[View]:
-    """The line with each kind of escape undone in turn (each view builds on the previous one)."""
+    """The line with each kind of escape undone in turn (each view builds on the previous one);
+    when it holds a `%`, also without URL-decoding (a `%` may be part of a secret, not an escape)."""
+    views = _chain(text, _DECODERS)
+    if "%" in text:
+        views += _chain(text, _DECODERS[1:])
+    return views
+
+
+def _chain(text: str, decoders: tuple[tuple[str, re.Pattern[str], Callable[[re.Match[str]], str]], ...]) -> list[View]:
     views: list[View] = []
     view: View = (text, list(range(len(text) + 1)))
-    for needle, pattern, repl in _DECODERS:
+    for needle, pattern, repl in decoders:
         if needle in view[0]:
             decoded = _decode(view, pattern, repl)
             if decoded is not None:

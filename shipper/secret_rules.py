@@ -14,6 +14,7 @@ from collections import Counter
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Final
+from urllib.parse import quote
 
 from ahocorasick_rs import AhoCorasick, BytesAhoCorasick, Implementation, MatchKind
 
@@ -100,8 +101,15 @@ _CONTAINED: Final = {k: tuple(o for o in KEYWORDS if o in k) for k in KEYWORDS}
 
 #: Keywords so common in BLAST output and shell traces ("Skipped", "windows.net", DNA's "ACCA",
 #: "key", "Homo sapiens") that the pre-check looks for them as their rules spell them instead: in
-#: exact case, and after a non-word byte where the rule starts with `\\b`. Each starts its rule.
-_NON_WORD: Final = [bytes([c]) for c in range(0x20, 0x7F) if not chr(c).isalnum() and c != ord("_")] + [b"\t", b"\n"]
+#: exact case, and after a non-word byte (or its %XX) where the rule starts with `\\b`. Each starts its rule.
+_NON_WORD: Final = [
+    *(bytes([c]) for c in range(0x20, 0x7F) if not chr(c).isalnum() and c != ord("_")),
+    b"\t",
+    b"\n",
+    # the same, URL-encoded (a secret inside a query parameter)
+    *(f"%{c:02X}".encode() for c in (*range(0x20, 0x30), *range(0x3A, 0x41), *range(0x5B, 0x61), *range(0x7B, 0x7F), 9)),
+    *(f"%{c:02x}".encode() for c in (*range(0x20, 0x30), *range(0x3A, 0x41), *range(0x5B, 0x61), *range(0x7B, 0x7F))),
+]
 _AFTER_NON_WORD: Final = {"s.": b"s.", "acca": b"ACCA", "asia": b"ASIA", "akia": b"AKIA", "abia": b"ABIA",
                           "a3t": b"A3T", "ey": b"ey", "a3-": b"A3-", "4b1d": b"4b1d"}  # fmt: skip
 _EXACT: Final = {"sk": (b"SK",), "api": (b"api", b"Api", b"API")}
@@ -110,12 +118,16 @@ _WEAK_NEEDLES: Final = tuple(
     sorted({d + lit for lit in _AFTER_NON_WORD.values() for d in _NON_WORD} | {n for ns in _EXACT.values() for n in ns})
 )
 _LINE_START: Final = tuple(_AFTER_NON_WORD.values())
-_BATCH_SCAN: Final = BytesAhoCorasick(
-    [k.encode() for k in KEYWORDS if k not in WEAK_KEYWORDS], implementation=Implementation.DFA
+#: Keywords as the raw bytes may spell them: as they are, and URL-encoded where that differs
+#: (`_gitlab_session%3d`), lowercased like the bytes they are looked for in.
+_BATCH_NEEDLES: Final = sorted(
+    {form for k in KEYWORDS if k not in WEAK_KEYWORDS for form in (k, quote(k, safe="").lower())}
 )
+_BATCH_SCAN: Final = BytesAhoCorasick([k.encode() for k in _BATCH_NEEDLES], implementation=Implementation.DFA)
 _WEAK_SCAN: Final = BytesAhoCorasick(list(_WEAK_NEEDLES), implementation=Implementation.DFA)
 #: "api" is generic-api-key's: a hit counts only where that rule matches ("Homo sapiens" is no key).
 _GENERIC_AT: Final = re.compile(RULES[_RULES_OF["api"][0]].regex.pattern.encode())
+_ESCAPED: Final = re.compile(rb"%[0-9A-Fa-f]{2}|\\|&[#a-z]")
 
 
 def keyword_hits(raw: bytes, low: bytes) -> list[int]:
@@ -123,7 +135,11 @@ def keyword_hits(raw: bytes, low: bytes) -> list[int]:
     holding none can match no rule."""
     hits = [start for _, start, _ in _BATCH_SCAN.find_matches_as_indexes(low)]
     for k, start, _ in _WEAK_SCAN.find_matches_as_indexes(raw):
-        if not _WEAK_NEEDLES[k].lower().startswith(b"api") or _GENERIC_AT.match(raw, start) is not None:
+        if (
+            not _WEAK_NEEDLES[k].lower().startswith(b"api")
+            or _GENERIC_AT.match(raw, start) is not None
+            or _ESCAPED.search(raw, start, start + 64) is not None  # a decoded view may match
+        ):
             hits.append(start)
     if raw.startswith(_LINE_START):
         hits.append(0)
