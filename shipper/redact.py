@@ -20,11 +20,12 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Final
 
-from ahocorasick_rs import BytesAhoCorasick, Implementation
+from ahocorasick_rs import BytesAhoCorasick, Implementation, MatchKind
 
 from shipper.reader import line_ends
 from shipper.redact_views import decoded_views, to_line
-from shipper.secret_rules import Span, keyword_hits, rule_spans
+from shipper.secret_rules import LINE_START, Needle, Span, rule_spans, weak_hit_counts
+from shipper.secret_rules import NEEDLES as RULE_NEEDLES
 
 #: A PEM block that never ends (a truncated log) stops being redacted after this many lines,
 #: so one stray BEGIN line cannot hide the rest of a stream. Real keys are far shorter (RSA-4096: 51).
@@ -341,52 +342,69 @@ NEEDLES_EXACT: Final = (
 #: holding only one of those costs the few rules it names, not our whole table).
 OWN_NEEDLES: Final = tuple(sorted({n.lower() for n in (*NEEDLES_FOLDED, *NEEDLES_EXACT)}))
 
-#: An automaton that finds every needle in a single pass over the ASCII-lowercased raw bytes of a batch
+#: Every needle: ours (any case), then the rule set's (some only in the spellings their rules ask).
+_NEEDLES: Final[tuple[Needle, ...]] = (
+    *((n.encode(), None, 0, False) for n in OWN_NEEDLES if n.encode() not in {x[0] for x in RULE_NEEDLES}),
+    *RULE_NEEDLES,
+)
+#: One automaton finds every needle in a single pass over the ASCII-lowercased raw bytes of a batch
 #: (the Rust `aho-corasick` crate; lowering a copy costs less than scanning it).
-_OWN_SCAN: Final = BytesAhoCorasick([n.encode() for n in OWN_NEEDLES], implementation=Implementation.DFA)
+#: Leftmost-longest, so a keyword is not hidden by a weak needle that starts it ("api_org_", "api_").
+_SCAN: Final = BytesAhoCorasick(
+    [n[0] for n in _NEEDLES], matchkind=MatchKind.LeftmostLongest, implementation=Implementation.DFA
+)
+_WEAK: Final = {i: n for i, n in enumerate(_NEEDLES) if n[1] is not None}
+_LONGEST: Final = max(len(n[0]) for n in _NEEDLES)
 #: The job token has no keyword: its shape (a dot, then exactly 43 base64url characters) is the
 #: pre-check, one C-level search of the batch.
 _JOB_TOKEN_SHAPE: Final = re.compile(rb"\.[A-Za-z0-9_-]{43}(?![A-Za-z0-9_=-])")
 
 
-def _scan(data: bytes) -> tuple[list[int], list[int]]:
-    """Byte offsets in `data` where one of our needles (or a job token's shape) starts, and where a
-    rule-set keyword starts. Matches of one automaton do not overlap, so a line may report fewer
-    hits than it holds needles, but never none."""
+def needle_positions(data: bytes) -> list[int]:
+    """Byte offsets in `data` (raw UTF-8 of many lines) where a needle starts; empty when none.
+
+    The byte form of `might_hold_secret` for a whole batch: one Aho-Corasick scan. Matches do not
+    overlap, so a line may report fewer hits than it holds needles, but never none (where a weak
+    needle does not count, the bytes it covered are scanned again for another).
+    """
     low = data.lower()
-    own = [start for _, start, _ in _OWN_SCAN.find_matches_as_indexes(low)]
+    hits: list[int] = []
+    weak = _WEAK
+    for k, start, end in _SCAN.find_matches_as_indexes(low):
+        needle = weak.get(k)
+        if needle is None:
+            hits.append(start)
+        elif weak_hit_counts(data, start, needle):
+            hits.append(start + needle[2])  # where the keyword starts, after its delimiter
+        else:
+            for k2, s2, _ in _SCAN.find_matches_as_indexes(low[start + 1:end + _LONGEST]):
+                n2 = weak.get(k2)
+                if n2 is None or weak_hit_counts(data, start + 1 + s2, n2):
+                    hits.append(start + 1 + s2 + (n2[2] if n2 is not None else 0))
+                    break
     if b"." in data:
-        own += [m.start() for m in _JOB_TOKEN_SHAPE.finditer(data)]
-    return own, keyword_hits(data, low)
+        hits += [m.start() for m in _JOB_TOKEN_SHAPE.finditer(data)]
+    if data.startswith(LINE_START):
+        hits.append(0)
+    return hits
 
 
 def might_hold_secret(text: str) -> bool:
     """False when no pattern nor rule can match `text` (one line or many joined)."""
-    own, rules = _scan(text.encode("utf-8", "surrogatepass"))
-    return bool(own or rules)
+    return bool(needle_positions(text.encode("utf-8", "surrogatepass")))
 
 
-def _needs_own_table(text: str) -> bool:
-    return bool(_scan(text.encode("utf-8", "surrogatepass"))[0])
-
-
-def needle_positions(data: bytes) -> list[int]:
-    """Byte offsets in `data` (raw UTF-8 of many lines) where a needle starts; empty when none:
-    the byte form of `might_hold_secret` for a whole batch."""
-    own, rules = _scan(data)
-    return own + rules
-
-
-def _needle_lines(texts: list[str], which: Iterable[int]) -> tuple[set[int], set[int]]:
-    """Those of lines `which` that hold one of our needles, and those that hold a rule keyword:
-    one scan of them all, encoded and joined."""
+def _needle_lines(texts: list[str], which: Iterable[int]) -> set[int]:
+    """Those of lines `which` that hold a needle: one scan of them all, encoded and joined."""
     which = list(which)
     if not which:
-        return set(), set()
+        return set()
     encoded = [texts[i].encode("utf-8", "surrogatepass") for i in which]
-    own, rules = _scan(b"\n".join(encoded))
+    hits = needle_positions(b"\n".join(encoded))
+    if not hits:
+        return set()
     ends = line_ends(encoded)
-    return {which[bisect_right(ends, pos)] for pos in own}, {which[bisect_right(ends, pos)] for pos in rules}
+    return {which[bisect_right(ends, pos)] for pos in hits}
 
 
 #: `Redactor.state`: (lines seen inside an open PEM block or -1, the env name awaiting its value or "").
@@ -457,8 +475,7 @@ class Redactor:
             return self._inside_pem(text)
         if self._env_key:
             return self._env_value(text)
-        own, rules = _scan(text.encode("utf-8", "surrogatepass"))
-        if not own and not rules:
+        if not might_hold_secret(text):
             return text
         if "name:" in text and self._env_name(text):
             return text
@@ -466,7 +483,7 @@ class Redactor:
             m = PEM_BEGIN_RE.search(text)
             if m is not None:
                 return self._pem_start(text, m)
-        return self._sub(text, bool(own))
+        return self._sub(text)
 
     def redact_batch(
         self, texts: list[str], raw: bytes, ends: list[int] | None = None, also: Iterable[int] = ()
@@ -477,15 +494,12 @@ class Redactor:
         worth a closer look) and `ends` its `line_ends` if already known; `also` names lines whose
         text differs from their raw bytes (rendered escapes), which are checked on their own.
         """
-        own_hits, rule_hits = _scan(raw)
-        own, candidates = _needle_lines(texts, also)
-        candidates |= own
-        if own_hits or rule_hits:
+        positions = needle_positions(raw)
+        candidates = _needle_lines(texts, also)
+        if positions:
             if ends is None:
                 ends = line_ends(raw.split(b"\n"))
-            own.update(bisect_right(ends, pos) for pos in own_hits)
-            candidates |= own
-            candidates.update(bisect_right(ends, pos) for pos in rule_hits)
+            candidates.update(bisect_right(ends, pos) for pos in positions)
         if self._pem_lines >= 0 or self._env_key or any(
             "PRIVATE KEY" in texts[i] or "name:" in texts[i] for i in candidates
         ):
@@ -494,7 +508,7 @@ class Redactor:
             return texts
         sub = self._sub
         for i in sorted(candidates):
-            texts[i] = sub(texts[i], i in own)
+            texts[i] = sub(texts[i])
         return texts
 
     def _plain(self, text: str) -> str:
@@ -536,14 +550,12 @@ class Redactor:
             return self.redact(text)
         return marker(PEM_KIND)
 
-    def _sub(self, text: str, own: bool = True) -> str:
-        """`text` with every secret that our table (when `own`: the line holds one of its needles)
-        or the rule set finds, in it or in a decoded view of it, replaced by its marker; overlapping
-        finds merge, so no byte of either survives."""
-        spans = self._spans(text, own)
+    def _sub(self, text: str) -> str:
+        """`text` with every secret that our table or the rule set finds, in it or in a decoded
+        view of it, replaced by its marker; overlapping finds merge, so no byte of either survives."""
+        spans = self._spans(text)
         for view, origin in decoded_views(text):
-            view_own = own or _needs_own_table(view)
-            spans += [(*to_line(origin, a, b), kind) for a, b, kind in self._spans(view, view_own)]
+            spans += [(*to_line(origin, a, b), kind) for a, b, kind in self._spans(view)]
         if not spans:
             return text
         if "[REDACTED:" in text:  # never redact (part of) a marker: redaction stays idempotent
@@ -551,13 +563,11 @@ class Redactor:
             spans = [sp for sp in spans if not any(sp[0] < e and s < sp[1] for s, e in marks)]
         return self._render(text, spans)
 
-    def _spans(self, text: str, own: bool = True) -> list[Span]:
+    def _spans(self, text: str) -> list[Span]:
         """Our table's finds and the rule set's. A rule's find that starts with a URL's scheme, host
         and path words (gitleaks' Slack and Teams webhooks) keeps those readable, as ours do."""
-        spans: list[Span] = []
-        if own:
-            spans += [sp for m in self._c.regex.finditer(text) if (sp := self._own_span(m)) is not None]
-            spans += shape_spans(text)
+        spans = [sp for m in self._c.regex.finditer(text) if (sp := self._own_span(m)) is not None]
+        spans += shape_spans(text)
         if self._rule_set:
             for start, end, kind in rule_spans(text):
                 head = _URL_HEAD.match(text, start, end)

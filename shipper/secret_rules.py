@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import math
 import re
+import string
 from collections import Counter
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Final
 from urllib.parse import quote
 
-from ahocorasick_rs import AhoCorasick, BytesAhoCorasick, Implementation, MatchKind
+from ahocorasick_rs import AhoCorasick, MatchKind
 
 from shipper import gitleaks_rules as data
 
@@ -101,7 +102,8 @@ _CONTAINED: Final = {k: tuple(o for o in KEYWORDS if o in k) for k in KEYWORDS}
 
 #: Keywords so common in BLAST output and shell traces ("Skipped", "windows.net", DNA's "ACCA",
 #: "key", "Homo sapiens") that the pre-check looks for them as their rules spell them instead: in
-#: exact case, and after a non-word byte (or its %XX) where the rule starts with `\\b`. Each starts its rule.
+#: exact case, and after a non-word byte (or its %XX) where the rule starts with `\\b`. Each
+#: starts its rule.
 _NON_WORD: Final = [
     *(bytes([c]) for c in range(0x20, 0x7F) if not chr(c).isalnum() and c != ord("_")),
     b"\t",
@@ -114,36 +116,53 @@ _AFTER_NON_WORD: Final = {"s.": b"s.", "acca": b"ACCA", "asia": b"ASIA", "akia":
                           "a3t": b"A3T", "ey": b"ey", "a3-": b"A3-", "4b1d": b"4b1d"}  # fmt: skip
 _EXACT: Final = {"sk": (b"SK",), "api": (b"api", b"Api", b"API")}
 WEAK_KEYWORDS: Final = (*_AFTER_NON_WORD, *_EXACT)
-_WEAK_NEEDLES: Final = tuple(
-    sorted({d + lit for lit in _AFTER_NON_WORD.values() for d in _NON_WORD} | {n for ns in _EXACT.values() for n in ns})
-)
-_LINE_START: Final = tuple(_AFTER_NON_WORD.values())
-#: Keywords as the raw bytes may spell them: as they are, and URL-encoded where that differs
-#: (`_gitlab_session%3d`), lowercased like the bytes they are looked for in.
-_BATCH_NEEDLES: Final = sorted(
-    {form for k in KEYWORDS if k not in WEAK_KEYWORDS for form in (k, quote(k, safe="").lower())}
-)
-_BATCH_SCAN: Final = BytesAhoCorasick([k.encode() for k in _BATCH_NEEDLES], implementation=Implementation.DFA)
-_WEAK_SCAN: Final = BytesAhoCorasick(list(_WEAK_NEEDLES), implementation=Implementation.DFA)
-#: "api" is generic-api-key's: a hit counts only where that rule matches ("Homo sapiens" is no key).
+#: "api" is generic-api-key's, as a word's end ("myApi=", "API_KEY"), never inside a word ("Homo
+#: sapiens"): it is looked for followed by anything but a letter (a name going on after it, as
+#: "apiKey", "apiToken", holds another keyword) or upper case, and counts only where that rule matches (or the
+#: text is escaped, and a decoded view may). Twilio's "SK" is looked for with a hex digit after it.
+_NOT_LETTER: Final = [bytes([c]) for c in range(0x20, 0x7F) if not chr(c).isalpha()] + [b"\t", b"\n"]
 _GENERIC_AT: Final = re.compile(RULES[_RULES_OF["api"][0]].regex.pattern.encode())
 _ESCAPED: Final = re.compile(rb"%[0-9A-Fa-f]{2}|\\|&[#a-z]")
 
+#: A needle: (the lowercased bytes the scan looks for, the spellings that count (None: any case),
+#: offset of the keyword in the needle, whether generic-api-key must match at the keyword).
+Needle = tuple[bytes, frozenset[bytes] | None, int, bool]
 
-def keyword_hits(raw: bytes, low: bytes) -> list[int]:
-    """Offsets in `raw` (`low` is its ASCII-lowercased copy) near which a rule keyword starts; a line
-    holding none can match no rule."""
-    hits = [start for _, start, _ in _BATCH_SCAN.find_matches_as_indexes(low)]
-    for k, start, _ in _WEAK_SCAN.find_matches_as_indexes(raw):
-        if (
-            not _WEAK_NEEDLES[k].lower().startswith(b"api")
-            or _GENERIC_AT.match(raw, start) is not None
-            or _ESCAPED.search(raw, start, start + 64) is not None  # a decoded view may match
-        ):
-            hits.append(start)
-    if raw.startswith(_LINE_START):
-        hits.append(0)
-    return hits
+
+def _needles() -> tuple[Needle, ...]:
+    found: dict[bytes, Needle] = {}
+    for k in KEYWORDS:
+        if k not in WEAK_KEYWORDS:
+            # as they are, and URL-encoded where that differs (`_gitlab_session%3d`)
+            for form in {k, quote(k, safe="").lower()}:
+                found[form.encode()] = (form.encode(), None, 0, False)
+    for lit in _AFTER_NON_WORD.values():
+        for d in _NON_WORD:
+            found[(d + lit).lower()] = ((d + lit).lower(), frozenset({d + lit}), len(d), False)
+    for h in "0123456789abcdef":
+        found[b"sk" + h.encode()] = (b"sk" + h.encode(), frozenset({b"SK" + x.encode() for x in {h, h.upper()}}), 0, False)
+    for c in _NOT_LETTER:  # a keyword's own needle ("api-" is Octopus Deploy's) wins
+        found.setdefault(b"api" + c, (b"api" + c, frozenset({f + c for f in _EXACT["api"]}), 0, True))
+    for letter in string.ascii_lowercase.encode():  # "APIkey=": only the upper case goes on into a name
+        after = bytes([letter])
+        found.setdefault(b"api" + after, (b"api" + after, frozenset({b"API" + after, b"API" + after.upper()}), 0, True))
+    return tuple(found.values())
+
+
+#: Every rule keyword as the pre-check looks for it, in the ASCII-lowercased bytes of a batch.
+NEEDLES: Final = _needles()
+#: Keywords the pre-check finds at a line's start, where no byte precedes them.
+LINE_START: Final = (*_AFTER_NON_WORD.values(), *_EXACT["sk"])
+
+
+def weak_hit_counts(raw: bytes, start: int, needle: Needle) -> bool:
+    """Whether a weak needle found at `start` of `raw` is spelled as its rule asks (and for "api",
+    whether generic-api-key matches there)."""
+    text, exact, at, generic = needle
+    if exact is not None and raw[start:start + len(text)] not in exact:
+        return False
+    return (not generic or _GENERIC_AT.match(raw, start + at) is not None
+            or _ESCAPED.search(raw, start, start + 64) is not None)
 
 
 def rules_for(low: str) -> list[int]:
