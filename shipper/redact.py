@@ -18,6 +18,7 @@ from bisect import bisect_right
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from itertools import pairwise
 from typing import Final
 
 from ahocorasick_rs import BytesAhoCorasick, Implementation, MatchKind
@@ -354,10 +355,38 @@ _SCAN: Final = BytesAhoCorasick(
     [n[0] for n in _NEEDLES], matchkind=MatchKind.LeftmostLongest, implementation=Implementation.DFA
 )
 _WEAK: Final = {i: n for i, n in enumerate(_NEEDLES) if n[1] is not None}
+#: Needles below this index are ours.
+_OURS: Final = len(_NEEDLES) - len(RULE_NEEDLES)
 _LONGEST: Final = max(len(n[0]) for n in _NEEDLES)
 #: The job token has no keyword: its shape (a dot, then exactly 43 base64url characters) is the
 #: pre-check, one C-level search of the batch.
 _JOB_TOKEN_SHAPE: Final = re.compile(rb"\.[A-Za-z0-9_-]{43}(?![A-Za-z0-9_=-])")
+
+
+def _hits(data: bytes) -> tuple[list[int], list[int]]:
+    """Byte offsets in `data` where one of our needles (or a job token's shape) starts, and where
+    only a rule keyword does."""
+    low = data.lower()
+    own: list[int] = []
+    rules: list[int] = []
+    weak, ours = _WEAK, _OURS
+    for k, start, end in _SCAN.find_matches_as_indexes(low):
+        needle = weak.get(k)
+        if needle is None:
+            (own if k < ours else rules).append(start)
+        elif weak_hit_counts(data, start, needle):
+            rules.append(start + needle[2])  # where the keyword starts, after its delimiter
+        else:
+            for k2, s2, _ in _SCAN.find_matches_as_indexes(low[start + 1:end + _LONGEST]):
+                n2 = weak.get(k2)
+                if n2 is None or weak_hit_counts(data, start + 1 + s2, n2):
+                    rules.append(start + 1 + s2 + (n2[2] if n2 is not None else 0))
+                    break
+    if b"." in data:
+        own += [m.start() for m in _JOB_TOKEN_SHAPE.finditer(data)]
+    if data.startswith(LINE_START):
+        rules.append(0)
+    return own, rules
 
 
 def needle_positions(data: bytes) -> list[int]:
@@ -367,26 +396,15 @@ def needle_positions(data: bytes) -> list[int]:
     overlap, so a line may report fewer hits than it holds needles, but never none (where a weak
     needle does not count, the bytes it covered are scanned again for another).
     """
-    low = data.lower()
-    hits: list[int] = []
-    weak = _WEAK
-    for k, start, end in _SCAN.find_matches_as_indexes(low):
-        needle = weak.get(k)
-        if needle is None:
-            hits.append(start)
-        elif weak_hit_counts(data, start, needle):
-            hits.append(start + needle[2])  # where the keyword starts, after its delimiter
-        else:
-            for k2, s2, _ in _SCAN.find_matches_as_indexes(low[start + 1:end + _LONGEST]):
-                n2 = weak.get(k2)
-                if n2 is None or weak_hit_counts(data, start + 1 + s2, n2):
-                    hits.append(start + 1 + s2 + (n2[2] if n2 is not None else 0))
-                    break
-    if b"." in data:
-        hits += [m.start() for m in _JOB_TOKEN_SHAPE.finditer(data)]
-    if data.startswith(LINE_START):
-        hits.append(0)
-    return hits
+    own, rules = _hits(data)
+    return own + rules
+
+
+def _needs_our_table(text: str) -> bool:
+    """Whether our table can match `text`, for a line the scan found only a rule keyword in (a
+    keyword found there may have hidden one of our needles)."""
+    low = text.lower()
+    return any(map(low.__contains__, OWN_NEEDLES)) or ("." in text and _JOB_TOKEN_SHAPE.search(text.encode()) is not None)
 
 
 def might_hold_secret(text: str) -> bool:
@@ -394,17 +412,16 @@ def might_hold_secret(text: str) -> bool:
     return bool(needle_positions(text.encode("utf-8", "surrogatepass")))
 
 
-def _needle_lines(texts: list[str], which: Iterable[int]) -> set[int]:
-    """Those of lines `which` that hold a needle: one scan of them all, encoded and joined."""
+def _needle_lines(texts: list[str], which: Iterable[int]) -> tuple[set[int], set[int]]:
+    """Those of lines `which` that hold one of our needles, and those that hold only a rule
+    keyword: one scan of them all, encoded and joined."""
     which = list(which)
     if not which:
-        return set()
+        return set(), set()
     encoded = [texts[i].encode("utf-8", "surrogatepass") for i in which]
-    hits = needle_positions(b"\n".join(encoded))
-    if not hits:
-        return set()
+    own, rules = _hits(b"\n".join(encoded))
     ends = line_ends(encoded)
-    return {which[bisect_right(ends, pos)] for pos in hits}
+    return {which[bisect_right(ends, pos)] for pos in own}, {which[bisect_right(ends, pos)] for pos in rules}
 
 
 #: `Redactor.state`: (lines seen inside an open PEM block or -1, the env name awaiting its value or "").
@@ -475,7 +492,8 @@ class Redactor:
             return self._inside_pem(text)
         if self._env_key:
             return self._env_value(text)
-        if not might_hold_secret(text):
+        own, rules = _hits(text.encode("utf-8", "surrogatepass"))
+        if not own and not rules:
             return text
         if "name:" in text and self._env_name(text):
             return text
@@ -483,7 +501,7 @@ class Redactor:
             m = PEM_BEGIN_RE.search(text)
             if m is not None:
                 return self._pem_start(text, m)
-        return self._sub(text)
+        return self._sub(text, bool(own) or _needs_our_table(text))
 
     def redact_batch(
         self, texts: list[str], raw: bytes, ends: list[int] | None = None, also: Iterable[int] = ()
@@ -494,12 +512,15 @@ class Redactor:
         worth a closer look) and `ends` its `line_ends` if already known; `also` names lines whose
         text differs from their raw bytes (rendered escapes), which are checked on their own.
         """
-        positions = needle_positions(raw)
-        candidates = _needle_lines(texts, also)
-        if positions:
+        own_hits, rule_hits = _hits(raw)
+        own, candidates = _needle_lines(texts, also)
+        candidates |= own
+        if own_hits or rule_hits:
             if ends is None:
                 ends = line_ends(raw.split(b"\n"))
-            candidates.update(bisect_right(ends, pos) for pos in positions)
+            own.update(bisect_right(ends, pos) for pos in own_hits)
+            candidates |= own
+            candidates.update(bisect_right(ends, pos) for pos in rule_hits)
         if self._pem_lines >= 0 or self._env_key or any(
             "PRIVATE KEY" in texts[i] or "name:" in texts[i] for i in candidates
         ):
@@ -508,7 +529,7 @@ class Redactor:
             return texts
         sub = self._sub
         for i in sorted(candidates):
-            texts[i] = sub(texts[i])
+            texts[i] = sub(texts[i], i in own or _needs_our_table(texts[i]))
         return texts
 
     def _plain(self, text: str) -> str:
@@ -550,12 +571,21 @@ class Redactor:
             return self.redact(text)
         return marker(PEM_KIND)
 
-    def _sub(self, text: str) -> str:
-        """`text` with every secret that our table or the rule set finds, in it or in a decoded
-        view of it, replaced by its marker; overlapping finds merge, so no byte of either survives."""
-        spans = self._spans(text)
+    def _sub(self, text: str, ours: bool = True) -> str:
+        """`text` with every secret that our table (if `ours`: it can match) or the rule set finds,
+        in it or in a decoded view of it, replaced by its marker; overlapping finds merge, so no
+        byte of either survives."""
+        spans = self._spans(text, ours)
         for view, origin in decoded_views(text):
-            spans += [(*to_line(origin, a, b), kind) for a, b, kind in self._spans(view)]
+            # what the line itself showed was searched above: a view is searched from a little
+            # before its first undone escape (secrets and their keys lie after that)
+            first = next((i for i, (a, b) in enumerate(pairwise(origin)) if b - a != 1), 0)
+            lo = max(0, first - _VIEW_CONTEXT)
+            part = view[lo:]
+            spans += [
+                (*to_line(origin, lo + a, lo + b), kind)
+                for a, b, kind in self._spans(part, ours or _needs_our_table(part))
+            ]
         if not spans:
             return text
         if "[REDACTED:" in text:  # never redact (part of) a marker: redaction stays idempotent
@@ -563,11 +593,13 @@ class Redactor:
             spans = [sp for sp in spans if not any(sp[0] < e and s < sp[1] for s, e in marks)]
         return self._render(text, spans)
 
-    def _spans(self, text: str) -> list[Span]:
+    def _spans(self, text: str, ours: bool = True) -> list[Span]:
         """Our table's finds and the rule set's. A rule's find that starts with a URL's scheme, host
         and path words (gitleaks' Slack and Teams webhooks) keeps those readable, as ours do."""
-        spans = [sp for m in self._c.regex.finditer(text) if (sp := self._own_span(m)) is not None]
-        spans += shape_spans(text)
+        spans: list[Span] = []
+        if ours:
+            spans += [sp for m in self._c.regex.finditer(text) if (sp := self._own_span(m)) is not None]
+            spans += shape_spans(text)
         if self._rule_set:
             for start, end, kind in rule_spans(text):
                 head = _URL_HEAD.match(text, start, end)
@@ -635,6 +667,8 @@ def shape_spans(text: str) -> list[Span]:
     return spans
 
 
+#: How far before a view's first undone escape its search starts (a key name and `=` or `:`).
+_VIEW_CONTEXT: Final = 64
 _URL_HEAD: Final = re.compile(r"(?:[a-z]+://)?[\w-]+(?:\.[\w-]+)+(?:/[A-Za-z]+)*/", re.ASCII)
 _MARKER_RE: Final = re.compile(r"\[REDACTED:[^\]]*\]")
 #: Our kinds come first where finds overlap (ours are sorted first at one start); rule-set kinds
