@@ -8,6 +8,8 @@ Writes, under tests/data/:
   secret value is recorded apart from the lines so recall can be measured (is the value still there?).
 - `ordinary-corpus-synthetic.log`: azcopy progress, `set -x` traces, Python tracebacks, Kubernetes
   events, env dumps, paths, sequence ids, hashes and UUIDs that are not secrets.
+- `rules-corpus.jsonl`: secrets drawn from every rule of the maintained rule set and our own kinds,
+  in every shape logs carry them (bench/make_rules_corpus.py).
 - `ordinary-corpus-blast.log`: real output and errors of the installed `makeblastdb`, `blastn` and
   `blastdbcmd` on a seeded random database (their timings and dates vary between runs).
 
@@ -31,10 +33,13 @@ import uuid
 from collections.abc import Callable
 from pathlib import Path
 
+import make_rules_corpus
+
 DATA = Path(__file__).resolve().parent.parent / "tests" / "data"
 SECRETS_FILE = DATA / "secrets-corpus.jsonl"
 SYNTHETIC_FILE = DATA / "ordinary-corpus-synthetic.log"
 BLAST_FILE = DATA / "ordinary-corpus-blast.log"
+RULES_FILE = DATA / "rules-corpus.jsonl"
 SEED = 20261127
 RECORDS_PER_KIND = 22
 ALNUM = string.ascii_letters + string.digits
@@ -643,14 +648,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--check", action="store_true", help="compare the synthetic files instead of writing")
     args = parser.parse_args(argv)
     secrets, synthetic = render_secrets(secret_records()), render_lines(synthetic_lines())
+    rule_records, barren = make_rules_corpus.corpus()
+    rules = make_rules_corpus.render(rule_records)
     if args.check:
-        same = SECRETS_FILE.read_text() == secrets and SYNTHETIC_FILE.read_text() == synthetic
+        same = (SECRETS_FILE.read_text() == secrets and SYNTHETIC_FILE.read_text() == synthetic
+                and RULES_FILE.read_text() == rules)
         print("up to date" if same else "differs: rerun without --check")
         return 0 if same else 1
     DATA.mkdir(parents=True, exist_ok=True)
     SECRETS_FILE.write_text(secrets)
     SYNTHETIC_FILE.write_text(synthetic)
     BLAST_FILE.write_text(render_lines(blast_lines()))
+    RULES_FILE.write_text(rules)
+    print(f"wrote {RULES_FILE.name}: {len(rule_records)} records; rules that yielded no secret: {barren}")
     digest = hashlib.sha256(secrets.encode()).hexdigest()[:12]
     print(f"wrote {SECRETS_FILE.name} (sha256 {digest}), {SYNTHETIC_FILE.name}, {BLAST_FILE.name}")
     return 0

@@ -18,12 +18,15 @@ from bisect import bisect_right
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from itertools import product
+from itertools import pairwise
 from typing import Final
 
-from ahocorasick_rs import BytesAhoCorasick, Implementation
+from ahocorasick_rs import BytesAhoCorasick, Implementation, MatchKind
 
 from shipper.reader import line_ends
+from shipper.redact_views import decoded_views, to_line
+from shipper.secret_rules import LINE_START, Needle, Span, rule_spans, weak_hit_counts
+from shipper.secret_rules import NEEDLES as RULE_NEEDLES
 
 #: A PEM block that never ends (a truncated log) stops being redacted after this many lines,
 #: so one stray BEGIN line cannot hide the rest of a stream. Real keys are far shorter (RSA-4096: 51).
@@ -86,6 +89,25 @@ def _accept_colon(key: str, value: str, text: str) -> bool:
     if key.lower() in ("token", "secret"):
         return _RANDOMISH_RE.match(value) is not None
     return True
+
+
+def _accept_short_token(key: str, value: str, text: str) -> bool:
+    """`Bearer x`: a short value counts when it is not a word ("Bearer token", "bearer authentication")."""
+    return _is_value(value) and (len(value) >= 16 or _RANDOMISH_RE.match(value) is not None)
+
+
+def _accept_job_token(key: str, value: str, text: str) -> bool:
+    """A job token's MAC is random: mixed case and digits; a run of one class is an id or a word."""
+    return sum((any(c.isdigit() for c in value), any(c.islower() for c in value), any(c.isupper() for c in value))) >= 3
+
+
+#: Space-separated values that read as prose or a placeholder, never as a password.
+_SPACED_WORD_RE: Final = re.compile(r"[A-Za-z]+[.,;:!?]?|[0-9]+|[A-Za-z]+(?:[-_][A-Za-z]+)+")
+
+
+def _accept_spaced(key: str, value: str, text: str) -> bool:
+    """`password SECRET`: prose says "password for user", "token expired"; a secret looks generated."""
+    return _is_value(value) and _SPACED_WORD_RE.fullmatch(value) is None and _RANDOMISH_RE.match(value) is not None
 
 
 def _value_shape(value: str) -> str | None:
@@ -151,9 +173,17 @@ _KEY_ENDINGS: Final = (
             "signing",
             "master",
             "client",
+            "subscription",
+            "functions",
+            "function",
+            "storage",
+            "sas",
+            "consumer",
         )
         for sep in ("", "_", "-")
     ),
+    "key-data",
+    "key_data",
 )
 #: Checked right after a whole key was taken (possessively), so each key costs one pass.
 _KW_END: Final = "(?:" + "|".join(f"(?<=(?i:{re.escape(e)}))" for e in _KEY_ENDINGS) + ")"
@@ -178,7 +208,7 @@ PATTERNS: Final[tuple[SecretPattern, ...]] = (
         r"(?P<v>[^\s\"'][^\"'\n]*?)(?=[ \t]*(?:[\"']|$|\n))",
         _accept_value,
     ),
-    SecretPattern("bearer_token", r"(?i:\bbearer)[ \t]+(?P<v>[A-Za-z0-9._~+/-]{16,}=*)", _accept_value),
+    SecretPattern("bearer_token", r"(?i:\bbearer)[ \t]+(?P<v>[A-Za-z0-9._~+/-]{4,}=*)", _accept_short_token),
     SecretPattern("jwt", r"(?<![A-Za-z0-9_-])(?P<v>eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]*)"),
     SecretPattern("aws_access_key_id", r"\b(?P<v>(?:AKIA|ASIA)[A-Z2-7]{16})\b"),
     SecretPattern(
@@ -190,7 +220,7 @@ PATTERNS: Final[tuple[SecretPattern, ...]] = (
     SecretPattern("github_token", r"\b(?P<v>gh[pousr]_[A-Za-z0-9]{30,}|github_pat_[A-Za-z0-9_]{30,})"),
     SecretPattern("slack_token", r"\b(?P<v>xox[abprs]-[A-Za-z0-9-]{10,})"),
     SecretPattern(
-        "slack_webhook", r"(?i:hooks\.slack\.com)/(?:services|workflows|triggers)/(?P<v>[A-Za-z0-9/_-]+)"
+        "slack_webhook", r"(?i:hooks\.slack\.com)/(?:services|workflows|triggers)/(?P<v>[A-Za-z0-9+/_-]+)"
     ),
     SecretPattern("azure_sas", r"(?<![A-Za-z0-9_-])sig=(?P<v>[^\s&;\"'<>]+)", _accept_value),
     SecretPattern("url_signature", r"(?i:\bX-(?:Amz|Goog)-Signature)=(?P<v>[^\s&;\"'<>]+)", _accept_value),
@@ -212,6 +242,49 @@ PATTERNS: Final[tuple[SecretPattern, ...]] = (
         r"(?i:\bsshpass\b|\blogin\b)[^\n]*?[ \t]-p[ \t]+" + _value(r"[^\s\"'-][^\s\"']*"),
         _accept_value,
     ),
+    # --- shapes specific to ElasticBLAST on Azure/AKS and to shell traces (issue 19) ---
+    # <password>...</password>, <ClientSecret>...</ClientSecret>
+    SecretPattern(
+        "password",
+        rf"<(?P<key>[A-Za-z0-9_.:-]++{_KW_END})(?:[ \t][^>\n]*)?>(?P<v>[^<\n]+)</",
+        _accept_value,
+        _classify_key,
+    ),
+    # curl -u user:SECRET, curl --user 'user:SECRET' (the pair, as gitleaks' curl-auth-user has it)
+    SecretPattern(
+        "password",
+        r"\bcurl\b[^\n]*?[ \t](?:-u|--user)(?:=|[ \t]*)(?P<q>[\"'])?"
+        r"(?P<v>[^:\s\"']*:(?(q)[^\"'\n]+|[^\s\"']+))",
+        _accept_value,
+    ),
+    # mysql -pSECRET (the password sticks to -p; `-p` alone prompts)
+    SecretPattern(
+        "password",
+        r"\b(?:mysql|mysqldump|mysqladmin|mysqlimport|mysqlshow|mariadb|mariadb-dump)\b[^\n]*?[ \t]-p"
+        + _value(r"[^\s\"'-][^\s\"']*"),
+        _accept_value,
+    ),
+    # sshpass -pSECRET
+    SecretPattern("password", r"\bsshpass\b[^\n]*?[ \t]-p" + _value(r"[^\s\"'-][^\s\"']*"), _accept_value),
+    # htpasswd -b[c] FILE USER SECRET, htpasswd -nb USER SECRET: the password is the last argument
+    SecretPattern(
+        "password",
+        r"\bhtpasswd\b(?:[ \t]+-[A-Za-z]+)*?[ \t]+-[A-Za-z]*b[A-Za-z]*(?:[ \t]+-[A-Za-z]+)*"
+        r"(?:[ \t]+[^\s-]\S*)?[ \t]+[^\s-]\S*[ \t]+"
+        + _value(r"[^\s\"'|;&<>]+")
+        + r"(?=[\"']?(?:[ \t]+(?:[0-9]*>|[|;&<])|[ \t]*$))",
+        _accept_value,
+    ),
+    # SQL: IDENTIFIED BY 'SECRET', PASSWORD 'SECRET'
+    SecretPattern("password", r"(?i:\bidentified[ \t]+by)[ \t]+" + _value(r"[^\s\"';]+"), _accept_value),
+    # PASSWORD SECRET, password hunter2 (.netrc, prompts echoed by `set -x`): a generated-looking value only
+    SecretPattern(
+        "password",
+        r"(?<![A-Za-z0-9_-])(?P<key>(?i:password|passwd|passphrase|secret|token|api[_-]?key))[ \t]+"
+        r"(?P<v>[^\s\"'=:]*[^\s\"'=:.,;!?)\]}])(?=[ \t.,;!?)\]}]|$)",
+        _accept_spaced,
+        _classify_key,
+    ),
     # --password hunter2, --client-secret=..., --account-key "..."
     SecretPattern(
         "password",
@@ -222,7 +295,7 @@ PATTERNS: Final[tuple[SecretPattern, ...]] = (
     # "password": "...", 'api_key': '...'
     SecretPattern(
         "password",
-        _QKEY + r"[ \t]*[:=][ \t]*" + _value(r"[^\s,}\]\"']+"),
+        _QKEY + r"[ \t]*(?:=>|[:=])[ \t]*" + _value(r"[^\s,}\]\"'>]+"),
         _accept_value,
         _classify_key,
     ),
@@ -243,12 +316,15 @@ PATTERNS: Final[tuple[SecretPattern, ...]] = (
     ),
 )
 
-# Cheap pre-check: every pattern above needs one of these substrings, so a line (or a whole batch)
-# holding none of them is left alone after a few C-level substring searches. Keep in step with
-# PATTERNS (tests/shipper/test_redact.py checks every sample secret trips it).
-#: Searched in the ASCII-lowercased text.
-NEEDLES_FOLDED: Final = ("pass", "pwd", "secret", "token", "key", "sig", "auth", "bearer", "slack", "login")
-#: Searched in the text as it is (these prefixes are case-sensitive).
+# Cheap pre-check: every pattern above, and every rule of the rule set, needs one of these
+# substrings (in any ASCII case), so a line (or a whole batch) holding none of them is left alone
+# after one scan. Keep in step with PATTERNS (tests/shipper/test_redact.py checks every sample secret
+# trips it); the rule set's keywords come with its data (shipper/secret_rules.py).
+NEEDLES_FOLDED: Final = (
+    "pass", "pwd", "secret", "token", "key", "sig", "auth", "bearer", "slack", "login",
+    "curl", "mysql", "mariadb", "identified", "==",
+)  # fmt: skip
+#: Case-sensitive prefixes of our own patterns (matched in any case, like the rest).
 NEEDLES_EXACT: Final = (
     "@",
     "eyJ",
@@ -263,50 +339,89 @@ NEEDLES_EXACT: Final = (
     "github_pat_",
     "AIza",
 )
+#: Our table's needles, lowercase, each once (the rule set's keywords are scanned apart, so a line
+#: holding only one of those costs the few rules it names, not our whole table).
+OWN_NEEDLES: Final = tuple(sorted({n.lower() for n in (*NEEDLES_FOLDED, *NEEDLES_EXACT)}))
 
-
-def _case_variants(word: str) -> set[str]:
-    return {"".join(c) for c in product(*[(ch.lower(), ch.upper()) if ch.isalpha() else (ch,) for ch in word])}
-
-
-#: One automaton finds every needle in any ASCII case in a single pass over the raw bytes (a DFA
-#: of about 900 case variants: 0.24 s per 100 MB here, against 0.30 s for lowering a copy and
-#: scanning that, for 0.3 MiB more). The exact needles match in any case too: a case variant of
-#: one only makes its line a candidate, never hides one.
-_NEEDLE_SCAN: Final = BytesAhoCorasick(
-    sorted({v.encode() for n in (*NEEDLES_FOLDED, *NEEDLES_EXACT) for v in _case_variants(n.lower())}),
-    implementation=Implementation.DFA,
+#: Every needle: ours (any case), then the rule set's (some only in the spellings their rules ask).
+_NEEDLES: Final[tuple[Needle, ...]] = (
+    *((n.encode(), None, 0, False) for n in OWN_NEEDLES if n.encode() not in {x[0] for x in RULE_NEEDLES}),
+    *RULE_NEEDLES,
 )
+#: One automaton finds every needle in a single pass over the ASCII-lowercased raw bytes of a batch
+#: (the Rust `aho-corasick` crate; lowering a copy costs less than scanning it).
+#: Leftmost-longest, so a keyword is not hidden by a weak needle that starts it ("api_org_", "api_").
+_SCAN: Final = BytesAhoCorasick(
+    [n[0] for n in _NEEDLES], matchkind=MatchKind.LeftmostLongest, implementation=Implementation.DFA
+)
+_WEAK: Final = {i: n for i, n in enumerate(_NEEDLES) if n[1] is not None}
+#: Needles below this index are ours.
+_OURS: Final = len(_NEEDLES) - len(RULE_NEEDLES)
+_LONGEST: Final = max(len(n[0]) for n in _NEEDLES)
+#: The job token has no keyword: its shape (a dot, then exactly 43 base64url characters) is the
+#: pre-check, one C-level search of the batch.
+_JOB_TOKEN_SHAPE: Final = re.compile(rb"\.[A-Za-z0-9_-]{43}(?![A-Za-z0-9_=-])")
 
 
-def might_hold_secret(text: str) -> bool:
-    """False when no pattern can match `text` (one line or many joined)."""
-    if any(map(text.__contains__, NEEDLES_EXACT)):
-        return True
-    return any(map(text.lower().__contains__, NEEDLES_FOLDED))
+def _hits(data: bytes) -> tuple[list[int], list[int]]:
+    """Byte offsets in `data` where one of our needles (or a job token's shape) starts, and where
+    only a rule keyword does."""
+    low = data.lower()
+    own: list[int] = []
+    rules: list[int] = []
+    weak, ours = _WEAK, _OURS
+    for k, start, end in _SCAN.find_matches_as_indexes(low):
+        needle = weak.get(k)
+        if needle is None:
+            (own if k < ours else rules).append(start)
+        elif weak_hit_counts(data, start, needle):
+            rules.append(start + needle[2])  # where the keyword starts, after its delimiter
+        else:
+            for k2, s2, _ in _SCAN.find_matches_as_indexes(low[start + 1:end + _LONGEST]):
+                n2 = weak.get(k2)
+                if n2 is None or weak_hit_counts(data, start + 1 + s2, n2):
+                    rules.append(start + 1 + s2 + (n2[2] if n2 is not None else 0))
+                    break
+    if b"." in data:
+        own += [m.start() for m in _JOB_TOKEN_SHAPE.finditer(data)]
+    if data.startswith(LINE_START):
+        rules.append(0)
+    return own, rules
 
 
 def needle_positions(data: bytes) -> list[int]:
     """Byte offsets in `data` (raw UTF-8 of many lines) where a needle starts; empty when none.
 
-    The byte form of `might_hold_secret` for a whole batch: one Aho-Corasick scan (the Rust
-    `aho-corasick` crate), however many needles there are. Matches do
-    not overlap, so a line may report fewer hits than it holds needles, but never none.
+    The byte form of `might_hold_secret` for a whole batch: one Aho-Corasick scan. Matches do not
+    overlap, so a line may report fewer hits than it holds needles, but never none (where a weak
+    needle does not count, the bytes it covered are scanned again for another).
     """
-    return [start for _, start, _ in _NEEDLE_SCAN.find_matches_as_indexes(data)]
+    own, rules = _hits(data)
+    return own + rules
 
 
-def _needle_lines(texts: list[str], which: Iterable[int]) -> set[int]:
-    """Those of lines `which` that hold a needle: one scan of them all, encoded and joined."""
+def _needs_our_table(text: str) -> bool:
+    """Whether our table can match `text`, for a line the scan found only a rule keyword in (a
+    keyword found there may have hidden one of our needles)."""
+    low = text.lower()
+    return any(map(low.__contains__, OWN_NEEDLES)) or ("." in text and _JOB_TOKEN_SHAPE.search(text.encode()) is not None)
+
+
+def might_hold_secret(text: str) -> bool:
+    """False when no pattern nor rule can match `text` (one line or many joined)."""
+    return bool(needle_positions(text.encode("utf-8", "surrogatepass")))
+
+
+def _needle_lines(texts: list[str], which: Iterable[int]) -> tuple[set[int], set[int]]:
+    """Those of lines `which` that hold one of our needles, and those that hold only a rule
+    keyword: one scan of them all, encoded and joined."""
     which = list(which)
     if not which:
-        return set()
+        return set(), set()
     encoded = [texts[i].encode("utf-8", "surrogatepass") for i in which]
-    hits = needle_positions(b"\n".join(encoded))
-    if not hits:
-        return set()
+    own, rules = _hits(b"\n".join(encoded))
     ends = line_ends(encoded)
-    return {which[bisect_right(ends, pos)] for pos in hits}
+    return {which[bisect_right(ends, pos)] for pos in own}, {which[bisect_right(ends, pos)] for pos in rules}
 
 
 #: `Redactor.state`: (lines seen inside an open PEM block or -1, the env name awaiting its value or "").
@@ -349,8 +464,11 @@ _ENV_VALUE_RE: Final = re.compile(r"[ \t]*value:[ \t]*" + _value(r"\S(?:[^\n]*\S
 class Redactor:
     """Redacts one stream's lines in order; `counts` holds how many secrets of each kind it hid."""
 
-    def __init__(self, patterns: Sequence[SecretPattern] | None = None) -> None:
+    def __init__(self, patterns: Sequence[SecretPattern] | None = None, *, rule_set: bool | None = None) -> None:
+        """`patterns` replaces our own table; the maintained rule set applies too unless `rule_set`
+        is False (by default only with our own table, so a custom table is exactly that)."""
         self._c = _DEFAULT if patterns is None else _compile(patterns)
+        self._rule_set = patterns is None if rule_set is None else rule_set
         self.counts: Counter[str] = Counter()
         self._pem_lines = -1  # lines seen inside an open PEM block; -1 when none is open
         self._env_key = ""  # the secret-like env name the previous line declared, if any
@@ -374,7 +492,8 @@ class Redactor:
             return self._inside_pem(text)
         if self._env_key:
             return self._env_value(text)
-        if not might_hold_secret(text):
+        own, rules = _hits(text.encode("utf-8", "surrogatepass"))
+        if not own and not rules:
             return text
         if "name:" in text and self._env_name(text):
             return text
@@ -382,7 +501,7 @@ class Redactor:
             m = PEM_BEGIN_RE.search(text)
             if m is not None:
                 return self._pem_start(text, m)
-        return self._c.regex.sub(self._replace, text)
+        return self._sub(text, bool(own) or _needs_our_table(text))
 
     def redact_batch(
         self, texts: list[str], raw: bytes, ends: list[int] | None = None, also: Iterable[int] = ()
@@ -393,27 +512,30 @@ class Redactor:
         worth a closer look) and `ends` its `line_ends` if already known; `also` names lines whose
         text differs from their raw bytes (rendered escapes), which are checked on their own.
         """
-        positions = needle_positions(raw)
-        candidates = _needle_lines(texts, also)
-        if positions:
+        own_hits, rule_hits = _hits(raw)
+        own, candidates = _needle_lines(texts, also)
+        candidates |= own
+        if own_hits or rule_hits:
             if ends is None:
                 ends = line_ends(raw.split(b"\n"))
-            candidates.update(bisect_right(ends, pos) for pos in positions)
+            own.update(bisect_right(ends, pos) for pos in own_hits)
+            candidates |= own
+            candidates.update(bisect_right(ends, pos) for pos in rule_hits)
         if self._pem_lines >= 0 or self._env_key or any(
             "PRIVATE KEY" in texts[i] or "name:" in texts[i] for i in candidates
         ):
             for i, t in enumerate(texts):  # PEM and env state must see every line, in order
                 texts[i] = self.redact(t)
             return texts
-        sub, replace = self._c.regex.sub, self._replace
+        sub = self._sub
         for i in sorted(candidates):
-            texts[i] = sub(replace, texts[i])
+            texts[i] = sub(texts[i], i in own or _needs_our_table(texts[i]))
         return texts
 
     def _plain(self, text: str) -> str:
         if not might_hold_secret(text):
             return text
-        return self._c.regex.sub(self._replace, text)
+        return self._sub(text)
 
     def _pem_start(self, text: str, begin: re.Match[str]) -> str:
         self.counts[PEM_KIND] += 1
@@ -449,19 +571,113 @@ class Redactor:
             return self.redact(text)
         return marker(PEM_KIND)
 
-    def _replace(self, m: re.Match[str]) -> str:
+    def _sub(self, text: str, ours: bool = True) -> str:
+        """`text` with every secret that our table (if `ours`: it can match) or the rule set finds,
+        in it or in a decoded view of it, replaced by its marker; overlapping finds merge, so no
+        byte of either survives."""
+        spans = self._spans(text, ours)
+        for view, origin in decoded_views(text):
+            # what the line itself showed was searched above: a view is searched from a little
+            # before its first undone escape (secrets and their keys lie after that)
+            first = next((i for i, (a, b) in enumerate(pairwise(origin)) if b - a != 1), 0)
+            lo = max(0, first - _VIEW_CONTEXT)
+            part = view[lo:]
+            spans += [
+                (*to_line(origin, lo + a, lo + b), kind)
+                for a, b, kind in self._spans(part, ours or _needs_our_table(part))
+            ]
+        if not spans:
+            return text
+        if "[REDACTED:" in text:  # never redact (part of) a marker: redaction stays idempotent
+            marks = [m.span() for m in _MARKER_RE.finditer(text)]
+            spans = [sp for sp in spans if not any(sp[0] < e and s < sp[1] for s, e in marks)]
+        return self._render(text, spans)
+
+    def _spans(self, text: str, ours: bool = True) -> list[Span]:
+        """Our table's finds and the rule set's. A rule's find that starts with a URL's scheme, host
+        and path words (gitleaks' Slack and Teams webhooks) keeps those readable, as ours do."""
+        spans: list[Span] = []
+        if ours:
+            spans += [sp for m in self._c.regex.finditer(text) if (sp := self._own_span(m)) is not None]
+            spans += shape_spans(text)
+        if self._rule_set:
+            for start, end, kind in rule_spans(text):
+                head = _URL_HEAD.match(text, start, end)
+                spans.append((head.end() if head is not None and head.end() < end else start, end, kind))
+        return spans
+
+    def _render(self, text: str, spans: list[Span]) -> str:
+        out: list[str] = []
+        pos, end, kind = 0, -1, ""
+        for s, e, k in sorted(spans, key=_span_order):
+            if s < end:  # overlaps the group being built: widen it
+                end = max(end, e)
+                continue
+            if end >= 0:
+                out.append(marker(kind))
+                self.counts[kind] += 1
+                pos = end
+            out.append(text[pos:s])
+            end, kind = e, k
+        if end < 0:
+            return text
+        out.append(marker(kind))
+        self.counts[kind] += 1
+        out.append(text[end:])
+        return "".join(out)
+
+    def _own_span(self, m: re.Match[str]) -> Span | None:
         pattern, value_groups, key_group = self._c.groups[m.lastindex or 0]
         for g in value_groups:
             if m.start(g) >= 0:
                 break
         else:  # pragma: no cover - every pattern's alternatives capture a value
-            return m.group()
+            return None
         value = m.group(g)
         key = m.group(key_group) if key_group else ""
-        whole = m.group()
-        if pattern.accept is not None and not pattern.accept(key, value, whole):
-            return whole
+        if pattern.accept is not None and not pattern.accept(key, value, m.group()):
+            return None
         kind = pattern.classify(key, value) if pattern.classify is not None else pattern.kind
-        self.counts[kind] += 1
-        start = m.start()
-        return whole[: m.start(g) - start] + marker(kind) + whole[m.end(g) - start :]
+        return m.start(g), m.end(g), kind
+
+
+# --- secrets known by their shape alone (no keyword) ----------------------------------------------
+# A regex that may start anywhere would try every position of a line; these search for a literal
+# (a dot, "==") and check the characters around it, so a line without one costs a substring search.
+
+#: The shipper's own job token `<job_id>.<43 base64url characters>` (contract: HMAC-SHA256 of the job id).
+_JOB_TOKEN_TAIL: Final = re.compile(r"\.([A-Za-z0-9_-]{43})(?![A-Za-z0-9_=-])", re.ASCII)
+_JOB_ID_CHARS: Final = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._-")
+#: A storage account key printed without its name (`az storage account keys list`): 64 bytes in base64.
+_B64_KEY_END: Final = re.compile(r"==(?![A-Za-z0-9+/=])")
+_B64_KEY_BODY: Final = re.compile(r"[A-Za-z0-9+/]{86}", re.ASCII)
+_B64_CHARS: Final = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/")
+
+
+def shape_spans(text: str) -> list[Span]:
+    """Job tokens and bare storage account keys in `text`, as (start, end, kind)."""
+    spans: list[Span] = []
+    for m in _JOB_TOKEN_TAIL.finditer(text):
+        if m.start() > 0 and text[m.start() - 1] in _JOB_ID_CHARS and _accept_job_token("", m.group(1), ""):
+            spans.append((m.start(1), m.end(1), "job_token"))
+    for m in _B64_KEY_END.finditer(text):
+        start = m.start() - 86
+        if start >= 0 and _B64_KEY_BODY.fullmatch(text, start, m.start()) and (start == 0 or text[start - 1] not in _B64_CHARS):
+            spans.append((start, m.end(), "azure_key"))
+    return spans
+
+
+#: How far before a view's first undone escape its search starts (a key name and `=` or `:`).
+_VIEW_CONTEXT: Final = 64
+_URL_HEAD: Final = re.compile(r"(?:[a-z]+://)?[\w-]+(?:\.[\w-]+)+(?:/[A-Za-z]+)*/", re.ASCII)
+_MARKER_RE: Final = re.compile(r"\[REDACTED:[^\]]*\]")
+#: Our kinds come first where finds overlap (ours are sorted first at one start); rule-set kinds
+#: named for a vendor win over gitleaks' catch-all.
+_GENERIC_RULES: Final = frozenset({"generic-api-key"})
+
+
+def _span_order(span: Span) -> tuple[int, int, int]:
+    """By start; at one start ours (snake_case kinds) before the rule set's (gitleaks' kebab-case
+    ids), its catch-all last; then the longest."""
+    kind = span[2]
+    return span[0], 2 if kind in _GENERIC_RULES else "-" in kind, -span[1]

@@ -288,6 +288,12 @@ CASES: list[tuple[str, str, dict[str, int]]] = [
         f"+ aws configure set aws_secret_access_key {R('aws_secret_key')}",
         {"aws_secret_key": 1},
     ),
+    # the shipper's own job token, however it is printed (issue 19)
+    (
+        "+ echo elb-2f3a9c.q7Rk2LmX9vB4nT6wYc1Zp8Hs3Jd5Fg0Ae-Uo_Ki7Ny2",
+        f"+ echo elb-2f3a9c.{R('job_token')}",
+        {"job_token": 1},
+    ),
 ]
 
 
