@@ -34,7 +34,7 @@ from aggregator.errors import JobNotFound, StoreError
 from aggregator.fanout import cpu_work, run_bounded, run_weighted
 from aggregator.finalize.lock import JobLock
 from aggregator.finalize.manifest import decode_manifest, encode_manifest, first_free_seqs
-from aggregator.finalize.streams import EVENT_BYTES, StagedStream, StagingReader, group_staged
+from aggregator.finalize.streams import EVENT_BYTES, Overtaken, StagedStream, StagingReader, group_staged
 from aggregator.storage import Store
 from aggregator.storage.base import DeletesMany, SweepsTemp
 from aggregator.storage.layout import (
@@ -100,7 +100,7 @@ async def scan_streams(reader: StagingReader, job_id: str, keys: list[str], cfg:
     room = [FINALIZE_CACHE_ENTRIES]
 
     async def scan(stream: StagedStream) -> tuple[tuple[str, str], Scanned] | None:
-        loaded = await reader.load(stream)
+        loaded = await reader.load_stream(stream)
         if loaded is None:
             return None
         state = loaded.state
@@ -144,7 +144,11 @@ async def write_phase(store: Store, reader: StagingReader, cfg: AggregatorConfig
         found = scanned[(s.pod, s.container)]
         if found.entries is not None:
             return found.entries
-        state = await reader.reload(found.sources)
+        try:
+            state = await reader.reload(found.sources)
+        except Overtaken:  # an ingest-side compaction replaced them: what covers them is listed now
+            again = await reader.load_stream(await reader.relist(s.pod, s.container))
+            state = None if again is None else again.state
         if state is None:
             raise StoreError(f"staging of {s.pod}/{s.container} vanished during finalize")
         return (await cpu_work(len(state.events) * EVENT_BYTES, retained_entries, state, cfg.head_lines,

@@ -16,10 +16,11 @@ from functools import partial
 from typing import TypeVar
 
 from aggregator.artifacts import StreamState, merge_states, state_of_batch
+from aggregator.errors import StoreError
 from aggregator.fanout import cpu_work, run_bounded
 from aggregator.staging import decode_batch, decode_compacted, encode_compacted
 from aggregator.storage import Store
-from aggregator.storage.layout import StagedKey, compact_key, parse_staged_key
+from aggregator.storage.layout import StagedKey, compact_key, parse_staged_key, stream_prefix
 
 log = logging.getLogger("aggregator.finalize")
 
@@ -27,6 +28,13 @@ T = TypeVar("T")
 
 #: About what one staged event weighs, for deciding what work leaves the loop (`cpu_work`).
 EVENT_BYTES = 100
+#: Times `load_stream` lists a stream again after a listed object was gone (a compaction overtook it).
+RELIST_TRIES = 5
+
+
+class Overtaken(Exception):
+    """A listed staged object was gone when read: a compaction (at ingest, or a finalize's cleanup)
+    deleted it after writing the compacted object that covers it. List the stream again."""
 
 
 @dataclass
@@ -75,6 +83,13 @@ class Loaded:
     redundant: list[str]
 
 
+async def _gone_as_none(read: Awaitable[T | None]) -> T | None:
+    try:
+        return await read
+    except Overtaken:
+        return None
+
+
 class StagingReader:
     """Reads staged objects, at most `concurrency` at a time across every stream of a finalize."""
 
@@ -89,10 +104,10 @@ class StagingReader:
             return await self.store.get(key)
 
     async def _read(self, key: str, decode: Callable[[bytes], T], what: str) -> T | None:
-        """The decoded object, or None when it is gone or unreadable (logged, skipped)."""
+        """The decoded object, or None when it is unreadable (logged, skipped); `Overtaken` when gone."""
         data = await self._get(key)
         if data is None:
-            return None
+            raise Overtaken(key)
         try:
             return await cpu_work(len(data), decode, data)
         except ValueError as e:
@@ -116,14 +131,17 @@ class StagingReader:
         covers: frozenset[str] = frozenset()
         sources: list[str] = []
         if best is not None:
-            found = await self._compacted(best)
+            found = await (self._compacted(best) if compact else _gone_as_none(self._compacted(best)))
             if found is not None:
                 states.append(found[0])
                 covers = found[1]
                 sources.append(best)
         rest = sorted(name for name in stream.batches if name not in covers)
+        # A compaction must cover everything it read and nothing less: a gone object raises `Overtaken`.
+        # Readers skip it instead (they list again afterwards: aggregator/reading.py).
         jobs: list[Callable[[], Awaitable[StreamState | None]]] = [
-            partial(self._batch, stream.batches[n]) for n in rest]
+            partial(self._batch, stream.batches[n]) if compact
+            else partial(_gone_as_none, self._batch(stream.batches[n])) for n in rest]
         read = await run_bounded(self.concurrency, jobs)
         states.extend(s for s in read if s is not None)
         sources.extend(stream.batches[n] for n in rest)
@@ -146,8 +164,24 @@ class StagingReader:
         redundant += sorted(k for _, k in stream.compacted if k != sources[0])
         return Loaded(state, sources, redundant)
 
+    async def load_stream(self, stream: StagedStream, *, compact: bool = True) -> Loaded | None:
+        """`load`, listing the stream again while a listed object is gone: what covers it was written
+        before it was deleted, so the new listing has it (`RELIST_TRIES` at most, then StoreError)."""
+        for _ in range(RELIST_TRIES):
+            try:
+                return await self.load(stream, compact=compact)
+            except Overtaken:
+                stream = await self.relist(stream.pod, stream.container)
+        raise StoreError(f"staging of {stream.pod}/{stream.container} kept changing while read")
+
+    async def relist(self, pod: str, container: str) -> StagedStream:
+        """The stream's staging as listed now."""
+        keys = await self.store.list_keys(stream_prefix(self.job_id, pod, container))
+        return group_staged(self.job_id, keys).get((pod, container), StagedStream(pod, container))
+
     async def reload(self, sources: list[str]) -> StreamState | None:
-        """The state of a stream from the keys `load` gave (pass two of a finalize)."""
+        """The state of a stream from the keys `load` gave (pass two of a finalize); `Overtaken` when one
+        of them is gone."""
         read = await run_bounded(self.concurrency, [partial(self._load_any, k) for k in sources])
         states = [s for s in read if s is not None]
         if not states:

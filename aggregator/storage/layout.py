@@ -75,7 +75,12 @@ def batch_digest(batch: StoredBatch) -> str:
 
 def batch_key(batch: StoredBatch) -> str:
     suffix = ".eof.json" if batch.eof else ".json"
-    return f"{staging_prefix(batch.job_id)}{batch.pod}/{batch.container}/b-{batch_digest(batch)}{suffix}"
+    return f"{stream_prefix(batch.job_id, batch.pod, batch.container)}b-{batch_digest(batch)}{suffix}"
+
+
+def stream_prefix(job_id: str, pod: str, container: str) -> str:
+    """Where one stream's batches and compacted objects are staged."""
+    return f"{staging_prefix(job_id)}{pod}/{container}/"
 
 
 def compact_key(job_id: str, pod: str, container: str, covers: Iterable[str], eof: bool) -> str:
@@ -84,7 +89,7 @@ def compact_key(job_id: str, pod: str, container: str, covers: Iterable[str], eo
     names = sorted(set(covers))
     digest = hashlib.sha256("\n".join(names).encode()).hexdigest()[:DIGEST_HEX]
     suffix = ".eof.json" if eof else ".json"
-    return f"{staging_prefix(job_id)}{pod}/{container}/c-{len(names):08d}-{digest}{suffix}"
+    return f"{stream_prefix(job_id, pod, container)}c-{len(names):08d}-{digest}{suffix}"
 
 
 @dataclass(frozen=True, slots=True)
