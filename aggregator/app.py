@@ -13,6 +13,7 @@ import orjson
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 
+from aggregator.compaction import Compactor
 from aggregator.config import AggregatorConfig
 from aggregator.errors import (
     RETRY_AFTER_STATUSES,
@@ -32,6 +33,7 @@ from aggregator.logs_api import add_read_routes
 from aggregator.metrics import Metrics
 from aggregator.openapi import OPENAPI_PATH, openapi_document
 from aggregator.storage import Store, open_store
+from aggregator.storage.phase import CountingStore, storage_phase
 from blastlogs.protocol import FINALIZE_PATH, INGEST_PATH
 
 log = logging.getLogger("aggregator.app")
@@ -84,7 +86,7 @@ def make_app(config: AggregatorConfig, *, store: Store | None = None) -> web.App
     async def store_ctx(_app: web.Application) -> AsyncIterator[None]:
         opened = store or open_store(config.store_url, azure_account_url=config.azure_account_url,
                                      azure_connection_string=config.azure_connection_string)
-        runtime.store = opened
+        runtime.store = CountingStore(opened, metrics.storage_operations)
         log.info("store opened", extra={"fields": {"store": _describe_store(config.store_url)}})
         try:
             yield
@@ -95,7 +97,14 @@ def make_app(config: AggregatorConfig, *, store: Store | None = None) -> web.App
     async def on_shutdown(_app: web.Application) -> None:
         runtime.draining = True
 
+    compactor = Compactor(config, metrics, runtime.get_store)
+
+    async def compactor_ctx(_app: web.Application) -> AsyncIterator[None]:
+        async with compactor.running():  # after store_ctx: its compactions settle before the store closes
+            yield
+
     app.cleanup_ctx.append(store_ctx)
+    app.cleanup_ctx.append(compactor_ctx)
     app.on_startup.append(_raise_gc_threshold)
     app.on_shutdown.append(on_shutdown)
 
@@ -119,7 +128,7 @@ def make_app(config: AggregatorConfig, *, store: Store | None = None) -> web.App
         resp.headers["Content-Type"] = content_type
         return resp
 
-    app.router.add_post(INGEST_PATH, IngestHandler(config, metrics, runtime.get_store))
+    app.router.add_post(INGEST_PATH, IngestHandler(config, metrics, runtime.get_store, compactor))
     app.router.add_post(FINALIZE_PATH, FinalizeHandler(config, metrics, runtime.get_store))
     add_read_routes(app, config, runtime.get_store, lambda: runtime.draining)
     app.router.add_get("/healthz", healthz)
@@ -161,6 +170,7 @@ def _middleware(metrics: Metrics, config: AggregatorConfig) -> Middleware:
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
         """Every error as JSON (never internals), and one metric and log line per request."""
         started = time.monotonic()
+        storage_phase.set("read" if request.method == "GET" else "other")  # ingest and finalize set theirs
         resp: web.StreamResponse
         try:
             resp = await _within_body_deadline(request, handler, config.body_timeout)

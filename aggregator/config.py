@@ -194,6 +194,10 @@ class AggregatorConfig:
         env="STAGING_RETENTION",
         help="after a successful finalize, `compacted` deletes the staged batches (and older compacted objects) "
              "a stream's compacted object covers, so re-finalize still gives the same bytes; `all` keeps them"))
+    compact_batches: int = field(default=500, metadata=opt(
+        env="COMPACT_BATCHES", minimum=1,
+        help="a replica compacts a stream in the background at its eof, and after storing this many new "
+             "batches of it since its last compaction, so finalize reads about one object per stream"))
     temp_max_age: float = field(default=3600.0, metadata=opt(
         env="TEMP_MAX_AGE", minimum=1.0,
         help="local store: a finalize removes the job's `.tmp-*.part` files older than this many seconds "

@@ -19,6 +19,7 @@ from aiohttp import web
 from aggregator.auth import check_ingest
 from aggregator.body import json_object, read_body
 from aggregator.checks import events_of_columns, is_int, is_nonneg_int, valid_columns
+from aggregator.compaction import Compactor
 from aggregator.config import AggregatorConfig
 from aggregator.errors import AggregatorError, AuthError, BadBatch, Forbidden, StoreError, TooBusy
 from aggregator.metrics import Metrics
@@ -27,6 +28,7 @@ from aggregator.refusals import Refusal, batch_identity, refusal_of, report, tok
 from aggregator.staging import encode_batch
 from aggregator.storage import Store
 from aggregator.storage.layout import batch_key
+from aggregator.storage.phase import storage_phase
 from blastlogs.protocol import JOB_ID_RULE, cap_line, valid_job_id, valid_k8s_name, valid_phase
 
 log = logging.getLogger("aggregator.ingest")
@@ -138,10 +140,12 @@ def _dropped(value: object) -> Dropped | None:
 class IngestHandler:
     """The ingest route; `store` is looked up per request because the app opens it after routing."""
 
-    def __init__(self, config: AggregatorConfig, metrics: Metrics, store: Callable[[], Store]) -> None:
+    def __init__(self, config: AggregatorConfig, metrics: Metrics, store: Callable[[], Store],
+                 compactor: Compactor | None = None) -> None:
         self.config = config
         self.metrics = metrics
         self.store = store
+        self.compactor = compactor
         self.in_flight = 0
         self.peeking = 0
 
@@ -188,6 +192,7 @@ class IngestHandler:
 
     async def _ingest(self, request: web.Request, token_job: str) -> web.Response:
         cfg = self.config
+        storage_phase.set("ingest")
         body = await read_body(request, cfg.max_body_bytes)
         batch = parse_batch(body, max_events=cfg.max_events, max_line_chars=cfg.max_line_chars)
         if batch.job_id != token_job:
@@ -200,6 +205,8 @@ class IngestHandler:
             self.metrics.storage_errors.labels("ingest").inc()
             log.warning("staging write failed", extra={"fields": {"job_id": batch.job_id, "error": str(e)}})
             raise
+        if self.compactor is not None:
+            self.compactor.stored(batch, created=created)  # runs after the answer, never fails it
         self.metrics.batches.inc()
         self.metrics.events.inc(len(batch.events))
         self.metrics.bytes.inc(len(body))

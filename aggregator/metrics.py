@@ -41,6 +41,13 @@ class Metrics:
         self.storage_errors = Counter("blast_logs_aggregator_storage_errors",
                                       "Storage operations that failed (answered 503)", ["operation"],
                                       registry=r)
+        self.storage_operations = Counter("blast_logs_aggregator_storage_operations",
+                                          "Storage operations (get, put, delete, list) by what they served "
+                                          "(ingest, compact, finalize, read, other)", ["op", "phase"],
+                                          registry=r)
+        self.compactions = Counter("blast_logs_aggregator_compactions",
+                                   "Background (ingest-side) compactions of a stream, by outcome (done, error)",
+                                   ["outcome"], registry=r)
         self.finalize_seconds = Histogram("blast_logs_aggregator_finalize_duration_seconds",
                                           "Finalize duration, waiting included", ["outcome"],
                                           buckets=FINALIZE_BUCKETS, registry=r)

@@ -18,6 +18,7 @@ from aggregator.finalize.job import finalize_job
 from aggregator.metrics import Metrics
 from aggregator.refusals import refusal_of, report
 from aggregator.storage import Store
+from aggregator.storage.phase import storage_phase
 from blastlogs.protocol import JOB_ID_RULE, valid_job_id
 
 log = logging.getLogger("aggregator.finalize")
@@ -63,6 +64,7 @@ class FinalizeHandler:
         wait, existing = parse_finalize_body(await read_body(request, cfg.max_body_bytes),
                                              cfg.finalize_max_wait)
         started = time.monotonic()
+        storage_phase.set("finalize")
         outcome = "error"
         try:
             body = await finalize_job(self.store(), cfg, job_id, wait_seconds=wait,

@@ -1,0 +1,124 @@
+"""Ingest-side compaction: a stream's staged batches merged into one compacted object soon after its
+eof (or every `COMPACT_BATCHES` batches this replica stored of it), so a job's first finalize reads
+about one object per stream instead of every batch (docs/design.md, "Big jobs (issue 16)").
+
+It runs in the background, after the ingest's answer, a few streams at a time; it never fails an
+ingest (errors are logged and counted). It is finalize's own step (`StagingReader.load_stream`): the
+compacted object covers every batch read and is written before any of them is deleted, and a listed
+object found gone makes it list the stream again, so compactions of a stream only grow.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from functools import partial
+
+from aggregator.config import AggregatorConfig
+from aggregator.fanout import run_bounded
+from aggregator.finalize.streams import StagingReader
+from aggregator.metrics import Metrics
+from aggregator.model import StoredBatch
+from aggregator.storage import Store
+from aggregator.storage.base import DeletesMany
+from aggregator.storage.phase import storage_phase
+
+log = logging.getLogger("aggregator.compaction")
+
+#: Streams compacted at once per replica (each holds one stream's batches in memory).
+COMPACT_CONCURRENCY = 2
+#: Staged objects one compaction reads at once.
+COMPACT_READS = 8
+#: Streams whose batch counts are kept (a stream that never reaches eof is forgotten beyond this).
+MAX_COUNTED_STREAMS = 100_000
+
+Stream = tuple[str, str, str]  # job, pod, container
+
+
+class Compactor:
+    """Schedules and runs background compactions; `running()` is its lifetime (cancels what is left)."""
+
+    def __init__(self, config: AggregatorConfig, metrics: Metrics, store: Callable[[], Store]) -> None:
+        self.config = config
+        self.metrics = metrics
+        self.store = store
+        self._sem = asyncio.Semaphore(COMPACT_CONCURRENCY)
+        self._tasks: set[asyncio.Task[None]] = set()
+        #: batches stored since the stream's last scheduled compaction
+        self._since: dict[Stream, int] = {}
+        #: streams being compacted -> whether another batch asked for a compaction meanwhile
+        self._again: dict[Stream, bool] = {}
+        self._closed = False
+
+    def stored(self, batch: StoredBatch, *, created: bool) -> None:
+        """Ingest stored `batch` (`created`: a new object): compact its stream on eof, or after
+        `compact_batches` new batches. Only schedules: returns at once."""
+        stream = (batch.job_id, batch.pod, batch.container)
+        count = self._since.pop(stream, 0) + int(created)
+        if batch.eof or count >= self.config.compact_batches:
+            self._schedule(stream)
+            return
+        if len(self._since) >= MAX_COUNTED_STREAMS:
+            self._since.pop(next(iter(self._since)))
+        self._since[stream] = count
+
+    def _schedule(self, stream: Stream) -> None:
+        if self._closed:
+            return
+        if stream in self._again:
+            self._again[stream] = True
+            return
+        self._again[stream] = False
+        task = asyncio.create_task(self._run(stream))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _run(self, stream: Stream) -> None:
+        storage_phase.set("compact")
+        try:
+            while True:
+                self._again[stream] = False
+                async with self._sem:
+                    await self.compact(*stream)
+                if not self._again[stream]:
+                    return
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:  # never raised: the batches stay for finalize, which compacts them itself
+            self.metrics.compactions.labels("error").inc()
+            log.warning("compaction failed", extra={"fields": {"job_id": stream[0], "error": repr(e)}})
+        finally:
+            self._again.pop(stream, None)
+
+    async def compact(self, job_id: str, pod: str, container: str) -> None:
+        """Merge the stream's staged objects into one compacted object; delete what it makes redundant
+        (unless `STAGING_RETENTION` is `all`)."""
+        store = self.store()
+        reader = StagingReader(store, job_id, COMPACT_READS)
+        loaded = await reader.load_stream(await reader.relist(pod, container))
+        if loaded is None:
+            return
+        if loaded.redundant and self.config.staging_retention == "compacted":
+            if isinstance(store, DeletesMany):
+                await store.delete_many(loaded.redundant)
+            else:
+                await run_bounded(COMPACT_READS, (partial(store.delete, k) for k in loaded.redundant))
+        self.metrics.compactions.labels("done").inc()
+
+    async def drain(self) -> None:
+        """Cancel what is scheduled or running and wait until it has settled (stores settle a cancelled
+        write before returning): nothing is written after the store closes."""
+        self._closed = True
+        tasks = list(self._tasks)
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    @asynccontextmanager
+    async def running(self) -> AsyncIterator[None]:
+        try:
+            yield
+        finally:
+            await self.drain()

@@ -1,0 +1,64 @@
+"""Which part of the service a storage operation serves (`storage_phase`), and a store that counts
+its operations by it (`CountingStore`): `blast_logs_aggregator_storage_operations_total{op,phase}`."""
+
+from __future__ import annotations
+
+from contextvars import ContextVar
+from functools import partial
+
+from prometheus_client import Counter
+
+from aggregator.fanout import run_bounded
+from aggregator.storage.base import DeletesMany, Store, SweepsTemp
+
+#: Set by each route (a request runs in its own task, so its own context) and by background compactions.
+storage_phase: ContextVar[str] = ContextVar("storage_phase", default="other")
+#: Deletes at once when the store has no `delete_many`.
+DELETES_AT_ONCE = 16
+
+
+class CountingStore:
+    """`inner`, with every operation counted under the current `storage_phase` (a delete of many
+    keys counts one per key: one request each on Azure)."""
+
+    def __init__(self, inner: Store, ops: Counter) -> None:
+        self.inner = inner
+        self.ops = ops
+
+    def _count(self, op: str, n: int = 1) -> None:
+        self.ops.labels(op, storage_phase.get()).inc(n)
+
+    async def get(self, key: str) -> bytes | None:
+        self._count("get")
+        return await self.inner.get(key)
+
+    async def put(self, key: str, data: bytes, *, overwrite: bool = True) -> bool:
+        self._count("put")
+        return await self.inner.put(key, data, overwrite=overwrite)
+
+    async def delete(self, key: str) -> None:
+        self._count("delete")
+        await self.inner.delete(key)
+
+    async def delete_many(self, keys: list[str]) -> None:
+        self._count("delete", len(keys))
+        if isinstance(self.inner, DeletesMany):
+            await self.inner.delete_many(keys)
+        else:
+            await run_bounded(DELETES_AT_ONCE, (partial(self.inner.delete, k) for k in keys))
+
+    async def sweep_temp(self, prefix: str, older_than: float) -> int:
+        if not isinstance(self.inner, SweepsTemp):
+            return 0
+        self._count("list")
+        return await self.inner.sweep_temp(prefix, older_than)
+
+    async def list_keys(self, prefix: str) -> list[str]:
+        self._count("list")
+        return await self.inner.list_keys(prefix)
+
+    async def ping(self) -> None:
+        await self.inner.ping()
+
+    async def close(self) -> None:
+        await self.inner.close()
