@@ -14,15 +14,13 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from functools import partial
 
 from aggregator.config import AggregatorConfig
-from aggregator.fanout import run_bounded
 from aggregator.finalize.streams import StagingReader
 from aggregator.metrics import Metrics
 from aggregator.model import StoredBatch
 from aggregator.storage import Store
-from aggregator.storage.base import DeletesMany
+from aggregator.storage.base import delete_keys
 from aggregator.storage.phase import storage_phase
 
 log = logging.getLogger("aggregator.compaction")
@@ -101,10 +99,7 @@ class Compactor:
         if loaded is None:
             return
         if loaded.redundant and self.config.staging_retention == "compacted":
-            if isinstance(store, DeletesMany):
-                await store.delete_many(loaded.redundant)
-            else:
-                await run_bounded(COMPACT_READS, (partial(store.delete, k) for k in loaded.redundant))
+            await delete_keys(store, loaded.redundant, COMPACT_READS)
         self.metrics.compactions.labels("done").inc()
 
     async def drain(self) -> None:

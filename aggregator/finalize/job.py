@@ -36,7 +36,7 @@ from aggregator.finalize.lock import JobLock
 from aggregator.finalize.manifest import decode_manifest, encode_manifest, first_free_seqs
 from aggregator.finalize.streams import EVENT_BYTES, Overtaken, StagedStream, StagingReader, group_staged
 from aggregator.storage import Store
-from aggregator.storage.base import DeletesMany, SweepsTemp
+from aggregator.storage.base import SweepsTemp, delete_keys
 from aggregator.storage.layout import (
     chunk_key,
     logs_prefix,
@@ -175,10 +175,7 @@ async def clean_staging(store: Store, cfg: AggregatorConfig, job_id: str, scanne
     `all`) and stray temp files; how many objects went. Failures are logged: the artifacts stand."""
     redundant = [k for s in scanned for k in s.redundant] if cfg.staging_retention == "compacted" else []
     try:
-        if isinstance(store, DeletesMany):
-            await store.delete_many(redundant)
-        else:
-            await run_bounded(cfg.read_concurrency, (partial(store.delete, k) for k in redundant))
+        await delete_keys(store, redundant, cfg.read_concurrency)
         swept = await store.sweep_temp(steps_prefix(job_id), cfg.temp_max_age) if isinstance(store, SweepsTemp) else 0
     except StoreError as e:
         log.warning("staging cleanup failed", extra={"fields": {"job_id": job_id, "error": str(e)}})

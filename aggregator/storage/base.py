@@ -10,9 +10,11 @@ on (for finalize: after its lock was released).
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Protocol, runtime_checkable
 
 from aggregator.errors import StoreError
+from aggregator.fanout import run_bounded
 from blastlogs.atomic import TEMP_PREFIX
 
 __all__ = ["TEMP_PREFIX", "DeletesMany", "Store", "StoreError", "SweepsTemp", "check_key", "check_prefix"]
@@ -49,6 +51,14 @@ class DeletesMany(Protocol):
 
     async def delete_many(self, keys: list[str]) -> None:
         """Remove every object; missing ones are not an error. Settles before a cancel returns."""
+
+
+async def delete_keys(store: Store, keys: list[str], concurrency: int) -> None:
+    """Delete every key the cheapest way `store` offers (`delete_many`, else `concurrency` at a time)."""
+    if isinstance(store, DeletesMany):
+        await store.delete_many(keys)
+    else:
+        await run_bounded(concurrency, (partial(store.delete, k) for k in keys))
 
 
 @runtime_checkable

@@ -4,12 +4,10 @@ its operations by it (`CountingStore`): `blast_logs_aggregator_storage_operation
 from __future__ import annotations
 
 from contextvars import ContextVar
-from functools import partial
 
 from prometheus_client import Counter
 
-from aggregator.fanout import run_bounded
-from aggregator.storage.base import DeletesMany, Store, SweepsTemp
+from aggregator.storage.base import Store, SweepsTemp, delete_keys
 
 #: Set by each route (a request runs in its own task, so its own context) and by background compactions.
 storage_phase: ContextVar[str] = ContextVar("storage_phase", default="other")
@@ -42,10 +40,7 @@ class CountingStore:
 
     async def delete_many(self, keys: list[str]) -> None:
         self._count("delete", len(keys))
-        if isinstance(self.inner, DeletesMany):
-            await self.inner.delete_many(keys)
-        else:
-            await run_bounded(DELETES_AT_ONCE, (partial(self.inner.delete, k) for k in keys))
+        await delete_keys(self.inner, keys, DELETES_AT_ONCE)
 
     async def sweep_temp(self, prefix: str, older_than: float) -> int:
         if not isinstance(self.inner, SweepsTemp):
