@@ -6,7 +6,7 @@ storage operations and time at finalize.
 Per batch count, on a fresh local-store folder, two real replicas (bench_bigjob's setup) receive
 pods x (`blast`, `results-export`) streams of `--lines` lines, each stream cut into that many batches
 (round-robin over the replicas). The bench waits until the replicas' background (ingest-side)
-compactions have settled (staging holds one object per stream), then times one finalize and reads
+compactions have settled (staging holds one object per stream) and `--pause` seconds, then times one finalize and reads
 `blast_logs_aggregator_storage_operations_total{phase="finalize"}` from both replicas' /metrics
 (before and after: the difference). Reported per batch count: ingest requests, staging objects at
 ingest's end and at finalize, finalize seconds and storage operations by kind; then the ratios.
@@ -92,6 +92,7 @@ async def run(args: argparse.Namespace, nbatches: int, workdir: Path) -> dict[st
             at_ingest_end = staging_count(root / job_id)
             settle_s = await settled(root / job_id, len(streams))
             at_finalize = staging_count(root / job_id)
+            await asyncio.sleep(args.pause)
             before = await finalize_ops(session, urls)
             fin_s, _ = await finalize(session, urls[0], job_id, phases)
             after = await finalize_ops(session, urls)
@@ -139,6 +140,7 @@ def main() -> int:
     ap.add_argument("--lines", type=int, default=50)
     ap.add_argument("--batches", default="1,10", help="batches per stream, comma-separated (the first is 1x)")
     ap.add_argument("--senders", type=int, default=16)
+    ap.add_argument("--pause", type=float, default=2.0, help="seconds between compactions settling and finalize")
     args = ap.parse_args()
     started = time.time()
     rows = asyncio.run(main_async(args))

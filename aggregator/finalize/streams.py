@@ -3,7 +3,9 @@
 A compacted object (`c-{count}-{digest}.json`) holds the merged state of the batches it names, so
 a finalize reads one object per compacted stream plus the batches that came after it. Finalize
 compacts each stream it reads that had more than one object to read (put-if-absent under a key
-naming the covered set: idempotent; re-finalize gives the same bytes, since merging is associative).
+naming the covered set: idempotent; re-finalize gives the same bytes, since merging is associative),
+and so does a replica in the background after a stream's eof (`aggregator.compaction`), without the
+lock: a listed object gone when read (`Overtaken`) makes `load_stream` list the stream again.
 """
 
 from __future__ import annotations
@@ -124,8 +126,10 @@ class StagingReader:
 
     async def load(self, stream: StagedStream, *, compact: bool = True) -> Loaded | None:
         """The stream's merged state, the keys it now comes from (after compacting, just one), and what
-        that compacted object makes redundant. Readers pass `compact=False`: only a finalize, under the
-        job's lock, may write a compacted object (cleanup relies on compactions only growing)."""
+        that compacted object makes redundant; `Overtaken` when a listed object is gone (`load_stream`
+        lists again). Readers pass `compact=False` (a gone object is skipped): only a finalize or an
+        ingest-side compaction may write a compacted object (cleanup relies on compactions only growing,
+        so never from a partial read)."""
         best = stream.best()
         states: list[StreamState] = []
         covers: frozenset[str] = frozenset()
