@@ -96,25 +96,33 @@ async def run(args: argparse.Namespace, nbatches: int, workdir: Path) -> dict[st
             before = await finalize_ops(session, urls)
             fin_s, _ = await finalize(session, urls[0], job_id, phases)
             after = await finalize_ops(session, urls)
+            refin_s, _ = await finalize(session, urls[0], job_id, phases)
+            fresh = AggregatorProc(port=free_port(), env=aggregator_env(f"file://{root}",
+                                                                        {"BLAST_LOGS_LOG_LEVEL": "WARNING"}),
+                                   log_path=workdir / f"batches-{nbatches}-fresh.log")
+            procs.append(fresh)
+            fresh.start()
+            fresh_s, _ = await finalize(session, fresh.url, job_id, phases)
     finally:
         for p in procs:
             p.stop()
     ops = {k: int(after.get(k, 0) - before.get(k, 0)) for k in sorted(after)}
     return {"batches_per_stream": nbatches, "streams": len(streams), "lines": phases["running"],
             "ingest_requests": len(bodies), "ingest_s": round(ingest_s, 2), "staging_at_ingest_end": at_ingest_end,
-            "settle_s": round(settle_s, 2), "staging_at_finalize": at_finalize, "finalize_s": round(fin_s, 3),
+            "settle_s": round(settle_s, 2), "staging_at_finalize": at_finalize, "finalize_s": round(fin_s, 3), "refinalize_s": round(refin_s, 3),
+            "fresh_replica_finalize_s": round(fresh_s, 3),
             "finalize_ops": ops, "finalize_ops_total": sum(ops.values())}
 
 
 def markdown(rows: list[dict[str, Any]]) -> str:
     out = ["| batches per stream | streams | lines | ingest requests (s) | staging objects at ingest end / "
-           "at finalize (compactions settled after s) | finalize s | storage operations at finalize (get, put, "
+           "at finalize (compactions settled after s) | finalize s (re-finalize; on a fresh replica) | storage operations at finalize (get, put, "
            "delete, list) |", "|---|---|---|---|---|---|---|"]
     for r in rows:
         o = r["finalize_ops"]
         out.append(f"| {r['batches_per_stream']} | {r['streams']:,} | {r['lines']:,} | {r['ingest_requests']:,} "
                    f"({r['ingest_s']}) | {r['staging_at_ingest_end']:,} / {r['staging_at_finalize']:,} "
-                   f"({r['settle_s']}) | {r['finalize_s']} | {r['finalize_ops_total']:,} ({o.get('get', 0):,}, "
+                   f"({r['settle_s']}) | {r['finalize_s']} ({r['refinalize_s']}; {r['fresh_replica_finalize_s']}) | {r['finalize_ops_total']:,} ({o.get('get', 0):,}, "
                    f"{o.get('put', 0):,}, {o.get('delete', 0):,}, {o.get('list', 0):,}) |")
     if len(rows) >= 2:
         a, b = rows[0], rows[-1]
