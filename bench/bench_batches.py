@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import sys
 import tempfile
 import time
@@ -38,7 +37,7 @@ from bench_bigjob import (  # noqa: E402
     interleave,
     stream_batches,
 )
-from machine_info import machine  # noqa: E402
+from machine_info import write_results  # noqa: E402
 
 from tests.conftest import AggregatorProc, aggregator_env, free_port  # noqa: E402
 
@@ -154,10 +153,7 @@ def main() -> int:
     rows = asyncio.run(main_async(args))
     print()
     print(markdown(rows), end="")
-    RESULTS.mkdir(exist_ok=True)
-    out = RESULTS / f"batches-{int(started)}.json"
-    out.write_text(json.dumps({"args": vars(args), "machine": machine(), "rows": rows}, indent=1))
-    print(f"\n{time.time() - started:.0f} s in all; JSON: {out}")
+    write_results(RESULTS, "batches", vars(args), rows, started)
     return 0
 
 

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import sys
 import tempfile
@@ -48,7 +47,7 @@ ROOT: Final = BENCH.parent
 sys.path.insert(0, str(ROOT))
 
 from bench_aggregator import run_concurrently  # noqa: E402
-from machine_info import machine  # noqa: E402
+from machine_info import write_results  # noqa: E402
 
 from aggregator.auth import job_token  # noqa: E402
 from tests.conftest import (  # noqa: E402
@@ -297,10 +296,7 @@ def main() -> int:
     rows = asyncio.run(main_async(args))
     print()
     print(markdown(rows), end="")
-    RESULTS.mkdir(exist_ok=True)
-    out = RESULTS / f"bigjob-{int(started)}.json"
-    out.write_text(json.dumps({"args": vars(args), "machine": machine(), "rows": rows}, indent=1))
-    print(f"\n{time.time() - started:.0f} s in all; JSON: {out}")
+    write_results(RESULTS, "bigjob", vars(args), rows, started)
     return 0
 
 
