@@ -13,6 +13,8 @@ from hypothesis import strategies as st
 
 from aggregator.artifacts import (
     Artifacts,
+    TextSpan,
+    _join_spans,
     _last_output_parts,
     build_artifacts,
     chunk_body,
@@ -375,6 +377,18 @@ def test_parts_cut_equals_cut_of_joined_text(parts: list[str]) -> None:
     assert data.startswith(hb) and data.endswith(tb)
     assert len(hb) <= 8 and len(tb) <= 8
     assert int(n_text) == len(data) - len(hb) - len(tb)
+
+
+
+@settings(max_examples=300, deadline=None)
+@given(blocks=st.lists(st.lists(st.text(alphabet="ab\né€😀", max_size=10), min_size=1, max_size=6),
+                       min_size=1, max_size=6))
+def test_streams_cut_as_spans_equal_the_cut_of_s(blocks: list[list[str]]) -> None:
+    """Finalize keeps only each primary stream's ends (a TextSpan per block); the blocks joined with
+    "\n" must still be cut exactly as protocol section 7 cuts the whole S, across block borders."""
+    joined = "\n".join("\n".join(parts) for parts in blocks)
+    spans = [TextSpan.of(parts, 16) for parts in blocks]
+    assert _join_spans(spans, limit=16, half=8) == last_output(joined, limit=16, half=8)
 
 
 # --- keep_longer_existing ---------------------------------------------------------------------
