@@ -9,12 +9,24 @@ guess can be checked against the state the previous chunk really ended in.
 
 from __future__ import annotations
 
+from bisect import bisect_right
 from dataclasses import dataclass
+from typing import Final, cast
 
-from shipper.batch import encode_events
+import orjson
+
+from shipper.batch import encode_event, encode_events
 from shipper.reader import Chunk
-from shipper.redact import RedactorState
+from shipper.redact import CLEAN_STATE, RedactorState
 from shipper.sanitise import Sanitiser
+
+try:
+    from shipper import _hotpath
+except ImportError:  # built without a C compiler: the pure-Python path gives the same bytes
+    _hotpath = None  # type: ignore[assignment]
+
+#: Whether the compiled hot path is in use (`--version` and the start-up log say so).
+COMPILED: Final = _hotpath is not None
 
 
 @dataclass(frozen=True)
@@ -61,6 +73,32 @@ def prepare(san: Sanitiser, chunk: Chunk, start: RedactorState) -> Prepared:
     san.state = start
     san.redactions.clear()
     san.truncated = 0
+    if _hotpath is not None and chunk.joined is not None and start == CLEAN_STATE:
+        fast = _prepare_compiled(san, chunk, chunk.joined)
+        if fast is not None:
+            return fast
     texts = sanitise_chunk(san, chunk)
     events = encode_events(chunk.offs, chunk.ts, texts)
     return Prepared(chunk.offs, events, dict(san.redactions), san.truncated, start, san.state)
+
+
+def _prepare_compiled(san: Sanitiser, chunk: Chunk, raw: bytes) -> Prepared | None:
+    """`prepare` of a plain read from the clean state, with the compiled hot path encoding every
+    line that sanitising leaves as it is; the others (controls, needles, invalid UTF-8, over the
+    cap) go through `Sanitiser.some_lines` with what the scans of the whole read found. None when
+    the redactor's state must see the read line by line (then `sanitise_chunk` does it all)."""
+    own_hits, rule_hits = san.needle_hits(raw)
+    ts = orjson.dumps(chunk.ts)
+    events, offs, slow, controls = _hotpath.encode_lines(raw, chunk.first, ts, san.max_chars,
+                                                         sorted(own_hits + rule_hits))
+    if slow:
+        first, last = chunk.first, len(offs) - 1
+        raws = {i: raw[offs[i] - first:offs[i + 1] - first - 1 if i < last else len(raw)] for i in slow}
+        texts = san.some_lines(raws, set(controls), *(
+            {bisect_right(offs, first + pos) - 1 for pos in found} for found in (own_hits, rule_hits)))
+        if texts is None:
+            return None
+        for i, text in texts.items():
+            events[i] = encode_event(offs[i], chunk.ts, text)
+    # every None (a slow line) was filled above
+    return Prepared(offs, cast(list[bytes], events), dict(san.redactions), san.truncated, CLEAN_STATE, san.state)

@@ -358,6 +358,15 @@ _WEAK: Final = {i: n for i, n in enumerate(_NEEDLES) if n[1] is not None}
 #: Needles below this index are ours.
 _OURS: Final = len(_NEEDLES) - len(RULE_NEEDLES)
 _LONGEST: Final = max(len(n[0]) for n in _NEEDLES)
+#: For each weak needle, (offset into it, needles) pairs: the needles that could start inside
+#: a match of it, where the scan (no overlaps) would not see them: a weak match that does not count
+#: is scanned again only when one of them is really there ("Homo sapiens" holds "apie", which no
+#: needle starts inside of: one look, not a second scan).
+_HIDDEN: Final = {
+    k: tuple((j, found) for j in range(1, len(w[0])) if (found := tuple(
+        n[0] for n in _NEEDLES if n[0].startswith(w[0][j:]) or w[0][j:].startswith(n[0]))))
+    for k, w in _WEAK.items()
+}
 #: The job token has no keyword: its shape (a dot, then exactly 43 base64url characters) is the
 #: pre-check, one C-level search of the batch.
 _JOB_TOKEN_SHAPE: Final = re.compile(rb"\.[A-Za-z0-9_-]{43}(?![A-Za-z0-9_=-])")
@@ -376,7 +385,7 @@ def _hits(data: bytes) -> tuple[list[int], list[int]]:
             (own if k < ours else rules).append(start)
         elif weak_hit_counts(data, start, needle):
             rules.append(start + needle[2])  # where the keyword starts, after its delimiter
-        else:
+        elif any(low.startswith(found, start + j) for j, found in _HIDDEN[k]):
             for k2, s2, _ in _SCAN.find_matches_as_indexes(low[start + 1:end + _LONGEST]):
                 n2 = weak.get(k2)
                 if n2 is None or weak_hit_counts(data, start + 1 + s2, n2):
@@ -412,7 +421,11 @@ def might_hold_secret(text: str) -> bool:
     return bool(needle_positions(text.encode("utf-8", "surrogatepass")))
 
 
-def _needle_lines(texts: list[str], which: Iterable[int]) -> tuple[set[int], set[int]]:
+#: Lines by index: a whole batch (a list) or some of its lines (a dict).
+Lines = list[str] | dict[int, str]
+
+
+def _needle_lines(texts: Lines, which: Iterable[int]) -> tuple[set[int], set[int]]:
     """Those of lines `which` that hold one of our needles, and those that hold only a rule
     keyword: one scan of them all, encoded and joined."""
     which = list(which)
@@ -513,24 +526,40 @@ class Redactor:
         text differs from their raw bytes (rendered escapes), which are checked on their own.
         """
         own_hits, rule_hits = _hits(raw)
-        own, candidates = _needle_lines(texts, also)
-        candidates |= own
+        own: set[int] = set()
+        candidates: set[int] = set()
         if own_hits or rule_hits:
             if ends is None:
                 ends = line_ends(raw.split(b"\n"))
             own.update(bisect_right(ends, pos) for pos in own_hits)
-            candidates |= own
             candidates.update(bisect_right(ends, pos) for pos in rule_hits)
+        if not self.redact_found(texts, own, candidates, also):
+            for i, t in enumerate(texts):  # PEM and env state must see every line, in order
+                texts[i] = self.redact(t)
+        return texts
+
+    def redact_found(self, texts: Lines, own: set[int], candidates: set[int], also: Iterable[int] = ()) -> bool:
+        """Redact in place the lines a scan of their raw bytes found: `own` holding one of our
+        needles, `candidates` a rule keyword; `also` as for `redact_batch`. `texts` may hold only
+        the lines named (by index). False, with nothing changed or counted, when the PEM or env
+        state must see every line in order instead (`redact` on each)."""
+        own2, candidates2 = _needle_lines(texts, also)
+        own = own | own2
+        candidates = candidates | candidates2 | own
         if self._pem_lines >= 0 or self._env_key or any(
             "PRIVATE KEY" in texts[i] or "name:" in texts[i] for i in candidates
         ):
-            for i, t in enumerate(texts):  # PEM and env state must see every line, in order
-                texts[i] = self.redact(t)
-            return texts
+            return False
         sub = self._sub
         for i in sorted(candidates):
             texts[i] = sub(texts[i], i in own or _needs_our_table(texts[i]))
-        return texts
+        return True
+
+    @staticmethod
+    def hits(raw: bytes) -> tuple[list[int], list[int]]:
+        """Byte offsets in `raw` (lines joined with b"\\n") where one of our needles starts, and
+        where only a rule keyword does: what `redact_found` takes, once mapped to lines."""
+        return _hits(raw)
 
     def _plain(self, text: str) -> str:
         if not might_hold_secret(text):

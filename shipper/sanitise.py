@@ -181,6 +181,29 @@ class Sanitiser:
                 self.truncated += 1
         return texts
 
+    def needle_hits(self, joined_raw: bytes) -> tuple[list[int], list[int]]:
+        """Where the redactor's scan of a read's joined lines found our needles and rule keywords
+        (none when redaction is off): for `some_lines`."""
+        return self._redactor.hits(joined_raw) if self._redactor is not None else ([], [])
+
+    def some_lines(self, raws: dict[int, bytes], controls: set[int], own: set[int],
+                   candidates: set[int]) -> dict[int, str] | None:
+        """Some lines of a read (by index), sanitised exactly as `joined_lines` sanitises them in
+        the whole read, given what it finds there: lines holding `controls`, and `own`/`candidates`
+        from `needle_hits`. None, with nothing counted, when the redactor's state must see every
+        line of the read in order (a PEM block or env entry begins): use `joined_lines` then."""
+        texts = {i: raw.decode("utf-8", "replace") for i, raw in raws.items()}
+        for i in controls:
+            texts[i] = render(texts[i])
+        if self._redactor is not None and not self._redactor.redact_found(texts, own, candidates, sorted(controls)):
+            return None
+        limit = self.max_chars
+        for i, text in texts.items():
+            if len(text) > limit:
+                texts[i] = cap_line(text, limit)
+                self.truncated += 1
+        return texts
+
 
 #: Maps C0 controls except tab and newline, and DEL, to 0; every other byte to 1.
 _C0_MAP: Final = bytes(0 if b < 0x09 or 0x0B <= b < 0x20 or b == 0x7F else 1 for b in range(256))

@@ -32,6 +32,9 @@ def test_demo_installs_only_what_the_demo_runs(tmp_path: Path) -> None:
     for script in ("bootstrap.sh", "demo.sh"):
         shutil.copy(ROOT / "scripts" / script, repo / "scripts" / script)
     shutil.copy(ROOT / "pyproject.toml", repo / "pyproject.toml")
+    shutil.copy(ROOT / "setup.py", repo / "setup.py")
+    (repo / "shipper").mkdir()
+    shutil.copy(ROOT / "shipper" / "_hotpath.c", repo / "shipper" / "_hotpath.c")
     log = tmp_path / "calls.log"
     bindir = tmp_path / "bin"
     bindir.mkdir()

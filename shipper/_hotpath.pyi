@@ -1,0 +1,3 @@
+def encode_lines(
+    joined: bytes, first_off: int, ts: bytes, max_chars: int, flagged: list[int]
+) -> tuple[list[bytes | None], list[int], list[int], list[int]]: ...

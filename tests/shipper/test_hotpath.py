@@ -1,0 +1,144 @@
+"""The compiled hot path (shipper/_hotpath.c) gives `prepare` the same bytes as the pure-Python path.
+
+`prepare` uses the compiled module for plain reads from the clean redactor state; with
+`shipper.prepare._hotpath` set to None it takes the pure-Python path the shipper falls back to
+when the wheel was built without a C compiler. Every test here prepares the same reads both ways.
+"""
+
+from __future__ import annotations
+
+import random
+import shutil
+import time
+from pathlib import Path
+
+import orjson
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import shipper.prepare as prepare_mod
+from shipper.prepare import Prepared, prepare
+from shipper.reader import Chunk, Cursor, LineReader
+from shipper.redact import CLEAN_STATE, RedactorState
+from shipper.sanitise import Sanitiser
+
+compiled_only = pytest.mark.skipif(not prepare_mod.COMPILED, reason="shipper._hotpath is not built")
+
+
+def test_built_wherever_a_c_compiler_is() -> None:
+    """The extension is optional (a wheel builds without a compiler), so its tests skip without it:
+    where a compiler is at hand, as on CI and the image build host, it must have been built."""
+    if shutil.which("cc") is None and shutil.which("gcc") is None:
+        pytest.skip("no C compiler here")
+    assert prepare_mod.COMPILED, "shipper/_hotpath.c was not built: pip install -e . (or setup.py build_ext --inplace)"
+
+_FRAGMENTS = [
+    b"Query  1    CTGTGTCCACCCC  60", b"query_1\tNC_001.1\t98.667", b"Homo sapiens", b"\t", b'"', b"\\",
+    b'\\"', b'","', b"\x1b[1;31m", b"\x1b[0m", b"\x1b]0;t\x07", b"\r", b"\x08", b"\x00", b"\x7f", b"\x85",
+    b"\xc2\x85", b"\xc2\xa0", b"\xff", b"\xe2\x82", b"\xed\xa0\x80", b"\xf4\x90\x80\x80", b"\xc0\xaf",
+    b"\xe0\x80\xaf", b"\xf0\x80\x80\xaf", "µs ≈ 日本 😀 \u2028".encode(), b" ", b"=", b": ",
+    b"password=hunter2", b"token: abc123def456", b'"api_key": "k3y-value"', b"api", b"Api", b"s.",
+    b"Authorization: Bearer abcdefghijklmnop1234", b"https://u:p4ss@host/x", b"?sv=2023&sig=abc%3D&se=1",
+    b"AccountKey=Zm9vYmFy==;", b"AKIAIOSFODNN7EXAMPLE", b"ghp_abcdefghijklmnopqrstuvwxyz0123456789",
+    b"-----BEGIN PRIVATE KEY-----", b"-----END PRIVATE KEY-----", b"MIIEvQIBADANBgkqhkiG9w0BAQEFAASC",
+    b"- name: DB_PASSWORD", b"  value: hunter2-Xy9", b"x" * 300, "é".encode() * 70,
+]
+
+line_strategy = st.lists(st.sampled_from(_FRAGMENTS), max_size=8).map(b"".join)
+
+
+def chunk_of(lines: list[bytes], first: int = 1000, ts: float = 1796640000.25) -> Chunk:
+    joined = b"\n".join(lines)
+    end = first + len(joined) + 1
+    return Chunk(first, len(lines), end, ts, Cursor(1, 2, end, 0), joined)
+
+
+def both(chunk: Chunk, start: RedactorState = CLEAN_STATE, limit: int = 4000) -> tuple[Prepared, Prepared]:
+    compiled = prepare(Sanitiser(max_chars=limit), chunk, start)
+    saved = prepare_mod._hotpath
+    prepare_mod._hotpath = None  # type: ignore[assignment]
+    try:
+        pure = prepare(Sanitiser(max_chars=limit), chunk, start)
+    finally:
+        prepare_mod._hotpath = saved
+    return compiled, pure
+
+
+def assert_same(compiled: Prepared, pure: Prepared) -> None:
+    assert compiled.events == pure.events
+    assert compiled.offs == pure.offs
+    assert compiled.redactions == pure.redactions
+    assert compiled.truncated == pure.truncated
+    assert (compiled.start, compiled.state) == (pure.start, pure.state)
+
+
+@compiled_only
+@settings(max_examples=400, deadline=None)
+@given(st.lists(line_strategy, min_size=1, max_size=40), st.sampled_from([4000, 120, 60, 1]))
+def test_same_events_as_the_pure_path(lines: list[bytes], limit: int) -> None:
+    assert_same(*both(chunk_of(lines), limit=limit))
+
+
+@compiled_only
+@settings(max_examples=100, deadline=None)
+@given(st.lists(line_strategy, min_size=1, max_size=20))
+def test_same_events_from_an_open_pem_block_or_env_name(lines: list[bytes]) -> None:
+    for start in ((0, ""), (-1, "DB_PASSWORD")):  # not the clean state: the pure path does it all
+        assert_same(*both(chunk_of(lines), start))
+
+
+@compiled_only
+def test_every_byte_value_in_every_position() -> None:
+    """Each of the 256 byte values alone, before and after text, and after each UTF-8 lead byte."""
+    lines = []
+    for b in range(256):
+        if b == 0x0A:
+            continue
+        one = bytes([b])
+        lines += [one, b"a" + one, one + b"z", b"\xc2" + one, b"\xe2\x82" + one, b"\xf0\x9f\x98" + one]
+    assert_same(*both(chunk_of(lines)))
+
+
+@compiled_only
+def test_events_decode_to_the_lines_and_offsets_count_bytes() -> None:
+    lines = [b"plain", b'say "hi"\tthere \\ back', "é日本😀".encode(), b"", b"last"]
+    compiled, _ = both(chunk_of(lines, first=7, ts=12.5))
+    assert [orjson.loads(e) for e in compiled.events] == [
+        {"off": off, "ts": 12.5, "line": raw.decode()} for off, raw in zip(compiled.offs, lines, strict=True)]
+    assert compiled.offs == [7 + sum(len(raw) + 1 for raw in lines[:i]) for i in range(len(lines))]
+    assert compiled.offs[3] == 7 + 6 + 22 + 13  # bytes, not characters
+
+
+@compiled_only
+def test_a_pem_block_split_over_clean_lines_is_redacted_whole() -> None:
+    """The block's body lines hold no needle: the compiled path must hand the read back to the
+    line-by-line path rather than encode them as they are."""
+    body = [b"MIIEvQIBADANBgkqhkiG9w0BAQEFAASCBKcwggSjAgEAAoIBAQC7", b"q1w2e3r4t5y6u7i8o9p0asdfghjklzxcvbnm"]
+    lines = [b"starting", b"-----BEGIN PRIVATE KEY-----", *body, b"-----END PRIVATE KEY-----", b"done"]
+    compiled, pure = both(chunk_of(lines))
+    assert_same(compiled, pure)
+    shipped = b"".join(compiled.events)
+    assert not any(part in shipped for part in body)
+
+
+@compiled_only
+def test_random_reads_of_generated_blast_output(tmp_path: Path) -> None:
+    """Reads of the benchmark's generated BLAST-like log (bench/gen_logs.py: ANSI colour, progress
+    bars, secrets, invalid UTF-8, long lines), as the reader cuts them, with the state carried."""
+    from bench.gen_logs import write_log
+
+    path = tmp_path / "blast.log"
+    write_log(path, lines=20_000, seed=int(time.time()) % 1000)
+    reader = LineReader(path, random.Random(3).choice([4096, 65536]), 1 << 20)
+    assert reader.open()
+    state = CLEAN_STATE
+    reads = 0
+    while (chunk := reader.read()) is not None:
+        if not chunk.count:  # a read that ended no line: the stream prepares nothing for it
+            continue
+        reads += 1
+        compiled, pure = both(chunk, state)
+        assert_same(compiled, pure)
+        state = pure.state
+    assert reads > 10
