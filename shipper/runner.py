@@ -29,6 +29,7 @@ from shipper.health import Health
 from shipper.http import HttpClient
 from shipper.metrics import ShipperMetrics, start_server
 from shipper.openfiles import OpenFiles, effective_cap
+from shipper.prepare import COMPILED
 from shipper.signals import HANDLED, take_pending
 from shipper.stream import Stream
 from shipper.watcher import Watcher, scan
@@ -213,7 +214,7 @@ class Runner:
             "dir": str(cfg.volume), "aggregators": list(cfg.urls), "job_id": cfg.job_id, "pod": cfg.pod,
             "namespace": cfg.namespace, "phase": cfg.phase,
             "metrics": f"{cfg.metrics_host}:{cfg.metrics_port}" if cfg.metrics_port else "off",
-            "sanitise_workers": self.workers, "cpus": round(self.cpus, 2)})
+            "sanitise_workers": self.workers, "cpus": round(self.cpus, 2), "compiled_hot_path": COMPILED})
         try:
             while not self.drain.is_set():
                 await self._discover()

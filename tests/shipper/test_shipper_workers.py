@@ -32,6 +32,7 @@ from shipper.sanitise_worker import (
     encode_request,
     reply_body_size,
 )
+from shipper.prepare import COMPILED
 from shipper.worker_process import auto_workers, available_cpus
 from shipper.workers import MAX_QUEUED, SanitiserPool
 
@@ -239,7 +240,8 @@ def _state(pid: int) -> str:
 def test_sanitise_workers_setting() -> None:
     env = {"BLAST_LOGS_AGGREGATOR_URL": "http://a:8080", "BLAST_LOGS_JOB_ID": "elb-1", "BLAST_LOGS_POD": "p",
            "BLAST_LOGS_TOKEN": "t"}
-    assert load_config([], env).sanitise_workers is None  # auto
+    assert load_config([], env).sanitise_workers == 0  # one process unless asked (docs/benchmarks.md, issue 19)
+    assert load_config([], {**env, "BLAST_LOGS_SANITISE_WORKERS": "auto"}).sanitise_workers is None
     assert load_config([], {**env, "BLAST_LOGS_SANITISE_WORKERS": "AUTO"}).sanitise_workers is None
     assert load_config(["--sanitise-workers", "0"], {**env, "BLAST_LOGS_SANITISE_WORKERS": "3"}).sanitise_workers == 0
     assert load_config([], {**env, "BLAST_LOGS_SANITISE_WORKERS": "2"}).sanitise_workers == 2
@@ -266,13 +268,14 @@ def test_available_cpus_follows_the_cgroup_quota(tmp_path: Path, files: dict[str
     assert auto_workers(0.5) == 0 and auto_workers(1.5) == 0 and auto_workers(2.0) == 1 and auto_workers(16) == 1
 
 
-async def test_no_workers_when_asked_for_none(volume: Path, recorder: Recorder) -> None:
+async def test_no_workers_by_default(volume: Path, recorder: Recorder) -> None:
     (volume / "logs" / "blast.log").write_bytes(b"password=hunter2-Secret-9\nplain\n")
-    async with shipping(volume, [recorder.url], "--sanitise-workers", "0") as shipper:
+    async with shipping(volume, [recorder.url]) as shipper:
         await eventually(lambda: len(recorder.lines("blast")) == 2, what="both lines")
         assert children(shipper.proc.pid) == []
         started = next(r for r in shipper.log() if r.get("msg") == "shipper started")
         assert started["sanitise_workers"] == 0
+        assert started["compiled_hot_path"] is COMPILED
         assert await shipper.stop() == 0
     assert recorder.lines("blast") == [f"password={marker('password')}", "plain"]
 
