@@ -362,11 +362,25 @@ _LONGEST: Final = max(len(n[0]) for n in _NEEDLES)
 #: a match of it, where the scan (no overlaps) would not see them: a weak match that does not count
 #: is scanned again only when one of them is really there ("Homo sapiens" holds "apie", which no
 #: needle starts inside of: one look, not a second scan).
-_HIDDEN: Final = {
-    k: tuple((j, found) for j in range(1, len(w[0])) if (found := tuple(
-        n[0] for n in _NEEDLES if n[0].startswith(w[0][j:]) or w[0][j:].startswith(n[0]))))
-    for k, w in _WEAK.items()
-}
+def _hidden() -> dict[int, tuple[tuple[int, tuple[bytes, ...]], ...]]:
+    by_prefix: dict[bytes, list[bytes]] = {}  # every prefix of a needle -> the needles it begins
+    for n in dict.fromkeys(n[0] for n in _NEEDLES):
+        for end in range(1, len(n) + 1):
+            by_prefix.setdefault(n[:end], []).append(n)
+    whole = {n[0] for n in _NEEDLES}
+    out: dict[int, tuple[tuple[int, tuple[bytes, ...]], ...]] = {}
+    for k, (text, *_) in _WEAK.items():
+        pairs = []
+        for j in range(1, len(text)):
+            rest = text[j:]  # needles that begin with the rest of the match, or end inside it
+            found = (*by_prefix.get(rest, ()), *(rest[:end] for end in range(1, len(rest)) if rest[:end] in whole))
+            if found:
+                pairs.append((j, tuple(dict.fromkeys(found))))
+        out[k] = tuple(pairs)
+    return out
+
+
+_HIDDEN: Final = _hidden()
 #: The job token has no keyword: its shape (a dot, then exactly 43 base64url characters) is the
 #: pre-check, one C-level search of the batch.
 _JOB_TOKEN_SHAPE: Final = re.compile(rb"\.[A-Za-z0-9_-]{43}(?![A-Za-z0-9_=-])")
