@@ -19,7 +19,7 @@ from conftest import free_port
 from shipper_helpers import ROOT, TOKEN, Recorder, append, eventually, shipping, start_shipper
 
 from shipper.config import ConfigError, load_config
-from shipper.prepare import Prepared, prepare
+from shipper.prepare import COMPILED, Prepared, prepare
 from shipper.reader import Chunk, Cursor, LineReader
 from shipper.redact import CLEAN_STATE, marker
 from shipper.sanitise import Sanitiser
@@ -32,7 +32,6 @@ from shipper.sanitise_worker import (
     encode_request,
     reply_body_size,
 )
-from shipper.prepare import COMPILED
 from shipper.worker_process import auto_workers, available_cpus
 from shipper.workers import MAX_QUEUED, SanitiserPool
 
