@@ -20,6 +20,7 @@
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <stdint.h>
 #include <string.h>
 
 static const char PREFIX[] = "{\"off\":";
@@ -31,6 +32,13 @@ static const char SUFFIX[] = "\"}";
 #define CLEAN 0
 #define NEEDS_WORK 1   /* invalid UTF-8, or over the character cap */
 #define CONTROL 2      /* a control character as shipper.sanitise.control_positions finds them */
+
+#define ONES UINT64_C(0x0101010101010101)
+#define HIGH UINT64_C(0x8080808080808080)
+/* per byte of a 64-bit word: its high bit set where the byte is zero (or, for HASLESS, below n);
+ * exact for words whose bytes are all below 0x80, which is all the loop below relies on */
+#define HASZERO(v) (((v) - ONES) & ~(v))
+#define HASLESS(v, n) (((v) - ONES * (n)) & ~(v))
 
 /* Whether [p, end) holds a control character other than tab, judged byte by byte as
  * control_positions judges a read: any C0 byte but tab, DEL, or \xc2 followed by \x80-\x9f
@@ -57,6 +65,20 @@ scan_line(const unsigned char *p, const unsigned char *end, Py_ssize_t max_chars
     const unsigned char *start = p;
     Py_ssize_t chars = 0, extra = 0;
     while (p < end) {
+        /* eight plain ASCII bytes at a time (no control, DEL, quote, backslash or non-ASCII byte) */
+        while (end - p >= 8) {
+            uint64_t v;
+            memcpy(&v, p, 8);
+            if (((v | HASZERO(v ^ ONES * '"') | HASZERO(v ^ ONES * '\\') | HASZERO(v ^ ONES * 0x7f)
+                  | HASLESS(v, 0x20)) & HIGH) != 0)
+                break;
+            p += 8;
+            chars += 8;
+        }
+        if (chars > max_chars)
+            return has_control(p, end) ? CONTROL : NEEDS_WORK;
+        if (p >= end)
+            break;
         unsigned char c = *p;
         if (c < 0x80) {
             if (c < 0x20) {
