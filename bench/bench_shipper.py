@@ -278,12 +278,25 @@ def ensure_input(workdir: Path, *, lines: int = 1_000_000, size: int | None = No
     meta = path.with_suffix(".json")
     if path.exists() and meta.exists():
         info = json.loads(meta.read_text())
-        if info["bytes"] == path.stat().st_size:
+        st = path.stat()
+        # a file the shipper reclaimed (holes punched, e.g. by an older version of this script
+        # that hard-linked it into the volume) has its size but not its blocks: generate anew
+        if info["bytes"] == st.st_size and st.st_blocks * 512 >= st.st_size * 0.95:
             return Input(path, info["lines"], info["bytes"])
     print(f"generating {path} ...", file=sys.stderr, flush=True)
     n, nbytes = write_log(path, lines=lines if size is None else min(lines, 1_000_000), size=size)
     meta.write_text(json.dumps({"lines": n, "bytes": nbytes}))
     return Input(path, n, nbytes)
+
+
+def copy_synced(src: Path, dst: Path) -> None:
+    """Copy and flush it to disk, so that no writeback of the copy overlaps the measured run."""
+    shutil.copyfile(src, dst)
+    fd = os.open(dst, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def warm(path: Path) -> None:
@@ -335,12 +348,14 @@ def shipper_env(volume: Path, sink: Sink, **extra: str) -> dict[str, str]:
 
 
 def start_shipper(run_dir: Path, src: Path | None, sink: Sink, **extra: str) -> Child:
-    """A fresh volume whose logs/blast.log is `src` (hard link) or empty; no checkpoints."""
+    """A fresh volume whose logs/blast.log is a copy of `src` or empty; no checkpoints. A copy, not
+    a hard link: the shipper reclaims what it delivered (punches holes), which would zero the
+    generated input for every later run."""
     shutil.rmtree(run_dir, ignore_errors=True)
     logs = run_dir / "vol" / "logs"
     logs.mkdir(parents=True)
     if src is not None:
-        os.link(src, logs / "blast.log")
+        copy_synced(src, logs / "blast.log")
     else:
         (logs / "blast.log").touch()
     return Child([str(SHIPPER), "run"], shipper_env(run_dir / "vol", sink, **extra),
