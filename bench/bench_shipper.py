@@ -89,9 +89,11 @@ SYSLOG_NG_LIVE: Final = {"FOLLOW_FREQ": "0.25"}
 FLUENT_BIT_CONF_TMPL: Final = BENCH / "fluent-bit.conf.tmpl"
 #: Fluent Bit tuning (see bench/fluent-bit.conf.tmpl), the best of those tried on 2 cores
 #: (docs/benchmarks.md): flush every FLUSH seconds, WORKERS http output threads, tail reads of CHUNK,
-#: no memory limit for the tail input (0), the input in the main thread (THREADED off).
+#: no memory limit for the tail input (0), the input in the main thread (THREADED off), and no
+#: posix_fadvise(DONTNEED) after reading (CACHE_ADVISE off: the input stays cached for the others).
 FLUENT_BIT_TUNING: Final = {
-    "FLUSH": "0.2", "WORKERS": "2", "CHUNK": "256k", "MEM_BUF_LIMIT": "0", "THREADED": "off",
+    "FLUSH": "0.1", "WORKERS": "2", "CHUNK": "256k", "MEM_BUF_LIMIT": "0", "THREADED": "off",
+    "CACHE_ADVISE": "off",
 }
 FLUENT_BIT_LIVE: Final[dict[str, str]] = {}
 #: the Fluent Bit binary (`--fluent-bit`, $FLUENT_BIT or `fluent-bit` on PATH); None: skipped
@@ -540,7 +542,7 @@ def round_ratios(runs: dict[str, list[Run]], get: Callable[[Run], float]) -> dic
     """Round by round: the shipper's run against each peer's run of the same round."""
     base = runs.get("shipper", [])
     return {p: [round(get(a) / get(b), 2) for a, b in zip(base, rs, strict=False)]
-            for p, rs in runs.items() if kind_of(p) != "shipper" and rs}
+            for p, rs in runs.items() if base and kind_of(p) != "shipper" and rs}
 
 
 # ---- modes ---------------------------------------------------------------------------------------
