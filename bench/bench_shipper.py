@@ -19,7 +19,8 @@
   Fluent Bit (tail -> http with `Format json`, bench/fluent-bit.conf.tmpl) runs in the same
   alternation when a binary is found (`--fluent-bit PATH`, else $FLUENT_BIT, else `fluent-bit` on
   PATH); `--fluent-bit-variant NAME:KEY=VALUE,...` adds it with other template values (e.g.
-  `membuf:MEM_BUF_LIMIT=5M`), `--variant NAME:KEY=VALUE,...` the shipper with other settings.
+  `membuf:MEM_BUF_LIMIT=5M`, or `debug:BINARY=PATH` for another build), `--variant
+  NAME:KEY=VALUE,...` the shipper with other settings.
 - limits: `cat FILE > /dev/null` and one `curl --data-binary @FILE` into the sink.
 - live: a writer appends `LIVE <unix ts> ...` lines at `--rate` lines/s for `--seconds`; the sink
   takes the lag of each line from its ts to the acknowledgement; CPU share is the child's CPU time
@@ -429,7 +430,9 @@ def start_syslog_ng(run_dir: Path, src: Path, sink: Sink, **tuning: str) -> Chil
 
 
 def start_fluent_bit(run_dir: Path, src: Path, sink: Sink, **tuning: str) -> Child:
-    binary = FLUENT_BIT_PATH
+    """Fluent Bit on bench/fluent-bit.conf.tmpl with FLUENT_BIT_TUNING, `tuning` over it (a variant's
+    BINARY=PATH runs another build)."""
+    binary = tuning.pop("BINARY", FLUENT_BIT_PATH)
     assert binary is not None
     shutil.rmtree(run_dir, ignore_errors=True)
     run_dir.mkdir(parents=True)
