@@ -382,7 +382,7 @@ def save(kind: str, data: dict[str, Any]) -> Path:
     return path
 
 
-# ---- the two contenders --------------------------------------------------------------------------
+# ---- the contenders ------------------------------------------------------------------------------
 
 
 #: `--set KEY=VALUE`: shipper settings for every run of any mode (e.g. BLAST_LOGS_SANITISE_WORKERS=0).
