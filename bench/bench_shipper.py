@@ -1,4 +1,4 @@
-"""The shipper against syslog-ng, side by side on the same file (not a test: run it by hand).
+"""The shipper against syslog-ng and Fluent Bit, side by side on the same file (not a test: run it by hand).
 
     .venv/bin/python bench/bench_shipper.py throughput [--lines 1000000] [--runs 3]
     .venv/bin/python bench/bench_shipper.py limits     [--lines 1000000]
@@ -16,6 +16,11 @@
   ru_maxrss is kept in the JSON but can include this script's own RSS (vfork+exec).
   The shipper runs with its defaults (sanitising and redaction on, no gzip) except an unlimited
   per-stream budget, so that both ship every line.
+  Fluent Bit (tail -> http with `Format json`, bench/fluent-bit.conf.tmpl) runs in the same
+  alternation when a binary is found (`--fluent-bit PATH`, else $FLUENT_BIT, else `fluent-bit` on
+  PATH); `--fluent-bit-variant NAME:KEY=VALUE,...` adds it with other template values (e.g.
+  `membuf:MEM_BUF_LIMIT=5M`, or `debug:BINARY=PATH` for another build), `--variant
+  NAME:KEY=VALUE,...` the shipper with other settings.
 - limits: `cat FILE > /dev/null` and one `curl --data-binary @FILE` into the sink.
 - live: a writer appends `LIVE <unix ts> ...` lines at `--rate` lines/s for `--seconds`; the sink
   takes the lag of each line from its ts to the acknowledgement; CPU share is the child's CPU time
@@ -24,11 +29,14 @@
   (its first, empty batch): the time from SIGTERM to exit, everything delivered, exit status 0.
 - memory: peak RSS shipping `--sizes` files whole (unlimited budget), and `--default-sizes` with
   the default budget (64 MiB, then a tail ring), one run each. Large files are deleted afterwards
-  unless `--keep`.
+  unless `--keep`. Fluent Bit (and its variants) ship the `--sizes` files too.
+`--only shipper,fluent-bit` restricts any mode to those contenders (and their variants).
 
 Generated files live in `--workdir` (default /tmp/blast-bench) and are reused; results are written
 as JSON to bench/results/ (gitignored). syslog-ng comes from Debian: `apt-get install -y
 syslog-ng-core syslog-ng-mod-http`; without it the syslog-ng side is skipped with a notice.
+Fluent Bit has no Debian package here: build it from source (docs/benchmarks.md, "Shipper against
+Fluent Bit (issue 19)", says how) and pass the binary; without one its side is skipped likewise.
 """
 
 from __future__ import annotations
@@ -78,6 +86,19 @@ SYSLOG_NG_TUNING: Final = {
     "BATCH_LINES": "1000", "BATCH_BYTES": str(MiB - 4096), "BATCH_TIMEOUT_MS": "300", "WORKERS": "2",
 }
 SYSLOG_NG_LIVE: Final = {"FOLLOW_FREQ": "0.25"}
+
+FLUENT_BIT_CONF_TMPL: Final = BENCH / "fluent-bit.conf.tmpl"
+#: Fluent Bit tuning (see bench/fluent-bit.conf.tmpl), the best of those tried on 2 cores
+#: (docs/benchmarks.md): flush every FLUSH seconds, WORKERS http output threads, tail reads of CHUNK,
+#: no memory limit for the tail input (0), the input in the main thread (THREADED off), and no
+#: posix_fadvise(DONTNEED) after reading (CACHE_ADVISE off: the input stays cached for the others).
+FLUENT_BIT_TUNING: Final = {
+    "FLUSH": "0.1", "WORKERS": "2", "CHUNK": "256k", "MEM_BUF_LIMIT": "0", "THREADED": "off",
+    "CACHE_ADVISE": "off",
+}
+FLUENT_BIT_LIVE: Final[dict[str, str]] = {}
+#: the Fluent Bit binary (`--fluent-bit`, $FLUENT_BIT or `fluent-bit` on PATH); None: skipped
+FLUENT_BIT_PATH: str | None = None
 
 
 # ---- helpers -------------------------------------------------------------------------------------
@@ -306,11 +327,14 @@ def warm(path: Path) -> None:
 
 
 def machine() -> dict[str, Any]:
-    sng = "absent"
+    sng = fb = "absent"
     if shutil.which(SYSLOG_NG):
         out = subprocess.run([SYSLOG_NG, "--version"], capture_output=True, text=True).stdout
         sng = out.splitlines()[0] if out else "?"
-    return {**machine_info(), "syslog_ng": sng}
+    if FLUENT_BIT_PATH is not None:
+        out = subprocess.run([FLUENT_BIT_PATH, "--version"], capture_output=True, text=True).stdout
+        fb = out.splitlines()[0] if out else "?"
+    return {**machine_info(), "syslog_ng": sng, "fluent_bit": fb, "fluent_bit_path": FLUENT_BIT_PATH}
 
 
 def have_syslog_ng() -> bool:
@@ -321,6 +345,36 @@ def have_syslog_ng() -> bool:
     return True
 
 
+def find_fluent_bit(given: str | None) -> str | None:
+    """`--fluent-bit PATH`, else $FLUENT_BIT, else `fluent-bit` on PATH; None (with a notice) if none."""
+    path = given or os.environ.get("FLUENT_BIT") or shutil.which("fluent-bit")
+    if path and os.access(path, os.X_OK):
+        return path
+    print(f"no Fluent Bit binary ({path or 'none given, none on PATH'}); its side is skipped. Build it "
+          "(docs/benchmarks.md, issue 19) and pass --fluent-bit PATH or set FLUENT_BIT", file=sys.stderr)
+    return None
+
+
+def contenders(args: argparse.Namespace, *, syslog_ng: bool = True) -> list[str]:
+    """The base contenders of a mode, as `--only`, `--no-syslog-ng` and the binaries found allow."""
+    only = set(args.only.split(",")) if args.only else None
+    out = ["shipper"]
+    if syslog_ng and not args.no_syslog_ng and (only is None or "syslog-ng" in only) and have_syslog_ng():
+        out.append("syslog-ng")
+    if FLUENT_BIT_PATH is not None:
+        out.append("fluent-bit")
+    return [w for w in out if only is None or w in only]
+
+
+def parse_variants(specs: list[str] | None, kind: str) -> dict[str, dict[str, str]]:
+    """`NAME:KEY=VALUE,KEY=VALUE` -> {"KIND NAME": {KEY: VALUE}}."""
+    out: dict[str, dict[str, str]] = {}
+    for spec in specs or []:
+        name, _, settings = spec.partition(":")
+        out[f"{kind} {name}"] = dict(kv.split("=", 1) for kv in settings.split(",") if kv)
+    return out
+
+
 def save(kind: str, data: dict[str, Any]) -> Path:
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / f"{kind}-{time.strftime('%Y%m%d-%H%M%S')}.json"
@@ -328,7 +382,7 @@ def save(kind: str, data: dict[str, Any]) -> Path:
     return path
 
 
-# ---- the two contenders --------------------------------------------------------------------------
+# ---- the contenders ------------------------------------------------------------------------------
 
 
 #: `--set KEY=VALUE`: shipper settings for every run of any mode (e.g. BLAST_LOGS_SANITISE_WORKERS=0).
@@ -375,6 +429,32 @@ def start_syslog_ng(run_dir: Path, src: Path, sink: Sink, **tuning: str) -> Chil
     return Child(argv, dict(os.environ), run_dir / "syslog-ng.log").start()
 
 
+def start_fluent_bit(run_dir: Path, src: Path, sink: Sink, **tuning: str) -> Child:
+    """Fluent Bit on bench/fluent-bit.conf.tmpl with FLUENT_BIT_TUNING, `tuning` over it (a variant's
+    BINARY=PATH runs another build)."""
+    binary = tuning.pop("BINARY", FLUENT_BIT_PATH)
+    assert binary is not None
+    shutil.rmtree(run_dir, ignore_errors=True)
+    run_dir.mkdir(parents=True)
+    host, _, port = sink.url.removeprefix("http://").partition(":")
+    values = dict(FLUENT_BIT_TUNING, **tuning, FILE=str(src), DB=str(run_dir / "tail.db"), HOST=host, PORT=port)
+    conf = FLUENT_BIT_CONF_TMPL.read_text()
+    for key, value in values.items():
+        conf = conf.replace(f"@@{key}@@", value)
+    (run_dir / "fluent-bit.conf").write_text(conf)
+    return Child([binary, "-c", str(run_dir / "fluent-bit.conf")], dict(os.environ),
+                 run_dir / "fluent-bit.log").start()
+
+
+def start(kind: str, run_dir: Path, src: Path, sink: Sink, **extra: str) -> Child:
+    """A contender shipping the whole of `src` (the shipper with its per-stream budget lifted)."""
+    if kind == "shipper":
+        return start_shipper(run_dir, src, sink, BLAST_LOGS_STREAM_BUDGET_BYTES=UNLIMITED_BUDGET, **extra)
+    if kind == "fluent-bit":
+        return start_fluent_bit(run_dir, src, sink, **extra)
+    return start_syslog_ng(run_dir, src, sink, **extra)
+
+
 @dataclass
 class Run:
     who: str
@@ -395,15 +475,15 @@ class Run:
     def mb_per_s(self) -> float:
         return self.bytes / self.seconds / 1e6
 
+    @property
+    def lines_per_cpu_s(self) -> float:
+        return self.lines / self.cpu
+
 
 def ship_once(who: str, inp: Input, sink: Sink, run_dir: Path, timeout: float, **extra: str) -> Run:
     """Ship the whole file; timed to the sink's receipt of the last line; then SIGTERM and reap."""
     sink.reset()
-    if who == "shipper":
-        child = start_shipper(run_dir, inp.path, sink, BLAST_LOGS_STREAM_BUDGET_BYTES=UNLIMITED_BUDGET,
-                              **extra)
-    else:
-        child = start_syslog_ng(run_dir, inp.path, sink, **extra)
+    child = start(who, run_dir, inp.path, sink, **extra)
     try:
         wait_for(lambda: sink.stats()["events"] >= inp.lines, timeout, f"{who}: every line at the sink", child)
         stats = sink.stats()
@@ -431,28 +511,41 @@ def med_range(values: Sequence[float], fmt: str) -> str:
     return f"{format(statistics.median(values), fmt)} ({format(min(values), fmt)}–{format(max(values), fmt)})"
 
 
+def kind_of(who: str) -> str:
+    """"shipper w0" -> "shipper", "fluent-bit membuf" -> "fluent-bit"."""
+    return who.split(" ", 1)[0]
+
+
 def throughput_table(runs: dict[str, list[Run]]) -> str:
-    rows: list[tuple[str, Callable[[Run], float], str, bool]] = [
-        ("lines/s", lambda r: r.lines_per_s, ",.0f", True),
-        ("MB/s", lambda r: r.mb_per_s, ".1f", True),
-        ("wall s", lambda r: r.seconds, ".2f", False),
-        ("CPU s (user+sys)", lambda r: r.cpu, ".2f", False),
-        ("peak RSS MiB (VmHWM, summed over its processes)", lambda r: r.hwm / MiB, ".1f", False),
-        ("peak PSS MiB (all its processes)", lambda r: r.pss / MiB, ".1f", False),
+    """Medians (ranges) per contender, and the ratio of the shipper's median to each peer's."""
+    rows: list[tuple[str, Callable[[Run], float], str]] = [
+        ("lines/s", lambda r: r.lines_per_s, ",.0f"),
+        ("MB/s", lambda r: r.mb_per_s, ".1f"),
+        ("wall s", lambda r: r.seconds, ".2f"),
+        ("CPU s (user+sys)", lambda r: r.cpu, ".2f"),
+        ("lines per CPU-second", lambda r: r.lines_per_cpu_s, ",.0f"),
+        ("peak RSS MiB (VmHWM, summed over its processes)", lambda r: r.hwm / MiB, ".1f"),
+        ("peak PSS MiB (all its processes)", lambda r: r.pss / MiB, ".1f"),
     ]
-    who = [w for w in ("shipper", "syslog-ng") if runs.get(w)]
-    head = "| metric | " + " | ".join(f"{w}: median (range)" for w in who)
-    head += " | shipper / syslog-ng |" if len(who) == 2 else " |"
-    out = [head, "|" + "---|" * (len(who) + 1 + (len(who) == 2))]
-    for name, get, fmt, _ in rows:
-        cells = [med_range([get(r) for r in runs[w]], fmt) for w in who]
-        line = f"| {name} | " + " | ".join(cells)
-        if len(who) == 2:
-            a = statistics.median(get(r) for r in runs["shipper"])
-            b = statistics.median(get(r) for r in runs["syslog-ng"])
-            line += f" | {a / b:.2f}×"
-        out.append(line + " |")
+    who = [w for w in runs if runs[w]]
+    peers = [w for w in who if kind_of(w) != "shipper"] if runs.get("shipper") else []
+    head = "| metric | " + " | ".join(f"{w}: median (range)" for w in who) + " | "
+    head += "".join(f"shipper / {p} | " for p in peers)
+    out = [head.rstrip(), "|" + "---|" * (len(who) + 1 + len(peers))]
+    for name, get, fmt in rows:
+        line = f"| {name} | " + " | ".join(med_range([get(r) for r in runs[w]], fmt) for w in who) + " |"
+        for p in peers:
+            ratio = statistics.median(get(r) for r in runs["shipper"]) / statistics.median(get(r) for r in runs[p])
+            line += f" {ratio:.2f}× |"
+        out.append(line)
     return "\n".join(out)
+
+
+def round_ratios(runs: dict[str, list[Run]], get: Callable[[Run], float]) -> dict[str, list[float]]:
+    """Round by round: the shipper's run against each peer's run of the same round."""
+    base = runs.get("shipper", [])
+    return {p: [round(get(a) / get(b), 2) for a, b in zip(base, rs, strict=False)]
+            for p, rs in runs.items() if base and kind_of(p) != "shipper" and rs}
 
 
 # ---- modes ---------------------------------------------------------------------------------------
@@ -461,18 +554,14 @@ def throughput_table(runs: dict[str, list[Run]]) -> str:
 def mode_throughput(args: argparse.Namespace) -> dict[str, Any]:
     inp = ensure_input(args.workdir, lines=args.lines)
     warm(inp.path)
-    # extra shipper settings to compare in the same alternation: "name:KEY=VALUE,KEY=VALUE"
-    variants: dict[str, dict[str, str]] = {}
-    for spec in args.variant or []:
-        name, _, settings = spec.partition(":")
-        variants[f"shipper {name}"] = dict(kv.split("=", 1) for kv in settings.split(",") if kv)
-    contenders = ["shipper", *variants] + (["syslog-ng"] if not args.no_syslog_ng and have_syslog_ng() else [])
+    variants = all_variants(args)
+    who_all = [w for w in contenders(args) for w in (w, *(v for v in variants if kind_of(v) == w))]
     sink = Sink()
-    runs: dict[str, list[Run]] = {w: [] for w in contenders}
+    runs: dict[str, list[Run]] = {w: [] for w in who_all}
     try:
         for i in range(args.runs):
-            for who in contenders if i % 2 == 0 else reversed(contenders):
-                kind = "syslog-ng" if who == "syslog-ng" else "shipper"
+            for who in who_all if i % 2 == 0 else reversed(who_all):
+                kind = kind_of(who)
                 r = ship_once(kind, inp, sink, args.workdir / f"run-{kind}", args.timeout,
                               **variants.get(who, {}))
                 r.who = who
@@ -483,15 +572,21 @@ def mode_throughput(args: argparse.Namespace) -> dict[str, Any]:
                       flush=True)
     finally:
         sink.stop()
-    for who in variants:
-        rs = runs[who]
-        print(f"{who}: {med_range([r.lines_per_s for r in rs], ',.0f')} lines/s, "
-              f"CPU {med_range([r.cpu for r in rs], '.2f')} s, RSS {med_range([r.hwm / MiB for r in rs], '.1f')} MiB, "
-              f"PSS {med_range([r.pss / MiB for r in rs], '.1f')} MiB")
     table = throughput_table(runs)
+    rounds = {"lines/s": round_ratios(runs, lambda r: r.lines_per_s),
+              "lines per CPU-second": round_ratios(runs, lambda r: r.lines_per_cpu_s)}
     print(f"\n{inp.lines:,} lines, {inp.bytes / 1e6:.1f} MB ({inp.path}), {args.runs} runs each\n")
     print(table)
-    return {"input": asdict(inp), "table": table, "runs": {w: [asdict(r) for r in rs] for w, rs in runs.items()}}
+    for metric, per_peer in rounds.items():
+        for peer, ratios in per_peer.items():
+            print(f"round by round, shipper / {peer}, {metric}: {', '.join(map(str, ratios))}")
+    return {"input": asdict(inp), "table": table, "round_ratios": rounds,
+            "runs": {w: [asdict(r) for r in rs] for w, rs in runs.items()}}
+
+
+def all_variants(args: argparse.Namespace) -> dict[str, dict[str, str]]:
+    """Extra settings to compare in the same alternation: shipper and Fluent Bit variants."""
+    return {**parse_variants(args.variant, "shipper"), **parse_variants(args.fluent_bit_variant, "fluent-bit")}
 
 
 def timed(argv: Sequence[str], shell: bool = False) -> tuple[float, float, str]:
@@ -564,9 +659,12 @@ def live_once(who: str, args: argparse.Namespace, sink: Sink, filler: list[bytes
         wait_for(lambda: sink.stats()["requests"] >= 1, 30, "the shipper's first batch", child)
         log = run_dir / "vol" / "logs" / "blast.log"
     else:
-        log = args.workdir / "live-syslog-ng.log"
+        log = args.workdir / f"live-{who}.log"
         log.write_bytes(b"")
-        child = start_syslog_ng(run_dir, log, sink, **SYSLOG_NG_LIVE)
+        if who == "fluent-bit":
+            child = start_fluent_bit(run_dir, log, sink, **FLUENT_BIT_LIVE)
+        else:
+            child = start_syslog_ng(run_dir, log, sink, **SYSLOG_NG_LIVE)
         time.sleep(2.0)
     try:
         cpu0, t0 = child.cpu_now(), time.time()
@@ -594,10 +692,9 @@ def mode_live(args: argparse.Namespace) -> dict[str, Any]:
     inp = ensure_input(args.workdir, lines=args.lines)
     with open(inp.path, "rb") as f:
         filler = [line + b"\n" for line in f.read(16 * MiB).split(b"\n")[:100_000] if len(line) < 4000]
-    contenders = ["shipper"] + (["syslog-ng"] if not args.no_syslog_ng and have_syslog_ng() else [])
     sink = Sink()
     try:
-        rows = [live_once(who, args, sink, filler) for who in contenders]
+        rows = [live_once(who, args, sink, filler) for who in contenders(args)]
     finally:
         sink.stop()
     table = ["| shipper | lines | wall s | CPU s | CPU % of one core | lag p50 s | lag p99 s | lag max s "
@@ -653,18 +750,34 @@ def mode_drain(args: argparse.Namespace) -> dict[str, Any]:
     return {"input": asdict(inp), "table": text, "rows": rows}
 
 
+def fluent_bit_with(tuning: dict[str, str]) -> Callable[[Path, Path, Sink], Child]:
+    return lambda run_dir, src, sink: start_fluent_bit(run_dir, src, sink, **tuning)
+
+
 def mode_memory(args: argparse.Namespace) -> dict[str, Any]:
     sink = Sink()
     rows = []
-    cases = [(s, "unlimited budget", {"BLAST_LOGS_STREAM_BUDGET_BYTES": UNLIMITED_BUDGET}) for s in args.sizes]
-    cases += [(s, "default budget", {}) for s in args.default_sizes]
+    who = contenders(args, syslog_ng=False)
+    # (size, contender, label, start): the shipper with both budgets, Fluent Bit (and its variants) whole
+    cases: list[tuple[int, str, str, Callable[[Path, Path, Sink], Child]]] = []
+    for size in sorted(set(args.sizes) | set(args.default_sizes)):
+        if "shipper" in who and size in args.sizes:
+            cases.append((size, "shipper", "unlimited budget", partial(
+                start_shipper, BLAST_LOGS_STREAM_BUDGET_BYTES=UNLIMITED_BUDGET)))
+        if "shipper" in who and size in args.default_sizes:
+            cases.append((size, "shipper", "default budget", start_shipper))
+        if "fluent-bit" in who and size in args.sizes:
+            fb_variants = {"fluent-bit": {}, **parse_variants(args.fluent_bit_variant, "fluent-bit")}
+            cases += [(size, name, "whole file", fluent_bit_with(extra)) for name, extra in fb_variants.items()]
+    last_of_size = {size: i for i, (size, *_) in enumerate(cases)}
     try:
-        for size, label, extra in cases:
+        for i, (size, name, label, start_one) in enumerate(cases):
             inp = ensure_input(args.workdir, size=size)
             sink.reset()
-            child = start_shipper(args.workdir / "memory", inp.path, sink, **extra)
+            child = start_one(args.workdir / "memory", inp.path, sink)
+            label = f"{name}, {label}"
             try:
-                if label == "unlimited budget" or inp.bytes < DEFAULT_STREAM_BUDGET_BYTES:
+                if "default budget" not in label or inp.bytes < DEFAULT_STREAM_BUDGET_BYTES:
                     wait_for(partial(_all_events, sink, inp.lines), args.timeout, "every line", child)
                 else:
                     wait_for(idle_after_budget(child), args.timeout, "the end of the file", child)
@@ -684,12 +797,12 @@ def mode_memory(args: argparse.Namespace) -> dict[str, Any]:
             print(f"  {inp.bytes / 1e6:8.0f} MB {label}: peak RSS {child.hwm / MiB:.1f} MiB, "
                   f"PSS {child.pss / MiB:.1f} MiB, "
                   f"{took:.1f} s, exit {status}", flush=True)
-            if inp.bytes > 500 * 1e6 and not args.keep:
+            if inp.bytes > 500 * 1e6 and not args.keep and last_of_size[size] == i:
                 inp.path.unlink()
                 inp.path.with_suffix(".json").unlink()
     finally:
         sink.stop()
-    table = ["| input | lines | shipper config | events at sink | wall s | CPU s | peak RSS MiB (VmHWM, summed) "
+    table = ["| input | lines | contender, config | events at sink | wall s | CPU s | peak RSS MiB (VmHWM, summed) "
              "| peak PSS MiB |", "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         table.append(f"| {r['size'] / 1e6:,.0f} MB | {r['lines']:,} | {r['case']} | {r['events']:,} | "
@@ -730,6 +843,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--timeout", type=float, default=600.0, help="seconds per run")
     parser.add_argument("--no-syslog-ng", action="store_true")
+    parser.add_argument("--fluent-bit", metavar="PATH",
+                        help="the Fluent Bit binary (default: $FLUENT_BIT, else fluent-bit on PATH; else skipped)")
+    parser.add_argument("--fluent-bit-variant", action="append", metavar="NAME:KEY=VALUE,...",
+                        help="throughput, memory: also run Fluent Bit with these bench/fluent-bit.conf.tmpl values")
+    parser.add_argument("--only", metavar="WHO,...", help="only these of shipper, syslog-ng, fluent-bit")
     parser.add_argument("--variant", action="append", metavar="NAME:KEY=VALUE,...",
                         help="throughput: also run the shipper with these BLAST_LOGS_* settings, in the alternation")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -743,6 +861,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keep", action="store_true", help="keep files over 500 MB")
     args = parser.parse_args(argv)
     SHIPPER_SETTINGS.update(kv.split("=", 1) for kv in args.set)
+    global FLUENT_BIT_PATH
+    if not args.only or "fluent-bit" in args.only.split(","):
+        FLUENT_BIT_PATH = find_fluent_bit(args.fluent_bit)
     if args.mode == "drain":
         args.runs = min(args.runs, 3)
     args.workdir.mkdir(parents=True, exist_ok=True)

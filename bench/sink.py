@@ -10,6 +10,8 @@ Routes:
   (and any body holding `LIVE ` lines) parses it whole and also counts line characters.
 - `POST /syslog`: syslog-ng's `http()` batches: a JSON array of objects, or `{"events": [...]}`,
   each with a `line` (or `MESSAGE`); counted the same way.
+- `POST /fluent-bit`: Fluent Bit's http output with `Format json`: a JSON array of objects
+  `{"date": <float>, "log": LINE}` (tail without a parser); counted by the `"log":` members.
 - `POST /raw`: any body, streamed; counts bytes and newlines (the `curl --data-binary` limit).
 - `GET /stats`: the counters as JSON, with `last_event` (Unix time of the last request that
   brought events) and, when lines carry `LIVE <unix ts> ...`, the lag from that ts to the receipt
@@ -38,6 +40,8 @@ LIVE_PREFIX: Final = "LIVE "
 LIVE_BYTES: Final = b'"LIVE '
 #: Every event has a `line` member (the batch header has none; `dropped` has `lines`).
 EVENT_KEY: Final = b'"line":'
+#: Fluent Bit's tail input puts each line under `log` (its http output adds a `date` member).
+FLUENT_BIT_KEY: Final = b'"log":'
 INGEST_EOF: Final = b'"eof":true'
 MAX_BODY: Final = 64 * 1024 * 1024
 
@@ -135,22 +139,30 @@ class Sink:
                             content_type="application/json")
 
     async def syslog(self, request: web.Request) -> web.Response:
+        return await self._json_batch(request, EVENT_KEY, ("line", "MESSAGE"))
+
+    async def fluent_bit(self, request: web.Request) -> web.Response:
+        return await self._json_batch(request, FLUENT_BIT_KEY, ("log",))
+
+    async def _json_batch(self, request: web.Request, key: bytes, names: tuple[str, ...]) -> web.Response:
+        """A JSON array of objects (or `{"events": [...]}`), each holding its line under the first
+        of `names` it has; counted by `key` without parsing unless `--parse` or `LIVE ` lines."""
         raw = await self._body(request)
         if not (self.parse or LIVE_BYTES in raw):
-            n = self._count_fast(raw, EVENT_KEY, False)
+            n = self._count_fast(raw, key, False)
             if self.delay:
                 await asyncio.sleep(self.delay)
             return web.json_response({"accepted": n})
         try:
             body = orjson.loads(raw)
         except orjson.JSONDecodeError:
-            try:  # syslog-ng may pass invalid UTF-8 through
+            try:  # syslog-ng and Fluent Bit may pass invalid UTF-8 through
                 body = orjson.loads(raw.decode("utf-8", "replace"))
             except orjson.JSONDecodeError:
                 self.c.bad += 1
                 return web.json_response({"error": "malformed"}, status=400)
         items = body.get("events", []) if isinstance(body, dict) else body
-        lines = [str(e.get("line", e.get("MESSAGE", ""))) if isinstance(e, dict) else str(e) for e in items]
+        lines = [_line_of(e, names) for e in items]
         self._count(raw, lines, False)
         if self.delay:
             await asyncio.sleep(self.delay)
@@ -181,11 +193,21 @@ class Sink:
         app = web.Application(client_max_size=MAX_BODY)
         app.router.add_post("/v1/ingest", self.ingest)
         app.router.add_post("/syslog", self.syslog)
+        app.router.add_post("/fluent-bit", self.fluent_bit)
         app.router.add_post("/raw", self.raw)
         app.router.add_get("/stats", self.stats)
         app.router.add_post("/reset", self.reset)
         app.router.add_post("/delay", self.set_delay)
         return app
+
+
+def _line_of(event: Any, names: tuple[str, ...]) -> str:
+    if not isinstance(event, dict):
+        return str(event)
+    for name in names:
+        if name in event:
+            return str(event[name])
+    return ""
 
 
 async def serve(host: str, port: int, delay: float, parse: bool) -> None:
