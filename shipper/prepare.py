@@ -15,7 +15,7 @@ from typing import Final, cast
 
 import orjson
 
-from shipper.batch import encode_event, encode_events
+from shipper.batch import encode_events
 from shipper.reader import Chunk
 from shipper.redact import CLEAN_STATE, RedactorState
 from shipper.sanitise import Sanitiser
@@ -98,7 +98,8 @@ def _prepare_compiled(san: Sanitiser, chunk: Chunk, raw: bytes) -> Prepared | No
             {bisect_right(offs, first + pos) - 1 for pos in found} for found in (own_hits, rule_hits)))
         if texts is None:
             return None
-        for i, text in texts.items():
-            events[i] = encode_event(offs[i], chunk.ts, text)
+        for i, event in zip(texts, encode_events([offs[i] for i in texts], chunk.ts, list(texts.values())),
+                            strict=True):
+            events[i] = event
     # every None (a slow line) was filled above
     return Prepared(offs, cast(list[bytes], events), dict(san.redactions), san.truncated, CLEAN_STATE, san.state)

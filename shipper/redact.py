@@ -362,14 +362,20 @@ _LONGEST: Final = max(len(n[0]) for n in _NEEDLES)
 #: a match of it, where the scan (no overlaps) would not see them: a weak match that does not count
 #: is scanned again only when one of them is really there ("Homo sapiens" holds "apie", which no
 #: needle starts inside of: one look, not a second scan).
-def _hidden() -> dict[int, tuple[tuple[int, tuple[bytes, ...]], ...]]:
+#: Our needle for a storage key's base64 padding: it counts only after a base64 character, so a
+#: progress bar ("[==========] 100%") costs a look, not a run of our whole table on its line.
+_PAD: Final = next(i for i, n in enumerate(_NEEDLES) if n[0] == b"==")
+_B64_BYTES: Final = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/")
+
+
+def _hidden(matches: dict[int, bytes]) -> dict[int, tuple[tuple[int, tuple[bytes, ...]], ...]]:
     by_prefix: dict[bytes, list[bytes]] = {}  # every prefix of a needle -> the needles it begins
     for n in dict.fromkeys(n[0] for n in _NEEDLES):
         for end in range(1, len(n) + 1):
             by_prefix.setdefault(n[:end], []).append(n)
     whole = {n[0] for n in _NEEDLES}
     out: dict[int, tuple[tuple[int, tuple[bytes, ...]], ...]] = {}
-    for k, (text, *_) in _WEAK.items():
+    for k, text in matches.items():
         pairs = []
         for j in range(1, len(text)):
             rest = text[j:]  # needles that begin with the rest of the match, or end inside it
@@ -380,7 +386,9 @@ def _hidden() -> dict[int, tuple[tuple[int, tuple[bytes, ...]], ...]]:
     return out
 
 
-_HIDDEN: Final = _hidden()
+_HIDDEN: Final = _hidden({k: w[0] for k, w in _WEAK.items()})
+#: a padding `==` hides no other `==` worth a look: the one inside it follows a `=`
+_HIDDEN_PAD: Final = tuple((j, tuple(n for n in found if n != b"==")) for j, found in _hidden({_PAD: b"=="})[_PAD])
 #: The job token has no keyword: its shape (a dot, then exactly 43 base64url characters) is the
 #: pre-check, one C-level search of the batch.
 _JOB_TOKEN_SHAPE: Final = re.compile(rb"\.[A-Za-z0-9_-]{43}(?![A-Za-z0-9_=-])")
@@ -396,14 +404,25 @@ def _hits(data: bytes) -> tuple[list[int], list[int]]:
     for k, start, end in _SCAN.find_matches_as_indexes(low):
         needle = weak.get(k)
         if needle is None:
-            (own if k < ours else rules).append(start)
+            if k != _PAD or (start and data[start - 1] in _B64_BYTES):
+                (own if k < ours else rules).append(start)
+                continue
+            hidden = _HIDDEN_PAD
         elif weak_hit_counts(data, start, needle):
             rules.append(start + needle[2])  # where the keyword starts, after its delimiter
-        elif any(low.startswith(found, start + j) for j, found in _HIDDEN[k]):
+            continue
+        else:
+            hidden = _HIDDEN[k]
+        # a match that does not count: look again only where it may hide another needle
+        if any(low.startswith(found, start + j) for j, found in hidden):
             for k2, s2, _ in _SCAN.find_matches_as_indexes(low[start + 1:end + _LONGEST]):
+                at = start + 1 + s2
                 n2 = weak.get(k2)
-                if n2 is None or weak_hit_counts(data, start + 1 + s2, n2):
-                    rules.append(start + 1 + s2 + (n2[2] if n2 is not None else 0))
+                if n2 is None and (k2 != _PAD or data[at - 1] in _B64_BYTES):
+                    rules.append(at)
+                    break
+                if n2 is not None and weak_hit_counts(data, at, n2):
+                    rules.append(at + n2[2])
                     break
     if b"." in data:
         own += [m.start() for m in _JOB_TOKEN_SHAPE.finditer(data)]

@@ -519,3 +519,14 @@ def test_redaction_properties(lines: list[str]) -> None:
     again = Redactor()
     for out in outs:
         assert again.redact(out).count("[REDACTED:") >= out.count("[REDACTED:")
+
+
+def test_progress_bars_are_not_base64_padding() -> None:
+    """`==` is the needle of a storage key's padding: after a base64 character only, so the bars
+    of get-blastdb and azcopy are not run through the whole table; a key still is, and so is a
+    needle a bar's `==` would have hidden."""
+    for bar in (b"[==========] 100% core_nt.389.nsq", b"====", b"[=>  ] 12%", b"x ==== y"):
+        assert needle_positions(bar) == []
+    key = b"Zm9v" * 21 + b"YQ=="
+    assert needle_positions(key) and Redactor().redact(key.decode()) != key.decode()
+    assert needle_positions(b"[===s.abc") and needle_positions(b"[==s.abc")
