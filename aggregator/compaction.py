@@ -76,6 +76,8 @@ class Compactor:
     async def _run(self, stream: Stream) -> None:
         storage_phase.set("compact")
         try:
+            # a batch re-sent to another replica within the delay still finds its object (duplicate)
+            await asyncio.sleep(self.config.compact_delay)
             while True:
                 self._again[stream] = False
                 async with self._sem:

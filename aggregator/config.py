@@ -198,6 +198,11 @@ class AggregatorConfig:
         env="COMPACT_BATCHES", minimum=1,
         help="a replica compacts a stream in the background at its eof, and after storing this many new "
              "batches of it since its last compaction, so finalize reads about one object per stream"))
+    compact_delay: float = field(default=30.0, metadata=opt(
+        env="COMPACT_DELAY", minimum=0.0,
+        help="seconds a replica waits before such a compaction, so a batch re-sent to another replica "
+             "meanwhile (its first answer was lost: the shipper's timeout is 10 s) still finds its object "
+             "and is answered `duplicate`; a later re-send is stored again and merged away"))
     temp_max_age: float = field(default=3600.0, metadata=opt(
         env="TEMP_MAX_AGE", minimum=1.0,
         help="local store: a finalize removes the job's `.tmp-*.part` files older than this many seconds "

@@ -25,7 +25,7 @@ POD = "blastn-batch-job-7-abc12"
 
 def make_config(**overrides: Any) -> AggregatorConfig:
     base = AggregatorConfig(secret=TEST_SECRET, admin_token=TEST_ADMIN_TOKEN, poll_seconds=0.05,
-                            lock_wait=5.0)
+                            lock_wait=5.0, compact_delay=0.0)
     return dataclasses.replace(base, **overrides)
 
 

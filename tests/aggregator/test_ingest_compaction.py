@@ -8,7 +8,9 @@ import asyncio
 from pathlib import Path
 from typing import Any
 
-from agg_helpers import JOB, POD, admin_headers, batch, dumps, events, ingest_headers, make_config
+import orjson
+
+from agg_helpers import JOB, POD, admin_headers, batch, dumps, events, ingest_headers, make_config, read_tree
 from test_staging_cleanup import artifacts, batches, staged
 
 from aggregator.app import METRICS, make_app
@@ -17,7 +19,7 @@ from aggregator.finalize.job import finalize_job
 from aggregator.metrics import Metrics
 from aggregator.model import StoredBatch
 from aggregator.storage import LocalStore
-from aggregator.storage.layout import staging_prefix
+from aggregator.storage.layout import logs_prefix, staging_prefix
 
 
 async def staged_names(store: LocalStore) -> list[str]:
@@ -203,3 +205,35 @@ async def test_shutdown_cancels_running_compactions(aiohttp_client: Any, tmp_pat
     await asyncio.wait_for(store.started.wait(), 5)
     await asyncio.wait_for(client.close(), 5)  # cleanup cancels the compaction instead of waiting 30 s
     assert len(await staged_names(store)) == 2
+
+
+async def test_a_batch_resent_within_the_delay_is_a_duplicate(aiohttp_client: Any, tmp_path: Path) -> None:
+    """A shipper whose answer was lost sends the batch again, to any replica: within the compaction
+    delay it still finds the batch's object and is answered `duplicate`; after the delay the stream
+    is compacted to one object and the re-sent batch is merged away again at finalize."""
+    store = LocalStore(tmp_path / "s")
+    app = make_app(make_config(compact_delay=1.0), store=store)
+    client = await aiohttp_client(app)
+    bodies = [dumps(batch(seq=seq, eof=seq == 1, exit_code=0 if seq else None, evs=events([seq])))
+              for seq in range(2)]
+    for body in bodies:
+        r = await client.post("/v1/ingest", data=body, headers=ingest_headers())
+        assert r.status == 200 and (await r.json())["duplicate"] is False
+    await asyncio.sleep(0.3)  # an undelayed compaction of two one-line batches is long done by now
+    assert len(await staged_names(store)) == 2
+    for body in bodies:
+        r = await client.post("/v1/ingest", data=body, headers=ingest_headers())
+        assert r.status == 200 and (await r.json())["duplicate"] is True
+
+    async def compacted() -> bool:
+        names = await staged_names(store)
+        return len(names) == 1 and names[0].startswith("c-") and names[0].endswith(".eof.json")
+
+    await wait_for(compacted)
+    r = await client.post("/v1/ingest", data=bodies[0], headers=ingest_headers())
+    assert r.status == 200  # stored again: its events are in the compacted object too
+    r = await client.post(f"/v1/jobs/{JOB}/finalize", headers=admin_headers(), json={"wait_seconds": 0})
+    assert r.status == 200 and (await r.json())["complete"]
+    chunks = await read_tree(store, logs_prefix(JOB))
+    got = [e["line"] for doc in chunks.values() for e in orjson.loads(doc)["events"]]
+    assert sorted(got) == ["line 0", "line 1"]
