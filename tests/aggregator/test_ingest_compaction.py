@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-
 from agg_helpers import JOB, POD, admin_headers, batch, dumps, events, ingest_headers, make_config, read_tree
 from test_staging_cleanup import artifacts, batches, staged
 
