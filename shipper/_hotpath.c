@@ -123,12 +123,31 @@ invalid:
     return has_control(start, end) ? CONTROL : NEEDS_WORK;
 }
 
+/* `value` in decimal into `out` (at least 21 bytes); the number of bytes written */
+static int
+format_decimal(char *out, long long value)
+{
+    char tmp[24];
+    int n = 0;
+    unsigned long long v = value < 0 ? 0ULL - (unsigned long long)value : (unsigned long long)value;
+    do {
+        tmp[n++] = (char)('0' + v % 10);
+        v /= 10;
+    } while (v != 0);
+    int len = 0;
+    if (value < 0)
+        out[len++] = '-';
+    while (n > 0)
+        out[len++] = tmp[--n];
+    return len;
+}
+
 static PyObject *
 encode_event(const unsigned char *p, Py_ssize_t n, Py_ssize_t extra, long long off,
              const char *ts, Py_ssize_t ts_len)
 {
     char digits[24];
-    int nd = snprintf(digits, sizeof digits, "%lld", off);
+    int nd = format_decimal(digits, off);
     Py_ssize_t size = LEN(PREFIX) + nd + LEN(MID_TS) + ts_len + LEN(MID_LINE) + n + extra + LEN(SUFFIX);
     PyObject *out = PyBytes_FromStringAndSize(NULL, size);
     if (out == NULL)
@@ -173,8 +192,11 @@ encode_lines(PyObject *self, PyObject *args)
     const unsigned char *stop = data + joined.len;
     Py_ssize_t nflag = PyList_GET_SIZE(flagged), fi = 0, next_flag = PY_SSIZE_T_MAX;
 
-    events = PyList_New(0);
-    offs = PyList_New(0);
+    Py_ssize_t count = 1;  /* lines: one more than the newlines */
+    for (const unsigned char *p = data; (p = memchr(p, '\n', (size_t)(stop - p))) != NULL; p++)
+        count++;
+    events = PyList_New(count);
+    offs = PyList_New(count);
     slow = PyList_New(0);
     controls = PyList_New(0);
     if (events == NULL || offs == NULL || slow == NULL || controls == NULL)
@@ -204,11 +226,9 @@ encode_lines(PyObject *self, PyObject *args)
         }
         long long off = first_off + (long long)start;
         PyObject *o = PyLong_FromLongLong(off);
-        if (o == NULL || PyList_Append(offs, o) < 0) {
-            Py_XDECREF(o);
+        if (o == NULL)
             goto done;
-        }
-        Py_DECREF(o);
+        PyList_SET_ITEM(offs, index, o);  /* a list's unset items are NULL: safe to free on error */
         Py_ssize_t extra = 0;
         PyObject *event = NULL;
         int kind = scan_line(line, end, max_chars, &extra);
@@ -225,11 +245,7 @@ encode_lines(PyObject *self, PyObject *args)
             Py_DECREF(i);
             event = Py_NewRef(Py_None);
         }
-        if (PyList_Append(events, event) < 0) {
-            Py_DECREF(event);
-            goto done;
-        }
-        Py_DECREF(event);
+        PyList_SET_ITEM(events, index, event);
         index++;
         if (nl == NULL)
             break;
