@@ -35,6 +35,8 @@ from bench_bigjob import (  # noqa: E402
     finalize,
     ingest,
     interleave,
+    settled,
+    staging_count,
     stream_batches,
 )
 from machine_info import write_results  # noqa: E402
@@ -55,21 +57,6 @@ async def finalize_ops(session: aiohttp.ClientSession, urls: list[str]) -> dict[
                 op = line.split('op="', 1)[1].split('"', 1)[0]
                 out[op] = out.get(op, 0.0) + float(line.rsplit(" ", 1)[1])
     return out
-
-
-def staging_count(root: Path) -> int:
-    """Staged batches and compacted objects under a local store's job folder (while compactions delete)."""
-    return sum(1 for f in root.glob("*/_staging/*/*/*.json") if f.name.startswith(("b-", "c-")))
-
-
-async def settled(root: Path, streams: int, seconds: float = 120.0) -> float:
-    """Seconds until staging holds one object per stream (compactions done), at most `seconds`."""
-    t0 = time.perf_counter()
-    while time.perf_counter() - t0 < seconds:
-        if staging_count(root) <= streams:
-            break
-        await asyncio.sleep(0.1)
-    return time.perf_counter() - t0
 
 
 async def run(args: argparse.Namespace, nbatches: int, workdir: Path) -> dict[str, Any]:
