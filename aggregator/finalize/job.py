@@ -13,7 +13,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from typing import TypeVar
 
@@ -31,7 +31,7 @@ from aggregator.artifacts import (
 )
 from aggregator.config import AggregatorConfig
 from aggregator.errors import JobNotFound, StoreError
-from aggregator.fanout import cpu_work, run_bounded, run_weighted
+from aggregator.fanout import Budget, cpu_work, run_bounded, run_weighted
 from aggregator.finalize.lock import JobLock
 from aggregator.finalize.manifest import decode_manifest, encode_manifest, first_free_seqs
 from aggregator.finalize.streams import EVENT_BYTES, Overtaken, StagedStream, StagingReader, group_staged
@@ -57,6 +57,18 @@ FINALIZE_CACHE_ENTRIES = 200_000
 #: Staged batches (or the batches a compacted object covers: about as many events) in memory at once,
 #: across the streams read together: a stream of 100 full batches does not read beside 15 others.
 FINALIZE_READ_WEIGHT = 256
+
+
+@dataclass(slots=True)
+class FinalizeBudget:
+    """What every finalize on a replica shares (`app.py` makes one; `finalize_job` without one makes its
+    own): the staged batches' worth of streams read at once (`FINALIZE_READ_WEIGHT`), which background
+    compactions draw on too, and the retained entries cached between the passes
+    (`FINALIZE_CACHE_ENTRIES`). So four finalizes at once hold about what one alone may."""
+
+    reads: Budget = field(default_factory=lambda: Budget(FINALIZE_READ_WEIGHT))
+    cache: Budget = field(default_factory=lambda: Budget(FINALIZE_CACHE_ENTRIES))
+
 
 def _not_found(job_id: str) -> JobNotFound:
     return JobNotFound(f"nothing is stored for job {job_id}")
@@ -94,10 +106,9 @@ def summarize_stream(state: StreamState, cfg: AggregatorConfig) -> tuple[list[En
 
 
 async def scan_streams(reader: StagingReader, job_id: str, keys: list[str], cfg: AggregatorConfig,
-                       ) -> dict[tuple[str, str], Scanned]:
-    """Pass one: read (and compact) each stream, keep its summary; keep its entries while they fit
-    `FINALIZE_CACHE_ENTRIES` in all, else pass two reads the stream again."""
-    room = [FINALIZE_CACHE_ENTRIES]
+                       budget: FinalizeBudget, cached: list[int]) -> dict[tuple[str, str], Scanned]:
+    """Pass one: read (and compact) each stream, keep its summary; keep its entries while the budget's
+    cache has room (`cached[0]` counts what this finalize took of it), else pass two reads it again."""
 
     async def scan(stream: StagedStream) -> tuple[tuple[str, str], Scanned] | None:
         loaded = await reader.load_stream(stream)
@@ -105,14 +116,15 @@ async def scan_streams(reader: StagingReader, job_id: str, keys: list[str], cfg:
             return None
         state = loaded.state
         entries, summary = await cpu_work(len(state.events) * EVENT_BYTES, summarize_stream, state, cfg)
-        keep = len(entries) <= room[0]
+        keep = budget.cache.try_take(len(entries))
         if keep:
-            room[0] -= len(entries)
+            cached[0] += len(entries)
         return (stream.pod, stream.container), Scanned(summary, loaded.sources, entries if keep else None,
                                                       loaded.redundant, stream.weight())
 
     streams = group_staged(job_id, keys).values()
-    found = await run_weighted(FINALIZE_READ_WEIGHT, ((s.weight(), partial(scan, s)) for s in streams))
+    found = await run_weighted(FINALIZE_READ_WEIGHT, ((s.weight(), partial(scan, s)) for s in streams),
+                               budget.reads)
     return dict(f for f in found if f is not None)
 
 
@@ -136,7 +148,7 @@ def weighted_windows(items: list[T], weight: Callable[[T], int], capacity: int, 
 
 async def write_phase(store: Store, reader: StagingReader, cfg: AggregatorConfig, job_id: str, phase: str,
                       members: list[StreamSummary], scanned: Mapping[tuple[str, str], Scanned],
-                      first_seq: int) -> int:
+                      first_seq: int, budget: Budget) -> int:
     """Pass two for one phase: its streams' entries in plan order, `read_concurrency` streams at a time,
     its chunks written as they fill. The number of chunks written."""
 
@@ -156,17 +168,21 @@ async def write_phase(store: Store, reader: StagingReader, cfg: AggregatorConfig
 
     chunker = Chunker(cfg.chunk_events)
     seq = first_seq
-    windows = weighted_windows(members, lambda s: scanned[(s.pod, s.container)].weight, FINALIZE_READ_WEIGHT,
+    windows = weighted_windows(members, lambda s: scanned[(s.pod, s.container)].weight, budget.capacity,
                                cfg.read_concurrency)
     for n, part in enumerate(windows, 1):
-        loaded = await run_bounded(cfg.read_concurrency, (partial(entries_of, s) for s in part))
-        chunks = [c for s, entries in zip(part, loaded, strict=True) for c in chunker.add(s, entries)]
-        if n == len(windows):
-            chunks += chunker.flush()
-        writes = [(chunk_key(job_id, phase, seq + i), chunk_body(job_id, phase, seq + i, c))
-                  for i, c in enumerate(chunks)]
-        seq += len(chunks)
-        await run_bounded(cfg.read_concurrency, (partial(store.put, k, b) for k, b in writes))
+        uncached = sum(scanned[(s.pod, s.container)].weight for s in part
+                       if scanned[(s.pod, s.container)].entries is None)
+        async with budget.hold(uncached):  # what the window's re-read streams hold, until their chunks are out
+            loaded = await run_bounded(cfg.read_concurrency, (partial(entries_of, s) for s in part))
+            chunks = [c for s, entries in zip(part, loaded, strict=True) for c in chunker.add(s, entries)]
+            if n == len(windows):
+                chunks += chunker.flush()
+            writes = [(chunk_key(job_id, phase, seq + i), chunk_body(job_id, phase, seq + i, c))
+                      for i, c in enumerate(chunks)]
+            seq += len(chunks)
+            del loaded, chunks
+            await run_bounded(cfg.read_concurrency, (partial(store.put, k, b) for k, b in writes))
     return seq - first_seq
 
 
@@ -184,15 +200,27 @@ async def clean_staging(store: Store, cfg: AggregatorConfig, job_id: str, scanne
 
 
 async def finalize_job(store: Store, cfg: AggregatorConfig, job_id: str, *, wait_seconds: float,
-                       existing_last_output: Mapping[str, str]) -> bytes:
-    """Build and write the job's artifacts; the summary.json bytes (the response body)."""
+                       existing_last_output: Mapping[str, str], budget: FinalizeBudget | None = None) -> bytes:
+    """Build and write the job's artifacts; the summary.json bytes (the response body). `budget`: the
+    replica's, shared with its other finalizes (else this finalize's own)."""
+    budget = budget or FinalizeBudget()
+    cached = [0]
+    try:
+        return await _finalize_job(store, cfg, job_id, wait_seconds, existing_last_output, budget, cached)
+    finally:
+        budget.cache.give(cached[0])
+
+
+async def _finalize_job(store: Store, cfg: AggregatorConfig, job_id: str, wait_seconds: float,
+                        existing_last_output: Mapping[str, str], budget: FinalizeBudget, cached: list[int]) -> bytes:
     await wait_for_eof(store, job_id, wait_seconds, cfg.poll_seconds)
     async with JobLock(store, job_id, ttl=cfg.lock_ttl, wait=cfg.lock_wait, poll=cfg.poll_seconds,
                        renew=cfg.lock_renew):
         listed = await store.list_keys(logs_prefix(job_id))
         old_ours = decode_manifest(await store.get(manifest_key(job_id)))
         reader = StagingReader(store, job_id, cfg.read_concurrency)
-        scanned = await scan_streams(reader, job_id, await store.list_keys(staging_prefix(job_id)), cfg)
+        scanned = await scan_streams(reader, job_id, await store.list_keys(staging_prefix(job_id)), cfg, budget,
+                                     cached)
         if not scanned:
             raise _not_found(job_id)
         plan = plan_artifacts((s.summary for s in scanned.values()), phase_table=cfg.phase_table,
@@ -204,7 +232,8 @@ async def finalize_job(store: Store, cfg: AggregatorConfig, job_id: str, *, wait
             # Before any chunk exists under its name, the manifest claims it (and still every old one).
             await store.put(manifest_key(job_id), encode_manifest(old_ours | new_ours))
         for phase, members in plan.members.items():
-            written = await write_phase(store, reader, cfg, job_id, phase, members, scanned, first.get(phase, 0))
+            written = await write_phase(store, reader, cfg, job_id, phase, members, scanned, first.get(phase, 0),
+                                        budget.reads)
             if written != plan.steps[phase]["chunks"]:
                 raise StoreError(f"staging changed during finalize: {phase} has {written} chunks, not "
                                  f"{plan.steps[phase]['chunks']}")
