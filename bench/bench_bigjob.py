@@ -380,6 +380,43 @@ def markdown(rows: list[dict[str, Any]]) -> str:
     return "\n".join(out) + "\n"
 
 
+async def run_together(shape: str, args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
+    """`--together N`: N jobs of the shape staged (`--direct`, else over HTTP to both replicas), then their
+    N finalizes sent at once to replica A: each one's seconds and A's peak RSS (a fresh process)."""
+    jobs = [f"elb-{shape}-{k}-{uuid.uuid4().hex[:6]}" for k in range(args.together)]
+    specs = shape_streams(shape, args)
+    phases = shape_phases(specs)
+    root = workdir / f"store-together-{shape}-{uuid.uuid4().hex[:4]}"
+    direct = shape in args.direct.split(",")
+    if direct:
+        for job_id in jobs:
+            await direct_ingest(root, job_id, specs)
+    procs = [AggregatorProc(port=free_port(), env=aggregator_env(f"file://{root}", {"BLAST_LOGS_LOG_LEVEL": "WARNING"}),
+                            log_path=workdir / f"together-{shape}-{i}.log") for i in range(2)]
+    for p in procs:
+        p.start()
+    try:
+        async with aiohttp.ClientSession(timeout=HTTP_TIMEOUT) as session:
+            urls = [p.url for p in procs]
+            if not direct:
+                for job_id in jobs:
+                    await ingest(session, urls, job_id, shape_bodies(shape, job_id, args)[0], args.senders)
+                for job_id in jobs:
+                    await settled(root / job_id, len(specs), args.settle)
+            a_pid = procs[0].proc.pid if procs[0].proc else None
+            before = vm_hwm_mib(a_pid)
+            t0 = time.perf_counter()
+            answers = await asyncio.gather(*(finalize(session, urls[0], job_id, phases) for job_id in jobs))
+            wall = time.perf_counter() - t0
+            rss = vm_hwm_mib(a_pid)
+    finally:
+        for p in procs:
+            p.stop()
+    return {"shape": shape, "together": len(jobs), "ingest": "direct" if direct else "http", "streams": len(specs),
+            "lines": phases["running"], "finalize_s": [round(a[0], 2) for a in answers], "wall_s": round(wall, 2),
+            "peak_rss_mib_before": round(before, 1), "peak_rss_mib": round(rss, 1), "loadavg": os.getloadavg()}
+
+
 async def check_direct(shape: str, args: argparse.Namespace, workdir: Path) -> str:
     """The staging HTTP ingest leaves once its compactions settled, against `direct_ingest`'s, for one
     job id: whether every staged object is the same, byte for byte."""
@@ -409,6 +446,11 @@ async def main_async(args: argparse.Namespace) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="bench-bigjob-") as tmp:
         workdir = Path(tmp)
+        if args.together:
+            for shape in args.shapes.split(","):
+                rows.append(await run_together(shape, args, workdir))
+                print(rows[-1], flush=True)
+            return rows
         if args.check_direct:
             for shape in args.shapes.split(","):
                 print(await check_direct(shape, args, workdir), flush=True)
@@ -446,6 +488,8 @@ def main() -> int:
     ap.add_argument("--senders", type=int, default=16)
     ap.add_argument("--direct", default="", help="shapes whose staging is written straight into the local store "
                     "as settled ingest-side compaction leaves it (no HTTP; see `settled_object`)")
+    ap.add_argument("--together", type=int, default=0,
+                    help="instead: this many jobs of each shape finalized at once on replica A (its peak RSS)")
     ap.add_argument("--check-direct", action="store_true",
                     help="only compare, per shape, HTTP ingest's settled staging with --direct's, byte for byte")
     ap.add_argument("--settle", type=float, default=0.0,
@@ -455,8 +499,9 @@ def main() -> int:
     args = ap.parse_args()
     started = time.time()
     rows = asyncio.run(main_async(args))
-    print()
-    print(markdown(rows), end="")
+    if not args.together and not args.check_direct:
+        print()
+        print(markdown(rows), end="")
     write_results(RESULTS, "bigjob", vars(args), rows, started)
     return 0
 
