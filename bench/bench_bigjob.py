@@ -54,7 +54,8 @@ from aggregator.artifacts import merge_states, state_of_batch  # noqa: E402
 from aggregator.auth import job_token  # noqa: E402
 from aggregator.ingest import parse_batch  # noqa: E402
 from aggregator.staging import encode_batch, encode_compacted  # noqa: E402
-from aggregator.storage.layout import batch_key, compact_key  # noqa: E402
+from aggregator.storage import open_store  # noqa: E402
+from aggregator.storage.layout import batch_key, compact_key, parse_staged_key, staging_prefix  # noqa: E402
 from aggregator.storage.local import LocalStore  # noqa: E402
 from tests.conftest import (  # noqa: E402
     TEST_ADMIN_TOKEN,
@@ -112,7 +113,7 @@ Spec = tuple[str, str, int, int, float]  # pod, container, lines, lines per batc
 
 def shape_streams(shape: str, args: argparse.Namespace) -> list[Spec]:
     if shape == "typical":
-        return [(f"typ-{p}", c, 50, 1, 0.5) for p in range(args.typical_pods) for c in CONTAINERS]
+        return [(f"typ-{p}", c, args.typical_lines, 1, 0.5) for p in range(args.typical_pods) for c in CONTAINERS]
     if shape == "chatty":
         return [(f"chat-{p}", c, args.chatty_lines, 2, 1.0) for p in range(args.chatty_pods) for c in CONTAINERS]
     if shape == "flood":
@@ -175,6 +176,25 @@ def staged_files(root: Path) -> list[Path]:
 def staging_count(root: Path) -> int:
     """Staged batches and compacted objects under a local store's job folder (while compactions delete)."""
     return len(staged_files(root))
+
+
+async def settled_remote(url: str, env: dict[str, str], job_id: str, streams: int,
+                         seconds: float) -> tuple[int, float]:
+    """`settled` for a store reached by URL (Azurite): staged objects at the start, seconds until one per
+    stream is left (at most `seconds`)."""
+    store = open_store(url, azure_connection_string=env.get("BLAST_LOGS_AZURE_CONNECTION_STRING"))
+    try:
+        t0 = time.perf_counter()
+        first = -1
+        while True:
+            keys = await store.list_keys(staging_prefix(job_id))
+            n = sum(1 for k in keys if parse_staged_key(job_id, k) is not None)
+            first = n if first < 0 else first
+            if n <= streams or time.perf_counter() - t0 >= seconds:
+                return first, time.perf_counter() - t0
+            await asyncio.sleep(1.0)
+    finally:
+        await store.close()
 
 
 def staging_tree(root: Path) -> dict[str, bytes]:
@@ -317,7 +337,10 @@ async def run_shape(shape: str, args: argparse.Namespace, workdir: Path, store_u
                 ingest_s = await ingest(session, urls, job_id, bodies, args.senders)
                 del bodies
             at_end = staging_count(root / job_id) if store_url is None else requests
-            settle_s = await settled(root / job_id, len(specs), args.settle) if store_url is None else 0.0
+            if store_url is None:
+                settle_s = await settled(root / job_id, len(specs), args.settle)
+            else:
+                at_end, settle_s = await settled_remote(url, (extra_env or {}), job_id, len(specs), args.settle)
             before = tree_stats(root / job_id) if store_url is None else (requests, 0, requests)
             busy, stop = Busy(), asyncio.Event()
             probe_task = asyncio.create_task(probe(session, urls[0], f"probe-{job_id}", stop, busy))
@@ -455,7 +478,7 @@ async def main_async(args: argparse.Namespace) -> list[dict[str, Any]]:
             for shape in args.shapes.split(","):
                 print(await check_direct(shape, args, workdir), flush=True)
             return rows
-        for shape in args.shapes.split(","):
+        for shape in [] if args.azurite_only else args.shapes.split(","):
             rows.append(await run_shape(shape, args, workdir))
             print(markdown(rows[-1:]).splitlines()[-1], flush=True)
         if args.azurite_typical_pods:
@@ -466,7 +489,8 @@ async def main_async(args: argparse.Namespace) -> list[dict[str, Any]]:
                 azurite = Azurite(binary, free_port(), workdir / "azurite")
                 azurite.start()
                 try:
-                    small = argparse.Namespace(**{**vars(args), "typical_pods": args.azurite_typical_pods})
+                    small = argparse.Namespace(**{**vars(args), "typical_pods": args.azurite_typical_pods,
+                                                  "typical_lines": args.azurite_typical_lines, "direct": ""})
                     container = "bigjob" + uuid.uuid4().hex[:8]
                     rows.append(await run_shape("typical", small, workdir, f"azure://{container}",
                                                 {"BLAST_LOGS_AZURE_CONNECTION_STRING": azurite.connection_string}))
@@ -484,7 +508,10 @@ def main() -> int:
     ap.add_argument("--flood-pods", type=int, default=100)
     ap.add_argument("--flood-lines", type=int, default=1_000_000)
     ap.add_argument("--wide-streams", type=int, default=20_000)
+    ap.add_argument("--typical-lines", type=int, default=50, help="lines (and batches) per typical stream")
     ap.add_argument("--azurite-typical-pods", type=int, default=0)
+    ap.add_argument("--azurite-typical-lines", type=int, default=50)
+    ap.add_argument("--azurite-only", action="store_true", help="skip the local-store shapes")
     ap.add_argument("--senders", type=int, default=16)
     ap.add_argument("--direct", default="", help="shapes whose staging is written straight into the local store "
                     "as settled ingest-side compaction leaves it (no HTTP; see `settled_object`)")

@@ -57,6 +57,10 @@ FINALIZE_CACHE_ENTRIES = 200_000
 #: Staged batches (or the batches a compacted object covers: about as many events) in memory at once,
 #: across the streams read together: a stream of 100 full batches does not read beside 15 others.
 FINALIZE_READ_WEIGHT = 256
+#: What a finalize's per-stream bookkeeping (a staging key, a summary) costs, in `cpu_work`'s bytes: a
+#: job of thousands of streams lists, groups, plans and summarises in a worker thread, off the loop
+#: (20,000 streams: 50-200 ms each, which other jobs' ingests would otherwise wait out).
+KEY_BYTES = 100
 
 
 @dataclass(slots=True)
@@ -78,7 +82,8 @@ async def wait_for_eof(store: Store, job_id: str, wait_seconds: float, poll: flo
     """Poll staging until every known stream has an eof object or time is up; the streams' states."""
     deadline = time.monotonic() + wait_seconds
     while True:
-        states = stream_states(job_id, await store.list_keys(staging_prefix(job_id)))
+        keys = await store.list_keys(staging_prefix(job_id))
+        states = await cpu_work(len(keys) * KEY_BYTES, stream_states, job_id, keys)
         if not states:
             raise _not_found(job_id)
         left = deadline - time.monotonic()
@@ -122,7 +127,7 @@ async def scan_streams(reader: StagingReader, job_id: str, keys: list[str], cfg:
         return (stream.pod, stream.container), Scanned(summary, loaded.sources, entries if keep else None,
                                                       loaded.redundant, stream.weight())
 
-    streams = group_staged(job_id, keys).values()
+    streams = (await cpu_work(len(keys) * KEY_BYTES, group_staged, job_id, keys)).values()
     found = await run_weighted(FINALIZE_READ_WEIGHT, ((s.weight(), partial(scan, s)) for s in streams),
                                budget.reads)
     return dict(f for f in found if f is not None)
@@ -168,8 +173,8 @@ async def write_phase(store: Store, reader: StagingReader, cfg: AggregatorConfig
 
     chunker = Chunker(cfg.chunk_events)
     seq = first_seq
-    windows = weighted_windows(members, lambda s: scanned[(s.pod, s.container)].weight, budget.capacity,
-                               cfg.read_concurrency)
+    windows = await cpu_work(len(members) * KEY_BYTES, weighted_windows, members,
+                             lambda s: scanned[(s.pod, s.container)].weight, budget.capacity, cfg.read_concurrency)
     for n, part in enumerate(windows, 1):
         uncached = sum(scanned[(s.pod, s.container)].weight for s in part
                        if scanned[(s.pod, s.container)].entries is None)
@@ -223,8 +228,9 @@ async def _finalize_job(store: Store, cfg: AggregatorConfig, job_id: str, wait_s
                                      cached)
         if not scanned:
             raise _not_found(job_id)
-        plan = plan_artifacts((s.summary for s in scanned.values()), phase_table=cfg.phase_table,
-                              chunk_events=cfg.chunk_events)
+        plan = await cpu_work(len(scanned) * KEY_BYTES, partial(
+            plan_artifacts, [s.summary for s in scanned.values()], phase_table=cfg.phase_table,
+            chunk_events=cfg.chunk_events))
         first = first_free_seqs(job_id, listed, old_ours)
         new_ours = {chunk_key(job_id, phase, first.get(phase, 0) + i)
                     for phase, step in plan.steps.items() for i in range(step["chunks"])}
@@ -241,7 +247,7 @@ async def _finalize_job(store: Store, cfg: AggregatorConfig, job_id: str, wait_s
         await run_bounded(cfg.read_concurrency, (partial(store.delete, k) for k in stale))
         if new_ours != old_ours:
             await store.put(manifest_key(job_id), encode_manifest(new_ours))
-        summary = summary_body({
+        summary = await cpu_work(len(scanned) * KEY_BYTES, summary_body, {
             "job_id": job_id,
             "complete": plan.complete,
             "incomplete_streams": plan.incomplete_streams,
