@@ -12,7 +12,7 @@ from typing import Any
 
 import orjson
 
-from aggregator.artifacts import StreamState
+from aggregator.artifacts import Gap, StreamState
 from aggregator.checks import events_of_columns, is_int, is_nonneg_int, valid_columns
 from aggregator.model import Dropped, StoredBatch
 from blastlogs.protocol import valid_job_id, valid_k8s_name, valid_phase
@@ -90,8 +90,15 @@ class Compacted:
     covers: frozenset[str]
 
 
+#: A compacted object of more events than this has one event per line (still one JSON document), so a
+#: finalize reads its first and last lines without decoding the rest (`decode_compacted_ends`).
+SPLIT_EVENTS = 10_000
+_EVENTS_LINES = b'"events":[\n'
+COUNT_STEP = 1 << 20
+
+
 def encode_compacted(job_id: str, state: StreamState, covers: Iterable[str]) -> bytes:
-    return orjson.dumps({
+    head = {
         "v": STAGING_VERSION,
         "kind": "stream",
         "job_id": job_id,
@@ -104,8 +111,55 @@ def encode_compacted(job_id: str, state: StreamState, covers: Iterable[str]) -> 
         # (off, seq, lines, bytes), and `false` after them for an inexact report (exact ones keep
         # the bytes they had before inexact reports existed)
         "drops": [list(d[:4]) if d[4] else list(d) for d in state.drops],
-        "events": state.events,  # (off, ts, seq, line)
-    })
+    }
+    if len(state.events) <= SPLIT_EVENTS:
+        return orjson.dumps({**head, "events": state.events})  # (off, ts, seq, line)
+    # A JSON string never holds a raw newline: the lines between `[` and `]` are exactly the events.
+    return b"".join((orjson.dumps(head)[:-1], b",", _EVENTS_LINES, b",\n".join(map(orjson.dumps, state.events)),
+                     b"\n]}"))
+
+
+@dataclass(frozen=True, slots=True)
+class CompactedEnds:
+    """A big compacted stream as finalize needs it: its state with only its `head` first and `tail` last
+    events, what it left out (`gap`), and the batch names it covers."""
+
+    job_id: str
+    state: StreamState
+    gap: Gap
+    covers: frozenset[str]
+
+
+def decode_compacted_ends(data: bytes, head: int, tail: int) -> CompactedEnds | None:
+    """The compacted stream's ends, decoding only those lines; None when it is not one event per line
+    (`SPLIT_EVENTS`) or holds no more than `head + tail` events (decode it all). ValueError as
+    `decode_compacted`."""
+    split = data.find(_EVENTS_LINES)
+    end = len(data) - 3
+    if split < 0 or data[end:] != b"\n]}":
+        return None
+    start = split + len(_EVENTS_LINES)
+    # counted a slice at a time: one `count` over 100 MB would hold the GIL, and the event loop, for ~50 ms
+    count = 1 + sum(data.count(b"\n", i, min(i + COUNT_STEP, end)) for i in range(start, end, COUNT_STEP))
+    if count <= head + tail:
+        return None
+    first: list[bytes] = []
+    pos = start
+    for _ in range(head + 1):  # and the first left out
+        nl = data.index(b"\n", pos)
+        first.append(data[pos:nl].rstrip(b","))  # an event is an array: only its comma ends in ","
+        pos = nl + 1
+    last: list[bytes] = []
+    pos = end
+    for _ in range(tail):
+        nl = data.rindex(b"\n", start - 1, pos)
+        last.append(data[nl + 1:pos].rstrip(b","))
+        pos = nl
+    c = decode_compacted(b"".join((data[:split], b'"events":[', b",".join(first + last[::-1]), b"]}")))
+    events = c.state.events
+    gap = Gap(head, count - head - tail, events[head][0])
+    del events[head]
+    return CompactedEnds(c.job_id, c.state, gap, c.covers)
 
 
 def decode_compacted(data: bytes) -> Compacted:

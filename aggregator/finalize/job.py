@@ -20,6 +20,7 @@ from typing import TypeVar
 from aggregator.artifacts import (
     Chunker,
     Entry,
+    Gap,
     StreamState,
     StreamSummary,
     chunk_body,
@@ -104,9 +105,9 @@ class Scanned:
     weight: int
 
 
-def summarize_stream(state: StreamState, cfg: AggregatorConfig) -> tuple[list[Entry], StreamSummary]:
+def summarize_stream(state: StreamState, cfg: AggregatorConfig, gap: Gap | None) -> tuple[list[Entry], StreamSummary]:
     """A stream's retained entries and its summary (pure, CPU: may run in a thread)."""
-    entries, marked = retained_entries(state, cfg.head_lines, cfg.tail_lines)
+    entries, marked = retained_entries(state, cfg.head_lines, cfg.tail_lines, gap)
     return entries, summarize(state, entries, marked)
 
 
@@ -116,11 +117,11 @@ async def scan_streams(reader: StagingReader, job_id: str, keys: list[str], cfg:
     cache has room (`cached[0]` counts what this finalize took of it), else pass two reads it again."""
 
     async def scan(stream: StagedStream) -> tuple[tuple[str, str], Scanned] | None:
-        loaded = await reader.load_stream(stream)
+        loaded = await reader.load_stream(stream, ends=(cfg.head_lines, cfg.tail_lines))
         if loaded is None:
             return None
         state = loaded.state
-        entries, summary = await cpu_work(len(state.events) * EVENT_BYTES, summarize_stream, state, cfg)
+        entries, summary = await cpu_work(len(state.events) * EVENT_BYTES, summarize_stream, state, cfg, loaded.gap)
         keep = budget.cache.try_take(len(entries))
         if keep:
             cached[0] += len(entries)
@@ -161,15 +162,17 @@ async def write_phase(store: Store, reader: StagingReader, cfg: AggregatorConfig
         found = scanned[(s.pod, s.container)]
         if found.entries is not None:
             return found.entries
+        ends = (cfg.head_lines, cfg.tail_lines)
         try:
-            state = await reader.reload(found.sources)
+            got = await reader.reload(found.sources, ends)
         except Overtaken:  # an ingest-side compaction replaced them: what covers them is listed now
-            again = await reader.load_stream(await reader.relist(s.pod, s.container))
-            state = None if again is None else again.state
-        if state is None:
+            again = await reader.load_stream(await reader.relist(s.pod, s.container), ends=ends)
+            got = None if again is None else (again.state, again.gap)
+        if got is None:
             raise StoreError(f"staging of {s.pod}/{s.container} vanished during finalize")
+        state, gap = got
         return (await cpu_work(len(state.events) * EVENT_BYTES, retained_entries, state, cfg.head_lines,
-                               cfg.tail_lines))[0]
+                               cfg.tail_lines, gap))[0]
 
     chunker = Chunker(cfg.chunk_events)
     seq = first_seq

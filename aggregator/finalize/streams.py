@@ -17,10 +17,10 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import TypeVar
 
-from aggregator.artifacts import StreamState, merge_states, state_of_batch
+from aggregator.artifacts import Gap, StreamState, merge_states, state_of_batch
 from aggregator.errors import StoreError
 from aggregator.fanout import cpu_work, run_bounded
-from aggregator.staging import decode_batch, decode_compacted, encode_compacted
+from aggregator.staging import decode_batch, decode_compacted, decode_compacted_ends, encode_compacted
 from aggregator.storage import Store
 from aggregator.storage.layout import StagedKey, compact_key, parse_staged_key, stream_prefix
 
@@ -83,6 +83,23 @@ class Loaded:
     sources: list[str]
     #: Staged objects the stream's compacted object makes redundant (deleted after a finalize).
     redundant: list[str]
+    #: When `state` holds only the stream's ends (`Ends`): what it left out.
+    gap: Gap | None = None
+
+
+#: A finalize's head and tail retention: a big compacted object is then read for its ends alone.
+Ends = tuple[int, int]
+Found = tuple[StreamState, frozenset[str], Gap | None]
+
+
+def _decode_compacted(ends: Ends | None, data: bytes) -> tuple[str, Found]:
+    """A compacted object's job id, state, covers, and (read for its `ends` alone) what it left out."""
+    if ends is not None:
+        e = decode_compacted_ends(data, *ends)
+        if e is not None:
+            return e.job_id, (e.state, e.covers, e.gap)
+    c = decode_compacted(data)
+    return c.job_id, (c.state, c.covers, None)
 
 
 async def _gone_as_none(read: Awaitable[T | None]) -> T | None:
@@ -120,22 +137,27 @@ class StagingReader:
         batch = await self._read(key, decode_batch, "staged batch")
         return state_of_batch(batch) if batch is not None and batch.job_id == self.job_id else None
 
-    async def _compacted(self, key: str) -> tuple[StreamState, frozenset[str]] | None:
-        c = await self._read(key, decode_compacted, "compacted stream")
-        return (c.state, c.covers) if c is not None and c.job_id == self.job_id else None
+    async def _compacted(self, key: str, ends: Ends | None = None) -> Found | None:
+        c = await self._read(key, partial(_decode_compacted, ends), "compacted stream")
+        return c[1] if c is not None and c[0] == self.job_id else None
 
-    async def load(self, stream: StagedStream, *, compact: bool = True) -> Loaded | None:
+    async def load(self, stream: StagedStream, *, compact: bool = True, ends: Ends | None = None) -> Loaded | None:
         """The stream's merged state, the keys it now comes from (after compacting, just one), and what
         that compacted object makes redundant; `Overtaken` when a listed object is gone (`load_stream`
         lists again). Readers pass `compact=False` (a gone object is skipped): only a finalize or an
         ingest-side compaction may write a compacted object (cleanup relies on compactions only growing,
-        so never from a partial read)."""
+        so never from a partial read). A finalize passes its retention as `ends`: a big compacted object
+        that covers every listed batch is then read for those ends alone (`Loaded.gap`)."""
         best = stream.best()
         states: list[StreamState] = []
         covers: frozenset[str] = frozenset()
         sources: list[str] = []
         if best is not None:
-            found = await (self._compacted(best) if compact else _gone_as_none(self._compacted(best)))
+            found = await (self._compacted(best, ends) if compact else _gone_as_none(self._compacted(best)))
+            if found is not None and found[2] is not None:
+                if not [n for n in stream.batches if n not in found[1]]:
+                    return Loaded(found[0], [best], self._redundant(stream, found[1], best), found[2])
+                found = await self._compacted(best)  # batches to merge into it: every event is needed
             if found is not None:
                 states.append(found[0])
                 covers = found[1]
@@ -163,17 +185,22 @@ class StagingReader:
             sources = [key]
         if len(sources) != 1 or sources[0] in stream.batches.values():
             return Loaded(state, sources, [])
-        # Compactions of a stream only grow (each starts from the largest), so the others are older.
-        redundant = [stream.batches[n] for n in sorted(covers) if n in stream.batches]
-        redundant += sorted(k for _, k in stream.compacted if k != sources[0])
-        return Loaded(state, sources, redundant)
+        return Loaded(state, sources, self._redundant(stream, covers, sources[0]))
 
-    async def load_stream(self, stream: StagedStream, *, compact: bool = True) -> Loaded | None:
+    @staticmethod
+    def _redundant(stream: StagedStream, covers: frozenset[str], kept: str) -> list[str]:
+        """What the stream's compacted object `kept`, covering `covers`, makes redundant. Compactions of a
+        stream only grow (each starts from the largest), so the other compacted objects are older."""
+        redundant = [stream.batches[n] for n in sorted(covers) if n in stream.batches]
+        return redundant + sorted(k for _, k in stream.compacted if k != kept)
+
+    async def load_stream(self, stream: StagedStream, *, compact: bool = True,
+                          ends: Ends | None = None) -> Loaded | None:
         """`load`, listing the stream again while a listed object is gone: what covers it was written
         before it was deleted, so the new listing has it (`RELIST_TRIES` at most, then StoreError)."""
         for _ in range(RELIST_TRIES):
             try:
-                return await self.load(stream, compact=compact)
+                return await self.load(stream, compact=compact, ends=ends)
             except Overtaken:
                 stream = await self.relist(stream.pod, stream.container)
         raise StoreError(f"staging of {stream.pod}/{stream.container} kept changing while read")
@@ -183,14 +210,19 @@ class StagingReader:
         keys = await self.store.list_keys(stream_prefix(self.job_id, pod, container))
         return group_staged(self.job_id, keys).get((pod, container), StagedStream(pod, container))
 
-    async def reload(self, sources: list[str]) -> StreamState | None:
-        """The state of a stream from the keys `load` gave (pass two of a finalize); `Overtaken` when one
-        of them is gone."""
+    async def reload(self, sources: list[str], ends: Ends | None = None) -> tuple[StreamState, Gap | None] | None:
+        """The state of a stream from the keys `load` gave (pass two of a finalize), and what it left out
+        when it is a big compacted object read for its `ends`; `Overtaken` when one of them is gone."""
+        if len(sources) == 1 and ends is not None:
+            staged = parse_staged_key(self.job_id, sources[0])
+            if staged is not None and staged.compacted:
+                found = await self._compacted(sources[0], ends)
+                return None if found is None else (found[0], found[2])
         read = await run_bounded(self.concurrency, [partial(self._load_any, k) for k in sources])
         states = [s for s in read if s is not None]
         if not states:
             return None
-        return await cpu_work(sum(len(s.events) for s in states) * EVENT_BYTES, merge_states, states)
+        return await cpu_work(sum(len(s.events) for s in states) * EVENT_BYTES, merge_states, states), None
 
     async def _load_any(self, key: str) -> StreamState | None:
         staged = parse_staged_key(self.job_id, key)
