@@ -102,7 +102,7 @@ class Compactor:
         reader = StagingReader(store, job_id, COMPACT_READS)
         listed = await reader.relist(pod, container)
         async with self.budget.hold(listed.weight()):  # a flood stream is not merged beside another
-            loaded = await reader.load_stream(listed)
+            loaded = await reader.load_stream(listed, ends=(0, 0))  # its state is not needed: no events
         if loaded is None:
             return
         if loaded.redundant and self.config.staging_retention == "compacted":

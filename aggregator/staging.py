@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+from itertools import pairwise
 from typing import Any
 
 import orjson
@@ -97,8 +98,8 @@ _EVENTS_LINES = b'"events":[\n'
 COUNT_STEP = 1 << 20
 
 
-def encode_compacted(job_id: str, state: StreamState, covers: Iterable[str]) -> bytes:
-    head = {
+def _compacted_head(job_id: str, state: StreamState, covers: Iterable[str]) -> dict[str, Any]:
+    return {
         "v": STAGING_VERSION,
         "kind": "stream",
         "job_id": job_id,
@@ -112,11 +113,70 @@ def encode_compacted(job_id: str, state: StreamState, covers: Iterable[str]) -> 
         # the bytes they had before inexact reports existed)
         "drops": [list(d[:4]) if d[4] else list(d) for d in state.drops],
     }
+
+
+def encode_compacted(job_id: str, state: StreamState, covers: Iterable[str]) -> bytes:
+    head = _compacted_head(job_id, state, covers)
     if len(state.events) <= SPLIT_EVENTS:
         return orjson.dumps({**head, "events": state.events})  # (off, ts, seq, line)
+    return _split_body(head, [b",\n".join(map(orjson.dumps, state.events))])
+
+
+def _split_body(head: dict[str, Any], lines: list[bytes | memoryview]) -> bytes:
     # A JSON string never holds a raw newline: the lines between `[` and `]` are exactly the events.
-    return b"".join((orjson.dumps(head)[:-1], b",", _EVENTS_LINES, b",\n".join(map(orjson.dumps, state.events)),
-                     b"\n]}"))
+    return b"".join((orjson.dumps(head)[:-1], b",", _EVENTS_LINES, b",\n".join(lines), b"\n]}"))
+
+
+@dataclass(slots=True)
+class Piece:
+    """Part of a stream in a compacted object's form, for merging without decoding (`join_pieces`): its
+    events as lines (`,\n` between them), the first and last `off`, how many, and the rest of its
+    state (`meta`, no events). `ordered`: its offs strictly increase (else it cannot be joined)."""
+
+    first: int
+    last: int
+    count: int
+    lines: bytes | memoryview
+    meta: StreamState
+    ordered: bool = True
+
+
+def piece_of_state(state: StreamState) -> Piece:
+    events = state.events
+    offs = [e[0] for e in events]
+    ordered = all(a < b for a, b in pairwise(offs))
+    meta = StreamState(state.pod, state.container, [], state.drops, state.eof, state.exit, state.top)
+    lines = b",\n".join(map(orjson.dumps, events))
+    return Piece(offs[0] if offs else -1, offs[-1] if offs else -1, len(events), lines, meta, ordered)
+
+
+def piece_of_compacted(data: bytes) -> tuple[str, frozenset[str], Piece] | None:
+    """A compacted object one event per line as a `Piece` (its lines not copied), its job id and covers;
+    None for the one-line layout. ValueError as `decode_compacted`."""
+    ends = decode_compacted_ends(data, 1, 1)
+    if ends is None:
+        return None
+    split = data.find(_EVENTS_LINES) + len(_EVENTS_LINES)
+    first, last = ends.state.events[0][0], ends.state.events[-1][0]
+    meta = ends.state
+    meta.events = []
+    count = ends.gap.count + 2
+    return ends.job_id, ends.covers, Piece(first, last, count, memoryview(data)[split:len(data) - 3], meta)
+
+
+def join_pieces(job_id: str, meta: StreamState, covers: Iterable[str], pieces: list[Piece]) -> bytes | None:
+    """The compacted object of `pieces` (their merged `meta` given), byte for byte what `encode_compacted`
+    writes for their merged state, when their events are ordered and disjoint (a stream's batches
+    usually are); else None (merge them decoded)."""
+    full = sorted((p for p in pieces if p.count), key=lambda p: p.first)
+    if not all(p.ordered for p in full) or any(a.last >= b.first for a, b in pairwise(full)):
+        return None
+    lines = [p.lines for p in full]
+    if sum(p.count for p in full) <= SPLIT_EVENTS:
+        meta.events = _decode_seq_events(orjson.loads(b"".join((b"[", b",".join(
+            bytes(x).replace(b",\n", b",") for x in lines), b"]"))))
+        return encode_compacted(job_id, meta, covers)
+    return _split_body(_compacted_head(job_id, meta, covers), lines)
 
 
 @dataclass(frozen=True, slots=True)

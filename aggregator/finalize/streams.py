@@ -20,7 +20,16 @@ from typing import TypeVar
 from aggregator.artifacts import Gap, StreamState, merge_states, state_of_batch
 from aggregator.errors import StoreError
 from aggregator.fanout import cpu_work, run_bounded
-from aggregator.staging import decode_batch, decode_compacted, decode_compacted_ends, encode_compacted
+from aggregator.staging import (
+    Piece,
+    decode_batch,
+    decode_compacted,
+    decode_compacted_ends,
+    encode_compacted,
+    join_pieces,
+    piece_of_compacted,
+    piece_of_state,
+)
 from aggregator.storage import Store
 from aggregator.storage.layout import StagedKey, compact_key, parse_staged_key, stream_prefix
 
@@ -32,6 +41,19 @@ T = TypeVar("T")
 EVENT_BYTES = 100
 #: Times `load_stream` lists a stream again after a listed object was gone (a compaction overtook it).
 RELIST_TRIES = 5
+
+
+#: `_load_joined`'s answer when the stream's pieces must be merged decoded instead.
+_MERGE: tuple[bool, None] = (False, None)
+
+
+def _state_of_body(body: bytes, ends: Ends | None) -> tuple[StreamState, Gap | None]:
+    """A compacted object's state: its ends alone when `ends` allow (a big object), else all of it."""
+    if ends is not None:
+        e = decode_compacted_ends(body, *ends)
+        if e is not None:
+            return e.state, e.gap
+    return decode_compacted(body).state, None
 
 
 class Overtaken(Exception):
@@ -148,6 +170,10 @@ class StagingReader:
         ingest-side compaction may write a compacted object (cleanup relies on compactions only growing,
         so never from a partial read). A finalize passes its retention as `ends`: a big compacted object
         that covers every listed batch is then read for those ends alone (`Loaded.gap`)."""
+        if compact:
+            joined, loaded = await self._load_joined(stream, ends)
+            if joined:
+                return loaded
         best = stream.best()
         states: list[StreamState] = []
         covers: frozenset[str] = frozenset()
@@ -186,6 +212,57 @@ class StagingReader:
         if len(sources) != 1 or sources[0] in stream.batches.values():
             return Loaded(state, sources, [])
         return Loaded(state, sources, self._redundant(stream, covers, sources[0]))
+
+    async def _batch_piece(self, key: str) -> Piece | None:
+        state = await self._batch(key)
+        return None if state is None else await cpu_work(len(state.events) * EVENT_BYTES, piece_of_state, state)
+
+    async def _load_joined(self, stream: StagedStream, ends: Ends | None) -> tuple[bool, Loaded | None]:
+        """`load` (compacting) without decoding every event: the stream's compacted object (one event per
+        line) and its batches read as `Piece`s and joined (`join_pieces`) when their events are ordered
+        and disjoint; `(False, None)` when they are not, or the stream is not worth it (then `load` merges
+        decoded states). Memory is about the object's bytes twice, not its events decoded."""
+        best = stream.best()
+        pieces: list[Piece] = []
+        covers: frozenset[str] = frozenset()
+        data: bytes | None = None
+        found: tuple[str, frozenset[str], Piece] | None = None
+        if best is not None:
+            data = await self._get(best)
+            if data is None:
+                raise Overtaken(best)
+            try:
+                found = await cpu_work(len(data), piece_of_compacted, data)
+            except ValueError:
+                return _MERGE  # `load` logs it and reads the batches
+            if found is None or found[0] != self.job_id:
+                return _MERGE  # small (one line), or not this job's
+            covers = found[1]
+            pieces.append(found[2])
+        rest = sorted(name for name in stream.batches if name not in covers)
+        if best is None and len(rest) < 2:
+            return _MERGE  # a lone batch: nothing to compact
+        read = await run_bounded(self.concurrency, [partial(self._batch_piece, stream.batches[n]) for n in rest])
+        pieces.extend(p for p in read if p is not None)
+        if not pieces:
+            return True, None
+        covers = covers | {n for n, p in zip(rest, read, strict=True) if p is not None}
+        meta = merge_states([p.meta for p in pieces])
+        if best is not None and len(pieces) == 1:
+            body: bytes | None = data  # nothing readable beside it
+            key = best
+        else:
+            body = await cpu_work(sum(len(p.lines) for p in pieces), join_pieces, self.job_id, meta, covers, pieces)
+            if body is None:
+                return _MERGE
+            key = compact_key(self.job_id, stream.pod, stream.container, covers, meta.eof)
+            await self.store.put(key, body, overwrite=False)
+        del pieces, read, data, found  # their bytes: memory is the new body alone from here
+        assert body is not None
+        state, gap = await cpu_work(len(body), _state_of_body, body, ends)
+        sources = [key]
+        redundant = [] if key in stream.batches.values() else self._redundant(stream, covers, key)
+        return True, Loaded(state, sources, redundant, gap)
 
     @staticmethod
     def _redundant(stream: StagedStream, covers: frozenset[str], kept: str) -> list[str]:
