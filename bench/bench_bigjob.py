@@ -179,9 +179,9 @@ def staging_count(root: Path) -> int:
 
 
 async def settled_remote(url: str, env: dict[str, str], job_id: str, streams: int,
-                         seconds: float) -> tuple[int, float]:
-    """`settled` for a store reached by URL (Azurite): staged objects at the start, seconds until one per
-    stream is left (at most `seconds`)."""
+                         seconds: float) -> tuple[int, int, float]:
+    """`settled` for a store reached by URL (Azurite): staged objects at the start and at the end, seconds
+    until one per stream is left (at most `seconds`)."""
     store = open_store(url, azure_connection_string=env.get("BLAST_LOGS_AZURE_CONNECTION_STRING"))
     try:
         t0 = time.perf_counter()
@@ -191,7 +191,7 @@ async def settled_remote(url: str, env: dict[str, str], job_id: str, streams: in
             n = sum(1 for k in keys if parse_staged_key(job_id, k) is not None)
             first = n if first < 0 else first
             if n <= streams or time.perf_counter() - t0 >= seconds:
-                return first, time.perf_counter() - t0
+                return first, n, time.perf_counter() - t0
             await asyncio.sleep(1.0)
     finally:
         await store.close()
@@ -340,8 +340,9 @@ async def run_shape(shape: str, args: argparse.Namespace, workdir: Path, store_u
             if store_url is None:
                 settle_s = await settled(root / job_id, len(specs), args.settle)
             else:
-                at_end, settle_s = await settled_remote(url, (extra_env or {}), job_id, len(specs), args.settle)
-            before = tree_stats(root / job_id) if store_url is None else (requests, 0, requests)
+                at_end, at_finalize, settle_s = await settled_remote(url, (extra_env or {}), job_id, len(specs),
+                                                                     args.settle)
+            before = tree_stats(root / job_id) if store_url is None else (at_finalize, 0, at_finalize)
             busy, stop = Busy(), asyncio.Event()
             probe_task = asyncio.create_task(probe(session, urls[0], f"probe-{job_id}", stop, busy))
             times: list[float] = []
