@@ -102,11 +102,13 @@ async def run_bounded(limit: int, jobs: Iterable[Callable[[], Awaitable[T]]]) ->
 
 
 async def run_weighted(capacity: int, jobs: Iterable[tuple[int, Callable[[], Awaitable[T]]]],
-                       budget: Budget | None = None) -> list[T]:
+                       budget: Budget | None = None, most: int | None = None) -> list[T]:
     """`run_bounded` where each job weighs some units of `capacity` (say, the objects it will hold in
-    memory): jobs start in order while their weights fit (one heavier than the capacity runs alone).
-    With a shared `budget`, each job also holds its weight of it while it runs."""
+    memory): jobs start in order while their weights fit (one heavier than the capacity runs alone),
+    and at most `most` at once. With a shared `budget`, each job also holds its weight of it while it
+    runs."""
     capacity = max(capacity, 1)
+    most = max(most or capacity, 1)
     todo = list(jobs)
     if budget is not None:
         todo = [(w, _holding(budget, w, job)) for w, job in todo]
@@ -127,7 +129,7 @@ async def run_weighted(capacity: int, jobs: Iterable[tuple[int, Callable[[], Awa
     try:
         for index, (weight, job) in enumerate(todo):
             weight = min(max(weight, 1), capacity)
-            while running and used + weight > capacity:
+            while running and (used + weight > capacity or len(running) >= most):
                 await reap()
             task = asyncio.ensure_future(job())
             task.add_done_callback(finished.put_nowait)

@@ -129,8 +129,10 @@ async def scan_streams(reader: StagingReader, job_id: str, keys: list[str], cfg:
                                                       loaded.redundant, stream.weight())
 
     streams = (await cpu_work(len(keys) * KEY_BYTES, group_staged, job_id, keys)).values()
+    # At most twice the reads in flight: more tasks would only wait for the reader, and each one ready at
+    # once is a turn of the loop that other jobs' ingests wait behind.
     found = await run_weighted(FINALIZE_READ_WEIGHT, ((s.weight(), partial(scan, s)) for s in streams),
-                               budget.reads)
+                               budget.reads, most=2 * cfg.read_concurrency)
     return dict(f for f in found if f is not None)
 
 
