@@ -40,11 +40,10 @@ from bench_bigjob import (  # noqa: E402
     interleave,
     settled,
     staging_count,
+    start_replicas,
     stream_batches,
 )
 from machine_info import write_results  # noqa: E402
-
-from tests.conftest import AggregatorProc, aggregator_env, free_port  # noqa: E402
 
 OPS_METRIC: Final = "blast_logs_aggregator_storage_operations_total"
 
@@ -75,10 +74,7 @@ async def run(args: argparse.Namespace, nbatches: int, workdir: Path, rep: int =
         bodies = list(interleave([(pod, ctr, stream_batches(job_id, pod, ctr, i, args.lines, per, 0.5))
                                   for i, (pod, ctr) in enumerate(streams)]))
         requests = len(bodies)
-    procs = [AggregatorProc(port=free_port(), env=aggregator_env(f"file://{root}", {"BLAST_LOGS_LOG_LEVEL": "WARNING"}),
-                            log_path=workdir / f"batches-{nbatches}-{i}.log") for i in range(2)]
-    for p in procs:
-        p.start()
+    procs = start_replicas(f"file://{root}", workdir, f"batches-{nbatches}-{rep}")
     try:
         async with aiohttp.ClientSession(timeout=HTTP_TIMEOUT) as session:
             urls = [p.url for p in procs]
@@ -91,11 +87,8 @@ async def run(args: argparse.Namespace, nbatches: int, workdir: Path, rep: int =
             fin_s, _ = await finalize(session, urls[0], job_id, phases)
             after = await finalize_ops(session, urls)
             refin = [(await finalize(session, urls[0], job_id, phases))[0] for _ in range(args.refinalizes)]
-            fresh = AggregatorProc(port=free_port(), env=aggregator_env(f"file://{root}",
-                                                                        {"BLAST_LOGS_LOG_LEVEL": "WARNING"}),
-                                   log_path=workdir / f"batches-{nbatches}-fresh.log")
+            fresh = start_replicas(f"file://{root}", workdir, f"batches-{nbatches}-{rep}-fresh", count=1)[0]
             procs.append(fresh)
-            fresh.start()
             fresh_s, _ = await finalize(session, fresh.url, job_id, phases)
     finally:
         for p in procs:

@@ -309,6 +309,17 @@ async def finalize(session: aiohttp.ClientSession, url: str, job_id: str,
     return seconds, answer
 
 
+def start_replicas(url: str, workdir: Path, name: str, extra_env: dict[str, str] | None = None,
+                   count: int = 2) -> list[AggregatorProc]:
+    """`count` real aggregator processes on the store `url`, started (their logs `workdir/{name}-{i}.log`)."""
+    procs = [AggregatorProc(port=free_port(), env=aggregator_env(url, {"BLAST_LOGS_LOG_LEVEL": "WARNING",
+                                                                       **(extra_env or {})}),
+                            log_path=workdir / f"{name}-{i}.log") for i in range(count)]
+    for p in procs:
+        p.start()
+    return procs
+
+
 async def run_shape(shape: str, args: argparse.Namespace, workdir: Path, store_url: str | None = None,
                     extra_env: dict[str, str] | None = None) -> dict[str, Any]:
     """One shape: ingest (over HTTP, or `--direct`), settle, `--rounds` finalizes on replica A with idle
@@ -325,11 +336,7 @@ async def run_shape(shape: str, args: argparse.Namespace, workdir: Path, store_u
     else:
         bodies = shape_bodies(shape, job_id, args)[0]
         requests = len(bodies)
-    procs = [AggregatorProc(port=free_port(), env=aggregator_env(url, {"BLAST_LOGS_LOG_LEVEL": "WARNING",
-                                                                       **(extra_env or {})}),
-                            log_path=workdir / f"{shape}-{i}.log") for i in range(2)]
-    for p in procs:
-        p.start()
+    procs = start_replicas(url, workdir, shape, extra_env)
     try:
         async with aiohttp.ClientSession(timeout=HTTP_TIMEOUT) as session:
             urls = [p.url for p in procs]
@@ -415,10 +422,7 @@ async def run_together(shape: str, args: argparse.Namespace, workdir: Path) -> d
     if direct:
         for job_id in jobs:
             await direct_ingest(root, job_id, specs)
-    procs = [AggregatorProc(port=free_port(), env=aggregator_env(f"file://{root}", {"BLAST_LOGS_LOG_LEVEL": "WARNING"}),
-                            log_path=workdir / f"together-{shape}-{i}.log") for i in range(2)]
-    for p in procs:
-        p.start()
+    procs = start_replicas(f"file://{root}", workdir, f"together-{shape}")
     try:
         async with aiohttp.ClientSession(timeout=HTTP_TIMEOUT) as session:
             urls = [p.url for p in procs]
@@ -448,11 +452,7 @@ async def check_direct(shape: str, args: argparse.Namespace, workdir: Path) -> s
     specs = shape_streams(shape, args)
     http_root, direct_root = workdir / f"check-http-{shape}", workdir / f"check-direct-{shape}"
     await direct_ingest(direct_root, job_id, specs)
-    procs = [AggregatorProc(port=free_port(), env=aggregator_env(f"file://{http_root}",
-                                                                 {"BLAST_LOGS_LOG_LEVEL": "WARNING"}),
-                            log_path=workdir / f"check-{shape}-{i}.log") for i in range(2)]
-    for p in procs:
-        p.start()
+    procs = start_replicas(f"file://{http_root}", workdir, f"check-{shape}")
     try:
         async with aiohttp.ClientSession(timeout=HTTP_TIMEOUT) as session:
             await ingest(session, [p.url for p in procs], job_id, shape_bodies(shape, job_id, args)[0], args.senders)
