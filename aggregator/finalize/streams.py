@@ -43,10 +43,6 @@ EVENT_BYTES = 100
 RELIST_TRIES = 5
 
 
-#: `_load_joined`'s answer when the stream's pieces must be merged decoded instead.
-_MERGE: tuple[bool, None] = (False, None)
-
-
 def _state_of_body(body: bytes, ends: Ends | None) -> tuple[StreamState, Gap | None]:
     """A compacted object's state: its ends alone when `ends` allow (a big object), else all of it."""
     if ends is not None:
@@ -144,9 +140,10 @@ class StagingReader:
         async with self._sem:
             return await self.store.get(key)
 
-    async def _read(self, key: str, decode: Callable[[bytes], T], what: str) -> T | None:
+    async def _read(self, key: str, decode: Callable[[bytes], T], what: str, data: bytes | None = None) -> T | None:
         """The decoded object, or None when it is unreadable (logged, skipped); `Overtaken` when gone."""
-        data = await self._get(key)
+        if data is None:
+            data = await self._get(key)
         if data is None:
             raise Overtaken(key)
         try:
@@ -159,8 +156,9 @@ class StagingReader:
         batch = await self._read(key, decode_batch, "staged batch")
         return state_of_batch(batch) if batch is not None and batch.job_id == self.job_id else None
 
-    async def _compacted(self, key: str, ends: Ends | None = None) -> Found | None:
-        c = await self._read(key, partial(_decode_compacted, ends), "compacted stream")
+    async def _compacted(self, key: str, ends: Ends | None = None, data: bytes | None = None) -> Found | None:
+        """The compacted object at `key` (from `data` when it was read already)."""
+        c = await self._read(key, partial(_decode_compacted, ends), "compacted stream", data)
         return c[1] if c is not None and c[0] == self.job_id else None
 
     async def load(self, stream: StagedStream, *, compact: bool = True, ends: Ends | None = None) -> Loaded | None:
@@ -170,8 +168,9 @@ class StagingReader:
         ingest-side compaction may write a compacted object (cleanup relies on compactions only growing,
         so never from a partial read). A finalize passes its retention as `ends`: a big compacted object
         that covers every listed batch is then read for those ends alone (`Loaded.gap`)."""
+        read_best: bytes | None = None  # the compacted object's bytes, when `_load_joined` read them
         if compact:
-            joined, loaded = await self._load_joined(stream, ends)
+            joined, loaded, read_best = await self._load_joined(stream, ends)
             if joined:
                 return loaded
         best = stream.best()
@@ -179,11 +178,12 @@ class StagingReader:
         covers: frozenset[str] = frozenset()
         sources: list[str] = []
         if best is not None:
-            found = await (self._compacted(best, ends) if compact else _gone_as_none(self._compacted(best)))
+            found = await (self._compacted(best, ends, read_best) if compact
+                           else _gone_as_none(self._compacted(best)))
             if found is not None and found[2] is not None:
                 if not [n for n in stream.batches if n not in found[1]]:
                     return Loaded(found[0], [best], self._redundant(stream, found[1], best), found[2])
-                found = await self._compacted(best)  # batches to merge into it: every event is needed
+                found = await self._compacted(best, None, read_best)  # batches to merge into it: all events
             if found is not None:
                 states.append(found[0])
                 covers = found[1]
@@ -217,11 +217,13 @@ class StagingReader:
         state = await self._batch(key)
         return None if state is None else await cpu_work(len(state.events) * EVENT_BYTES, piece_of_state, state)
 
-    async def _load_joined(self, stream: StagedStream, ends: Ends | None) -> tuple[bool, Loaded | None]:
+    async def _load_joined(self, stream: StagedStream, ends: Ends | None,
+                           ) -> tuple[bool, Loaded | None, bytes | None]:
         """`load` (compacting) without decoding every event: the stream's compacted object (one event per
         line) and its batches read as `Piece`s and joined (`join_pieces`) when their events are ordered
-        and disjoint; `(False, None)` when they are not, or the stream is not worth it (then `load` merges
-        decoded states). Memory is about the object's bytes twice, not its events decoded."""
+        and disjoint; `(False, None, bytes of the compacted object if read)` when they are not, or the
+        stream is not worth it (then `load` merges decoded states, without reading that object again).
+        Memory is about the object's bytes twice, not its events decoded."""
         best = stream.best()
         pieces: list[Piece] = []
         covers: frozenset[str] = frozenset()
@@ -234,18 +236,18 @@ class StagingReader:
             try:
                 found = await cpu_work(len(data), piece_of_compacted, data)
             except ValueError:
-                return _MERGE  # `load` logs it and reads the batches
+                return False, None, data  # `load` logs it and reads the batches
             if found is None or found[0] != self.job_id:
-                return _MERGE  # small (one line), or not this job's
+                return False, None, data  # small (one line), or not this job's
             covers = found[1]
             pieces.append(found[2])
         rest = sorted(name for name in stream.batches if name not in covers)
         if best is None and len(rest) < 2:
-            return _MERGE  # a lone batch: nothing to compact
+            return False, None, None  # a lone batch: nothing to compact
         read = await run_bounded(self.concurrency, [partial(self._batch_piece, stream.batches[n]) for n in rest])
         pieces.extend(p for p in read if p is not None)
         if not pieces:
-            return True, None
+            return True, None, None
         covers = covers | {n for n, p in zip(rest, read, strict=True) if p is not None}
         meta = merge_states([p.meta for p in pieces])
         if best is not None and len(pieces) == 1:
@@ -254,7 +256,7 @@ class StagingReader:
         else:
             body = await cpu_work(sum(len(p.lines) for p in pieces), join_pieces, self.job_id, meta, covers, pieces)
             if body is None:
-                return _MERGE
+                return False, None, data  # overlapping batches: merged decoded (they are read again)
             key = compact_key(self.job_id, stream.pod, stream.container, covers, meta.eof)
             await self.store.put(key, body, overwrite=False)
         del pieces, read, data, found  # their bytes: memory is the new body alone from here
@@ -262,7 +264,7 @@ class StagingReader:
         state, gap = await cpu_work(len(body), _state_of_body, body, ends)
         sources = [key]
         redundant = [] if key in stream.batches.values() else self._redundant(stream, covers, key)
-        return True, Loaded(state, sources, redundant, gap)
+        return True, Loaded(state, sources, redundant, gap), None
 
     @staticmethod
     def _redundant(stream: StagedStream, covers: frozenset[str], kept: str) -> list[str]:
