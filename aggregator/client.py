@@ -29,8 +29,9 @@ RETRY_STATUSES = frozenset({429, 502, 503, 504})
 #: Extra seconds beyond `wait_seconds` for the whole call, attempts, and the pauses between them:
 #: a dead replica's stale lock (`LOCK_TTL`, 6 s), the finalize itself (docs/benchmarks.md, "Full
 #: size, four at once, Azurite": the issue's full-size shapes on a loaded 2-core machine took 3.5 s
-#: (typical), 9-12 s (wide, flood), 94 s (chatty: 10,800,000 retained lines)), and a `LOCK_WAIT`
-#: (60 s) for a finalize of the same job already running on another replica: 6 + 94 + 60 < 180.
+#: (typical), 9-12 s (wide), 35 s (flood), 94-111 s (chatty: 10,800,000 retained lines)), and a
+#: `LOCK_WAIT` (60 s) for a finalize of the same job already running on another replica: 6 + 111 + 60
+#: < 180.
 CLIENT_TIMEOUT_MARGIN = 180.0
 CLIENT_ATTEMPTS = 4
 #: Pauses between attempts follow `blastlogs.retry` (full jitter, at least `Retry-After`): the first
@@ -67,7 +68,7 @@ async def finalize(
     `timeout` bounds the whole call, retries included; by default `wait_seconds` plus 180 s
     (`CLIENT_TIMEOUT_MARGIN`): enough for a stale lock left by a dead replica (seconds, `LOCK_TTL`)
     and the finalize times measured for the issue's full-size big jobs (docs/benchmarks.md, "Full
-    size, four at once, Azurite": at most 94 s), after waiting out another replica's finalize of the
+    size, four at once, Azurite": at most 111 s), after waiting out another replica's finalize of the
     same job. Pass a larger `timeout` for jobs bigger than those.
     """
     try:
