@@ -26,6 +26,7 @@ from aggregator.errors import (
     http_answer,
 )
 from aggregator.finalize.handler import FinalizeHandler
+from aggregator.finalize.job import FinalizeBudget
 from aggregator.ingest import IngestHandler
 from aggregator.logfilter import install as install_log_filter
 from aggregator.logfilter import job_id_field, method_field
@@ -97,7 +98,8 @@ def make_app(config: AggregatorConfig, *, store: Store | None = None) -> web.App
     async def on_shutdown(_app: web.Application) -> None:
         runtime.draining = True
 
-    compactor = Compactor(config, metrics, runtime.get_store)
+    budget = FinalizeBudget()  # every finalize and compaction of this replica draws on it
+    compactor = Compactor(config, metrics, runtime.get_store, budget.reads)
 
     async def compactor_ctx(_app: web.Application) -> AsyncIterator[None]:
         async with compactor.running():  # after store_ctx: its compactions settle before the store closes
@@ -129,7 +131,7 @@ def make_app(config: AggregatorConfig, *, store: Store | None = None) -> web.App
         return resp
 
     app.router.add_post(INGEST_PATH, IngestHandler(config, metrics, runtime.get_store, compactor))
-    app.router.add_post(FINALIZE_PATH, FinalizeHandler(config, metrics, runtime.get_store))
+    app.router.add_post(FINALIZE_PATH, FinalizeHandler(config, metrics, runtime.get_store, budget))
     add_read_routes(app, config, runtime.get_store, lambda: runtime.draining)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)

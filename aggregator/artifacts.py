@@ -174,11 +174,28 @@ class Plan:
     complete: bool = True
 
 
-def retained_entries(state: StreamState, head: int, tail: int) -> tuple[list[Entry], int]:
-    """A stream's artifact entries after head/tail retention, and its marker total."""
+@dataclass(frozen=True, slots=True)
+class Gap:
+    """What a stream's state left out of its events (`aggregator.staging.decode_compacted_ends`): `count`
+    events after its first `head` ones, the first of them at `off`. Its events are then the `head`
+    first and the rest the last ones of the stream."""
+
+    head: int
+    count: int
+    off: int
+
+
+def retained_entries(state: StreamState, head: int, tail: int, gap: Gap | None = None) -> tuple[list[Entry], int]:
+    """A stream's artifact entries after head/tail retention, and its marker total. With `gap`, the
+    state holds only the stream's first `gap.head` and its last events (`gap.head` is `head`, and the
+    last ones are `tail`): the same entries as from every event."""
     events = [(off, ts, line) for off, ts, _, line in state.events]
     drops = [(off, lines, nbytes, exact) for off, _, lines, nbytes, exact in state.drops]
-    return _retain(events, drops, head, tail)
+    if gap is None:
+        return _retain(events, drops, head, tail)
+    if gap.head != head or len(events) - gap.head != tail:
+        raise ValueError("a stream's ends do not match the retention asked for")
+    return _retain_parts(events[:head], events[head:], gap.count, gap.off, drops)
 
 
 def summarize(state: StreamState, entries: list[Entry], marked: int) -> StreamSummary:
@@ -353,16 +370,31 @@ def _retain(
 ) -> tuple[list[Entry], int]:
     """Keep `head` first and `tail` last lines, place markers; return the entries and marker total."""
     n = len(events)
-    if n > head + tail:
-        head_end, tail_start = head, n - tail
-    else:
-        head_end = tail_start = n
-    omitted = tail_start - head_end
+    if n <= head + tail:
+        return _retain_parts(events, [], 0, 0, drops)
+    return _retain_parts(events[:head], events[n - tail:], n - head - tail, events[head][0], drops)
+
+
+def _retain_parts(
+    head: list[tuple[int, float, str]], tail: list[tuple[int, float, str]], omitted: int, gap_off: int,
+    drops: list[tuple[int, int, int, bool]],
+) -> tuple[list[Entry], int]:
+    """`_retain` from the kept lines alone: `head`, then `omitted` lines (the first at `gap_off`), then
+    `tail`. Positions are those in the whole stream."""
+    kept = head + tail
+    head_end = len(head)
+    tail_start = head_end + omitted
+    n = tail_start + len(tail)
+
     # Each drop sits before the first line whose off is >= its own: position = that line's index.
-    placed = [
-        (bisect_left(events, off, key=_OFF), dropped_marker(lines, nbytes, exact), lines)
-        for off, lines, nbytes, exact in drops
-    ]
+    def position(off: int) -> int:
+        p = bisect_left(kept, off, key=_OFF)
+        if p < head_end or (p == head_end and (not omitted or off <= gap_off)):
+            return p
+        # after the first omitted line: among them (any such position places it the same), or in the tail
+        return tail_start if p == head_end else p + omitted
+
+    placed = [(position(off), dropped_marker(lines, nbytes, exact), lines) for off, lines, nbytes, exact in drops]
     marked = omitted + sum(p[2] for p in placed)
     raw: list[tuple[float | None, str, int]] = []
     di = 0
@@ -371,7 +403,7 @@ def _retain(
             while di < len(placed) and placed[di][0] <= i:
                 raw.append((None, placed[di][1], placed[di][2]))
                 di += 1
-            _, ts, line = events[i]
+            _, ts, line = kept[i if i < head_end else i - omitted]
             raw.append((ts, line, 0))
         if lo == 0:
             while di < len(placed) and placed[di][0] <= head_end:

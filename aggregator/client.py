@@ -27,10 +27,12 @@ __all__ = ["FinalizeResult", "finalize", "finalize_sync", "job_token"]
 
 RETRY_STATUSES = frozenset({429, 502, 503, 504})
 #: Extra seconds beyond `wait_seconds` for the whole call, attempts, and the pauses between them:
-#: a dead replica's stale lock (`LOCK_TTL`, 6 s), the finalize itself (docs/benchmarks.md, "Big jobs":
-#: at most 6 s for the shapes at the scale measured there, 30 s the target at full scale), and a
-#: `LOCK_WAIT` (60 s) for a finalize of the same job already running on another replica.
-CLIENT_TIMEOUT_MARGIN = 90.0
+#: a dead replica's stale lock (`LOCK_TTL`, 6 s), the finalize itself (docs/benchmarks.md, "Full
+#: size, four at once, Azurite": the issue's full-size shapes on a loaded 2-core machine took 3.5 s
+#: (typical), 9-12 s (wide), 35 s (flood), 94-111 s (chatty: 10,800,000 retained lines)), and a
+#: `LOCK_WAIT` (60 s) for a finalize of the same job already running on another replica: 6 + 111 + 60
+#: < 180.
+CLIENT_TIMEOUT_MARGIN = 180.0
 CLIENT_ATTEMPTS = 4
 #: Pauses between attempts follow `blastlogs.retry` (full jitter, at least `Retry-After`): the first
 #: pause's ceiling, every pause's ceiling, and the longest `Retry-After` obeyed. The whole call's
@@ -63,10 +65,11 @@ async def finalize(
 ) -> FinalizeResult:
     """POST /v1/jobs/{job_id}/finalize; retries 429/5xx-unavailable and connection errors within `timeout`.
 
-    `timeout` bounds the whole call, retries included; by default `wait_seconds` plus 90 s
+    `timeout` bounds the whole call, retries included; by default `wait_seconds` plus 180 s
     (`CLIENT_TIMEOUT_MARGIN`): enough for a stale lock left by a dead replica (seconds, `LOCK_TTL`)
-    and the finalize times measured for big jobs (docs/benchmarks.md, "Big jobs"). Pass a larger
-    `timeout` for jobs bigger than those.
+    and the finalize times measured for the issue's full-size big jobs (docs/benchmarks.md, "Full
+    size, four at once, Azurite": at most 111 s), after waiting out another replica's finalize of the
+    same job. Pass a larger `timeout` for jobs bigger than those.
     """
     try:
         return await _finalize(base_url, admin_token, job_id, wait_seconds, existing_last_output,

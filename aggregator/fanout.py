@@ -9,7 +9,9 @@ that lands after the lock was released can overwrite a later finalize's chunk. T
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Iterable
+from collections import deque
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from contextlib import asynccontextmanager
 from typing import Any, TypeVar
 
 T = TypeVar("T")
@@ -29,6 +31,67 @@ async def finish_even_if_cancelled(aw: Awaitable[T]) -> T:
         raise
 
 
+class Budget:
+    """Units of something scarce (memory: staged batches' worth) shared by whoever draws on it: a weighted
+    semaphore, first come first served. One per replica bounds every finalize and compaction at once by
+    what one alone may hold; a draw heavier than the whole is cut to it (it runs alone)."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = max(capacity, 1)
+        self.used = 0
+        self._waiting: deque[tuple[int, asyncio.Future[None]]] = deque()
+
+    def fit(self, weight: int) -> int:
+        return min(max(weight, 1), self.capacity)
+
+    def try_take(self, weight: int) -> bool:
+        """Take `weight` units now if they are free and nobody waits (no cut: False when it is too heavy)."""
+        if self._waiting or self.used + weight > self.capacity:
+            return False
+        self.used += weight
+        return True
+
+    async def take(self, weight: int) -> int:
+        """Wait for `fit(weight)` units, in turn; what was taken (give it back with `give`)."""
+        weight = self.fit(weight)
+        if self.try_take(weight):
+            return weight
+        turn: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiting.append((weight, turn))
+        try:
+            await turn
+        except asyncio.CancelledError:
+            if turn.done() and not turn.cancelled():  # granted just as we were cancelled
+                self.give(weight)
+            else:
+                self._waiting.remove((weight, turn))
+                self._wake()
+            raise
+        return weight
+
+    def give(self, weight: int) -> None:
+        self.used -= weight
+        self._wake()
+
+    def _wake(self) -> None:
+        while self._waiting and self.used + self._waiting[0][0] <= self.capacity:
+            weight, turn = self._waiting.popleft()
+            self.used += weight
+            turn.set_result(None)
+
+    @asynccontextmanager
+    async def hold(self, weight: int) -> AsyncIterator[None]:
+        """`take` and `give` around a block; nothing for a weight of 0 or less."""
+        if weight <= 0:
+            yield
+            return
+        taken = await self.take(weight)
+        try:
+            yield
+        finally:
+            self.give(taken)
+
+
 async def run_bounded(limit: int, jobs: Iterable[Callable[[], Awaitable[T]]]) -> list[T]:
     """Run `jobs` at most `limit` at a time, in order; their results in order.
 
@@ -38,11 +101,17 @@ async def run_bounded(limit: int, jobs: Iterable[Callable[[], Awaitable[T]]]) ->
     return await run_weighted(limit, ((1, j) for j in jobs))
 
 
-async def run_weighted(capacity: int, jobs: Iterable[tuple[int, Callable[[], Awaitable[T]]]]) -> list[T]:
+async def run_weighted(capacity: int, jobs: Iterable[tuple[int, Callable[[], Awaitable[T]]]],
+                       budget: Budget | None = None, most: int | None = None) -> list[T]:
     """`run_bounded` where each job weighs some units of `capacity` (say, the objects it will hold in
-    memory): jobs start in order while their weights fit (one heavier than the capacity runs alone)."""
+    memory): jobs start in order while their weights fit (one heavier than the capacity runs alone),
+    and at most `most` at once. With a shared `budget`, each job also holds its weight of it while it
+    runs."""
     capacity = max(capacity, 1)
+    most = max(most or capacity, 1)
     todo = list(jobs)
+    if budget is not None:
+        todo = [(w, _holding(budget, w, job)) for w, job in todo]
     if len(todo) <= 1:  # nothing to run beside it: no tasks, no queue (finalize does this per small stream)
         return [await job() for _, job in todo]
     results: dict[int, T] = {}
@@ -60,7 +129,7 @@ async def run_weighted(capacity: int, jobs: Iterable[tuple[int, Callable[[], Awa
     try:
         for index, (weight, job) in enumerate(todo):
             weight = min(max(weight, 1), capacity)
-            while running and used + weight > capacity:
+            while running and (used + weight > capacity or len(running) >= most):
                 await reap()
             task = asyncio.ensure_future(job())
             task.add_done_callback(finished.put_nowait)
@@ -73,6 +142,13 @@ async def run_weighted(capacity: int, jobs: Iterable[tuple[int, Callable[[], Awa
         for t in running:
             t.cancel()
         await _settle(list(running))
+
+
+def _holding(budget: Budget, weight: int, job: Callable[[], Awaitable[T]]) -> Callable[[], Awaitable[T]]:
+    async def held() -> T:
+        async with budget.hold(weight):
+            return await job()
+    return held
 
 
 #: CPU work on more than about this many bytes runs in a thread, so the loop keeps serving ingest.

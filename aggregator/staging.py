@@ -8,11 +8,12 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+from itertools import pairwise
 from typing import Any
 
 import orjson
 
-from aggregator.artifacts import StreamState
+from aggregator.artifacts import Gap, StreamState
 from aggregator.checks import events_of_columns, is_int, is_nonneg_int, valid_columns
 from aggregator.model import Dropped, StoredBatch
 from blastlogs.protocol import valid_job_id, valid_k8s_name, valid_phase
@@ -90,8 +91,15 @@ class Compacted:
     covers: frozenset[str]
 
 
-def encode_compacted(job_id: str, state: StreamState, covers: Iterable[str]) -> bytes:
-    return orjson.dumps({
+#: A compacted object of more events than this has one event per line (still one JSON document), so a
+#: finalize reads its first and last lines without decoding the rest (`decode_compacted_ends`).
+SPLIT_EVENTS = 10_000
+_EVENTS_LINES = b'"events":[\n'
+COUNT_STEP = 1 << 20
+
+
+def _compacted_head(job_id: str, state: StreamState, covers: Iterable[str]) -> dict[str, Any]:
+    return {
         "v": STAGING_VERSION,
         "kind": "stream",
         "job_id": job_id,
@@ -104,8 +112,114 @@ def encode_compacted(job_id: str, state: StreamState, covers: Iterable[str]) -> 
         # (off, seq, lines, bytes), and `false` after them for an inexact report (exact ones keep
         # the bytes they had before inexact reports existed)
         "drops": [list(d[:4]) if d[4] else list(d) for d in state.drops],
-        "events": state.events,  # (off, ts, seq, line)
-    })
+    }
+
+
+def encode_compacted(job_id: str, state: StreamState, covers: Iterable[str]) -> bytes:
+    head = _compacted_head(job_id, state, covers)
+    if len(state.events) <= SPLIT_EVENTS:
+        return orjson.dumps({**head, "events": state.events})  # (off, ts, seq, line)
+    return _split_body(head, [b",\n".join(map(orjson.dumps, state.events))])
+
+
+def _split_body(head: dict[str, Any], lines: list[bytes | memoryview]) -> bytes:
+    # A JSON string never holds a raw newline: the lines between `[` and `]` are exactly the events.
+    return b"".join((orjson.dumps(head)[:-1], b",", _EVENTS_LINES, b",\n".join(lines), b"\n]}"))
+
+
+@dataclass(slots=True)
+class Piece:
+    """Part of a stream in a compacted object's form, for merging without decoding (`join_pieces`): its
+    events as lines (`,\n` between them), the first and last `off`, how many, and the rest of its
+    state (`meta`, no events). `ordered`: its offs strictly increase (else it cannot be joined)."""
+
+    first: int
+    last: int
+    count: int
+    lines: bytes | memoryview
+    meta: StreamState
+    ordered: bool = True
+
+
+def piece_of_state(state: StreamState) -> Piece:
+    events = state.events
+    offs = [e[0] for e in events]
+    ordered = all(a < b for a, b in pairwise(offs))
+    meta = StreamState(state.pod, state.container, [], state.drops, state.eof, state.exit, state.top)
+    lines = b",\n".join(map(orjson.dumps, events))
+    return Piece(offs[0] if offs else -1, offs[-1] if offs else -1, len(events), lines, meta, ordered)
+
+
+def piece_of_compacted(data: bytes) -> tuple[str, frozenset[str], Piece] | None:
+    """A compacted object one event per line as a `Piece` (its lines not copied), its job id and covers;
+    None for the one-line layout. ValueError as `decode_compacted`."""
+    ends = decode_compacted_ends(data, 1, 1)
+    if ends is None:
+        return None
+    split = data.find(_EVENTS_LINES) + len(_EVENTS_LINES)
+    first, last = ends.state.events[0][0], ends.state.events[-1][0]
+    meta = ends.state
+    meta.events = []
+    count = ends.gap.count + 2
+    return ends.job_id, ends.covers, Piece(first, last, count, memoryview(data)[split:len(data) - 3], meta)
+
+
+def join_pieces(job_id: str, meta: StreamState, covers: Iterable[str], pieces: list[Piece]) -> bytes | None:
+    """The compacted object of `pieces` (their merged `meta` given), byte for byte what `encode_compacted`
+    writes for their merged state, when their events are ordered and disjoint (a stream's batches
+    usually are); else None (merge them decoded)."""
+    full = sorted((p for p in pieces if p.count), key=lambda p: p.first)
+    if not all(p.ordered for p in full) or any(a.last >= b.first for a, b in pairwise(full)):
+        return None
+    lines = [p.lines for p in full]
+    if sum(p.count for p in full) <= SPLIT_EVENTS:
+        meta.events = _decode_seq_events(orjson.loads(b"".join((b"[", b",".join(
+            bytes(x).replace(b",\n", b",") for x in lines), b"]"))))
+        return encode_compacted(job_id, meta, covers)
+    return _split_body(_compacted_head(job_id, meta, covers), lines)
+
+
+@dataclass(frozen=True, slots=True)
+class CompactedEnds:
+    """A big compacted stream as finalize needs it: its state with only its `head` first and `tail` last
+    events, what it left out (`gap`), and the batch names it covers."""
+
+    job_id: str
+    state: StreamState
+    gap: Gap
+    covers: frozenset[str]
+
+
+def decode_compacted_ends(data: bytes, head: int, tail: int) -> CompactedEnds | None:
+    """The compacted stream's ends, decoding only those lines; None when it is not one event per line
+    (`SPLIT_EVENTS`) or holds no more than `head + tail` events (decode it all). ValueError as
+    `decode_compacted`."""
+    split = data.find(_EVENTS_LINES)
+    end = len(data) - 3
+    if split < 0 or data[end:] != b"\n]}":
+        return None
+    start = split + len(_EVENTS_LINES)
+    # counted a slice at a time: one `count` over 100 MB would hold the GIL, and the event loop, for ~50 ms
+    count = 1 + sum(data.count(b"\n", i, min(i + COUNT_STEP, end)) for i in range(start, end, COUNT_STEP))
+    if count <= head + tail:
+        return None
+    first: list[bytes] = []
+    pos = start
+    for _ in range(head + 1):  # and the first left out
+        nl = data.index(b"\n", pos)
+        first.append(data[pos:nl].rstrip(b","))  # an event is an array: only its comma ends in ","
+        pos = nl + 1
+    last: list[bytes] = []
+    pos = end
+    for _ in range(tail):
+        nl = data.rindex(b"\n", start - 1, pos)
+        last.append(data[nl + 1:pos].rstrip(b","))
+        pos = nl
+    c = decode_compacted(b"".join((data[:split], b'"events":[', b",".join(first + last[::-1]), b"]}")))
+    events = c.state.events
+    gap = Gap(head, count - head - tail, events[head][0])
+    del events[head]
+    return CompactedEnds(c.job_id, c.state, gap, c.covers)
 
 
 def decode_compacted(data: bytes) -> Compacted:

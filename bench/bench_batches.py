@@ -16,11 +16,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
 import tempfile
 import time
 import uuid
 from pathlib import Path
+from statistics import median
 from typing import Any, Final
 
 import aiohttp
@@ -32,14 +34,16 @@ from bench_bigjob import (  # noqa: E402
     CONTAINERS,
     HTTP_TIMEOUT,
     RESULTS,
+    direct_ingest,
     finalize,
     ingest,
     interleave,
+    settled,
+    staging_count,
+    start_replicas,
     stream_batches,
 )
 from machine_info import write_results  # noqa: E402
-
-from tests.conftest import AggregatorProc, aggregator_env, free_port  # noqa: E402
 
 OPS_METRIC: Final = "blast_logs_aggregator_storage_operations_total"
 
@@ -57,37 +61,24 @@ async def finalize_ops(session: aiohttp.ClientSession, urls: list[str]) -> dict[
     return out
 
 
-def staging_count(root: Path) -> int:
-    """Staged batches and compacted objects under a local store's job folder (while compactions delete)."""
-    return sum(1 for f in root.glob("*/_staging/*/*/*.json") if f.name.startswith(("b-", "c-")))
-
-
-async def settled(root: Path, streams: int, seconds: float = 120.0) -> float:
-    """Seconds until staging holds one object per stream (compactions done), at most `seconds`."""
-    t0 = time.perf_counter()
-    while time.perf_counter() - t0 < seconds:
-        if staging_count(root) <= streams:
-            break
-        await asyncio.sleep(0.1)
-    return time.perf_counter() - t0
-
-
-async def run(args: argparse.Namespace, nbatches: int, workdir: Path) -> dict[str, Any]:
+async def run(args: argparse.Namespace, nbatches: int, workdir: Path, rep: int = 0) -> dict[str, Any]:
     job_id = f"elb-batches-{nbatches}-{uuid.uuid4().hex[:6]}"
     per = -(-args.lines // nbatches)
     streams = [(f"pod-{p}", c) for p in range(args.pods) for c in CONTAINERS]
-    bodies = list(interleave([(pod, ctr, stream_batches(job_id, pod, ctr, i, args.lines, per, 0.5))
-                              for i, (pod, ctr) in enumerate(streams)]))
     phases = {"running": args.pods * 2 * args.lines, "exporting_results": args.pods * args.lines}
-    root = workdir / f"store-{nbatches}"
-    procs = [AggregatorProc(port=free_port(), env=aggregator_env(f"file://{root}", {"BLAST_LOGS_LOG_LEVEL": "WARNING"}),
-                            log_path=workdir / f"batches-{nbatches}-{i}.log") for i in range(2)]
-    for p in procs:
-        p.start()
+    root = workdir / f"store-{nbatches}-{rep}"
+    if args.direct:  # staging as settled ingest-side compaction leaves it (bench_bigjob --check-direct)
+        requests, direct_s = await direct_ingest(root, job_id, [(pod, ctr, args.lines, per, 0.5) for pod, ctr in streams])
+        bodies: list[Any] = []
+    else:
+        bodies = list(interleave([(pod, ctr, stream_batches(job_id, pod, ctr, i, args.lines, per, 0.5))
+                                  for i, (pod, ctr) in enumerate(streams)]))
+        requests = len(bodies)
+    procs = start_replicas(f"file://{root}", workdir, f"batches-{nbatches}-{rep}")
     try:
         async with aiohttp.ClientSession(timeout=HTTP_TIMEOUT) as session:
             urls = [p.url for p in procs]
-            ingest_s = await ingest(session, urls, job_id, bodies, args.senders)
+            ingest_s = direct_s if args.direct else await ingest(session, urls, job_id, bodies, args.senders)
             at_ingest_end = staging_count(root / job_id)
             settle_s = await settled(root / job_id, len(streams))
             at_finalize = staging_count(root / job_id)
@@ -95,21 +86,20 @@ async def run(args: argparse.Namespace, nbatches: int, workdir: Path) -> dict[st
             before = await finalize_ops(session, urls)
             fin_s, _ = await finalize(session, urls[0], job_id, phases)
             after = await finalize_ops(session, urls)
-            refin_s, _ = await finalize(session, urls[0], job_id, phases)
-            fresh = AggregatorProc(port=free_port(), env=aggregator_env(f"file://{root}",
-                                                                        {"BLAST_LOGS_LOG_LEVEL": "WARNING"}),
-                                   log_path=workdir / f"batches-{nbatches}-fresh.log")
+            refin = [(await finalize(session, urls[0], job_id, phases))[0] for _ in range(args.refinalizes)]
+            fresh = start_replicas(f"file://{root}", workdir, f"batches-{nbatches}-{rep}-fresh", count=1)[0]
             procs.append(fresh)
-            fresh.start()
             fresh_s, _ = await finalize(session, fresh.url, job_id, phases)
     finally:
         for p in procs:
             p.stop()
     ops = {k: int(after.get(k, 0) - before.get(k, 0)) for k in sorted(after)}
-    return {"batches_per_stream": nbatches, "streams": len(streams), "lines": phases["running"],
-            "ingest_requests": len(bodies), "ingest_s": round(ingest_s, 2), "staging_at_ingest_end": at_ingest_end,
-            "settle_s": round(settle_s, 2), "staging_at_finalize": at_finalize, "finalize_s": round(fin_s, 3), "refinalize_s": round(refin_s, 3),
-            "fresh_replica_finalize_s": round(fresh_s, 3),
+    return {"batches_per_stream": nbatches, "rep": rep, "streams": len(streams), "lines": phases["running"],
+            "ingest": "direct" if args.direct else "http",
+            "ingest_requests": requests, "ingest_s": round(ingest_s, 2), "staging_at_ingest_end": at_ingest_end,
+            "settle_s": round(settle_s, 2), "staging_at_finalize": at_finalize, "finalize_s": round(fin_s, 3),
+            "refinalize_s": round(median(refin), 3) if refin else 0.0, "refinalize_all_s": [round(t, 3) for t in refin],
+            "fresh_replica_finalize_s": round(fresh_s, 3), "loadavg": os.getloadavg()[0],
             "finalize_ops": ops, "finalize_ops_total": sum(ops.values())}
 
 
@@ -123,8 +113,9 @@ def markdown(rows: list[dict[str, Any]]) -> str:
                    f"({r['ingest_s']}) | {r['staging_at_ingest_end']:,} / {r['staging_at_finalize']:,} "
                    f"({r['settle_s']}) | {r['finalize_s']} ({r['refinalize_s']}; {r['fresh_replica_finalize_s']}) | {r['finalize_ops_total']:,} ({o.get('get', 0):,}, "
                    f"{o.get('put', 0):,}, {o.get('delete', 0):,}, {o.get('list', 0):,}) |")
-    if len(rows) >= 2:
-        a, b = rows[0], rows[-1]
+    if len({r["batches_per_stream"] for r in rows}) >= 2:
+        a = min(rows, key=lambda r: r["batches_per_stream"])
+        b = max(rows, key=lambda r: r["batches_per_stream"])
         out.append("")
         out.append(f"{b['batches_per_stream']}x / {a['batches_per_stream']}x batches: operations "
                    f"{b['finalize_ops_total'] / max(a['finalize_ops_total'], 1):.2f}x, finalize time "
@@ -132,12 +123,42 @@ def markdown(rows: list[dict[str, Any]]) -> str:
     return "\n".join(out) + "\n"
 
 
+def summary(rows: list[dict[str, Any]]) -> str:
+    """Over the reps: per batch count, the median (range) of first finalize, of re-finalizes and of a fresh
+    replica's; the ratios of the medians, and each rep's own ratio (its runs were next to each other)."""
+    counts = sorted({r["batches_per_stream"] for r in rows})
+    by = {n: [r for r in rows if r["batches_per_stream"] == n] for n in counts}
+    out = ["| batches per stream | runs | finalize s: median (range) | re-finalize s: median (range) "
+           "| fresh replica s: median (range) | load (range) |", "|---|---|---|---|---|---|"]
+
+    def mr(values: list[float]) -> str:
+        return f"{median(values):.3f} ({min(values):.3f}-{max(values):.3f})"
+
+    for n in counts:
+        rs = by[n]
+        refin = [t for r in rs for t in r["refinalize_all_s"]]
+        out.append(f"| {n} | {len(rs)} | {mr([r['finalize_s'] for r in rs])} | {mr(refin) if refin else '-'} "
+                   f"| {mr([r['fresh_replica_finalize_s'] for r in rs])} "
+                   f"| {min(r['loadavg'] for r in rs):.1f}-{max(r['loadavg'] for r in rs):.1f} |")
+    a, b = by[counts[0]], by[counts[-1]]
+    key = ("finalize_s", "refinalize_s", "fresh_replica_finalize_s")
+    out.append("")
+    for k in key:
+        pairs = [y[k] / x[k] for x, y in zip(a, b, strict=False) if x[k] > 0]
+        out.append(f"{counts[-1]}x / {counts[0]}x {k}: ratio of medians "
+                   f"{median([r[k] for r in b]) / median([r[k] for r in a]):.2f}; per rep "
+                   f"{', '.join(f'{x:.2f}' for x in pairs)}")
+    return "\n".join(out) + "\n"
+
+
 async def main_async(args: argparse.Namespace) -> list[dict[str, Any]]:
     rows = []
+    counts = [int(x) for x in args.batches.split(",")]
     with tempfile.TemporaryDirectory(prefix="bench-batches-") as tmp:
-        for n in (int(x) for x in args.batches.split(",")):
-            rows.append(await run(args, n, Path(tmp)))
-            print(markdown(rows[-1:]).splitlines()[2], flush=True)
+        for rep in range(args.reps):
+            for n in (counts if rep % 2 == 0 else counts[::-1]):  # interleaved: A B, B A, ...
+                rows.append(await run(args, n, Path(tmp), rep))
+                print(markdown(rows[-1:]).splitlines()[2], flush=True)
     return rows
 
 
@@ -148,11 +169,18 @@ def main() -> int:
     ap.add_argument("--batches", default="1,10", help="batches per stream, comma-separated (the first is 1x)")
     ap.add_argument("--senders", type=int, default=16)
     ap.add_argument("--pause", type=float, default=2.0, help="seconds between compactions settling and finalize")
+    ap.add_argument("--reps", type=int, default=1, help="runs of each batch count, interleaved (A B, B A, ...)")
+    ap.add_argument("--refinalizes", type=int, default=1, help="re-finalizes timed after each first finalize")
+    ap.add_argument("--direct", action="store_true", help="stage as settled ingest-side compaction leaves it "
+                    "(bench_bigjob's --direct: no HTTP ingest, same staged objects)")
     args = ap.parse_args()
     started = time.time()
     rows = asyncio.run(main_async(args))
     print()
     print(markdown(rows), end="")
+    if args.reps > 1:
+        print()
+        print(summary(rows), end="")
     write_results(RESULTS, "batches", vars(args), rows, started)
     return 0
 

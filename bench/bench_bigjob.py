@@ -36,6 +36,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
@@ -49,7 +50,13 @@ sys.path.insert(0, str(ROOT))
 from bench_aggregator import run_concurrently  # noqa: E402
 from machine_info import write_results  # noqa: E402
 
+from aggregator.artifacts import merge_states, state_of_batch  # noqa: E402
 from aggregator.auth import job_token  # noqa: E402
+from aggregator.ingest import parse_batch  # noqa: E402
+from aggregator.staging import encode_batch, encode_compacted  # noqa: E402
+from aggregator.storage import open_store  # noqa: E402
+from aggregator.storage.layout import batch_key, compact_key, parse_staged_key, staging_prefix  # noqa: E402
+from aggregator.storage.local import LocalStore  # noqa: E402
 from tests.conftest import (  # noqa: E402
     TEST_ADMIN_TOKEN,
     TEST_SECRET,
@@ -101,24 +108,108 @@ def interleave(per_stream: list[tuple[str, str, list[bytes]]]) -> Iterator[Body]
                 yield pod, ctr, bodies[k]
 
 
-def shape_bodies(shape: str, job_id: str, args: argparse.Namespace) -> tuple[list[Body], dict[str, int], int]:
-    """The shape's batches in sending order, lines sent per phase, and streams."""
-    streams: list[tuple[str, str, int, int, float]] = []  # pod, container, lines, per batch, step
+Spec = tuple[str, str, int, int, float]  # pod, container, lines, lines per batch, seconds between lines
+
+
+def shape_streams(shape: str, args: argparse.Namespace) -> list[Spec]:
     if shape == "typical":
-        streams = [(f"typ-{p}", c, 50, 1, 0.5) for p in range(args.typical_pods) for c in CONTAINERS]
-    elif shape == "chatty":
-        streams = [(f"chat-{p}", c, args.chatty_lines, 2, 1.0) for p in range(args.chatty_pods) for c in CONTAINERS]
-    elif shape == "flood":
-        streams = [(f"flood-{p}", "blast", args.flood_lines, 1000, 0.0005) for p in range(args.flood_pods)]
-    elif shape == "wide":
-        streams = [(f"wide-{p}", "blast", 10, 10, 0.1) for p in range(args.wide_streams)]
-    per_stream = [(pod, ctr, stream_batches(job_id, pod, ctr, i, lines, per, step))
-                  for i, (pod, ctr, lines, per, step) in enumerate(streams)]
+        return [(f"typ-{p}", c, args.typical_lines, 1, 0.5) for p in range(args.typical_pods) for c in CONTAINERS]
+    if shape == "chatty":
+        return [(f"chat-{p}", c, args.chatty_lines, 2, 1.0) for p in range(args.chatty_pods) for c in CONTAINERS]
+    if shape == "flood":
+        return [(f"flood-{p}", "blast", args.flood_lines, 1000, 0.0005) for p in range(args.flood_pods)]
+    if shape == "wide":
+        return [(f"wide-{p}", "blast", 10, 10, 0.1) for p in range(args.wide_streams)]
+    raise ValueError(f"unknown shape {shape}")
+
+
+def shape_phases(streams: list[Spec]) -> dict[str, int]:
+    """Lines sent per phase."""
     phases = {"running": sum(s[2] for s in streams)}
     exported = sum(s[2] for s in streams if s[1] == "results-export")
     if exported:
         phases["exporting_results"] = exported
-    return list(interleave(per_stream)), phases, len(streams)
+    return phases
+
+
+def shape_bodies(shape: str, job_id: str, args: argparse.Namespace) -> tuple[list[Body], dict[str, int], int]:
+    """The shape's batches in sending order, lines sent per phase, and streams."""
+    streams = shape_streams(shape, args)
+    per_stream = [(pod, ctr, stream_batches(job_id, pod, ctr, i, lines, per, step))
+                  for i, (pod, ctr, lines, per, step) in enumerate(streams)]
+    return list(interleave(per_stream)), shape_phases(streams), len(streams)
+
+
+def settled_object(job_id: str, bodies: list[bytes]) -> tuple[str, bytes]:
+    """What ingest of `bodies` (one stream's batches) leaves once its ingest-side compactions have settled,
+    made by the aggregator's own functions: the batches `parse_batch` stores, merged (`merge_states`) into
+    the compacted object covering all of them (`compact_key`, `encode_compacted`), or a lone batch as
+    staged (`batch_key`, `encode_batch`: a one-object stream is never compacted)."""
+    batches = [parse_batch(b, max_events=1000, max_line_chars=4000) for b in bodies]
+    if len(batches) == 1:
+        return batch_key(batches[0]), encode_batch(batches[0])
+    names = [batch_key(b).rsplit("/", 1)[1] for b in batches]
+    state = merge_states([state_of_batch(b) for b in batches])
+    first = batches[0]
+    return compact_key(job_id, first.pod, first.container, names, state.eof), encode_compacted(job_id, state, names)
+
+
+async def direct_ingest(root: Path, job_id: str, streams: list[Spec]) -> tuple[int, float]:
+    """Staging as HTTP ingest plus settled compactions leave it, written stream by stream straight into
+    the local store (`settled_object`): the batch count it stands for, and seconds taken."""
+    store = LocalStore(root)
+    t0 = time.perf_counter()
+    requests = 0
+    for i, (pod, ctr, lines, per, step) in enumerate(streams):
+        bodies = stream_batches(job_id, pod, ctr, i, lines, per, step)
+        requests += len(bodies)
+        key, data = await asyncio.to_thread(settled_object, job_id, bodies)
+        await store.put(key, data, overwrite=False)
+    return requests, time.perf_counter() - t0
+
+
+def staged_files(root: Path) -> list[Path]:
+    """Staged batches and compacted objects under a local store's job folder."""
+    return [f for f in root.glob("*/_staging/*/*/*.json") if f.name.startswith(("b-", "c-"))]
+
+
+def staging_count(root: Path) -> int:
+    """Staged batches and compacted objects under a local store's job folder (while compactions delete)."""
+    return len(staged_files(root))
+
+
+async def settled_remote(url: str, env: dict[str, str], job_id: str, streams: int,
+                         seconds: float) -> tuple[int, int, float]:
+    """`settled` for a store reached by URL (Azurite): staged objects at the start and at the end, seconds
+    until one per stream is left (at most `seconds`)."""
+    store = open_store(url, azure_connection_string=env.get("BLAST_LOGS_AZURE_CONNECTION_STRING"))
+    try:
+        t0 = time.perf_counter()
+        first = -1
+        while True:
+            keys = await store.list_keys(staging_prefix(job_id))
+            n = sum(1 for k in keys if parse_staged_key(job_id, k) is not None)
+            first = n if first < 0 else first
+            if n <= streams or time.perf_counter() - t0 >= seconds:
+                return first, n, time.perf_counter() - t0
+            await asyncio.sleep(1.0)
+    finally:
+        await store.close()
+
+
+def staging_tree(root: Path) -> dict[str, bytes]:
+    """Every staged object under a local store's job folder: relative path -> bytes."""
+    return {str(f.relative_to(root)): f.read_bytes() for f in sorted(staged_files(root))}
+
+
+async def settled(root: Path, streams: int, seconds: float = 120.0) -> float:
+    """Seconds until staging holds one object per stream (compactions done), at most `seconds`."""
+    t0 = time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        if staging_count(root) <= streams:
+            break
+        await asyncio.sleep(0.1)
+    return time.perf_counter() - t0
 
 
 def vm_hwm_mib(pid: int | None) -> float:
@@ -159,27 +250,43 @@ async def ingest(session: aiohttp.ClientSession, urls: list[str], job_id: str, b
     return await run_concurrently(senders, numbered, send)
 
 
-async def probe(session: aiohttp.ClientSession, url: str, job_id: str, stop: asyncio.Event | None,
-                count: int) -> list[float]:
-    """Another job's ingest latencies (ms): one small batch every 20 ms, `count` of them, or until `stop`."""
+@dataclass
+class Busy:
+    """Whether a finalize is running; `flips` counts starts and ends (a probe that saw none was idle)."""
+
+    on: bool = False
+    flips: int = 0
+
+    def set(self, on: bool) -> None:
+        self.on = on
+        self.flips += 1
+
+
+async def probe(session: aiohttp.ClientSession, url: str, job_id: str, stop: asyncio.Event,
+                busy: Busy) -> tuple[list[float], list[float]]:
+    """Another job's ingest latencies (ms), one small batch every 20 ms until `stop`: those wholly
+    outside any finalize (idle), and those that overlapped one (during)."""
     headers = {"Authorization": f"Bearer {job_token(TEST_SECRET, job_id)}", "Content-Type": "application/json"}
-    out: list[float] = []
+    idle: list[float] = []
+    during: list[float] = []
     seq = 0
-    while (stop is None and seq < count) or (stop is not None and not stop.is_set()):
+    while not stop.is_set():
         body = orjson.dumps({"job_id": job_id, "pod": "probe", "container": "blast", "phase": "running",
                              "seq": seq, "eof": False, "dropped": {"off": 0, "lines": 0, "bytes": 0},
                              "events": [{"off": seq, "ts": TS0 + seq, "line": f"probe {uuid.uuid4().hex}"}]})
+        was, flips = busy.on, busy.flips
         t0 = time.perf_counter()
         async with session.post(url + "/v1/ingest", data=body, headers=headers) as resp:
             await resp.read()
-        out.append((time.perf_counter() - t0) * 1000)
+        ms = (time.perf_counter() - t0) * 1000
+        (during if was or busy.on or busy.flips != flips else idle).append(ms)
         seq += 1
         await asyncio.sleep(0.02)
-    return out
+    return idle, during
 
 
-def p99(values: list[float]) -> float:
-    return sorted(values)[int(0.99 * (len(values) - 1))] if values else 0.0
+def pct(values: list[float], q: float) -> float:
+    return sorted(values)[int(q * (len(values) - 1))] if values else 0.0
 
 
 async def finalize(session: aiohttp.ClientSession, url: str, job_id: str,
@@ -202,30 +309,70 @@ async def finalize(session: aiohttp.ClientSession, url: str, job_id: str,
     return seconds, answer
 
 
-async def run_shape(shape: str, args: argparse.Namespace, workdir: Path, store_url: str | None = None,
-                    extra_env: dict[str, str] | None = None) -> dict[str, Any]:
-    job_id = f"elb-{shape}-{uuid.uuid4().hex[:6]}"
-    bodies, phases, streams = shape_bodies(shape, job_id, args)
-    root = workdir / f"store-{shape}-{uuid.uuid4().hex[:4]}"
-    url = store_url or f"file://{root}"
+def start_replicas(url: str, workdir: Path, name: str, extra_env: dict[str, str] | None = None,
+                   count: int = 2) -> list[AggregatorProc]:
+    """`count` real aggregator processes on the store `url`, started (their logs `workdir/{name}-{i}.log`).
+    Compactions start at once (`COMPACT_DELAY` 0, as the numbers in docs/benchmarks.md were taken):
+    the default 30 s delay only moves them later."""
     procs = [AggregatorProc(port=free_port(), env=aggregator_env(url, {"BLAST_LOGS_LOG_LEVEL": "WARNING",
+                                                                       "BLAST_LOGS_COMPACT_DELAY": "0",
                                                                        **(extra_env or {})}),
-                            log_path=workdir / f"{shape}-{i}.log") for i in range(2)]
+                            log_path=workdir / f"{name}-{i}.log") for i in range(count)]
     for p in procs:
         p.start()
+    return procs
+
+
+async def run_shape(shape: str, args: argparse.Namespace, workdir: Path, store_url: str | None = None,
+                    extra_env: dict[str, str] | None = None) -> dict[str, Any]:
+    """One shape: ingest (over HTTP, or `--direct`), settle, `--rounds` finalizes on replica A with idle
+    windows of `--gap` seconds between them (another job's ingest probed throughout), a re-finalize on B."""
+    job_id = f"elb-{shape}-{uuid.uuid4().hex[:6]}"
+    specs = shape_streams(shape, args)
+    phases = shape_phases(specs)
+    direct = shape in args.direct.split(",") and store_url is None
+    root = workdir / f"store-{shape}-{uuid.uuid4().hex[:4]}"
+    url = store_url or f"file://{root}"
+    if direct:
+        requests, ingest_s = await direct_ingest(root, job_id, specs)
+        bodies: list[Body] = []
+    else:
+        bodies = shape_bodies(shape, job_id, args)[0]
+        requests = len(bodies)
+    procs = start_replicas(url, workdir, shape, extra_env)
     try:
         async with aiohttp.ClientSession(timeout=HTTP_TIMEOUT) as session:
             urls = [p.url for p in procs]
-            ingest_s = await ingest(session, urls, job_id, bodies, args.senders)
-            before = tree_stats(root / job_id) if store_url is None else (len(bodies), 0, len(bodies))
-            idle = await probe(session, urls[0], f"probe-{job_id}", None, 100)
-            stop = asyncio.Event()
-            busy_task = asyncio.create_task(probe(session, urls[0], f"probe2-{job_id}", stop, 0))
+            if not direct:
+                ingest_s = await ingest(session, urls, job_id, bodies, args.senders)
+                del bodies
+            at_end = staging_count(root / job_id) if store_url is None else requests
+            if store_url is None:
+                settle_s = await settled(root / job_id, len(specs), args.settle)
+            else:
+                at_end, at_finalize, settle_s = await settled_remote(url, (extra_env or {}), job_id, len(specs),
+                                                                     args.settle)
+            before = tree_stats(root / job_id) if store_url is None else (at_finalize, 0, at_finalize)
+            busy, stop = Busy(), asyncio.Event()
+            probe_task = asyncio.create_task(probe(session, urls[0], f"probe-{job_id}", stop, busy))
+            times: list[float] = []
             try:
-                fin_s, first = await finalize(session, urls[0], job_id, phases)
+                for _ in range(args.rounds):
+                    await asyncio.sleep(args.gap)
+                    busy.set(True)
+                    try:
+                        seconds, answer = await finalize(session, urls[0], job_id, phases)
+                    finally:
+                        busy.set(False)
+                    times.append(seconds)
+                    if len(times) == 1:
+                        first = answer
+                    elif answer != first:
+                        raise RuntimeError("a re-finalize gave other bytes")
+                await asyncio.sleep(args.gap)
             finally:
                 stop.set()
-                busy = await busy_task
+                idle, during = await probe_task
             refin_s, again = await finalize(session, urls[1], job_id, phases)
             if again != first:
                 raise RuntimeError("re-finalize on the other replica gave other bytes")
@@ -234,33 +381,108 @@ async def run_shape(shape: str, args: argparse.Namespace, workdir: Path, store_u
     finally:
         for p in procs:
             p.stop()
-    return {"shape": shape, "store": "azurite" if store_url else "local", "streams": streams,
-            "lines": phases["running"], "ingest_requests": len(bodies), "ingest_s": round(ingest_s, 2),
-            "staging_objects": before[2], "finalize_s": round(fin_s, 2), "refinalize_s": round(refin_s, 2),
-            "peak_rss_mib": rss,
-            "probe_p99_ms": [round(p99(idle), 1), round(p99(busy), 1), len(busy)], "objects_after": after[0], "bytes_after": after[1], "staging_after": after[2]}
+    return {"shape": shape, "store": "azurite" if store_url else "local", "ingest": "direct" if direct else "http",
+            "streams": len(specs), "lines": phases["running"], "ingest_requests": requests,
+            "ingest_s": round(ingest_s, 2), "staging_at_ingest_end": at_end, "settle_s": round(settle_s, 2),
+            "staging_objects": before[2], "finalize_s": round(times[0], 2),
+            "finalize_again_s": [round(t, 2) for t in times[1:]], "refinalize_s": round(refin_s, 2),
+            "peak_rss_mib": rss, "probe_ms": {"idle_p50": round(pct(idle, 0.5), 1), "idle_p99": round(pct(idle, 0.99), 1),
+                                              "during_p50": round(pct(during, 0.5), 1),
+                                              "during_p99": round(pct(during, 0.99), 1),
+                                              "idle_n": len(idle), "during_n": len(during)},
+            "objects_after": after[0], "bytes_after": after[1], "staging_after": after[2],
+            "loadavg": os.getloadavg()}
 
 
 def markdown(rows: list[dict[str, Any]]) -> str:
-    out = ["| store | shape | streams | lines | ingest requests (s) | staging objects | finalize s | re-finalize s "
-           "| peak RSS MiB (A, B) | other job's ingest p99 ms idle / during finalize (n) "
-           "| objects / MiB after cleanup (staging) |",
-           "|---|---|---|---|---|---|---|---|---|---|---|"]
+    out = ["| store | shape | ingest | streams | lines | ingest requests (s) | staging objects at ingest end / at "
+           "finalize (settled after s) | finalize s (again on A) | re-finalize on B s | peak RSS MiB (A, B) "
+           "| other job's ingest ms: idle p50 / p99 (n); during finalize p50 / p99 (n) "
+           "| objects / MiB after cleanup (staging) | load |",
+           "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         after = (f"{r['objects_after']:,} / {r['bytes_after'] / 2**20:.1f} ({r['staging_after']:,})"
                  if r["store"] == "local" else "–")
-        out.append(f"| {r['store']} | {r['shape']} | {r['streams']:,} | {r['lines']:,} | {r['ingest_requests']:,} "
-                   f"({r['ingest_s']}) | {r['staging_objects']:,} | {r['finalize_s']} | {r['refinalize_s']} | "
-                   f"{r['peak_rss_mib'][0]:.0f}, {r['peak_rss_mib'][1]:.0f} | {r['probe_p99_ms'][0]} / "
-                   f"{r['probe_p99_ms'][1]} ({r['probe_p99_ms'][2]}) | {after} |")
+        pr = r["probe_ms"]
+        again = ", ".join(map(str, r["finalize_again_s"]))
+        out.append(f"| {r['store']} | {r['shape']} | {r['ingest']} | {r['streams']:,} | {r['lines']:,} | "
+                   f"{r['ingest_requests']:,} ({r['ingest_s']}) | {r['staging_at_ingest_end']:,} / "
+                   f"{r['staging_objects']:,} ({r['settle_s']}) | {r['finalize_s']} ({again}) | {r['refinalize_s']} | "
+                   f"{r['peak_rss_mib'][0]:.0f}, {r['peak_rss_mib'][1]:.0f} | {pr['idle_p50']} / {pr['idle_p99']} "
+                   f"({pr['idle_n']}); {pr['during_p50']} / {pr['during_p99']} ({pr['during_n']}) | {after} | "
+                   f"{r['loadavg'][0]:.1f} |")
     return "\n".join(out) + "\n"
+
+
+async def run_together(shape: str, args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
+    """`--together N`: N jobs of the shape staged (`--direct`, else over HTTP to both replicas), then their
+    N finalizes sent at once to replica A: each one's seconds and A's peak RSS (a fresh process)."""
+    jobs = [f"elb-{shape}-{k}-{uuid.uuid4().hex[:6]}" for k in range(args.together)]
+    specs = shape_streams(shape, args)
+    phases = shape_phases(specs)
+    root = workdir / f"store-together-{shape}-{uuid.uuid4().hex[:4]}"
+    direct = shape in args.direct.split(",")
+    if direct:
+        for job_id in jobs:
+            await direct_ingest(root, job_id, specs)
+    procs = start_replicas(f"file://{root}", workdir, f"together-{shape}")
+    try:
+        async with aiohttp.ClientSession(timeout=HTTP_TIMEOUT) as session:
+            urls = [p.url for p in procs]
+            if not direct:
+                for job_id in jobs:
+                    await ingest(session, urls, job_id, shape_bodies(shape, job_id, args)[0], args.senders)
+                for job_id in jobs:
+                    await settled(root / job_id, len(specs), args.settle)
+            a_pid = procs[0].proc.pid if procs[0].proc else None
+            before = vm_hwm_mib(a_pid)
+            t0 = time.perf_counter()
+            answers = await asyncio.gather(*(finalize(session, urls[0], job_id, phases) for job_id in jobs))
+            wall = time.perf_counter() - t0
+            rss = vm_hwm_mib(a_pid)
+    finally:
+        for p in procs:
+            p.stop()
+    return {"shape": shape, "together": len(jobs), "ingest": "direct" if direct else "http", "streams": len(specs),
+            "lines": phases["running"], "finalize_s": [round(a[0], 2) for a in answers], "wall_s": round(wall, 2),
+            "peak_rss_mib_before": round(before, 1), "peak_rss_mib": round(rss, 1), "loadavg": os.getloadavg()}
+
+
+async def check_direct(shape: str, args: argparse.Namespace, workdir: Path) -> str:
+    """The staging HTTP ingest leaves once its compactions settled, against `direct_ingest`'s, for one
+    job id: whether every staged object is the same, byte for byte."""
+    job_id = f"elb-{shape}-{uuid.uuid4().hex[:6]}"
+    specs = shape_streams(shape, args)
+    http_root, direct_root = workdir / f"check-http-{shape}", workdir / f"check-direct-{shape}"
+    await direct_ingest(direct_root, job_id, specs)
+    procs = start_replicas(f"file://{http_root}", workdir, f"check-{shape}")
+    try:
+        async with aiohttp.ClientSession(timeout=HTTP_TIMEOUT) as session:
+            await ingest(session, [p.url for p in procs], job_id, shape_bodies(shape, job_id, args)[0], args.senders)
+            await settled(http_root / job_id, len(specs), 300)
+    finally:
+        for p in procs:
+            p.stop()
+    over_http, direct = staging_tree(http_root / job_id), staging_tree(direct_root / job_id)
+    same = sum(1 for k, v in direct.items() if over_http.get(k) == v)
+    return (f"{shape}: {len(over_http):,} staged objects over HTTP, {len(direct):,} direct, "
+            f"{same:,} identical (name and bytes)")
 
 
 async def main_async(args: argparse.Namespace) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="bench-bigjob-") as tmp:
         workdir = Path(tmp)
-        for shape in args.shapes.split(","):
+        if args.together:
+            for shape in args.shapes.split(","):
+                rows.append(await run_together(shape, args, workdir))
+                print(rows[-1], flush=True)
+            return rows
+        if args.check_direct:
+            for shape in args.shapes.split(","):
+                print(await check_direct(shape, args, workdir), flush=True)
+            return rows
+        for shape in [] if args.azurite_only else args.shapes.split(","):
             rows.append(await run_shape(shape, args, workdir))
             print(markdown(rows[-1:]).splitlines()[-1], flush=True)
         if args.azurite_typical_pods:
@@ -271,7 +493,8 @@ async def main_async(args: argparse.Namespace) -> list[dict[str, Any]]:
                 azurite = Azurite(binary, free_port(), workdir / "azurite")
                 azurite.start()
                 try:
-                    small = argparse.Namespace(**{**vars(args), "typical_pods": args.azurite_typical_pods})
+                    small = argparse.Namespace(**{**vars(args), "typical_pods": args.azurite_typical_pods,
+                                                  "typical_lines": args.azurite_typical_lines, "direct": ""})
                     container = "bigjob" + uuid.uuid4().hex[:8]
                     rows.append(await run_shape("typical", small, workdir, f"azure://{container}",
                                                 {"BLAST_LOGS_AZURE_CONNECTION_STRING": azurite.connection_string}))
@@ -289,13 +512,27 @@ def main() -> int:
     ap.add_argument("--flood-pods", type=int, default=100)
     ap.add_argument("--flood-lines", type=int, default=1_000_000)
     ap.add_argument("--wide-streams", type=int, default=20_000)
+    ap.add_argument("--typical-lines", type=int, default=50, help="lines (and batches) per typical stream")
     ap.add_argument("--azurite-typical-pods", type=int, default=0)
+    ap.add_argument("--azurite-typical-lines", type=int, default=50)
+    ap.add_argument("--azurite-only", action="store_true", help="skip the local-store shapes")
     ap.add_argument("--senders", type=int, default=16)
+    ap.add_argument("--direct", default="", help="shapes whose staging is written straight into the local store "
+                    "as settled ingest-side compaction leaves it (no HTTP; see `settled_object`)")
+    ap.add_argument("--together", type=int, default=0,
+                    help="instead: this many jobs of each shape finalized at once on replica A (its peak RSS)")
+    ap.add_argument("--check-direct", action="store_true",
+                    help="only compare, per shape, HTTP ingest's settled staging with --direct's, byte for byte")
+    ap.add_argument("--settle", type=float, default=0.0,
+                    help="wait up to this many seconds for ingest-side compactions to settle before finalize")
+    ap.add_argument("--rounds", type=int, default=1, help="finalizes on replica A (the first is reported)")
+    ap.add_argument("--gap", type=float, default=2.0, help="idle seconds before, between and after them")
     args = ap.parse_args()
     started = time.time()
     rows = asyncio.run(main_async(args))
-    print()
-    print(markdown(rows), end="")
+    if not args.together and not args.check_direct:
+        print()
+        print(markdown(rows), end="")
     write_results(RESULTS, "bigjob", vars(args), rows, started)
     return 0
 

@@ -14,7 +14,7 @@ from aggregator.auth import check_admin
 from aggregator.body import json_object, read_body
 from aggregator.config import AggregatorConfig
 from aggregator.errors import AuthError, BadRequest, JobNotFound, LockBusy, StoreError
-from aggregator.finalize.job import finalize_job
+from aggregator.finalize.job import FinalizeBudget, finalize_job
 from aggregator.metrics import Metrics
 from aggregator.refusals import refusal_of, report
 from aggregator.storage import Store
@@ -45,10 +45,12 @@ def parse_finalize_body(body: bytes, max_wait: float, default_wait: float = 0.0)
 class FinalizeHandler:
     """The finalize route: admin token, job id, optional body, then `finalize_job`."""
 
-    def __init__(self, config: AggregatorConfig, metrics: Metrics, store: Callable[[], Store]) -> None:
+    def __init__(self, config: AggregatorConfig, metrics: Metrics, store: Callable[[], Store],
+                 budget: FinalizeBudget | None = None) -> None:
         self.config = config
         self.metrics = metrics
         self.store = store
+        self.budget = budget or FinalizeBudget()  # shared by every finalize on this replica
 
     async def __call__(self, request: web.Request) -> web.Response:
         cfg = self.config
@@ -68,7 +70,7 @@ class FinalizeHandler:
         outcome = "error"
         try:
             body = await finalize_job(self.store(), cfg, job_id, wait_seconds=wait,
-                                      existing_last_output=existing)
+                                      existing_last_output=existing, budget=self.budget)
             outcome = "complete" if orjson.loads(body).get("complete") else "incomplete"
         except JobNotFound:
             outcome = "not_found"

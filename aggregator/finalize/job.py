@@ -13,13 +13,14 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from typing import TypeVar
 
 from aggregator.artifacts import (
     Chunker,
     Entry,
+    Gap,
     StreamState,
     StreamSummary,
     chunk_body,
@@ -31,7 +32,7 @@ from aggregator.artifacts import (
 )
 from aggregator.config import AggregatorConfig
 from aggregator.errors import JobNotFound, StoreError
-from aggregator.fanout import cpu_work, run_bounded, run_weighted
+from aggregator.fanout import Budget, cpu_work, run_bounded, run_weighted
 from aggregator.finalize.lock import JobLock
 from aggregator.finalize.manifest import decode_manifest, encode_manifest, first_free_seqs
 from aggregator.finalize.streams import EVENT_BYTES, Overtaken, StagedStream, StagingReader, group_staged
@@ -57,6 +58,22 @@ FINALIZE_CACHE_ENTRIES = 200_000
 #: Staged batches (or the batches a compacted object covers: about as many events) in memory at once,
 #: across the streams read together: a stream of 100 full batches does not read beside 15 others.
 FINALIZE_READ_WEIGHT = 256
+#: What a finalize's per-stream bookkeeping (a staging key, a summary) costs, in `cpu_work`'s bytes: a
+#: job of thousands of streams lists, groups, plans and summarises in a worker thread, off the loop
+#: (20,000 streams: 50-200 ms each, which other jobs' ingests would otherwise wait out).
+KEY_BYTES = 100
+
+
+@dataclass(slots=True)
+class FinalizeBudget:
+    """What every finalize on a replica shares (`app.py` makes one; `finalize_job` without one makes its
+    own): the staged batches' worth of streams read at once (`FINALIZE_READ_WEIGHT`), which background
+    compactions draw on too, and the retained entries cached between the passes
+    (`FINALIZE_CACHE_ENTRIES`). So four finalizes at once hold about what one alone may."""
+
+    reads: Budget = field(default_factory=lambda: Budget(FINALIZE_READ_WEIGHT))
+    cache: Budget = field(default_factory=lambda: Budget(FINALIZE_CACHE_ENTRIES))
+
 
 def _not_found(job_id: str) -> JobNotFound:
     return JobNotFound(f"nothing is stored for job {job_id}")
@@ -66,7 +83,8 @@ async def wait_for_eof(store: Store, job_id: str, wait_seconds: float, poll: flo
     """Poll staging until every known stream has an eof object or time is up; the streams' states."""
     deadline = time.monotonic() + wait_seconds
     while True:
-        states = stream_states(job_id, await store.list_keys(staging_prefix(job_id)))
+        keys = await store.list_keys(staging_prefix(job_id))
+        states = await cpu_work(len(keys) * KEY_BYTES, stream_states, job_id, keys)
         if not states:
             raise _not_found(job_id)
         left = deadline - time.monotonic()
@@ -87,32 +105,34 @@ class Scanned:
     weight: int
 
 
-def summarize_stream(state: StreamState, cfg: AggregatorConfig) -> tuple[list[Entry], StreamSummary]:
+def summarize_stream(state: StreamState, cfg: AggregatorConfig, gap: Gap | None) -> tuple[list[Entry], StreamSummary]:
     """A stream's retained entries and its summary (pure, CPU: may run in a thread)."""
-    entries, marked = retained_entries(state, cfg.head_lines, cfg.tail_lines)
+    entries, marked = retained_entries(state, cfg.head_lines, cfg.tail_lines, gap)
     return entries, summarize(state, entries, marked)
 
 
 async def scan_streams(reader: StagingReader, job_id: str, keys: list[str], cfg: AggregatorConfig,
-                       ) -> dict[tuple[str, str], Scanned]:
-    """Pass one: read (and compact) each stream, keep its summary; keep its entries while they fit
-    `FINALIZE_CACHE_ENTRIES` in all, else pass two reads the stream again."""
-    room = [FINALIZE_CACHE_ENTRIES]
+                       budget: FinalizeBudget, cached: list[int]) -> dict[tuple[str, str], Scanned]:
+    """Pass one: read (and compact) each stream, keep its summary; keep its entries while the budget's
+    cache has room (`cached[0]` counts what this finalize took of it), else pass two reads it again."""
 
     async def scan(stream: StagedStream) -> tuple[tuple[str, str], Scanned] | None:
-        loaded = await reader.load_stream(stream)
+        loaded = await reader.load_stream(stream, ends=(cfg.head_lines, cfg.tail_lines))
         if loaded is None:
             return None
         state = loaded.state
-        entries, summary = await cpu_work(len(state.events) * EVENT_BYTES, summarize_stream, state, cfg)
-        keep = len(entries) <= room[0]
+        entries, summary = await cpu_work(len(state.events) * EVENT_BYTES, summarize_stream, state, cfg, loaded.gap)
+        keep = budget.cache.try_take(len(entries))
         if keep:
-            room[0] -= len(entries)
+            cached[0] += len(entries)
         return (stream.pod, stream.container), Scanned(summary, loaded.sources, entries if keep else None,
                                                       loaded.redundant, stream.weight())
 
-    streams = group_staged(job_id, keys).values()
-    found = await run_weighted(FINALIZE_READ_WEIGHT, ((s.weight(), partial(scan, s)) for s in streams))
+    streams = (await cpu_work(len(keys) * KEY_BYTES, group_staged, job_id, keys)).values()
+    # At most twice the reads in flight: more tasks would only wait for the reader, and each one ready at
+    # once is a turn of the loop that other jobs' ingests wait behind.
+    found = await run_weighted(FINALIZE_READ_WEIGHT, ((s.weight(), partial(scan, s)) for s in streams),
+                               budget.reads, most=2 * cfg.read_concurrency)
     return dict(f for f in found if f is not None)
 
 
@@ -136,7 +156,7 @@ def weighted_windows(items: list[T], weight: Callable[[T], int], capacity: int, 
 
 async def write_phase(store: Store, reader: StagingReader, cfg: AggregatorConfig, job_id: str, phase: str,
                       members: list[StreamSummary], scanned: Mapping[tuple[str, str], Scanned],
-                      first_seq: int) -> int:
+                      first_seq: int, budget: Budget) -> int:
     """Pass two for one phase: its streams' entries in plan order, `read_concurrency` streams at a time,
     its chunks written as they fill. The number of chunks written."""
 
@@ -144,29 +164,35 @@ async def write_phase(store: Store, reader: StagingReader, cfg: AggregatorConfig
         found = scanned[(s.pod, s.container)]
         if found.entries is not None:
             return found.entries
+        ends = (cfg.head_lines, cfg.tail_lines)
         try:
-            state = await reader.reload(found.sources)
+            got = await reader.reload(found.sources, ends)
         except Overtaken:  # an ingest-side compaction replaced them: what covers them is listed now
-            again = await reader.load_stream(await reader.relist(s.pod, s.container))
-            state = None if again is None else again.state
-        if state is None:
+            again = await reader.load_stream(await reader.relist(s.pod, s.container), ends=ends)
+            got = None if again is None else (again.state, again.gap)
+        if got is None:
             raise StoreError(f"staging of {s.pod}/{s.container} vanished during finalize")
+        state, gap = got
         return (await cpu_work(len(state.events) * EVENT_BYTES, retained_entries, state, cfg.head_lines,
-                               cfg.tail_lines))[0]
+                               cfg.tail_lines, gap))[0]
 
     chunker = Chunker(cfg.chunk_events)
     seq = first_seq
-    windows = weighted_windows(members, lambda s: scanned[(s.pod, s.container)].weight, FINALIZE_READ_WEIGHT,
-                               cfg.read_concurrency)
+    windows = await cpu_work(len(members) * KEY_BYTES, weighted_windows, members,
+                             lambda s: scanned[(s.pod, s.container)].weight, budget.capacity, cfg.read_concurrency)
     for n, part in enumerate(windows, 1):
-        loaded = await run_bounded(cfg.read_concurrency, (partial(entries_of, s) for s in part))
-        chunks = [c for s, entries in zip(part, loaded, strict=True) for c in chunker.add(s, entries)]
-        if n == len(windows):
-            chunks += chunker.flush()
-        writes = [(chunk_key(job_id, phase, seq + i), chunk_body(job_id, phase, seq + i, c))
-                  for i, c in enumerate(chunks)]
-        seq += len(chunks)
-        await run_bounded(cfg.read_concurrency, (partial(store.put, k, b) for k, b in writes))
+        uncached = sum(scanned[(s.pod, s.container)].weight for s in part
+                       if scanned[(s.pod, s.container)].entries is None)
+        async with budget.hold(uncached):  # what the window's re-read streams hold, until their chunks are out
+            loaded = await run_bounded(cfg.read_concurrency, (partial(entries_of, s) for s in part))
+            chunks = [c for s, entries in zip(part, loaded, strict=True) for c in chunker.add(s, entries)]
+            if n == len(windows):
+                chunks += chunker.flush()
+            writes = [(chunk_key(job_id, phase, seq + i), chunk_body(job_id, phase, seq + i, c))
+                      for i, c in enumerate(chunks)]
+            seq += len(chunks)
+            del loaded, chunks
+            await run_bounded(cfg.read_concurrency, (partial(store.put, k, b) for k, b in writes))
     return seq - first_seq
 
 
@@ -184,19 +210,32 @@ async def clean_staging(store: Store, cfg: AggregatorConfig, job_id: str, scanne
 
 
 async def finalize_job(store: Store, cfg: AggregatorConfig, job_id: str, *, wait_seconds: float,
-                       existing_last_output: Mapping[str, str]) -> bytes:
-    """Build and write the job's artifacts; the summary.json bytes (the response body)."""
+                       existing_last_output: Mapping[str, str], budget: FinalizeBudget | None = None) -> bytes:
+    """Build and write the job's artifacts; the summary.json bytes (the response body). `budget`: the
+    replica's, shared with its other finalizes (else this finalize's own)."""
+    budget = budget or FinalizeBudget()
+    cached = [0]
+    try:
+        return await _finalize_job(store, cfg, job_id, wait_seconds, existing_last_output, budget, cached)
+    finally:
+        budget.cache.give(cached[0])
+
+
+async def _finalize_job(store: Store, cfg: AggregatorConfig, job_id: str, wait_seconds: float,
+                        existing_last_output: Mapping[str, str], budget: FinalizeBudget, cached: list[int]) -> bytes:
     await wait_for_eof(store, job_id, wait_seconds, cfg.poll_seconds)
     async with JobLock(store, job_id, ttl=cfg.lock_ttl, wait=cfg.lock_wait, poll=cfg.poll_seconds,
                        renew=cfg.lock_renew):
         listed = await store.list_keys(logs_prefix(job_id))
         old_ours = decode_manifest(await store.get(manifest_key(job_id)))
         reader = StagingReader(store, job_id, cfg.read_concurrency)
-        scanned = await scan_streams(reader, job_id, await store.list_keys(staging_prefix(job_id)), cfg)
+        scanned = await scan_streams(reader, job_id, await store.list_keys(staging_prefix(job_id)), cfg, budget,
+                                     cached)
         if not scanned:
             raise _not_found(job_id)
-        plan = plan_artifacts((s.summary for s in scanned.values()), phase_table=cfg.phase_table,
-                              chunk_events=cfg.chunk_events)
+        plan = await cpu_work(len(scanned) * KEY_BYTES, partial(
+            plan_artifacts, [s.summary for s in scanned.values()], phase_table=cfg.phase_table,
+            chunk_events=cfg.chunk_events))
         first = first_free_seqs(job_id, listed, old_ours)
         new_ours = {chunk_key(job_id, phase, first.get(phase, 0) + i)
                     for phase, step in plan.steps.items() for i in range(step["chunks"])}
@@ -204,7 +243,8 @@ async def finalize_job(store: Store, cfg: AggregatorConfig, job_id: str, *, wait
             # Before any chunk exists under its name, the manifest claims it (and still every old one).
             await store.put(manifest_key(job_id), encode_manifest(old_ours | new_ours))
         for phase, members in plan.members.items():
-            written = await write_phase(store, reader, cfg, job_id, phase, members, scanned, first.get(phase, 0))
+            written = await write_phase(store, reader, cfg, job_id, phase, members, scanned, first.get(phase, 0),
+                                        budget.reads)
             if written != plan.steps[phase]["chunks"]:
                 raise StoreError(f"staging changed during finalize: {phase} has {written} chunks, not "
                                  f"{plan.steps[phase]['chunks']}")
@@ -212,7 +252,7 @@ async def finalize_job(store: Store, cfg: AggregatorConfig, job_id: str, *, wait
         await run_bounded(cfg.read_concurrency, (partial(store.delete, k) for k in stale))
         if new_ours != old_ours:
             await store.put(manifest_key(job_id), encode_manifest(new_ours))
-        summary = summary_body({
+        summary = await cpu_work(len(scanned) * KEY_BYTES, summary_body, {
             "job_id": job_id,
             "complete": plan.complete,
             "incomplete_streams": plan.incomplete_streams,

@@ -17,10 +17,19 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import TypeVar
 
-from aggregator.artifacts import StreamState, merge_states, state_of_batch
+from aggregator.artifacts import Gap, StreamState, merge_states, state_of_batch
 from aggregator.errors import StoreError
 from aggregator.fanout import cpu_work, run_bounded
-from aggregator.staging import decode_batch, decode_compacted, encode_compacted
+from aggregator.staging import (
+    Piece,
+    decode_batch,
+    decode_compacted,
+    decode_compacted_ends,
+    encode_compacted,
+    join_pieces,
+    piece_of_compacted,
+    piece_of_state,
+)
 from aggregator.storage import Store
 from aggregator.storage.layout import StagedKey, compact_key, parse_staged_key, stream_prefix
 
@@ -32,6 +41,15 @@ T = TypeVar("T")
 EVENT_BYTES = 100
 #: Times `load_stream` lists a stream again after a listed object was gone (a compaction overtook it).
 RELIST_TRIES = 5
+
+
+def _state_of_body(body: bytes, ends: Ends | None) -> tuple[StreamState, Gap | None]:
+    """A compacted object's state: its ends alone when `ends` allow (a big object), else all of it."""
+    if ends is not None:
+        e = decode_compacted_ends(body, *ends)
+        if e is not None:
+            return e.state, e.gap
+    return decode_compacted(body).state, None
 
 
 class Overtaken(Exception):
@@ -83,6 +101,23 @@ class Loaded:
     sources: list[str]
     #: Staged objects the stream's compacted object makes redundant (deleted after a finalize).
     redundant: list[str]
+    #: When `state` holds only the stream's ends (`Ends`): what it left out.
+    gap: Gap | None = None
+
+
+#: A finalize's head and tail retention: a big compacted object is then read for its ends alone.
+Ends = tuple[int, int]
+Found = tuple[StreamState, frozenset[str], Gap | None]
+
+
+def _decode_compacted(ends: Ends | None, data: bytes) -> tuple[str, Found]:
+    """A compacted object's job id, state, covers, and (read for its `ends` alone) what it left out."""
+    if ends is not None:
+        e = decode_compacted_ends(data, *ends)
+        if e is not None:
+            return e.job_id, (e.state, e.covers, e.gap)
+    c = decode_compacted(data)
+    return c.job_id, (c.state, c.covers, None)
 
 
 async def _gone_as_none(read: Awaitable[T | None]) -> T | None:
@@ -105,9 +140,10 @@ class StagingReader:
         async with self._sem:
             return await self.store.get(key)
 
-    async def _read(self, key: str, decode: Callable[[bytes], T], what: str) -> T | None:
+    async def _read(self, key: str, decode: Callable[[bytes], T], what: str, data: bytes | None = None) -> T | None:
         """The decoded object, or None when it is unreadable (logged, skipped); `Overtaken` when gone."""
-        data = await self._get(key)
+        if data is None:
+            data = await self._get(key)
         if data is None:
             raise Overtaken(key)
         try:
@@ -120,22 +156,34 @@ class StagingReader:
         batch = await self._read(key, decode_batch, "staged batch")
         return state_of_batch(batch) if batch is not None and batch.job_id == self.job_id else None
 
-    async def _compacted(self, key: str) -> tuple[StreamState, frozenset[str]] | None:
-        c = await self._read(key, decode_compacted, "compacted stream")
-        return (c.state, c.covers) if c is not None and c.job_id == self.job_id else None
+    async def _compacted(self, key: str, ends: Ends | None = None, data: bytes | None = None) -> Found | None:
+        """The compacted object at `key` (from `data` when it was read already)."""
+        c = await self._read(key, partial(_decode_compacted, ends), "compacted stream", data)
+        return c[1] if c is not None and c[0] == self.job_id else None
 
-    async def load(self, stream: StagedStream, *, compact: bool = True) -> Loaded | None:
+    async def load(self, stream: StagedStream, *, compact: bool = True, ends: Ends | None = None) -> Loaded | None:
         """The stream's merged state, the keys it now comes from (after compacting, just one), and what
         that compacted object makes redundant; `Overtaken` when a listed object is gone (`load_stream`
         lists again). Readers pass `compact=False` (a gone object is skipped): only a finalize or an
         ingest-side compaction may write a compacted object (cleanup relies on compactions only growing,
-        so never from a partial read)."""
+        so never from a partial read). A finalize passes its retention as `ends`: a big compacted object
+        that covers every listed batch is then read for those ends alone (`Loaded.gap`)."""
+        read_best: bytes | None = None  # the compacted object's bytes, when `_load_joined` read them
+        if compact:
+            joined, loaded, read_best = await self._load_joined(stream, ends)
+            if joined:
+                return loaded
         best = stream.best()
         states: list[StreamState] = []
         covers: frozenset[str] = frozenset()
         sources: list[str] = []
         if best is not None:
-            found = await (self._compacted(best) if compact else _gone_as_none(self._compacted(best)))
+            found = await (self._compacted(best, ends, read_best) if compact
+                           else _gone_as_none(self._compacted(best)))
+            if found is not None and found[2] is not None:
+                if not [n for n in stream.batches if n not in found[1]]:
+                    return Loaded(found[0], [best], self._redundant(stream, found[1], best), found[2])
+                found = await self._compacted(best, None, read_best)  # batches to merge into it: all events
             if found is not None:
                 states.append(found[0])
                 covers = found[1]
@@ -163,17 +211,75 @@ class StagingReader:
             sources = [key]
         if len(sources) != 1 or sources[0] in stream.batches.values():
             return Loaded(state, sources, [])
-        # Compactions of a stream only grow (each starts from the largest), so the others are older.
-        redundant = [stream.batches[n] for n in sorted(covers) if n in stream.batches]
-        redundant += sorted(k for _, k in stream.compacted if k != sources[0])
-        return Loaded(state, sources, redundant)
+        return Loaded(state, sources, self._redundant(stream, covers, sources[0]))
 
-    async def load_stream(self, stream: StagedStream, *, compact: bool = True) -> Loaded | None:
+    async def _batch_piece(self, key: str) -> Piece | None:
+        state = await self._batch(key)
+        return None if state is None else await cpu_work(len(state.events) * EVENT_BYTES, piece_of_state, state)
+
+    async def _load_joined(self, stream: StagedStream, ends: Ends | None,
+                           ) -> tuple[bool, Loaded | None, bytes | None]:
+        """`load` (compacting) without decoding every event: the stream's compacted object (one event per
+        line) and its batches read as `Piece`s and joined (`join_pieces`) when their events are ordered
+        and disjoint; `(False, None, bytes of the compacted object if read)` when they are not, or the
+        stream is not worth it (then `load` merges decoded states, without reading that object again).
+        Memory is about the object's bytes twice, not its events decoded."""
+        best = stream.best()
+        pieces: list[Piece] = []
+        covers: frozenset[str] = frozenset()
+        data: bytes | None = None
+        found: tuple[str, frozenset[str], Piece] | None = None
+        if best is not None:
+            data = await self._get(best)
+            if data is None:
+                raise Overtaken(best)
+            try:
+                found = await cpu_work(len(data), piece_of_compacted, data)
+            except ValueError:
+                return False, None, data  # `load` logs it and reads the batches
+            if found is None or found[0] != self.job_id:
+                return False, None, data  # small (one line), or not this job's
+            covers = found[1]
+            pieces.append(found[2])
+        rest = sorted(name for name in stream.batches if name not in covers)
+        if best is None and len(rest) < 2:
+            return False, None, None  # a lone batch: nothing to compact
+        read = await run_bounded(self.concurrency, [partial(self._batch_piece, stream.batches[n]) for n in rest])
+        pieces.extend(p for p in read if p is not None)
+        if not pieces:
+            return True, None, None
+        covers = covers | {n for n, p in zip(rest, read, strict=True) if p is not None}
+        meta = merge_states([p.meta for p in pieces])
+        if best is not None and len(pieces) == 1:
+            body: bytes | None = data  # nothing readable beside it
+            key = best
+        else:
+            body = await cpu_work(sum(len(p.lines) for p in pieces), join_pieces, self.job_id, meta, covers, pieces)
+            if body is None:
+                return False, None, data  # overlapping batches: merged decoded (they are read again)
+            key = compact_key(self.job_id, stream.pod, stream.container, covers, meta.eof)
+            await self.store.put(key, body, overwrite=False)
+        del pieces, read, data, found  # their bytes: memory is the new body alone from here
+        assert body is not None
+        state, gap = await cpu_work(len(body), _state_of_body, body, ends)
+        sources = [key]
+        redundant = [] if key in stream.batches.values() else self._redundant(stream, covers, key)
+        return True, Loaded(state, sources, redundant, gap), None
+
+    @staticmethod
+    def _redundant(stream: StagedStream, covers: frozenset[str], kept: str) -> list[str]:
+        """What the stream's compacted object `kept`, covering `covers`, makes redundant. Compactions of a
+        stream only grow (each starts from the largest), so the other compacted objects are older."""
+        redundant = [stream.batches[n] for n in sorted(covers) if n in stream.batches]
+        return redundant + sorted(k for _, k in stream.compacted if k != kept)
+
+    async def load_stream(self, stream: StagedStream, *, compact: bool = True,
+                          ends: Ends | None = None) -> Loaded | None:
         """`load`, listing the stream again while a listed object is gone: what covers it was written
         before it was deleted, so the new listing has it (`RELIST_TRIES` at most, then StoreError)."""
         for _ in range(RELIST_TRIES):
             try:
-                return await self.load(stream, compact=compact)
+                return await self.load(stream, compact=compact, ends=ends)
             except Overtaken:
                 stream = await self.relist(stream.pod, stream.container)
         raise StoreError(f"staging of {stream.pod}/{stream.container} kept changing while read")
@@ -183,14 +289,19 @@ class StagingReader:
         keys = await self.store.list_keys(stream_prefix(self.job_id, pod, container))
         return group_staged(self.job_id, keys).get((pod, container), StagedStream(pod, container))
 
-    async def reload(self, sources: list[str]) -> StreamState | None:
-        """The state of a stream from the keys `load` gave (pass two of a finalize); `Overtaken` when one
-        of them is gone."""
+    async def reload(self, sources: list[str], ends: Ends | None = None) -> tuple[StreamState, Gap | None] | None:
+        """The state of a stream from the keys `load` gave (pass two of a finalize), and what it left out
+        when it is a big compacted object read for its `ends`; `Overtaken` when one of them is gone."""
+        if len(sources) == 1 and ends is not None:
+            staged = parse_staged_key(self.job_id, sources[0])
+            if staged is not None and staged.compacted:
+                found = await self._compacted(sources[0], ends)
+                return None if found is None else (found[0], found[2])
         read = await run_bounded(self.concurrency, [partial(self._load_any, k) for k in sources])
         states = [s for s in read if s is not None]
         if not states:
             return None
-        return await cpu_work(sum(len(s.events) for s in states) * EVENT_BYTES, merge_states, states)
+        return await cpu_work(sum(len(s.events) for s in states) * EVENT_BYTES, merge_states, states), None
 
     async def _load_any(self, key: str) -> StreamState | None:
         staged = parse_staged_key(self.job_id, key)

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from agg_helpers import JOB, make_config, read_tree
 
-from aggregator import fanout
+from aggregator import fanout, staging
 from aggregator.artifacts import build_artifacts, chunk_body, summary_body
 from aggregator.config import AggregatorConfig
 from aggregator.finalize import job as finalize_module
@@ -73,9 +73,12 @@ async def stage(store: LocalStore, batches: list[StoredBatch]) -> None:
 
 @pytest.mark.parametrize("seed", range(6))
 @pytest.mark.parametrize("cache", [0, 10**6])
-async def test_streaming_finalize_matches_build_artifacts(tmp_path: Path, seed: int, cache: int,
+@pytest.mark.parametrize("split", [False, True])
+async def test_streaming_finalize_matches_build_artifacts(tmp_path: Path, seed: int, cache: int, split: bool,
                                                           monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(finalize_module, "FINALIZE_CACHE_ENTRIES", cache)
+    if split:  # compacted objects one event per line: finalize reads big streams' ends alone
+        monkeypatch.setattr(staging, "SPLIT_EVENTS", 2)
     if not cache:
         monkeypatch.setattr(fanout, "OFF_LOOP_BYTES", 0)  # every decode, merge and encode in a thread
     rng = random.Random(seed)
