@@ -25,7 +25,7 @@ try:
 except ImportError:  # built without a C compiler: the pure-Python path gives the same bytes
     _hotpath = None  # type: ignore[assignment]
 
-#: Whether the compiled hot path is in use (`--version` and the start-up log say so).
+#: Whether the compiled hot path is in use (the start-up log says so: `compiled_hot_path`).
 COMPILED: Final = _hotpath is not None
 
 
