@@ -21,7 +21,7 @@ from typing import Final
 
 from blastlogs.protocol import MAX_LINE_CHARS, cap_line
 from shipper.reader import line_ends
-from shipper.redact import CLEAN_STATE, Redactor, RedactorState
+from shipper.redact import CLEAN_STATE, Lines, Redactor, RedactorState
 
 # Escape sequences (ECMA-48), 7-bit and 8-bit forms. An unterminated string sequence (OSC, DCS,
 # ...) swallows the rest of the line, as a terminal would.
@@ -176,10 +176,14 @@ class Sanitiser:
             self._redactor.redact_batch(texts, joined_raw, ends, rendered)
         limit = self.max_chars
         if max(map(len, texts)) > limit:
-            for i in compress(range(len(texts)), map(limit.__lt__, map(len, texts))):
-                texts[i] = cap_line(texts[i], limit)
-                self.truncated += 1
+            self._cap(texts, list(compress(range(len(texts)), map(limit.__lt__, map(len, texts)))))
         return texts
+
+    def _cap(self, texts: Lines, over: list[int]) -> None:
+        """Cut the lines `over` (longer than the cap) to it, and count them."""
+        for i in over:
+            texts[i] = cap_line(texts[i], self.max_chars)
+        self.truncated += len(over)
 
     def needle_hits(self, joined_raw: bytes) -> tuple[list[int], list[int]]:
         """Where the redactor's scan of a read's joined lines found our needles and rule keywords
@@ -197,11 +201,7 @@ class Sanitiser:
             texts[i] = render(texts[i])
         if self._redactor is not None and not self._redactor.redact_found(texts, own, candidates, sorted(controls)):
             return None
-        limit = self.max_chars
-        for i, text in texts.items():
-            if len(text) > limit:
-                texts[i] = cap_line(text, limit)
-                self.truncated += 1
+        self._cap(texts, [i for i, text in texts.items() if len(text) > self.max_chars])
         return texts
 
 
