@@ -5,31 +5,15 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Final, TypeVar
+from typing import Final
 
 from aggregator.fanout import finish_even_if_cancelled
 from aggregator.storage.base import TEMP_PREFIX, StoreError, check_key, check_prefix
-from aggregator.storage.phase import storage_phase
 from blastlogs.atomic import write_atomic
 
 #: Stored objects are readable by the service's user only (as `tempfile.mkstemp` creates them).
 LOCAL_FILE_MODE: Final = 0o600
-
-T = TypeVar("T")
-#: The work that may take its time (a finalize's reads and fsync'd chunk writes, compactions) runs in
-#: threads of its own, so an ingest's write never waits behind it in one shared pool.
-BACKGROUND_PHASES: Final = frozenset({"finalize", "compact"})
-_LANES: Final = {True: ThreadPoolExecutor(4, thread_name_prefix="store-background"),
-                 False: ThreadPoolExecutor(4, thread_name_prefix="store")}
-
-
-async def _in_thread(fn: Callable[..., T], *args: object) -> T:
-    """`fn(*args)` in the lane of the current `storage_phase`."""
-    lane = _LANES[storage_phase.get() in BACKGROUND_PHASES]
-    return await asyncio.get_running_loop().run_in_executor(lane, fn, *args)
 
 
 class LocalStore:
@@ -43,7 +27,7 @@ class LocalStore:
         return self.root.joinpath(*check_key(key).split("/"))
 
     async def get(self, key: str) -> bytes | None:
-        return await _in_thread(self._get, key)
+        return await asyncio.to_thread(self._get, key)
 
     def _get(self, key: str) -> bytes | None:
         try:
@@ -55,7 +39,7 @@ class LocalStore:
 
     async def put(self, key: str, data: bytes, *, overwrite: bool = True) -> bool:
         # A thread cannot be stopped: a cancelled put returns only once the write has settled.
-        return await finish_even_if_cancelled(_in_thread(self._put, key, data, overwrite))
+        return await finish_even_if_cancelled(asyncio.to_thread(self._put, key, data, overwrite))
 
     def _put(self, key: str, data: bytes, overwrite: bool) -> bool:
         path = self._path(key)
@@ -69,7 +53,7 @@ class LocalStore:
             raise StoreError(f"write {key}: {e.strerror}") from e
 
     async def delete(self, key: str) -> None:
-        await finish_even_if_cancelled(_in_thread(self._delete, key))
+        await finish_even_if_cancelled(asyncio.to_thread(self._delete, key))
 
     def _delete(self, key: str) -> None:
         try:
@@ -84,14 +68,14 @@ class LocalStore:
             check_key(key)
         for start in range(0, len(keys), 1000):
             part = keys[start:start + 1000]
-            await finish_even_if_cancelled(_in_thread(self._delete_all, part))
+            await finish_even_if_cancelled(asyncio.to_thread(self._delete_all, part))
 
     def _delete_all(self, keys: list[str]) -> None:
         for key in keys:
             self._delete(key)
 
     async def list_keys(self, prefix: str) -> list[str]:
-        return await _in_thread(self._list_keys, check_prefix(prefix))
+        return await asyncio.to_thread(self._list_keys, check_prefix(prefix))
 
     def _list_keys(self, prefix: str) -> list[str]:
         # Walk only the deepest folder the prefix names entirely.
@@ -127,7 +111,7 @@ class LocalStore:
     async def sweep_temp(self, prefix: str, older_than: float) -> int:
         """Remove `.tmp-*.part` files under `prefix` older than `older_than` seconds (a crash mid-write
         leaves them; a write in progress is seconds old, never that old)."""
-        return await _in_thread(self._sweep_temp, check_prefix(prefix), older_than)
+        return await asyncio.to_thread(self._sweep_temp, check_prefix(prefix), older_than)
 
     def _sweep_temp(self, prefix: str, older_than: float) -> int:
         folder = prefix.rsplit("/", 1)[0] if "/" in prefix else ""
