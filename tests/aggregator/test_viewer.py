@@ -124,16 +124,22 @@ def browser(tmp_path: Path) -> Iterator[WebDriver]:
 LOG_TEXT = "return document.getElementById('log').innerText"
 
 
-async def test_viewer_follows_a_real_shipper_in_chromium(browser: WebDriver, start_aggregator: Any,
-                                                         volume: Path) -> None:
-    """Phases, streams and exit codes, the follow updating while a real shipper ships what the
-    containers write, the filter box; the token never in a URL or the server's log."""
+def start_job(start_aggregator: Any, volume: Path) -> tuple[Any, Path, str]:
+    """An aggregator, and a volume whose results-export has ended (0) and whose blast wrote five
+    lines: what both follow tests start from, and the job's read token."""
     agg = start_aggregator()
     logs = volume / "logs"
     (logs / "results-export.log").write_text("export 0\n")
     (logs / "results-export.exit").write_text("0\n")
     append(logs / "blast.log", b"".join(f"line {i}\n".encode() for i in range(5)))
-    token = read_token(TEST_SECRET, SHIPPER_JOB)
+    return agg, logs, read_token(TEST_SECRET, SHIPPER_JOB)
+
+
+async def test_viewer_follows_a_real_shipper_in_chromium(browser: WebDriver, start_aggregator: Any,
+                                                         volume: Path) -> None:
+    """Phases, streams and exit codes, the follow updating while a real shipper ships what the
+    containers write, the filter box; the token never in a URL or the server's log."""
+    agg, logs, token = start_job(start_aggregator, volume)
 
     async def wait(script: str, check: Callable[[Any], bool]) -> Any:
         return await asyncio.to_thread(browser.wait, script, check)
@@ -173,12 +179,7 @@ async def test_viewer_script_follows_a_real_shipper_in_node(start_aggregator: An
     node = shutil.which("node")
     if node is None:
         pytest.skip("node is not installed")
-    agg = start_aggregator()
-    logs = volume / "logs"
-    (logs / "results-export.log").write_text("export 0\n")
-    (logs / "results-export.exit").write_text("0\n")
-    append(logs / "blast.log", b"".join(f"line {i}\n".encode() for i in range(5)))
-    token = read_token(TEST_SECRET, SHIPPER_JOB)
+    agg, logs, token = start_job(start_aggregator, volume)
     page = resources.files("aggregator").joinpath("viewer.html")
     shim = Path(__file__).with_name("viewer_dom.mjs")
     async with shipping(volume, [agg.url], token=job_token(TEST_SECRET, SHIPPER_JOB)) as shipper:
