@@ -157,6 +157,33 @@ class AzureStore:
 
         return await self._run("get", key, op)
 
+    async def read_range(self, key: str, start: int, length: int) -> tuple[bytes, int] | None:
+        """Get Blob with a range (`download_blob(offset, length)`); a range from the blob's end on (the
+        service answers 416) reads its size from its properties instead."""
+        check_key(key)
+        if start < 0 or length < 0:
+            raise ValueError(f"bad range {start}+{length}")
+
+        async def op() -> tuple[bytes, int] | None:
+            try:
+                if length == 0:
+                    props = await self._client.get_blob_client(key).get_blob_properties()
+                    return b"", int(props.size)
+                try:
+                    downloader = await self._client.download_blob(key, offset=start, length=length)
+                except HttpResponseError as e:
+                    if e.status_code != 416:
+                        raise
+                    props = await self._client.get_blob_client(key).get_blob_properties()
+                    return b"", int(props.size)
+                data = await downloader.readall()
+                # `properties.size` is the range's; "bytes {first}-{last}/{blob size}" has the blob's
+                return data, int(str(downloader.properties.content_range).rsplit("/", 1)[1])
+            except ResourceNotFoundError:
+                return None
+
+        return await self._run("get", key, op)
+
     async def put(self, key: str, data: bytes, *, overwrite: bool = True) -> bool:
         check_key(key)
 

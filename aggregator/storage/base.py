@@ -17,7 +17,8 @@ from aggregator.errors import StoreError
 from aggregator.fanout import run_bounded
 from blastlogs.atomic import TEMP_PREFIX
 
-__all__ = ["TEMP_PREFIX", "DeletesMany", "Store", "StoreError", "SweepsTemp", "check_key", "check_prefix"]
+__all__ = ["TEMP_PREFIX", "DeletesMany", "ReadsRanges", "Store", "StoreError", "SweepsTemp", "check_key", "check_prefix",
+           "read_range"]
 
 # LocalStore's in-progress writes start with TEMP_PREFIX; such names are never keys (check_key refuses them).
 
@@ -59,6 +60,24 @@ async def delete_keys(store: Store, keys: list[str], concurrency: int) -> None:
         await store.delete_many(keys)
     else:
         await run_bounded(concurrency, (partial(store.delete, k) for k in keys))
+
+
+@runtime_checkable
+class ReadsRanges(Protocol):
+    """A store that reads part of an object (LocalStore, AzureStore): a big object is read a slice at a
+    time, never held whole."""
+
+    async def read_range(self, key: str, start: int, length: int) -> tuple[bytes, int] | None:
+        """Up to `length` bytes of the object from `start` (fewer at its end, none from its end on) and
+        the object's size; None when it does not exist."""
+
+
+async def read_range(store: Store, key: str, start: int, length: int) -> tuple[bytes, int] | None:
+    """`store.read_range` where the store has it; else the whole object read (`get`) and cut."""
+    if isinstance(store, ReadsRanges):
+        return await store.read_range(key, start, length)
+    data = await store.get(key)
+    return None if data is None else (data[start:start + length], len(data))
 
 
 @runtime_checkable

@@ -37,6 +37,22 @@ class LocalStore:
         except OSError as e:
             raise StoreError(f"read {key}: {e.strerror}") from e
 
+    async def read_range(self, key: str, start: int, length: int) -> tuple[bytes, int] | None:
+        return await asyncio.to_thread(self._read_range, key, start, length)
+
+    def _read_range(self, key: str, start: int, length: int) -> tuple[bytes, int] | None:
+        if start < 0 or length < 0:
+            raise ValueError(f"bad range {start}+{length}")
+        try:
+            with self._path(key).open("rb") as f:
+                size = os.fstat(f.fileno()).st_size
+                f.seek(start)
+                return f.read(length), size
+        except FileNotFoundError:
+            return None
+        except OSError as e:
+            raise StoreError(f"read {key}: {e.strerror}") from e
+
     async def put(self, key: str, data: bytes, *, overwrite: bool = True) -> bool:
         # A thread cannot be stopped: a cancelled put returns only once the write has settled.
         return await finish_even_if_cancelled(asyncio.to_thread(self._put, key, data, overwrite))
