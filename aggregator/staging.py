@@ -6,6 +6,7 @@ Where the objects live is `aggregator.storage.layout`'s business (`batch_key`, `
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass
 from itertools import pairwise
@@ -203,23 +204,83 @@ def decode_compacted_ends(data: bytes, head: int, tail: int) -> CompactedEnds | 
     count = 1 + sum(data.count(b"\n", i, min(i + COUNT_STEP, end)) for i in range(start, end, COUNT_STEP))
     if count <= head + tail:
         return None
-    first: list[bytes] = []
-    pos = start
+    return _ends_of(data, split, data, count, head, tail)
+
+
+def _ends_of(front: bytes | bytearray, split: int, back: bytes | bytearray, count: int, head: int,
+             tail: int) -> CompactedEnds:
+    """The ends of a compacted object of `count` (more than `head + tail`) event lines from its `front` (its
+    first bytes: the head, `"events":[` at `split`, and at least `head + 1` lines) and its `back` (its last
+    bytes: at least its last `tail` lines and the newline before them)."""
+    first: list[bytes | bytearray] = []
+    pos = split + len(_EVENTS_LINES)
     for _ in range(head + 1):  # and the first left out
-        nl = data.index(b"\n", pos)
-        first.append(data[pos:nl].rstrip(b","))  # an event is an array: only its comma ends in ","
+        nl = front.index(b"\n", pos)
+        first.append(front[pos:nl].rstrip(b","))  # an event is an array: only its comma ends in ","
         pos = nl + 1
-    last: list[bytes] = []
-    pos = end
+    last: list[bytes | bytearray] = []
+    pos = len(back) - 3
     for _ in range(tail):
-        nl = data.rindex(b"\n", start - 1, pos)
-        last.append(data[nl + 1:pos].rstrip(b","))
+        nl = back.rindex(b"\n", 0, pos)
+        last.append(back[nl + 1:pos].rstrip(b","))
         pos = nl
-    c = decode_compacted(b"".join((data[:split], b'"events":[', b",".join(first + last[::-1]), b"]}")))
+    c = decode_compacted(b"".join((front[:split], b'"events":[', b",".join(first + last[::-1]), b"]}")))
     events = c.state.events
     gap = Gap(head, count - head - tail, events[head][0])
     del events[head]
     return CompactedEnds(c.job_id, c.state, gap, c.covers)
+
+
+#: The slice a big compacted object is read in when read for its ends (`EndsScan`).
+SCAN_SLICE = 4 << 20
+
+
+class EndsScan:
+    """`decode_compacted_ends` of an object read a slice at a time, in order (`feed`, then `result`), holding
+    only its front (the head and the first `head + 1` event lines), about its last `tail` lines and a
+    slice: a finalize reads a stream of 1,000,000 lines (about 110 MB) for its ends in a few MB."""
+
+    def __init__(self, head: int, tail: int) -> None:
+        self.head, self.tail = head, tail
+        self.front = bytearray()  # the first bytes, until they hold the head and `head + 1` lines
+        self.front_done = False
+        self.split = -1  # where `"events":[` starts in `front`, once found
+        self.newlines = 0  # after the events' start: the event lines (each ends in one, the last one too)
+        self.back: deque[tuple[bytes, int]] = deque()  # the last slices, and their newlines
+        self.back_newlines = 0
+        self.whole = True  # `back` holds every byte fed
+
+    def feed(self, data: bytes) -> None:
+        lines = data.count(b"\n")
+        self.newlines += lines
+        if not self.front_done:
+            seen = len(self.front)
+            self.front += data
+            if self.split < 0:
+                self.split = self.front.find(_EVENTS_LINES, max(seen - len(_EVENTS_LINES), 0))
+                if self.split >= 0:
+                    self.newlines = self.front.count(b"\n", self.split + len(_EVENTS_LINES))
+            if self.split >= 0 and self.newlines > self.head:
+                self.front_done = True
+                pos = self.split + len(_EVENTS_LINES)
+                for _ in range(self.head + 1):
+                    pos = self.front.index(b"\n", pos) + 1
+                del self.front[pos:]  # the head and its first `head + 1` lines are all `result` needs of it
+        self.back.append((data, lines))
+        self.back_newlines += lines
+        while len(self.back) > 1 and self.back_newlines - self.back[0][1] > self.tail:
+            self.back_newlines -= self.back.popleft()[1]
+            self.whole = False
+
+    def result(self) -> CompactedEnds | bytes | None:
+        """The ends (`decode_compacted_ends`); else the object's bytes when they are still all here (a small
+        or one-line object: decode those), or None (read it whole)."""
+        back = b"".join(d for d, _ in self.back)
+        if not self.front_done:
+            return bytes(self.front)
+        if back[-3:] != b"\n]}" or self.newlines <= self.head + self.tail:
+            return back if self.whole else None
+        return _ends_of(self.front, self.split, back, self.newlines, self.head, self.tail)
 
 
 def decode_compacted(data: bytes) -> Compacted:

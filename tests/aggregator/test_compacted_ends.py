@@ -12,6 +12,8 @@ import pytest
 from aggregator import staging
 from aggregator.artifacts import StreamState, merge_states, retained_entries
 from aggregator.staging import (
+    CompactedEnds,
+    EndsScan,
     decode_compacted,
     decode_compacted_ends,
     encode_compacted,
@@ -83,3 +85,51 @@ def test_joined_pieces_are_the_bytes_of_the_merged_state(monkeypatch: pytest.Mon
     overlapping = [piece_of_state(StreamState("p", "c", [(o, 1.0, 0, "x") for o in offs], [], False, None, (0, "running")))
                    for offs in ([0, 4, 8], [8, 12])]
     assert join_pieces("elb-1", merge_states([p.meta for p in overlapping]), [], overlapping) is None
+
+
+def scanned(data: bytes, head: int, tail: int, rng: random.Random) -> CompactedEnds | bytes | None:
+    scan = EndsScan(head, tail)
+    pos = 0
+    while pos < len(data):
+        step = rng.choice([1, 2, 7, 64, len(data)])
+        scan.feed(data[pos:pos + step])
+        pos += step
+    return scan.result()
+
+
+def test_ends_read_a_slice_at_a_time_are_the_ends_of_the_whole(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`EndsScan` fed the object in slices of any size gives what `decode_compacted_ends` gives for all of
+    it, or (small and one-line objects) the object's bytes, or None only where the whole is needed."""
+    monkeypatch.setattr(staging, "SPLIT_EVENTS", 5)
+    rng = random.Random(1616)
+    kinds = {"ends": 0, "bytes": 0, "none": 0}
+    for _ in range(1500):
+        state = random_state(rng)
+        data = encode_compacted("elb-1", state, [f"b-{i}.json" for i in range(rng.randint(1, 30))])
+        head, tail = rng.randint(0, 8), rng.randint(0, 8)
+        want = decode_compacted_ends(data, head, tail)
+        got = scanned(data, head, tail, rng)
+        if isinstance(got, CompactedEnds):
+            kinds["ends"] += 1
+            assert got == want
+        elif isinstance(got, bytes):
+            kinds["bytes"] += 1
+            assert got == data
+        else:
+            kinds["none"] += 1
+            assert want is None
+    assert min(kinds["ends"], kinds["bytes"]) > 200, kinds
+
+
+def test_a_scan_holds_the_ends_not_the_object(monkeypatch: pytest.MonkeyPatch) -> None:
+    """20,000 events fed 4 KB at a time: what the scan keeps is its front and about its last lines."""
+    state = StreamState("pod-1", "blast", [(i * 10, 1000.0 + i, 0, f"line {i} " + "x" * 90) for i in range(20_000)],
+                        [], True, (0, 0), (0, "running"))
+    data = encode_compacted("elb-1", state, ["b-1.json"])
+    scan = EndsScan(10, 20)
+    for pos in range(0, len(data), 4096):
+        scan.feed(data[pos:pos + 4096])
+        assert len(scan.front) + sum(len(d) for d, _ in scan.back) < 4 * 4096 + 30 * 150
+    got = scan.result()
+    assert isinstance(got, CompactedEnds) and got == decode_compacted_ends(data, 10, 20)
+    assert got.gap.count == 20_000 - 30
