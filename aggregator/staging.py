@@ -120,11 +120,13 @@ def encode_compacted(job_id: str, state: StreamState, covers: Iterable[str]) -> 
     head = _compacted_head(job_id, state, covers)
     if len(state.events) <= SPLIT_EVENTS:
         return orjson.dumps({**head, "events": state.events})  # (off, ts, seq, line)
-    return _split_body(head, [b",\n".join(map(orjson.dumps, state.events))])
+    return _split_body(head, len(state.events), [b",\n".join(map(orjson.dumps, state.events))])
 
 
-def _split_body(head: dict[str, Any], lines: list[bytes | memoryview]) -> bytes:
+def _split_body(head: dict[str, Any], count: int, lines: list[bytes | memoryview]) -> bytes:
     # A JSON string never holds a raw newline: the lines between `[` and `]` are exactly the events.
+    # `count` (how many) lets a finalize read the ends alone, not count every line (`EndsScan`).
+    head = {**head, "count": count}
     return b"".join((orjson.dumps(head)[:-1], b",", _EVENTS_LINES, b",\n".join(lines), b"\n]}"))
 
 
@@ -177,7 +179,7 @@ def join_pieces(job_id: str, meta: StreamState, covers: Iterable[str], pieces: l
         meta.events = _decode_seq_events(orjson.loads(b"".join((b"[", b",".join(
             bytes(x).replace(b",\n", b",") for x in lines), b"]"))))
         return encode_compacted(job_id, meta, covers)
-    return _split_body(_compacted_head(job_id, meta, covers), lines)
+    return _split_body(_compacted_head(job_id, meta, covers), sum(p.count for p in full), lines)
 
 
 @dataclass(frozen=True, slots=True)
@@ -271,6 +273,37 @@ class EndsScan:
         while len(self.back) > 1 and self.back_newlines - self.back[0][1] > self.tail:
             self.back_newlines -= self.back.popleft()[1]
             self.whole = False
+
+    def _head(self) -> dict[str, Any] | None:
+        """The object's head (every field but its events), once fed (None before, or when unreadable)."""
+        if self.split < 0:
+            return None
+        try:
+            head = orjson.loads(bytes(self.front[:self.split]) + b'"events":[]}')
+        except orjson.JSONDecodeError:
+            return None
+        return head if isinstance(head, dict) else None
+
+    def covers(self) -> frozenset[str] | None:
+        """The batch names the object covers, once its head was fed."""
+        covers = (self._head() or {}).get("covers")
+        if not (isinstance(covers, list) and all(isinstance(c, str) for c in covers)):
+            return None
+        return frozenset(covers)
+
+    def count(self) -> int | None:
+        """How many events the head says the object holds (objects written before it said: None)."""
+        count = (self._head() or {}).get("count")
+        return count if is_nonneg_int(count) else None
+
+    def result_with_back(self, back: bytes, count: int) -> CompactedEnds | None:
+        """The ends from the front fed and the object's last bytes `back` (read apart, after the front: at
+        least its last `tail` lines and the newline before them), and the head's `count`; None when they do
+        not fit together (read it all)."""
+        if (back[-3:] != b"\n]}" or count <= self.head + self.tail or back.count(b"\n") <= self.tail
+                or count < self.newlines + back.count(b"\n")):
+            return None
+        return _ends_of(self.front, self.split, back, count, self.head, self.tail)
 
     def result(self) -> CompactedEnds | bytes | None:
         """The ends (`decode_compacted_ends`); else the object's bytes when they are still all here (a small

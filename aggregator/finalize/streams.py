@@ -12,15 +12,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass, field
 from functools import partial
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from aggregator.artifacts import Gap, StreamState, merge_states, state_of_batch
 from aggregator.errors import StoreError
 from aggregator.fanout import cpu_work, run_bounded
 from aggregator.staging import (
+    SCAN_SLICE,
+    CompactedEnds,
+    EndsScan,
     Piece,
     decode_batch,
     decode_compacted,
@@ -31,6 +34,7 @@ from aggregator.staging import (
     piece_of_state,
 )
 from aggregator.storage import Store
+from aggregator.storage.base import read_range
 from aggregator.storage.layout import StagedKey, compact_key, parse_staged_key, stream_prefix
 
 log = logging.getLogger("aggregator.finalize")
@@ -120,6 +124,14 @@ def _decode_compacted(ends: Ends | None, data: bytes) -> tuple[str, Found]:
     return c.job_id, (c.state, c.covers, None)
 
 
+def _or_none(fn: Callable[..., T], *args: Any) -> T | None:
+    """`fn(*args)`, or None for a ValueError (what cannot be decoded is read whole, where it is logged)."""
+    try:
+        return fn(*args)
+    except ValueError:
+        return None
+
+
 async def _gone_as_none(read: Awaitable[T | None]) -> T | None:
     try:
         return await read
@@ -139,6 +151,60 @@ class StagingReader:
     async def _get(self, key: str) -> bytes | None:
         async with self._sem:
             return await self.store.get(key)
+
+    async def _scan(self, key: str, ends: Ends, batches: Collection[str] = ()) -> CompactedEnds | bytes | None:
+        """The compacted object at `key` read for its `ends` a slice at a time (`EndsScan`): its head and
+        first lines, then (when its head gives its `count`) its last lines alone, else every slice. Its
+        ends; or its bytes (small, or one-line: decode them); or None (read it whole, as `_compacted` does:
+        it also logs what is unreadable), also as soon as its head shows it does not cover all of `batches`
+        (they are joined or merged onto it). `Overtaken` when it is gone."""
+        scan = EndsScan(*ends)
+        pos, size = 0, -1
+        checked = not batches
+        while size < 0 or pos < size:
+            data, size = await self._slice(key, pos, SCAN_SLICE)
+            await cpu_work(len(data), scan.feed, data)
+            pos += len(data)
+            if not data:
+                break
+            if not checked and scan.split >= 0:
+                checked = True
+                covers = scan.covers()
+                if covers is None or not all(n in covers for n in batches):
+                    return None
+            count = scan.count() if scan.front_done and pos < size else None
+            if count is not None:
+                parts, start = await self._back(key, pos, size, ends[1])
+                if start > pos:
+                    back = b"".join(parts)
+                    return await cpu_work(len(back), _or_none, scan.result_with_back, back, count)
+                for part in parts:  # the rest was no more than the last lines: all of it is read
+                    await cpu_work(len(part), scan.feed, part)
+                break
+        return await cpu_work(len(scan.front) + ends[1] * EVENT_BYTES, _or_none, scan.result)
+
+    async def _slice(self, key: str, start: int, length: int) -> tuple[bytes, int]:
+        async with self._sem:
+            got = await read_range(self.store, key, start, length)
+        if got is None:
+            raise Overtaken(key)
+        return got
+
+    async def _back(self, key: str, after: int, size: int, tail: int) -> tuple[list[bytes], int]:
+        """The object's last slices (in order) back to where they hold `tail` lines and the newline before
+        them, or back to `after`; and where they start."""
+        parts: list[bytes] = []
+        lines = 0
+        start = size
+        while lines <= tail and start > after:
+            begin = max(after, start - SCAN_SLICE)
+            data, now = await self._slice(key, begin, start - begin)
+            if now != size or len(data) != start - begin:
+                raise Overtaken(key)  # not the object the front came from
+            parts.insert(0, data)
+            lines += data.count(b"\n")
+            start = begin
+        return parts, start
 
     async def _read(self, key: str, decode: Callable[[bytes], T], what: str, data: bytes | None = None) -> T | None:
         """The decoded object, or None when it is unreadable (logged, skipped); `Overtaken` when gone."""
@@ -169,11 +235,20 @@ class StagingReader:
         so never from a partial read). A finalize passes its retention as `ends`: a big compacted object
         that covers every listed batch is then read for those ends alone (`Loaded.gap`)."""
         read_best: bytes | None = None  # the compacted object's bytes, when `_load_joined` read them
+        best = stream.best()
+        if compact and ends is not None and best is not None:
+            # a finalize (or compaction) of a stream that is a big compacted object and no batch beside it
+            # reads it for its ends, a slice at a time (the usual case once its eof compaction ran)
+            scanned = await self._scan(best, ends, stream.batches.keys())
+            if isinstance(scanned, CompactedEnds):
+                if scanned.job_id == self.job_id and all(n in scanned.covers for n in stream.batches):
+                    return Loaded(scanned.state, [best], self._redundant(stream, scanned.covers, best), scanned.gap)
+            elif scanned is not None:
+                read_best = scanned
         if compact:
-            joined, loaded, read_best = await self._load_joined(stream, ends)
+            joined, loaded, read_best = await self._load_joined(stream, ends, read_best)
             if joined:
                 return loaded
-        best = stream.best()
         states: list[StreamState] = []
         covers: frozenset[str] = frozenset()
         sources: list[str] = []
@@ -217,20 +292,21 @@ class StagingReader:
         state = await self._batch(key)
         return None if state is None else await cpu_work(len(state.events) * EVENT_BYTES, piece_of_state, state)
 
-    async def _load_joined(self, stream: StagedStream, ends: Ends | None,
+    async def _load_joined(self, stream: StagedStream, ends: Ends | None, data: bytes | None = None,
                            ) -> tuple[bool, Loaded | None, bytes | None]:
         """`load` (compacting) without decoding every event: the stream's compacted object (one event per
         line) and its batches read as `Piece`s and joined (`join_pieces`) when their events are ordered
         and disjoint; `(False, None, bytes of the compacted object if read)` when they are not, or the
         stream is not worth it (then `load` merges decoded states, without reading that object again).
-        Memory is about the object's bytes twice, not its events decoded."""
+        Memory is about the object's bytes twice, not its events decoded. `data`: the compacted object's
+        bytes, when read already."""
         best = stream.best()
         pieces: list[Piece] = []
         covers: frozenset[str] = frozenset()
-        data: bytes | None = None
         found: tuple[str, frozenset[str], Piece] | None = None
         if best is not None:
-            data = await self._get(best)
+            if data is None:
+                data = await self._get(best)
             if data is None:
                 raise Overtaken(best)
             try:
@@ -295,7 +371,10 @@ class StagingReader:
         if len(sources) == 1 and ends is not None:
             staged = parse_staged_key(self.job_id, sources[0])
             if staged is not None and staged.compacted:
-                found = await self._compacted(sources[0], ends)
+                scanned = await self._scan(sources[0], ends)
+                if isinstance(scanned, CompactedEnds):
+                    return (scanned.state, scanned.gap) if scanned.job_id == self.job_id else None
+                found = await self._compacted(sources[0], ends, scanned)
                 return None if found is None else (found[0], found[2])
         read = await run_bounded(self.concurrency, [partial(self._load_any, k) for k in sources])
         states = [s for s in read if s is not None]

@@ -14,6 +14,7 @@ from aggregator import fanout, staging
 from aggregator.artifacts import build_artifacts, chunk_body, summary_body
 from aggregator.config import AggregatorConfig
 from aggregator.finalize import job as finalize_module
+from aggregator.finalize import streams as streams_module
 from aggregator.finalize.job import finalize_job
 from aggregator.model import Dropped, StoredBatch
 from aggregator.staging import encode_batch
@@ -73,12 +74,14 @@ async def stage(store: LocalStore, batches: list[StoredBatch]) -> None:
 
 @pytest.mark.parametrize("seed", range(6))
 @pytest.mark.parametrize("cache", [0, 10**6])
-@pytest.mark.parametrize("split", [False, True])
-async def test_streaming_finalize_matches_build_artifacts(tmp_path: Path, seed: int, cache: int, split: bool,
+@pytest.mark.parametrize("split", ["no", "yes", "sliced"])
+async def test_streaming_finalize_matches_build_artifacts(tmp_path: Path, seed: int, cache: int, split: str,
                                                           monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(finalize_module, "FINALIZE_CACHE_ENTRIES", cache)
-    if split:  # compacted objects one event per line: finalize reads big streams' ends alone
+    if split != "no":  # compacted objects one event per line: finalize reads big streams' ends alone
         monkeypatch.setattr(staging, "SPLIT_EVENTS", 2)
+    if split == "sliced":  # ... in ranged reads of a few bytes: the head, then the last lines (`EndsScan`)
+        monkeypatch.setattr(streams_module, "SCAN_SLICE", 64 + seed * 100)
     if not cache:
         monkeypatch.setattr(fanout, "OFF_LOOP_BYTES", 0)  # every decode, merge and encode in a thread
     rng = random.Random(seed)
