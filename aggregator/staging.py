@@ -124,10 +124,19 @@ def encode_compacted(job_id: str, state: StreamState, covers: Iterable[str]) -> 
 
 
 def _split_body(head: dict[str, Any], count: int, lines: list[bytes | memoryview]) -> bytes:
+    return b"".join(_split_parts(head, count, lines))
+
+
+def _split_parts(head: dict[str, Any], count: int, lines: list[bytes | memoryview]) -> list[bytes | memoryview]:
     # A JSON string never holds a raw newline: the lines between `[` and `]` are exactly the events.
     # `count` (how many) lets a finalize read the ends alone, not count every line (`EndsScan`).
-    head = {**head, "count": count}
-    return b"".join((orjson.dumps(head)[:-1], b",", _EVENTS_LINES, b",\n".join(lines), b"\n]}"))
+    parts: list[bytes | memoryview] = [b"".join((orjson.dumps({**head, "count": count})[:-1], b",", _EVENTS_LINES))]
+    for i, block in enumerate(lines):
+        if i:
+            parts.append(b",\n")
+        parts.append(block)
+    parts.append(b"\n]}")
+    return parts
 
 
 @dataclass(slots=True)
@@ -171,6 +180,14 @@ def join_pieces(job_id: str, meta: StreamState, covers: Iterable[str], pieces: l
     """The compacted object of `pieces` (their merged `meta` given), byte for byte what `encode_compacted`
     writes for their merged state, when their events are ordered and disjoint (a stream's batches
     usually are); else None (merge them decoded)."""
+    parts = joined_parts(job_id, meta, covers, pieces)
+    return None if parts is None else b"".join(parts)
+
+
+def joined_parts(job_id: str, meta: StreamState, covers: Iterable[str],
+                 pieces: list[Piece]) -> list[bytes | memoryview] | None:
+    """`join_pieces` as the parts whose concatenation it is (the pieces' lines not copied: a store's
+    `put_parts` writes them one after another)."""
     full = sorted((p for p in pieces if p.count), key=lambda p: p.first)
     if not all(p.ordered for p in full) or any(a.last >= b.first for a, b in pairwise(full)):
         return None
@@ -178,8 +195,8 @@ def join_pieces(job_id: str, meta: StreamState, covers: Iterable[str], pieces: l
     if sum(p.count for p in full) <= SPLIT_EVENTS:
         meta.events = _decode_seq_events(orjson.loads(b"".join((b"[", b",".join(
             bytes(x).replace(b",\n", b",") for x in lines), b"]"))))
-        return encode_compacted(job_id, meta, covers)
-    return _split_body(_compacted_head(job_id, meta, covers), sum(p.count for p in full), lines)
+        return [encode_compacted(job_id, meta, covers)]
+    return _split_parts(_compacted_head(job_id, meta, covers), sum(p.count for p in full), lines)
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Final
 
@@ -28,9 +29,10 @@ def fsync_dir(folder: Path) -> None:
             os.close(fd)
 
 
-def write_atomic(path: Path, data: bytes, *, mode: int = 0o644, overwrite: bool = True,
-                 temp_prefix: str = TEMP_PREFIX) -> bool:
-    """Write `data` to `path` atomically and durably; the folder must exist.
+def write_atomic(path: Path, data: bytes | Sequence[bytes | memoryview], *, mode: int = 0o644,
+                 overwrite: bool = True, temp_prefix: str = TEMP_PREFIX) -> bool:
+    """Write `data` (bytes, or parts written one after another, never joined) to `path` atomically and
+    durably; the folder must exist.
 
     `overwrite=False` writes only when `path` does not exist yet and returns False when it did
     (without a race between writers). Raises OSError; leaves no temp file behind on failure.
@@ -38,7 +40,8 @@ def write_atomic(path: Path, data: bytes, *, mode: int = 0o644, overwrite: bool 
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=temp_prefix, suffix=".part")
     try:
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
+            for part in (data,) if isinstance(data, bytes | bytearray | memoryview) else data:
+                f.write(part)
             f.flush()
             os.fchmod(f.fileno(), mode)
             os.fsync(f.fileno())

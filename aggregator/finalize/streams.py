@@ -29,12 +29,12 @@ from aggregator.staging import (
     decode_compacted,
     decode_compacted_ends,
     encode_compacted,
-    join_pieces,
+    joined_parts,
     piece_of_compacted,
     piece_of_state,
 )
 from aggregator.storage import Store
-from aggregator.storage.base import read_range
+from aggregator.storage.base import put_parts, read_range
 from aggregator.storage.layout import StagedKey, compact_key, parse_staged_key, stream_prefix
 
 log = logging.getLogger("aggregator.finalize")
@@ -45,6 +45,20 @@ T = TypeVar("T")
 EVENT_BYTES = 100
 #: Times `load_stream` lists a stream again after a listed object was gone (a compaction overtook it).
 RELIST_TRIES = 5
+
+
+def _state_of_parts(parts: list[bytes | memoryview], ends: Ends | None) -> tuple[StreamState, Gap | None]:
+    """`_state_of_body` of the parts' concatenation; for its `ends`, fed to `EndsScan` a slice at a time, so
+    a compaction of a big stream never holds the whole of its new object."""
+    if ends is not None and len(parts) > 1:
+        scan = EndsScan(*ends)
+        for part in parts:
+            for i in range(0, len(part), SCAN_SLICE):
+                scan.feed(bytes(part[i:i + SCAN_SLICE]))
+        got = scan.result()
+        if isinstance(got, CompactedEnds):
+            return got.state, got.gap
+    return _state_of_body(b"".join(parts), ends)
 
 
 def _state_of_body(body: bytes, ends: Ends | None) -> tuple[StreamState, Gap | None]:
@@ -295,11 +309,12 @@ class StagingReader:
     async def _load_joined(self, stream: StagedStream, ends: Ends | None, data: bytes | None = None,
                            ) -> tuple[bool, Loaded | None, bytes | None]:
         """`load` (compacting) without decoding every event: the stream's compacted object (one event per
-        line) and its batches read as `Piece`s and joined (`join_pieces`) when their events are ordered
+        line) and its batches read as `Piece`s and joined (`joined_parts`) when their events are ordered
         and disjoint; `(False, None, bytes of the compacted object if read)` when they are not, or the
         stream is not worth it (then `load` merges decoded states, without reading that object again).
-        Memory is about the object's bytes twice, not its events decoded. `data`: the compacted object's
-        bytes, when read already."""
+        Memory is about the old object's bytes and the new batches' lines, not its events decoded: the new
+        object is written from them as parts (`put_parts`; Azure joins them), and its state is scanned from
+        them. `data`: the compacted object's bytes, when read already."""
         best = stream.best()
         pieces: list[Piece] = []
         covers: frozenset[str] = frozenset()
@@ -327,17 +342,19 @@ class StagingReader:
         covers = covers | {n for n, p in zip(rest, read, strict=True) if p is not None}
         meta = merge_states([p.meta for p in pieces])
         if best is not None and len(pieces) == 1:
-            body: bytes | None = data  # nothing readable beside it
+            assert data is not None
+            parts: list[bytes | memoryview] | None = [data]  # nothing readable beside it
             key = best
         else:
-            body = await cpu_work(sum(len(p.lines) for p in pieces), join_pieces, self.job_id, meta, covers, pieces)
-            if body is None:
+            parts = await cpu_work(sum(len(p.lines) for p in pieces), joined_parts, self.job_id, meta, covers, pieces)
+            if parts is None:
                 return False, None, data  # overlapping batches: merged decoded (they are read again)
             key = compact_key(self.job_id, stream.pod, stream.container, covers, meta.eof)
-            await self.store.put(key, body, overwrite=False)
-        del pieces, read, data, found  # their bytes: memory is the new body alone from here
-        assert body is not None
-        state, gap = await cpu_work(len(body), _state_of_body, body, ends)
+            # written from its parts (the old object's lines and the batches'), never joined in memory
+            await put_parts(self.store, key, parts, overwrite=False)
+        del pieces, read, data, found  # what `parts` does not hold of them
+        assert parts is not None
+        state, gap = await cpu_work(sum(map(len, parts)), _state_of_parts, parts, ends)
         sources = [key]
         redundant = [] if key in stream.batches.values() else self._redundant(stream, covers, key)
         return True, Loaded(state, sources, redundant, gap), None

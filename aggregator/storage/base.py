@@ -10,6 +10,7 @@ on (for finalize: after its lock was released).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from functools import partial
 from typing import Protocol, runtime_checkable
 
@@ -17,8 +18,8 @@ from aggregator.errors import StoreError
 from aggregator.fanout import run_bounded
 from blastlogs.atomic import TEMP_PREFIX
 
-__all__ = ["TEMP_PREFIX", "DeletesMany", "ReadsRanges", "Store", "StoreError", "SweepsTemp", "check_key", "check_prefix",
-           "read_range"]
+__all__ = ["TEMP_PREFIX", "DeletesMany", "PutsParts", "ReadsRanges", "Store", "StoreError", "SweepsTemp", "check_key",
+           "check_prefix", "put_parts", "read_range"]
 
 # LocalStore's in-progress writes start with TEMP_PREFIX; such names are never keys (check_key refuses them).
 
@@ -78,6 +79,22 @@ async def read_range(store: Store, key: str, start: int, length: int) -> tuple[b
         return await store.read_range(key, start, length)
     data = await store.get(key)
     return None if data is None else (data[start:start + length], len(data))
+
+
+@runtime_checkable
+class PutsParts(Protocol):
+    """A store that writes an object from parts without joining them (LocalStore): a compaction of a big
+    stream holds its old object and its new batches, not also their concatenation."""
+
+    async def put_parts(self, key: str, parts: Sequence[bytes | memoryview], *, overwrite: bool = True) -> bool:
+        """`put` of the parts' concatenation."""
+
+
+async def put_parts(store: Store, key: str, parts: Sequence[bytes | memoryview], *, overwrite: bool = True) -> bool:
+    """`store.put_parts` where the store has it; else `put` of the parts joined."""
+    if isinstance(store, PutsParts):
+        return await store.put_parts(key, parts, overwrite=overwrite)
+    return await store.put(key, b"".join(parts), overwrite=overwrite)
 
 
 @runtime_checkable

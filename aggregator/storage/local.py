@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Final
 
@@ -57,7 +58,10 @@ class LocalStore:
         # A thread cannot be stopped: a cancelled put returns only once the write has settled.
         return await finish_even_if_cancelled(asyncio.to_thread(self._put, key, data, overwrite))
 
-    def _put(self, key: str, data: bytes, overwrite: bool) -> bool:
+    async def put_parts(self, key: str, parts: Sequence[bytes | memoryview], *, overwrite: bool = True) -> bool:
+        return await finish_even_if_cancelled(asyncio.to_thread(self._put, key, parts, overwrite))
+
+    def _put(self, key: str, data: bytes | Sequence[bytes | memoryview], overwrite: bool) -> bool:
         path = self._path(key)
         try:
             path.parent.mkdir(parents=True, exist_ok=True)

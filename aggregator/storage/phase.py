@@ -3,11 +3,12 @@ its operations by it (`CountingStore`): `blast_logs_aggregator_storage_operation
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from contextvars import ContextVar
 
 from prometheus_client import Counter
 
-from aggregator.storage.base import Store, SweepsTemp, delete_keys, read_range
+from aggregator.storage.base import Store, SweepsTemp, delete_keys, put_parts, read_range
 
 #: Set by each route (a request runs in its own task, so its own context) and by background compactions.
 storage_phase: ContextVar[str] = ContextVar("storage_phase", default="other")
@@ -37,6 +38,10 @@ class CountingStore:
     async def put(self, key: str, data: bytes, *, overwrite: bool = True) -> bool:
         self._count("put")
         return await self.inner.put(key, data, overwrite=overwrite)
+
+    async def put_parts(self, key: str, parts: Sequence[bytes | memoryview], *, overwrite: bool = True) -> bool:
+        self._count("put")
+        return await put_parts(self.inner, key, parts, overwrite=overwrite)
 
     async def delete(self, key: str) -> None:
         self._count("delete")

@@ -5,6 +5,7 @@ batch deleted by it lists the stream again; the artifacts' bytes stay those of a
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -165,6 +166,9 @@ class FailingCompactedPuts(LocalStore):
             raise OSError("disk says no")
         return await super().put(key, data, overwrite=overwrite)
 
+    async def put_parts(self, key: str, parts: Sequence[bytes | memoryview], *, overwrite: bool = True) -> bool:
+        return await self.put(key, b"".join(parts), overwrite=overwrite)  # a compaction's write, as a put
+
 
 async def test_a_failing_compaction_never_fails_the_ingest(aiohttp_client: Any, tmp_path: Path) -> None:
     store = FailingCompactedPuts(tmp_path / "s")
@@ -193,6 +197,9 @@ class SlowCompactedPuts(LocalStore):
             self.started.set()
             await asyncio.sleep(30)
         return await super().put(key, data, overwrite=overwrite)
+
+    async def put_parts(self, key: str, parts: Sequence[bytes | memoryview], *, overwrite: bool = True) -> bool:
+        return await self.put(key, b"".join(parts), overwrite=overwrite)  # a compaction's write, as a put
 
 
 async def test_shutdown_cancels_running_compactions(aiohttp_client: Any, tmp_path: Path) -> None:

@@ -14,7 +14,7 @@ from agg_helpers import StoreKit
 
 from aggregator.storage import LocalStore, Store, StoreError, open_store
 from aggregator.storage.azure import AzureStore
-from aggregator.storage.base import ReadsRanges, read_range
+from aggregator.storage.base import ReadsRanges, put_parts, read_range
 
 # Generous upper bound so a hang fails the test instead of the suite; not a speed assertion.
 HANG_GUARD_S = 90.0
@@ -425,3 +425,11 @@ async def test_read_range_without_the_method_reads_whole(tmp_path: Path) -> None
     assert not isinstance(plain, ReadsRanges)
     assert await read_range(plain, "k/obj", 2, 3) == (b"234", 10)  # type: ignore[arg-type]
     assert await read_range(plain, "k/none", 2, 3) is None  # type: ignore[arg-type]
+
+
+async def test_put_parts_writes_their_concatenation(store: Store) -> None:
+    parts = [b'{"a":', memoryview(b"xx[1,2,3]yy")[2:9], b"", b"}"]
+    assert await put_parts(store, "job/parts.json", parts) is True
+    assert await store.get("job/parts.json") == b'{"a":[1,2,3]}'
+    assert await put_parts(store, "job/parts.json", [b"other"], overwrite=False) is False
+    assert await store.get("job/parts.json") == b'{"a":[1,2,3]}'
