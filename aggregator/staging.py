@@ -291,6 +291,10 @@ class EndsScan:
             self.back_newlines -= self.back.popleft()[1]
             self.whole = False
 
+    def all_fed(self) -> bytes | None:
+        """Every byte fed, while they are all still held (none dropped from the back yet)."""
+        return b"".join(d for d, _ in self.back) if self.whole else None
+
     def _head(self) -> dict[str, Any] | None:
         """The object's head (every field but its events), once fed (None before, or when unreadable)."""
         if self.split < 0:
@@ -325,9 +329,9 @@ class EndsScan:
     def result(self) -> CompactedEnds | bytes | None:
         """The ends (`decode_compacted_ends`); else the object's bytes when they are still all here (a small
         or one-line object: decode those), or None (read it whole)."""
-        back = b"".join(d for d, _ in self.back)
         if not self.front_done:
             return bytes(self.front)
+        back = b"".join(d for d, _ in self.back)
         if back[-3:] != b"\n]}" or self.newlines <= self.head + self.tail:
             return back if self.whole else None
         return _ends_of(self.front, self.split, back, self.newlines, self.head, self.tail)

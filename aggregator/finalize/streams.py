@@ -171,7 +171,8 @@ class StagingReader:
         first lines, then (when its head gives its `count`) its last lines alone, else every slice. Its
         ends; or its bytes (small, or one-line: decode them); or None (read it whole, as `_compacted` does:
         it also logs what is unreadable), also as soon as its head shows it does not cover all of `batches`
-        (they are joined or merged onto it). `Overtaken` when it is gone."""
+        (they are joined or merged onto it; its bytes when that first slice was all of it). `Overtaken`
+        when it is gone."""
         scan = EndsScan(*ends)
         pos, size = 0, -1
         checked = not batches
@@ -185,7 +186,7 @@ class StagingReader:
                 checked = True
                 covers = scan.covers()
                 if covers is None or not all(n in covers for n in batches):
-                    return None
+                    return scan.all_fed() if pos >= size else None  # a small object read whole: not again
             count = scan.count() if scan.front_done and pos < size else None
             if count is not None:
                 parts, start = await self._back(key, pos, size, ends[1])

@@ -103,17 +103,23 @@ def _staged(key: str) -> StagedKey:
     return staged
 
 
-async def test_a_batch_beside_the_object_is_merged_not_skipped(store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("scan_slice", [500, 1 << 20])
+async def test_a_batch_beside_the_object_is_merged_not_skipped(store: Store, monkeypatch: pytest.MonkeyPatch,
+                                                               scan_slice: int) -> None:
     """A batch the compacted object does not cover (it arrived after the compaction) is still merged: the
-    ends-only read stops at the head, and the stream is read whole as before."""
+    ends-only read stops at the head, and the stream is read whole as before (not read again when that
+    first slice was all of it)."""
     monkeypatch.setattr(staging, "SPLIT_EVENTS", 50)
-    monkeypatch.setattr(streams_module, "SCAN_SLICE", 500)
+    monkeypatch.setattr(streams_module, "SCAN_SLICE", scan_slice)
     state = big_state(random.Random(3), 300)
     key = compact_key(JOB, "pod-1", "blast", ["b-0001.json"], False)
     await store.put(key, encode_compacted(JOB, state, ["b-0001.json"]))
     late = StoredBatch(JOB, "pod-1", "blast", "running", 9, True, 0, None, ((5000, 2000.0, "late line"),))
     await store.put(batch_key(late), encode_batch(late))
-    reader = StagingReader(store, JOB, 4)
+    recording = Recording(store)
+    reader = StagingReader(recording, JOB, 4)  # type: ignore[arg-type]
     loaded = await reader.load_stream(await reader.relist("pod-1", "blast"), ends=(5, 5))
     assert loaded is not None and loaded.state.eof and loaded.gap is not None
     assert loaded.state.events[-1][3] == "late line" and loaded.gap.count == 301 - 10
+    # the object's first slice; then the batch, and the object whole unless that slice was all of it
+    assert len(recording.ranges) == 1 and recording.gets == (2 if scan_slice == 500 else 1)
