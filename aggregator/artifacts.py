@@ -155,7 +155,9 @@ class StreamSummary:
     exit_code: int | None
     phase: str
     first_ts: float
-    block: TextSpan  # this stream's block of `last_output` (when it is primary in a phase)
+    #: this stream's block of `last_output` (when it is primary in a phase); None until its entries are
+    #: read, for a stream whose first pass read it `light` (a finalize's second pass fills it in)
+    block: TextSpan | None
 
     def sort_key(self) -> tuple[int, float, str, str]:
         if self.lines:
@@ -170,6 +172,11 @@ class Plan:
 
     members: dict[str, list[StreamSummary]] = field(default_factory=dict)
     steps: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: every stream in artifact order with the phases it feeds: one pass over it gives each phase's
+    #: members in order, so a stream feeding two phases is read once
+    order: list[tuple[StreamSummary, list[str]]] = field(default_factory=list)
+    #: each phase's primary streams in order: their blocks make its `last_output` (`fill_last_output`)
+    primary: dict[str, list[StreamSummary]] = field(default_factory=dict)
     incomplete_streams: list[dict[str, str]] = field(default_factory=list)
     complete: bool = True
 
@@ -189,6 +196,9 @@ def retained_entries(state: StreamState, head: int, tail: int, gap: Gap | None =
     """A stream's artifact entries after head/tail retention, and its marker total. With `gap`, the
     state holds only the stream's first `gap.head` and its last events (`gap.head` is `head`, and the
     last ones are `tail`): the same entries as from every event."""
+    if gap is None and not state.drops and len(state.events) <= head + tail:
+        # every line kept, no marker: the common case, and the one finalize meets millions of lines in
+        return [(ts, line, 0) for _, ts, _, line in state.events], 0
     events = [(off, ts, line) for off, ts, _, line in state.events]
     drops = [(off, lines, nbytes, exact) for off, _, lines, nbytes, exact in state.drops]
     if gap is None:
@@ -198,18 +208,34 @@ def retained_entries(state: StreamState, head: int, tail: int, gap: Gap | None =
     return _retain_parts(events[:head], events[head:], gap.count, gap.off, drops)
 
 
+def block_of(pod: str, container: str, entries: list[Entry], exit_code: int | None) -> TextSpan:
+    """A stream's block of `last_output` (docs/protocol.md section 7), as much of it as finalize keeps."""
+    block = [f"--- {pod}/{container} ---"]
+    block.extend(text for _, text, _ in entries)
+    if exit_code is not None:
+        block.append(f"[exit code {exit_code}]")
+    return TextSpan.of(block, _SPAN_KEEP)
+
+
 def summarize(state: StreamState, entries: list[Entry], marked: int) -> StreamSummary:
     """The stream's summary; `entries` and `marked` are `retained_entries(state, ...)`."""
     lines = sum(1 for e in entries if not e[2])
     exit_code = state.exit[1] if state.exit is not None else None
-    block = [f"--- {state.pod}/{state.container} ---"]
-    block.extend(text for _, text, _ in entries)
-    if exit_code is not None:
-        block.append(f"[exit code {exit_code}]")
     return StreamSummary(
         pod=state.pod, container=state.container, entries=len(entries), lines=lines, marked=marked,
         eof=state.eof, exit_code=exit_code, phase=state.top[1],
-        first_ts=entries[0][0] if entries else 0.0, block=TextSpan.of(block, _SPAN_KEEP),
+        first_ts=entries[0][0] if entries else 0.0, block=block_of(state.pod, state.container, entries, exit_code),
+    )
+
+
+def summarize_light(state: StreamState, count: int) -> StreamSummary:
+    """`summarize` of a stream of `count` events, every one kept (no more than head + tail), from its state
+    with only its first event: the same summary but for `block` (None: pass two fills it in)."""
+    marked = sum(d[2] for d in state.drops)
+    return StreamSummary(
+        pod=state.pod, container=state.container, entries=count + len(state.drops), lines=count, marked=marked,
+        eof=state.eof, exit_code=state.exit[1] if state.exit is not None else None, phase=state.top[1],
+        first_ts=state.events[0][1] if count else 0.0, block=None,
     )
 
 
@@ -225,20 +251,21 @@ def plan_artifacts(
     streams = sorted(summaries, key=StreamSummary.sort_key)
     fed: dict[str, list[StreamSummary]] = {}
     primary: dict[str, list[StreamSummary]] = {}
+    order: list[tuple[StreamSummary, list[str]]] = []
     for stream in streams:
         feeds, prim = _phases_of(stream, phase_table)
+        order.append((stream, feeds))
         for phase in feeds:
             fed.setdefault(phase, []).append(stream)
             if phase in prim:
                 primary.setdefault(phase, []).append(stream)
-    plan = Plan()
+    plan = Plan(order=order, primary=primary)
     for phase in sorted(fed):
         members = fed[phase]
-        text, truncated = _join_spans([s.block for s in primary.get(phase, [])])
         plan.members[phase] = members
         plan.steps[phase] = {
-            "last_output": text,
-            "truncated": truncated,
+            "last_output": "",
+            "truncated": False,
             "lines": sum(s.lines for s in members),
             "omitted_lines": sum(s.marked for s in members),
             "chunks": -(-sum(s.entries for s in members) // chunk_events),
@@ -250,7 +277,18 @@ def plan_artifacts(
     unfinished = sorted((s.pod, s.container) for s in streams if not s.eof)
     plan.incomplete_streams = [{"pod": p, "container": c} for p, c in unfinished]
     plan.complete = not unfinished
+    if all(s.block is not None for s in streams):
+        fill_last_output(plan)
     return plan
+
+
+def fill_last_output(plan: Plan) -> None:
+    """Each step's `last_output` and `truncated`, from its primary streams' blocks (all known by now)."""
+    for phase, step in plan.steps.items():
+        blocks = [s.block for s in plan.primary.get(phase, [])]
+        if any(b is None for b in blocks):
+            raise ValueError(f"a primary stream of {phase} was never read for its block")
+        step["last_output"], step["truncated"] = _join_spans([b for b in blocks if b is not None])
 
 
 class Chunker:
@@ -262,15 +300,12 @@ class Chunker:
 
     def add(self, stream: StreamSummary, entries: list[Entry]) -> list[list[dict[str, Any]]]:
         """The chunks that `entries` completed."""
-        done: list[list[dict[str, Any]]] = []
-        pod, container, chunk = stream.pod, stream.container, self._open
-        for ts, text, _ in entries:
-            chunk.append({"ts": ts, "pod": pod, "container": container, "line": text})
-            if len(chunk) == self.chunk_events:
-                done.append(chunk)
-                chunk = []
-        self._open = chunk
-        return done
+        pod, container, size = stream.pod, stream.container, self.chunk_events
+        events = self._open
+        events += [{"ts": ts, "pod": pod, "container": container, "line": text} for ts, text, _ in entries]
+        full = len(events) - len(events) % size
+        self._open = events[full:]
+        return [events[i:i + size] for i in range(0, full, size)]
 
     def flush(self) -> list[list[dict[str, Any]]]:
         """The last, partly filled chunk, if any."""

@@ -92,8 +92,9 @@ class Compacted:
 
 
 #: A compacted object of more events than this has one event per line (still one JSON document), so a
-#: finalize reads its first and last lines without decoding the rest (`decode_compacted_ends`).
-SPLIT_EVENTS = 10_000
+#: finalize reads its first and last lines without decoding the rest (`decode_compacted_ends`), and its
+#: first pass reads a stream it keeps whole for its first line and count alone (`light`).
+SPLIT_EVENTS = 1_000
 _EVENTS_LINES = b'"events":[\n'
 COUNT_STEP = 1 << 20
 
@@ -154,7 +155,7 @@ def piece_of_compacted(data: bytes) -> tuple[str, frozenset[str], Piece] | None:
     """A compacted object one event per line as a `Piece` (its lines not copied), its job id and covers;
     None for the one-line layout. ValueError as `decode_compacted`."""
     ends = decode_compacted_ends(data, 1, 1)
-    if ends is None:
+    if ends is None or ends.gap is None:
         return None
     split = data.find(_EVENTS_LINES) + len(_EVENTS_LINES)
     first, last = ends.state.events[0][0], ends.state.events[-1][0]
@@ -182,17 +183,20 @@ def join_pieces(job_id: str, meta: StreamState, covers: Iterable[str], pieces: l
 @dataclass(frozen=True, slots=True)
 class CompactedEnds:
     """A big compacted stream as finalize needs it: its state with only its `head` first and `tail` last
-    events, what it left out (`gap`), and the batch names it covers."""
+    events, what it left out (`gap`), and the batch names it covers. Read `light` and kept whole (no more
+    than `head + tail` events), `gap` is None and `state` holds only the first of its `count` events."""
 
     job_id: str
     state: StreamState
-    gap: Gap
+    gap: Gap | None
     covers: frozenset[str]
+    count: int
 
 
-def decode_compacted_ends(data: bytes, head: int, tail: int) -> CompactedEnds | None:
+def decode_compacted_ends(data: bytes, head: int, tail: int, *, light: bool = False) -> CompactedEnds | None:
     """The compacted stream's ends, decoding only those lines; None when it is not one event per line
-    (`SPLIT_EVENTS`) or holds no more than `head + tail` events (decode it all). ValueError as
+    (`SPLIT_EVENTS`) or holds no more than `head + tail` events (decode it all) unless `light` (then its
+    first event alone: what a finalize's first pass needs of a stream it keeps whole). ValueError as
     `decode_compacted`."""
     split = data.find(_EVENTS_LINES)
     end = len(data) - 3
@@ -202,7 +206,11 @@ def decode_compacted_ends(data: bytes, head: int, tail: int) -> CompactedEnds | 
     # counted a slice at a time: one `count` over 100 MB would hold the GIL, and the event loop, for ~50 ms
     count = 1 + sum(data.count(b"\n", i, min(i + COUNT_STEP, end)) for i in range(start, end, COUNT_STEP))
     if count <= head + tail:
-        return None
+        if not light:
+            return None
+        one = data[start:data.index(b"\n", start, end + 1)].rstrip(b",")
+        c = decode_compacted(b"".join((data[:split], b'"events":[', one, b"]}")))
+        return CompactedEnds(c.job_id, c.state, None, c.covers, count)
     first: list[bytes] = []
     pos = start
     for _ in range(head + 1):  # and the first left out
@@ -219,7 +227,7 @@ def decode_compacted_ends(data: bytes, head: int, tail: int) -> CompactedEnds | 
     events = c.state.events
     gap = Gap(head, count - head - tail, events[head][0])
     del events[head]
-    return CompactedEnds(c.job_id, c.state, gap, c.covers)
+    return CompactedEnds(c.job_id, c.state, gap, c.covers, count)
 
 
 def decode_compacted(data: bytes) -> Compacted:

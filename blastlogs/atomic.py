@@ -9,16 +9,20 @@ rename: it fails when the name exists, so two writers cannot both win.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
-import tempfile
-from pathlib import Path
+import secrets
 from typing import Final
 
 #: Temp files start with this, so a folder listing can tell them from finished files.
 TEMP_PREFIX: Final = ".tmp-"
+#: Temp names: this process's random token and a counter (no `tempfile.mkstemp`: its random names and
+#: file object cost more than a small file's write; a finalize writes a hundred thousand).
+_TOKEN: Final = secrets.token_hex(6)
+_COUNTER = itertools.count()
 
 
-def fsync_dir(folder: Path) -> None:
+def fsync_dir(folder: str | os.PathLike[str]) -> None:
     """Make the names in `folder` durable; a no-op where the filesystem cannot fsync a folder."""
     with contextlib.suppress(OSError):
         fd = os.open(folder, os.O_RDONLY)
@@ -28,20 +32,35 @@ def fsync_dir(folder: Path) -> None:
             os.close(fd)
 
 
-def write_atomic(path: Path, data: bytes, *, mode: int = 0o644, overwrite: bool = True,
-                 temp_prefix: str = TEMP_PREFIX) -> bool:
-    """Write `data` to `path` atomically and durably; the folder must exist.
+def _create_temp(folder: str, prefix: str) -> tuple[int, str]:
+    while True:  # a name left by a crashed process with the same token is all but impossible; step past it
+        tmp = os.path.join(folder, f"{prefix}{_TOKEN}-{next(_COUNTER)}.part")
+        try:
+            return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600), tmp
+        except FileExistsError:
+            continue
+
+
+def write_atomic(path: str | os.PathLike[str], data: bytes, *, mode: int = 0o644, overwrite: bool = True,
+                 temp_prefix: str = TEMP_PREFIX, sync_dir: bool = True) -> bool:
+    """Write `data` to `path` atomically and durably; the folder must exist. Without `sync_dir` the new
+    name is durable only once the caller has fsynced the folder (`fsync_dir`: once for many files).
 
     `overwrite=False` writes only when `path` does not exist yet and returns False when it did
     (without a race between writers). Raises OSError; leaves no temp file behind on failure.
     """
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=temp_prefix, suffix=".part")
+    path = os.fspath(path)
+    folder = os.path.dirname(path) or "."
+    fd, tmp = _create_temp(folder, temp_prefix)
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fchmod(f.fileno(), mode)
-            os.fsync(f.fileno())
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+            os.fchmod(fd, mode)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
         if overwrite:
             os.replace(tmp, path)
         else:
@@ -55,5 +74,6 @@ def write_atomic(path: Path, data: bytes, *, mode: int = 0o644, overwrite: bool 
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
-    fsync_dir(path.parent)
+    if sync_dir:
+        fsync_dir(folder)
     return True

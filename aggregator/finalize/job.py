@@ -15,19 +15,23 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from functools import partial
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from aggregator.artifacts import (
     Chunker,
     Entry,
     Gap,
+    Plan,
     StreamState,
     StreamSummary,
+    block_of,
     chunk_body,
+    fill_last_output,
     keep_longer_existing,
     plan_artifacts,
     retained_entries,
     summarize,
+    summarize_light,
     summary_body,
 )
 from aggregator.config import AggregatorConfig
@@ -37,7 +41,7 @@ from aggregator.finalize.lock import JobLock
 from aggregator.finalize.manifest import decode_manifest, encode_manifest, first_free_seqs
 from aggregator.finalize.streams import EVENT_BYTES, Overtaken, StagedStream, StagingReader, group_staged
 from aggregator.storage import Store
-from aggregator.storage.base import SweepsTemp, delete_keys
+from aggregator.storage.base import SweepsTemp, delete_keys, put_keys
 from aggregator.storage.layout import (
     chunk_key,
     logs_prefix,
@@ -114,13 +118,17 @@ def summarize_stream(state: StreamState, cfg: AggregatorConfig, gap: Gap | None)
 async def scan_streams(reader: StagingReader, job_id: str, keys: list[str], cfg: AggregatorConfig,
                        budget: FinalizeBudget, cached: list[int]) -> dict[tuple[str, str], Scanned]:
     """Pass one: read (and compact) each stream, keep its summary; keep its entries while the budget's
-    cache has room (`cached[0]` counts what this finalize took of it), else pass two reads it again."""
+    cache has room (`cached[0]` counts what this finalize took of it), else pass two reads it again. A big
+    stream kept whole is read for its first line and count alone (`light`): pass two decodes it once."""
 
     async def scan(stream: StagedStream) -> tuple[tuple[str, str], Scanned] | None:
-        loaded = await reader.load_stream(stream, ends=(cfg.head_lines, cfg.tail_lines))
+        loaded = await reader.load_stream(stream, ends=(cfg.head_lines, cfg.tail_lines), light=True)
         if loaded is None:
             return None
         state = loaded.state
+        if loaded.light is not None:  # kept whole: its entries (and block) come in pass two
+            return (stream.pod, stream.container), Scanned(summarize_light(state, loaded.light), loaded.sources,
+                                                          None, loaded.redundant, stream.weight())
         entries, summary = await cpu_work(len(state.events) * EVENT_BYTES, summarize_stream, state, cfg, loaded.gap)
         keep = budget.cache.try_take(len(entries))
         if keep:
@@ -154,11 +162,34 @@ def weighted_windows(items: list[T], weight: Callable[[T], int], capacity: int, 
     return out
 
 
-async def write_phase(store: Store, reader: StagingReader, cfg: AggregatorConfig, job_id: str, phase: str,
-                      members: list[StreamSummary], scanned: Mapping[tuple[str, str], Scanned],
-                      first_seq: int, budget: Budget) -> int:
-    """Pass two for one phase: its streams' entries in plan order, `read_concurrency` streams at a time,
-    its chunks written as they fill. The number of chunks written."""
+def chunk_writes(chunkers: Mapping[str, Chunker], job_id: str, seqs: dict[str, int],
+                 streams: list[tuple[StreamSummary, list[str], list[Entry]]], last: bool) -> list[tuple[str, bytes]]:
+    """The chunks (key, bytes) that `streams`' entries complete in each phase they feed, numbered on from
+    `seqs` (advanced); with `last`, each phase's open chunk too. A stream read `light` in pass one gets its
+    block here. CPU on every retained line: it runs off the loop (`cpu_work`)."""
+    out: list[tuple[str, bytes]] = []
+
+    def emit(phase: str, chunks: list[list[dict[str, Any]]]) -> None:
+        for chunk in chunks:
+            out.append((chunk_key(job_id, phase, seqs[phase]), chunk_body(job_id, phase, seqs[phase], chunk)))
+            seqs[phase] += 1
+
+    for summary, phases, entries in streams:
+        if summary.block is None:
+            summary.block = block_of(summary.pod, summary.container, entries, summary.exit_code)
+        for phase in phases:
+            emit(phase, chunkers[phase].add(summary, entries))
+    if last:
+        for phase, chunker in chunkers.items():
+            emit(phase, chunker.flush())
+    return out
+
+
+async def write_chunks(store: Store, reader: StagingReader, cfg: AggregatorConfig, job_id: str, plan: Plan,
+                       scanned: Mapping[tuple[str, str], Scanned], first: Mapping[str, int],
+                       budget: Budget) -> dict[str, int]:
+    """Pass two: every stream's entries once, in artifact order (`Plan.order`), `read_concurrency` streams at
+    a time, into the chunks of each phase it feeds, written as they fill. The chunks written per phase."""
 
     async def entries_of(s: StreamSummary) -> list[Entry]:
         found = scanned[(s.pod, s.container)]
@@ -176,24 +207,24 @@ async def write_phase(store: Store, reader: StagingReader, cfg: AggregatorConfig
         return (await cpu_work(len(state.events) * EVENT_BYTES, retained_entries, state, cfg.head_lines,
                                cfg.tail_lines, gap))[0]
 
-    chunker = Chunker(cfg.chunk_events)
-    seq = first_seq
-    windows = await cpu_work(len(members) * KEY_BYTES, weighted_windows, members,
-                             lambda s: scanned[(s.pod, s.container)].weight, budget.capacity, cfg.read_concurrency)
+    chunkers = {phase: Chunker(cfg.chunk_events) for phase in plan.steps}
+    seqs = {phase: first.get(phase, 0) for phase in plan.steps}
+
+    def weight(item: tuple[StreamSummary, list[str]]) -> int:
+        return scanned[(item[0].pod, item[0].container)].weight
+
+    windows = await cpu_work(len(plan.order) * KEY_BYTES, weighted_windows, plan.order, weight, budget.capacity,
+                             cfg.read_concurrency)
     for n, part in enumerate(windows, 1):
-        uncached = sum(scanned[(s.pod, s.container)].weight for s in part
-                       if scanned[(s.pod, s.container)].entries is None)
+        uncached = sum(weight(item) for item in part if scanned[(item[0].pod, item[0].container)].entries is None)
         async with budget.hold(uncached):  # what the window's re-read streams hold, until their chunks are out
-            loaded = await run_bounded(cfg.read_concurrency, (partial(entries_of, s) for s in part))
-            chunks = [c for s, entries in zip(part, loaded, strict=True) for c in chunker.add(s, entries)]
-            if n == len(windows):
-                chunks += chunker.flush()
-            writes = [(chunk_key(job_id, phase, seq + i), chunk_body(job_id, phase, seq + i, c))
-                      for i, c in enumerate(chunks)]
-            seq += len(chunks)
-            del loaded, chunks
-            await run_bounded(cfg.read_concurrency, (partial(store.put, k, b) for k, b in writes))
-    return seq - first_seq
+            loaded = await run_bounded(cfg.read_concurrency, (partial(entries_of, s) for s, _ in part))
+            writes = await cpu_work(sum(map(len, loaded)) * EVENT_BYTES, chunk_writes, chunkers, job_id, seqs,
+                                    [(s, phases, e) for (s, phases), e in zip(part, loaded, strict=True)],
+                                    n == len(windows))
+            del loaded
+            await put_keys(store, writes, cfg.read_concurrency)
+    return {phase: seqs[phase] - first.get(phase, 0) for phase in plan.steps}
 
 
 async def clean_staging(store: Store, cfg: AggregatorConfig, job_id: str, scanned: Iterable[Scanned]) -> int:
@@ -242,12 +273,12 @@ async def _finalize_job(store: Store, cfg: AggregatorConfig, job_id: str, wait_s
         if new_ours != old_ours:
             # Before any chunk exists under its name, the manifest claims it (and still every old one).
             await store.put(manifest_key(job_id), encode_manifest(old_ours | new_ours))
-        for phase, members in plan.members.items():
-            written = await write_phase(store, reader, cfg, job_id, phase, members, scanned, first.get(phase, 0),
-                                        budget.reads)
-            if written != plan.steps[phase]["chunks"]:
-                raise StoreError(f"staging changed during finalize: {phase} has {written} chunks, not "
+        written = await write_chunks(store, reader, cfg, job_id, plan, scanned, first, budget.reads)
+        for phase, count in written.items():
+            if count != plan.steps[phase]["chunks"]:
+                raise StoreError(f"staging changed during finalize: {phase} has {count} chunks, not "
                                  f"{plan.steps[phase]['chunks']}")
+        fill_last_output(plan)
         stale = sorted(old_ours - new_ours)
         await run_bounded(cfg.read_concurrency, (partial(store.delete, k) for k in stale))
         if new_ours != old_ours:

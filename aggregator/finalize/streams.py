@@ -43,13 +43,14 @@ EVENT_BYTES = 100
 RELIST_TRIES = 5
 
 
-def _state_of_body(body: bytes, ends: Ends | None) -> tuple[StreamState, Gap | None]:
-    """A compacted object's state: its ends alone when `ends` allow (a big object), else all of it."""
+def _state_of_body(body: bytes, ends: Ends | None, light: bool) -> tuple[StreamState, Gap | None, int | None]:
+    """A compacted object's state: its ends alone when `ends` allow (a big object), or its first event
+    alone when `light` allows (`Loaded.light`), else all of it."""
     if ends is not None:
-        e = decode_compacted_ends(body, *ends)
+        e = decode_compacted_ends(body, *ends, light=light)
         if e is not None:
-            return e.state, e.gap
-    return decode_compacted(body).state, None
+            return e.state, e.gap, None if e.gap is not None else e.count
+    return decode_compacted(body).state, None, None
 
 
 class Overtaken(Exception):
@@ -103,21 +104,24 @@ class Loaded:
     redundant: list[str]
     #: When `state` holds only the stream's ends (`Ends`): what it left out.
     gap: Gap | None = None
+    #: When `state` holds only the stream's first event (read `light`): how many it has, all kept.
+    light: int | None = None
 
 
 #: A finalize's head and tail retention: a big compacted object is then read for its ends alone.
 Ends = tuple[int, int]
-Found = tuple[StreamState, frozenset[str], Gap | None]
+#: A compacted object's state, covers, and, read in part: what its ends left out, or (`light`) its count.
+Found = tuple[StreamState, frozenset[str], Gap | None, int | None]
 
 
-def _decode_compacted(ends: Ends | None, data: bytes) -> tuple[str, Found]:
-    """A compacted object's job id, state, covers, and (read for its `ends` alone) what it left out."""
+def _decode_compacted(ends: Ends | None, light: bool, data: bytes) -> tuple[str, Found]:
+    """A compacted object's job id and what `Found` says, read for its `ends` (or `light`) when it allows."""
     if ends is not None:
-        e = decode_compacted_ends(data, *ends)
+        e = decode_compacted_ends(data, *ends, light=light)
         if e is not None:
-            return e.job_id, (e.state, e.covers, e.gap)
+            return e.job_id, (e.state, e.covers, e.gap, None if e.gap is not None else e.count)
     c = decode_compacted(data)
-    return c.job_id, (c.state, c.covers, None)
+    return c.job_id, (c.state, c.covers, None, None)
 
 
 async def _gone_as_none(read: Awaitable[T | None]) -> T | None:
@@ -156,21 +160,24 @@ class StagingReader:
         batch = await self._read(key, decode_batch, "staged batch")
         return state_of_batch(batch) if batch is not None and batch.job_id == self.job_id else None
 
-    async def _compacted(self, key: str, ends: Ends | None = None, data: bytes | None = None) -> Found | None:
+    async def _compacted(self, key: str, ends: Ends | None = None, data: bytes | None = None,
+                         light: bool = False) -> Found | None:
         """The compacted object at `key` (from `data` when it was read already)."""
-        c = await self._read(key, partial(_decode_compacted, ends), "compacted stream", data)
+        c = await self._read(key, partial(_decode_compacted, ends, light), "compacted stream", data)
         return c[1] if c is not None and c[0] == self.job_id else None
 
-    async def load(self, stream: StagedStream, *, compact: bool = True, ends: Ends | None = None) -> Loaded | None:
+    async def load(self, stream: StagedStream, *, compact: bool = True, ends: Ends | None = None,
+                   light: bool = False) -> Loaded | None:
         """The stream's merged state, the keys it now comes from (after compacting, just one), and what
         that compacted object makes redundant; `Overtaken` when a listed object is gone (`load_stream`
         lists again). Readers pass `compact=False` (a gone object is skipped): only a finalize or an
         ingest-side compaction may write a compacted object (cleanup relies on compactions only growing,
         so never from a partial read). A finalize passes its retention as `ends`: a big compacted object
-        that covers every listed batch is then read for those ends alone (`Loaded.gap`)."""
+        that covers every listed batch is then read for those ends alone (`Loaded.gap`), and with `light`
+        one kept whole for its first event alone (`Loaded.light`)."""
         read_best: bytes | None = None  # the compacted object's bytes, when `_load_joined` read them
         if compact:
-            joined, loaded, read_best = await self._load_joined(stream, ends)
+            joined, loaded, read_best = await self._load_joined(stream, ends, light)
             if joined:
                 return loaded
         best = stream.best()
@@ -178,11 +185,11 @@ class StagingReader:
         covers: frozenset[str] = frozenset()
         sources: list[str] = []
         if best is not None:
-            found = await (self._compacted(best, ends, read_best) if compact
+            found = await (self._compacted(best, ends, read_best, light) if compact
                            else _gone_as_none(self._compacted(best)))
-            if found is not None and found[2] is not None:
+            if found is not None and (found[2] is not None or found[3] is not None):
                 if not [n for n in stream.batches if n not in found[1]]:
-                    return Loaded(found[0], [best], self._redundant(stream, found[1], best), found[2])
+                    return Loaded(found[0], [best], self._redundant(stream, found[1], best), found[2], found[3])
                 found = await self._compacted(best, None, read_best)  # batches to merge into it: all events
             if found is not None:
                 states.append(found[0])
@@ -217,7 +224,7 @@ class StagingReader:
         state = await self._batch(key)
         return None if state is None else await cpu_work(len(state.events) * EVENT_BYTES, piece_of_state, state)
 
-    async def _load_joined(self, stream: StagedStream, ends: Ends | None,
+    async def _load_joined(self, stream: StagedStream, ends: Ends | None, light: bool = False,
                            ) -> tuple[bool, Loaded | None, bytes | None]:
         """`load` (compacting) without decoding every event: the stream's compacted object (one event per
         line) and its batches read as `Piece`s and joined (`join_pieces`) when their events are ordered
@@ -261,10 +268,10 @@ class StagingReader:
             await self.store.put(key, body, overwrite=False)
         del pieces, read, data, found  # their bytes: memory is the new body alone from here
         assert body is not None
-        state, gap = await cpu_work(len(body), _state_of_body, body, ends)
+        state, gap, count = await cpu_work(len(body), _state_of_body, body, ends, light)
         sources = [key]
         redundant = [] if key in stream.batches.values() else self._redundant(stream, covers, key)
-        return True, Loaded(state, sources, redundant, gap), None
+        return True, Loaded(state, sources, redundant, gap, count), None
 
     @staticmethod
     def _redundant(stream: StagedStream, covers: frozenset[str], kept: str) -> list[str]:
@@ -274,12 +281,12 @@ class StagingReader:
         return redundant + sorted(k for _, k in stream.compacted if k != kept)
 
     async def load_stream(self, stream: StagedStream, *, compact: bool = True,
-                          ends: Ends | None = None) -> Loaded | None:
+                          ends: Ends | None = None, light: bool = False) -> Loaded | None:
         """`load`, listing the stream again while a listed object is gone: what covers it was written
         before it was deleted, so the new listing has it (`RELIST_TRIES` at most, then StoreError)."""
         for _ in range(RELIST_TRIES):
             try:
-                return await self.load(stream, compact=compact, ends=ends)
+                return await self.load(stream, compact=compact, ends=ends, light=light)
             except Overtaken:
                 stream = await self.relist(stream.pod, stream.container)
         raise StoreError(f"staging of {stream.pod}/{stream.container} kept changing while read")

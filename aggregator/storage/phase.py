@@ -7,7 +7,7 @@ from contextvars import ContextVar
 
 from prometheus_client import Counter
 
-from aggregator.storage.base import Store, SweepsTemp, delete_keys
+from aggregator.storage.base import Store, SweepsTemp, delete_keys, put_keys
 
 #: Set by each route (a request runs in its own task, so its own context) and by background compactions.
 storage_phase: ContextVar[str] = ContextVar("storage_phase", default="other")
@@ -41,6 +41,10 @@ class CountingStore:
     async def delete_many(self, keys: list[str]) -> None:
         self._count("delete", len(keys))
         await delete_keys(self.inner, keys, DELETES_AT_ONCE)
+
+    async def put_many(self, items: list[tuple[str, bytes]], concurrency: int) -> None:
+        self._count("put", len(items))
+        await put_keys(self.inner, items, concurrency)
 
     async def sweep_temp(self, prefix: str, older_than: float) -> int:
         if not isinstance(self.inner, SweepsTemp):
