@@ -27,9 +27,10 @@ Choices where docs/protocol.md is silent (each is tested):
 
 from __future__ import annotations
 
+import itertools
 import operator
 from bisect import bisect_left
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import islice
 from typing import Any, Final
@@ -59,13 +60,15 @@ _SPAN_KEEP: Final = LAST_OUTPUT_LIMIT
 
 #: One artifact entry of a stream: (ts, text, marker_count); marker_count is 0 for a line event.
 Entry = tuple[float, str, int]
+#: A chunk event: as built from an entry, or already as its bytes (`Chunker.add_encoded`).
+ChunkEvent = dict[str, Any] | bytes
 
 
 @dataclass
 class Artifacts:
     """What finalize writes and answers, before chunks get their seq numbers."""
 
-    phases: dict[str, list[list[dict[str, Any]]]] = field(default_factory=dict)
+    phases: dict[str, list[list[ChunkEvent]]] = field(default_factory=dict)
     steps: dict[str, dict[str, Any]] = field(default_factory=dict)
     incomplete_streams: list[dict[str, str]] = field(default_factory=list)
     complete: bool = True
@@ -141,6 +144,14 @@ class TextSpan:
             return cls(total, data, data, True)
         return cls(total, _edge(parts, keep), _edge(parts[::-1], keep, back=True), False)
 
+    @classmethod
+    def of_sized(cls, total: int, parts: Callable[[bool], Iterator[str]], keep: int) -> TextSpan:
+        """`of` for parts whose joined size is known (`total`), read lazily from the front (`parts(False)`)
+        and the back (`parts(True)`): a big block is then read at its ends alone."""
+        if total <= 2 * keep:
+            return cls.of(list(parts(False)), keep)
+        return cls(total, _edge(parts(False), keep), _edge(parts(True), keep, back=True), False)
+
 
 @dataclass(slots=True)
 class StreamSummary:
@@ -208,13 +219,33 @@ def retained_entries(state: StreamState, head: int, tail: int, gap: Gap | None =
     return _retain_parts(events[:head], events[head:], gap.count, gap.off, drops)
 
 
+def _block_ends(pod: str, container: str, exit_code: int | None) -> tuple[str, list[str]]:
+    """A stream's block's first line and its last lines after its entries (docs/protocol.md section 7)."""
+    return f"--- {pod}/{container} ---", [] if exit_code is None else [f"[exit code {exit_code}]"]
+
+
 def block_of(pod: str, container: str, entries: list[Entry], exit_code: int | None) -> TextSpan:
     """A stream's block of `last_output` (docs/protocol.md section 7), as much of it as finalize keeps."""
-    block = [f"--- {pod}/{container} ---"]
+    header, after = _block_ends(pod, container, exit_code)
+    block = [header]
     block.extend(text for _, text, _ in entries)
-    if exit_code is not None:
-        block.append(f"[exit code {exit_code}]")
+    block.extend(after)
     return TextSpan.of(block, _SPAN_KEEP)
+
+
+def block_of_texts(pod: str, container: str, exit_code: int | None, count: int, text_bytes: int,
+                   texts: Callable[[bool], Iterator[str]]) -> TextSpan:
+    """`block_of` for a stream of `count` line entries (no marker) whose texts add up to `text_bytes` UTF-8
+    bytes, read lazily from either end (`texts(reverse)`)."""
+    header, after = _block_ends(pod, container, exit_code)
+    total = _utf8_len(header) + text_bytes + sum(map(_utf8_len, after)) + count + len(after)
+
+    def parts(back: bool) -> Iterator[str]:
+        if back:
+            return itertools.chain(reversed(after), texts(True), (header,))
+        return itertools.chain((header,), texts(False), after)
+
+    return TextSpan.of_sized(total, parts, _SPAN_KEEP)
 
 
 def summarize(state: StreamState, entries: list[Entry], marked: int) -> StreamSummary:
@@ -291,23 +322,41 @@ def fill_last_output(plan: Plan) -> None:
         step["last_output"], step["truncated"] = _join_spans([b for b in blocks if b is not None])
 
 
+@dataclass(slots=True)
+class EncodedEntries:
+    """A stream's retained entries already as chunk events' bytes (`aggregator.staging.encoded_entries`),
+    and its block of `last_output`."""
+
+    events: list[bytes]
+    block: TextSpan
+
+    def __len__(self) -> int:
+        return len(self.events)
+
+
 class Chunker:
     """A phase's chunks of events, fed stream by stream in plan order: only the open chunk is held."""
 
     def __init__(self, chunk_events: int) -> None:
         self.chunk_events = chunk_events
-        self._open: list[dict[str, Any]] = []
+        self._open: list[ChunkEvent] = []
 
-    def add(self, stream: StreamSummary, entries: list[Entry]) -> list[list[dict[str, Any]]]:
+    def add(self, stream: StreamSummary, entries: list[Entry]) -> list[list[ChunkEvent]]:
         """The chunks that `entries` completed."""
-        pod, container, size = stream.pod, stream.container, self.chunk_events
+        pod, container = stream.pod, stream.container
+        return self.add_encoded([{"ts": ts, "pod": pod, "container": container, "line": text}
+                                 for ts, text, _ in entries])
+
+    def add_encoded(self, more: Sequence[ChunkEvent]) -> list[list[ChunkEvent]]:
+        """The chunks that `more` (events as built, or their bytes) completed."""
+        size = self.chunk_events
         events = self._open
-        events += [{"ts": ts, "pod": pod, "container": container, "line": text} for ts, text, _ in entries]
+        events += more
         full = len(events) - len(events) % size
         self._open = events[full:]
         return [events[i:i + size] for i in range(0, full, size)]
 
-    def flush(self) -> list[list[dict[str, Any]]]:
+    def flush(self) -> list[list[ChunkEvent]]:
         """The last, partly filled chunk, if any."""
         done = [self._open] if self._open else []
         self._open = []
@@ -518,7 +567,7 @@ def _span_edge(spans: Sequence[TextSpan], need: int, *, back: bool = False) -> b
     return b"\n".join(pieces)[:need]
 
 
-def _edge(parts: list[str], need: int, *, back: bool = False) -> bytes:
+def _edge(parts: Iterable[str], need: int, *, back: bool = False) -> bytes:
     """The first (or, for reversed `parts` with `back`, the last) `need` bytes of the joined parts."""
     chunks: list[bytes] = []
     size = -1
@@ -575,9 +624,15 @@ def keep_longer_existing(steps: dict[str, dict[str, Any]], existing: Mapping[str
     return out
 
 
-def chunk_body(job_id: str, phase: str, seq: int, events: list[dict[str, Any]]) -> bytes:
-    """One chunk artifact's bytes: keys in the order of docs/protocol.md section 6, events as built."""
-    return orjson.dumps({"job_id": job_id, "phase": phase, "seq": seq, "events": events})
+def chunk_body(job_id: str, phase: str, seq: int, events: list[ChunkEvent]) -> bytes:
+    """One chunk artifact's bytes: keys in the order of docs/protocol.md section 6, events as built (or
+    their bytes, which are what orjson writes for them)."""
+    doc = {"job_id": job_id, "phase": phase, "seq": seq, "events": events}
+    if not any(isinstance(e, bytes) for e in events):
+        return orjson.dumps(doc)
+    doc["events"] = []
+    return b"".join((orjson.dumps(doc)[:-3], b"[", b",".join(
+        e if isinstance(e, bytes) else orjson.dumps(e) for e in events), b"]}"))
 
 
 def summary_body(result: dict[str, Any]) -> bytes:

@@ -6,19 +6,24 @@ Where the objects live is `aggregator.storage.layout`'s business (`batch_key`, `
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from itertools import pairwise
 from typing import Any
 
 import orjson
 
-from aggregator.artifacts import Gap, StreamState
+from aggregator.artifacts import EncodedEntries, Gap, StreamState, block_of_texts
 from aggregator.checks import events_of_columns, is_int, is_nonneg_int, valid_columns
 from aggregator.model import Dropped, StoredBatch
 from blastlogs.protocol import valid_job_id, valid_k8s_name, valid_phase
 
 STAGING_VERSION = 1
+
+try:  # compiled by setup.py where a C compiler is at hand; else `encoded_entries` declines (decode instead)
+    from aggregator import _chunks
+except ImportError:  # pragma: no cover - exercised where no compiler built it
+    _chunks = None  # type: ignore[assignment]
 
 
 def encode_batch(batch: StoredBatch) -> bytes:
@@ -273,3 +278,31 @@ def _decode_seq_events(events: list[Any]) -> list[tuple[int, float, int, str]]:
     if not valid_columns(offs, tss, lines) or not (set(map(type, seqs)) <= {int} and min(seqs) >= 0):
         raise ValueError("bad event")
     return list(zip(offs, map(float, tss), seqs, lines, strict=True))
+
+
+def encoded_entries(data: bytes, job_id: str, head: int, tail: int) -> EncodedEntries | None:
+    """A compacted object's retained entries as chunk events' bytes, and its block, without decoding its
+    events (aggregator/_chunks.c): when it is one event per line, of this job, kept whole (no more than
+    `head + tail` events) and without dropped-line reports; else None (decode it: `decode_compacted`)."""
+    if _chunks is None:
+        return None
+    try:
+        light = decode_compacted_ends(data, head, tail, light=True)
+    except ValueError:
+        return None  # decoding says what is wrong with it
+    if light is None or light.gap is not None or light.job_id != job_id or light.state.drops:
+        return None
+    state = light.state
+    middle = b"".join((b',"pod":', orjson.dumps(state.pod), b',"container":', orjson.dumps(state.container),
+                       b',"line":'))
+    start = data.find(_EVENTS_LINES) + len(_EVENTS_LINES)
+    found = _chunks.encode_events(memoryview(data)[start:len(data) - 3], middle)
+    if found is None or len(found[0]) != light.count:
+        return None
+    events, text_bytes = found
+
+    def texts(reverse: bool) -> Iterator[str]:
+        return (orjson.loads(e)["line"] for e in (reversed(events) if reverse else events))
+
+    exit_code = state.exit[1] if state.exit is not None else None
+    return EncodedEntries(events, block_of_texts(state.pod, state.container, exit_code, len(events), text_bytes, texts))

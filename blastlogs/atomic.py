@@ -32,11 +32,11 @@ def fsync_dir(folder: str | os.PathLike[str]) -> None:
             os.close(fd)
 
 
-def _create_temp(folder: str, prefix: str) -> tuple[int, str]:
+def _create_temp(folder: str, prefix: str, mode: int) -> tuple[int, str]:
     while True:  # a name left by a crashed process with the same token is all but impossible; step past it
         tmp = os.path.join(folder, f"{prefix}{_TOKEN}-{next(_COUNTER)}.part")
         try:
-            return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600), tmp
+            return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode & 0o700), tmp
         except FileExistsError:
             continue
 
@@ -51,13 +51,14 @@ def write_atomic(path: str | os.PathLike[str], data: bytes, *, mode: int = 0o644
     """
     path = os.fspath(path)
     folder = os.path.dirname(path) or "."
-    fd, tmp = _create_temp(folder, temp_prefix)
+    fd, tmp = _create_temp(folder, temp_prefix, mode)
     try:
         try:
             view = memoryview(data)
             while view:
                 view = view[os.write(fd, view):]
-            os.fchmod(fd, mode)
+            if mode & ~0o700:  # bits for others, which the umask may have taken (the owner's it leaves be)
+                os.fchmod(fd, mode)
             os.fsync(fd)
         finally:
             os.close(fd)

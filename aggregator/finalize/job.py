@@ -15,10 +15,12 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from aggregator.artifacts import (
     Chunker,
+    ChunkEvent,
+    EncodedEntries,
     Entry,
     Gap,
     Plan,
@@ -40,6 +42,7 @@ from aggregator.fanout import Budget, cpu_work, run_bounded, run_weighted
 from aggregator.finalize.lock import JobLock
 from aggregator.finalize.manifest import decode_manifest, encode_manifest, first_free_seqs
 from aggregator.finalize.streams import EVENT_BYTES, Overtaken, StagedStream, StagingReader, group_staged
+from aggregator.staging import encoded_entries
 from aggregator.storage import Store
 from aggregator.storage.base import SweepsTemp, delete_keys, put_keys
 from aggregator.storage.layout import (
@@ -163,18 +166,24 @@ def weighted_windows(items: list[T], weight: Callable[[T], int], capacity: int, 
 
 
 def chunk_writes(chunkers: Mapping[str, Chunker], job_id: str, seqs: dict[str, int],
-                 streams: list[tuple[StreamSummary, list[str], list[Entry]]], last: bool) -> list[tuple[str, bytes]]:
+                 streams: list[tuple[StreamSummary, list[str], list[Entry] | EncodedEntries]],
+                 last: bool) -> list[tuple[str, bytes]]:
     """The chunks (key, bytes) that `streams`' entries complete in each phase they feed, numbered on from
     `seqs` (advanced); with `last`, each phase's open chunk too. A stream read `light` in pass one gets its
     block here. CPU on every retained line: it runs off the loop (`cpu_work`)."""
     out: list[tuple[str, bytes]] = []
 
-    def emit(phase: str, chunks: list[list[dict[str, Any]]]) -> None:
+    def emit(phase: str, chunks: list[list[ChunkEvent]]) -> None:
         for chunk in chunks:
             out.append((chunk_key(job_id, phase, seqs[phase]), chunk_body(job_id, phase, seqs[phase], chunk)))
             seqs[phase] += 1
 
     for summary, phases, entries in streams:
+        if isinstance(entries, EncodedEntries):
+            summary.block = summary.block or entries.block
+            for phase in phases:
+                emit(phase, chunkers[phase].add_encoded(entries.events))
+            continue
         if summary.block is None:
             summary.block = block_of(summary.pod, summary.container, entries, summary.exit_code)
         for phase in phases:
@@ -191,13 +200,20 @@ async def write_chunks(store: Store, reader: StagingReader, cfg: AggregatorConfi
     """Pass two: every stream's entries once, in artifact order (`Plan.order`), `read_concurrency` streams at
     a time, into the chunks of each phase it feeds, written as they fill. The chunks written per phase."""
 
-    async def entries_of(s: StreamSummary) -> list[Entry]:
+    async def entries_of(s: StreamSummary) -> list[Entry] | EncodedEntries:
         found = scanned[(s.pod, s.container)]
         if found.entries is not None:
             return found.entries
         ends = (cfg.head_lines, cfg.tail_lines)
         try:
-            got = await reader.reload(found.sources, ends)
+            if s.block is None:  # read light in pass one: one compacted object, which may need no decoding
+                data = await reader.get(found.sources[0])
+                encoded = await cpu_work(len(data), encoded_entries, data, job_id, *ends)
+                if encoded is not None:
+                    return encoded
+                got = await reader.reload(found.sources, ends, data)
+            else:
+                got = await reader.reload(found.sources, ends)
         except Overtaken:  # an ingest-side compaction replaced them: what covers them is listed now
             again = await reader.load_stream(await reader.relist(s.pod, s.container), ends=ends)
             got = None if again is None else (again.state, again.gap)

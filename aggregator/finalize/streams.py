@@ -296,13 +296,22 @@ class StagingReader:
         keys = await self.store.list_keys(stream_prefix(self.job_id, pod, container))
         return group_staged(self.job_id, keys).get((pod, container), StagedStream(pod, container))
 
-    async def reload(self, sources: list[str], ends: Ends | None = None) -> tuple[StreamState, Gap | None] | None:
+    async def get(self, key: str) -> bytes:
+        """A staged object's bytes; `Overtaken` when it is gone."""
+        data = await self._get(key)
+        if data is None:
+            raise Overtaken(key)
+        return data
+
+    async def reload(self, sources: list[str], ends: Ends | None = None,
+                     data: bytes | None = None) -> tuple[StreamState, Gap | None] | None:
         """The state of a stream from the keys `load` gave (pass two of a finalize), and what it left out
-        when it is a big compacted object read for its `ends`; `Overtaken` when one of them is gone."""
+        when it is a big compacted object read for its `ends` (from `data` when it was read already);
+        `Overtaken` when one of them is gone."""
         if len(sources) == 1 and ends is not None:
             staged = parse_staged_key(self.job_id, sources[0])
             if staged is not None and staged.compacted:
-                found = await self._compacted(sources[0], ends)
+                found = await self._compacted(sources[0], ends, data)
                 return None if found is None else (found[0], found[2])
         read = await run_bounded(self.concurrency, [partial(self._load_any, k) for k in sources])
         states = [s for s in read if s is not None]
