@@ -43,6 +43,11 @@ class MisbehavingStore(LocalStore):
         self.writes.append((key, time.monotonic()))
         return done
 
+    def _put_all(self, items: list[tuple[str, bytes]]) -> None:
+        """`put_many`'s slice, one misbehaving write after the other."""
+        for key, data in items:
+            self._put(key, data, True)
+
 
 def stream(pod: str, first_ts: float, lines: int) -> StoredBatch:
     evs = tuple((off, first_ts + off / 1000, f"{pod} line {off}") for off in range(lines))
