@@ -18,6 +18,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import shipper.prepare as prepare_mod
+from shipper.batch import run_sizes, run_sizes_py
 from shipper.prepare import Prepared, prepare
 from shipper.reader import Chunk, Cursor, LineReader
 from shipper.redact import CLEAN_STATE, RedactorState, marks_py
@@ -172,6 +173,13 @@ _MARK_PIECES = [b".", b"API", b"AP", b"I", b"a", b"_", b"-", b"=", b"\n", b" ", 
 def test_compiled_marks_are_the_searches(data: bytes) -> None:
     assert prepare_mod._hotpath.marks(data) == marks_py(data)
     assert prepare_mod._hotpath.marks(b"t ." + b"A" * 43 + b" API.") == ([47], [2])
+
+
+@compiled_only
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.binary(max_size=30), max_size=50))
+def test_compiled_run_sizes_are_the_running_sums(events: list[bytes]) -> None:
+    assert prepare_mod._hotpath.run_sizes(events) == run_sizes_py(events) == run_sizes(events)
 
 
 @compiled_only
