@@ -23,7 +23,6 @@
  * One pass per line over its bytes (two for a rendered one); no Python object per line but its event and
  * its offset (and a rendered line's text).
  */
-#define _GNU_SOURCE  /* memmem */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <stdint.h>
@@ -572,17 +571,21 @@ marks(PyObject *self, PyObject *arg)
     PyObject *api = PyList_New(0), *tokens = PyList_New(0), *result = NULL;
     if (api == NULL || tokens == NULL)
         goto done;
-    for (const unsigned char *p = base; stop - p >= 3; p += 3) {
-        p = memmem(p, (size_t)(stop - p), "API", 3);
+    /* "API" cannot overlap itself: every occurrence, found by its rarest byte (DNA is full of A) */
+    for (const unsigned char *p = base + 1; stop - p >= 2; p++) {
+        p = memchr(p, 'P', (size_t)(stop - p - 1));
         if (p == NULL)
             break;
-        if (append_offset(api, p - base) < 0)
+        if (p[-1] == 'A' && p[1] == 'I' && append_offset(api, p - 1 - base) < 0)
             goto done;
     }
     for (const unsigned char *p = base; p < stop; p++) {
         p = memchr(p, '.', (size_t)(stop - p));
         if (p == NULL)
             break;
+        /* most dots (decimals, names) fail on the run's last byte or the one after it */
+        if (stop - p < 44 || B64URL[p[43]] != 1 || (stop - p > 44 && B64URL[p[44]] != 0))
+            continue;
         const unsigned char *q = p + 1;
         while (q < stop && q - p <= 43 && B64URL[*q] == 1)
             q++;
