@@ -3,7 +3,7 @@ JSON answer, and aiohttp's client cost every start ~0.3-0.45 s of CPU and ~24 Mi
 `ssl` and much more) plus per-request overhead (docs/benchmarks.md, "Without aiohttp").
 
 - Keep-alive connections per (scheme, host, port); a few idle ones are kept per origin (the shipper
-  sends up to two batches at a time per stream, streams in parallel); idle ones older than `idle_timeout`
+  sends one batch at a time per stream, streams in parallel); idle ones older than `idle_timeout`
   are closed rather than reused.
 - A request body goes with `Content-Length`; the answer is read by `Content-Length`, chunked
   transfer-encoding, or to the close. No `Accept-Encoding` is sent, so answers come unencoded.
