@@ -4,13 +4,12 @@ takes the answers (and moves the checkpoint) in order; the eof batch waits for e
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import orjson
 from aiohttp import web
-from shipper_helpers import TOKEN, Recorder
+from shipper_helpers import TOKEN
 
 from shipper.batch import Batch, Identity
 from shipper.checkpoints import Checkpointer
@@ -23,22 +22,39 @@ from shipper.sender import Outbox, Sender
 IDENT = Identity("elb-1", "pod-1", "blast", "running")
 
 
-@dataclass
-class HeldAggregator(Recorder):
+class HeldAggregator:
     """Answers a batch that holds the event at offset `hold_off` only once `release` is set."""
 
-    hold_off: int = 0
-    release: asyncio.Event = field(default_factory=asyncio.Event)
-    arrived: list[dict[str, Any]] = field(default_factory=list)
-    answered: list[int] = field(default_factory=list)  # seq of each batch answered, in answer order
+    def __init__(self, hold_off: int) -> None:
+        self.hold_off = hold_off
+        self.release = asyncio.Event()
+        self.arrived: list[dict[str, Any]] = []
+        self.answered: list[int] = []  # seq of each batch answered, in answer order
+        self.runner: web.AppRunner | None = None
+        self.url = ""
 
-    async def handle(self, request: web.Request) -> web.StreamResponse:
+    async def handle(self, request: web.Request) -> web.Response:
         body = orjson.loads(await request.read())
         self.arrived.append(body)
         if any(e["off"] == self.hold_off for e in body["events"]):
             await self.release.wait()
         self.answered.append(body["seq"])
         return web.json_response({"accepted": len(body["events"]), "duplicate": False})
+
+    async def __aenter__(self) -> HeldAggregator:
+        app = web.Application()
+        app.router.add_post("/v1/ingest", self.handle)
+        self.runner = web.AppRunner(app, access_log=None)
+        await self.runner.setup()
+        site = web.TCPSite(self.runner, "127.0.0.1", 0)
+        await site.start()
+        self.url = f"http://127.0.0.1:{self.runner.addresses[0][1]}"
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.release.set()
+        if self.runner is not None:
+            await self.runner.cleanup()
 
 
 def batch(first_off: int, lines: int, *, eof: bool = False) -> Batch:
@@ -60,17 +76,8 @@ async def until(check: Any, what: str) -> None:
 
 
 async def test_the_next_batch_goes_out_before_the_answer_and_acks_stay_in_order(tmp_path: Path) -> None:
-    agg = await HeldAggregator(hold_off=0).start()
-    try:
-        await run_against(agg, tmp_path)
-    finally:
-        agg.release.set()
-        await agg.stop()
-
-
-async def run_against(agg: HeldAggregator, tmp_path: Path) -> None:
     metrics = ShipperMetrics()
-    async with HttpClient() as http:
+    async with HeldAggregator(hold_off=0) as agg, HttpClient() as http:
         client = AggregatorClient(http, (agg.url,), TOKEN, timeout=10, use_gzip=False, backoff_base=0.01,
                                   backoff_max=0.05, retry_after_max=1, reject_backoff=0.05, metrics=metrics)
         outbox = Outbox(metrics, "blast")
