@@ -1,33 +1,24 @@
 """A stream's sending side: the outbox of formed batches, and the sender that delivers them.
 
-The outbox holds one batch between the packer and the sender, so memory stays bounded (at most
-`PIPELINE` batches in flight, one waiting, one being built) while reading overlaps sending. The
-sender keeps a second batch of lines on the wire while it awaits the answer to the one before (not
-the first batch, reports or the eof batch, nor while sends fail), and takes the answers in order;
-after each 2xx it has the checkpoint written (paced). A 413 halves the batch; a single event too
-large for the aggregator is reported as dropped rather than lost.
+The outbox holds one batch between the packer and the sender, so memory stays bounded (one batch
+in flight, one waiting, one being built) while reading overlaps sending. The sender delivers one
+batch at a time, in order; after each 2xx it has the checkpoint written (paced). A 413 halves the
+batch; a single event too large for the aggregator is reported as dropped rather than lost.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections import deque
 from collections.abc import Callable
-from typing import Any, Final
 
 from blastlogs.protocol import Dropped
 from shipper.batch import Batch, Identity, encode_batch
 from shipper.checkpoints import Checkpoint, PacedCheckpoints
-from shipper.client import AggregatorClient, Outcome, Verdict
+from shipper.client import AggregatorClient, Verdict
 from shipper.metrics import ShipperMetrics
 
 log = logging.getLogger("shipper.stream")
-
-#: Batches of one stream on the wire at once: the next goes out while the answer to the one before
-#: is awaited (the aggregator stores batches in any order: docs/protocol.md section 4), so a
-#: stream's lines/s is not bound by round trips; answers are still taken, and checkpointed, in order.
-PIPELINE: Final = 2
 
 
 class Outbox:
@@ -90,69 +81,22 @@ class Sender:
         self.eof_acked = False
 
     async def run(self) -> None:
-        """Deliver every batch the outbox gets, until it is closed: up to `PIPELINE` on the wire at
-        once, their answers taken (and checkpointed) in order."""
-        flying: deque[tuple[Batch, asyncio.Future[Outcome]]] = deque()
-        taking: asyncio.Future[Batch | None] | None = None
-        held: Batch | None = None  # the next batch, which must wait until those flying are acknowledged
-        closed = False
-        try:
-            while flying or not closed or held is not None:
-                if held is not None and (not flying or self._beside(flying[-1][0], held)):
-                    flying.append(self._send(held, len(flying)))
-                    held = None
-                if taking is None and held is None and not closed and len(flying) < PIPELINE:
-                    taking = asyncio.ensure_future(self.outbox.get())
-                if flying:
-                    self.in_flight = flying[0][0]
-                    waits: set[asyncio.Future[Any]] = {flying[0][1]}
-                    if taking is not None:
-                        waits.add(taking)
-                    await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
-                elif taking is not None:
-                    await asyncio.wait({taking})
-                if taking is not None and taking.done():
-                    got = taking.result()
-                    taking = None
-                    if got is None:
-                        closed = True
-                    else:
-                        held = got
-                if flying and flying[0][1].done():
-                    batch, answer = flying.popleft()
-                    await self._deliver(batch, answer.result())
-                    self.outbox.sent(batch)
-                    self.in_flight = flying[0][0] if flying else None
-        finally:
-            for _, answer in flying:
-                answer.cancel()
-            if taking is not None:
-                taking.cancel()
-            self.in_flight = None
-
-    def _beside(self, before: Batch, batch: Batch) -> bool:
-        """Whether `batch` may go out while `before` awaits its answer: both hold lines (the first
-        batch, reports and the eof batch go alone: the aggregator must hold everything before an
-        eof first), with the same exit status (were `before` split after `batch` went, a half
-        would share `batch`'s `seq`, and the higher `seq` wins), while no send is failing (then
-        one batch at a time retries)."""
-        return (bool(batch.events) and bool(before.events) and not batch.eof and not before.eof
-                and batch.exit_code == before.exit_code and self.client.failing is None)
-
-    def _send(self, batch: Batch, ahead: int) -> tuple[Batch, asyncio.Future[Outcome]]:
-        """Start delivering `batch`, `ahead` batches after the next to be acknowledged (its `seq`)."""
-        body = encode_batch(self.ident, self.seq + ahead, batch)
-        return batch, asyncio.ensure_future(self.client.deliver(body, self.name))
-
-    async def _deliver(self, batch: Batch, out: Outcome | None = None) -> None:
-        """Deliver `batch` until acknowledged; `out`: the answer it got when already sent."""
+        """Deliver every batch the outbox gets, until it is closed."""
         while True:
-            if out is None:
-                out = await self.client.deliver(encode_batch(self.ident, self.seq, batch), self.name)
+            batch = await self.outbox.get()
+            if batch is None:
+                return
+            self.in_flight = batch
+            await self._deliver(batch)
+            self.in_flight = None
+            self.outbox.sent(batch)
+
+    async def _deliver(self, batch: Batch) -> None:
+        while True:
+            out = await self.client.deliver(encode_batch(self.ident, self.seq, batch), self.name)
             if out.verdict is Verdict.OK:
                 await self._acked(batch)
                 return
-            out = None
             # 413: halve; a single event too large is reported as dropped rather than lost.
             if len(batch.events) > 1:
                 first, second = batch.split()
