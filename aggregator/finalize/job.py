@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from functools import partial
 from typing import TypeVar
@@ -32,6 +32,7 @@ from aggregator.artifacts import (
     keep_longer_existing,
     plan_artifacts,
     retained_entries,
+    state_of_batch,
     summarize,
     summarize_light,
     summary_body,
@@ -42,7 +43,7 @@ from aggregator.fanout import Budget, cpu_work, run_bounded, run_weighted
 from aggregator.finalize.lock import JobLock
 from aggregator.finalize.manifest import decode_manifest, encode_manifest, first_free_seqs
 from aggregator.finalize.streams import EVENT_BYTES, Overtaken, StagedStream, StagingReader, group_staged
-from aggregator.staging import encoded_entries
+from aggregator.staging import decode_batch, encoded_entries
 from aggregator.storage import Store
 from aggregator.storage.base import SweepsTemp, delete_keys, put_keys
 from aggregator.storage.layout import (
@@ -58,6 +59,7 @@ from aggregator.storage.layout import (
 log = logging.getLogger("aggregator.finalize")
 
 T = TypeVar("T")
+U = TypeVar("U")
 
 #: Retained entries pass one keeps in memory for pass two (about 200 bytes each); beyond, streams are
 #: read again in pass two, so memory holds about a window of streams, not the job.
@@ -139,12 +141,64 @@ async def scan_streams(reader: StagingReader, job_id: str, keys: list[str], cfg:
         return (stream.pod, stream.container), Scanned(summary, loaded.sources, entries if keep else None,
                                                       loaded.redundant, stream.weight())
 
+    async def scan_lone(group: list[StagedStream]) -> list[tuple[tuple[str, str], Scanned] | None]:
+        keys = [next(iter(s.batches.values())) for s in group]
+        datas = await reader.get_many(keys)
+        done = await asyncio.to_thread(scan_lone_batches, job_id, cfg, group, datas)
+        out: list[tuple[tuple[str, str], Scanned] | None] = []
+        for stream, key, got in zip(group, keys, done, strict=True):
+            if got is _GONE:  # compacted away meanwhile: the stream's own scan lists it again
+                out.append(await scan(stream))
+            elif isinstance(got, tuple):
+                entries, summary = got
+                keep = budget.cache.try_take(len(entries))
+                if keep:
+                    cached[0] += len(entries)
+                out.append(((stream.pod, stream.container), Scanned(summary, [key], entries if keep else None, [], 1)))
+        return out
+
     streams = (await cpu_work(len(keys) * KEY_BYTES, group_staged, job_id, keys)).values()
+    lone = [s for s in streams if not s.compacted and len(s.batches) == 1]
+    rest = [s for s in streams if s.compacted or len(s.batches) != 1]
+    jobs: list[tuple[int, Callable[[], Awaitable[list[tuple[tuple[str, str], Scanned] | None]]]]] = [
+        (len(g), partial(scan_lone, g)) for g in (lone[i:i + SCAN_GROUP] for i in range(0, len(lone), SCAN_GROUP))]
+    jobs += [(s.weight(), partial(_listed, scan, s)) for s in rest]
     # At most twice the reads in flight: more tasks would only wait for the reader, and each one ready at
     # once is a turn of the loop that other jobs' ingests wait behind.
-    found = await run_weighted(FINALIZE_READ_WEIGHT, ((s.weight(), partial(scan, s)) for s in streams),
-                               budget.reads, most=2 * cfg.read_concurrency)
-    return dict(f for f in found if f is not None)
+    found = await run_weighted(FINALIZE_READ_WEIGHT, jobs, budget.reads, most=2 * cfg.read_concurrency)
+    return dict(f for part in found for f in part if f is not None)
+
+
+async def _listed(fn: Callable[[T], Awaitable[U]], arg: T) -> list[U]:
+    return [await fn(arg)]
+
+
+#: One-batch streams read, decoded and summarised together, in one thread job per this many: a wide job's
+#: 20,000 of them would otherwise be 20,000 tasks' turns of the loop, which other jobs' ingests wait behind.
+SCAN_GROUP = 64
+#: `scan_lone_batches`' mark for a batch gone when read.
+_GONE = object()
+
+
+def scan_lone_batches(job_id: str, cfg: AggregatorConfig, group: list[StagedStream],
+                      datas: list[bytes | None]) -> list[tuple[list[Entry], StreamSummary] | object | None]:
+    """Pass one for streams staged as one batch each (their bytes given): each one's retained entries and
+    summary, as `StagingReader.load` and `summarize_stream` give them; `_GONE` when its batch was gone,
+    None when it is unreadable (logged) or another job's. CPU: it runs in a thread."""
+    out: list[tuple[list[Entry], StreamSummary] | object | None] = []
+    for stream, data in zip(group, datas, strict=True):
+        if data is None:
+            out.append(_GONE)
+            continue
+        try:
+            batch = decode_batch(data)
+        except ValueError as e:
+            log.error("unreadable staged batch skipped", extra={"fields": {
+                "key": next(iter(stream.batches.values())), "error": str(e)}})
+            out.append(None)
+            continue
+        out.append(None if batch.job_id != job_id else summarize_stream(state_of_batch(batch), cfg, None))
+    return out
 
 
 def weighted_windows(items: list[T], weight: Callable[[T], int], capacity: int, most: int) -> list[list[T]]:

@@ -31,6 +31,7 @@ from aggregator.staging import (
     piece_of_state,
 )
 from aggregator.storage import Store
+from aggregator.storage.base import GetsMany
 from aggregator.storage.layout import StagedKey, compact_key, parse_staged_key, stream_prefix
 
 log = logging.getLogger("aggregator.finalize")
@@ -295,6 +296,13 @@ class StagingReader:
         """The stream's staging as listed now."""
         keys = await self.store.list_keys(stream_prefix(self.job_id, pod, container))
         return group_staged(self.job_id, keys).get((pod, container), StagedStream(pod, container))
+
+    async def get_many(self, keys: list[str]) -> list[bytes | None]:
+        """Many small objects' bytes (None when gone), in one call where the store offers it."""
+        if isinstance(self.store, GetsMany):
+            async with self._sem:
+                return await self.store.get_many(keys)
+        return await run_bounded(self.concurrency, [partial(self._get, k) for k in keys])
 
     async def get(self, key: str) -> bytes:
         """A staged object's bytes; `Overtaken` when it is gone."""

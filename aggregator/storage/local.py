@@ -42,6 +42,9 @@ class LocalStore:
         except OSError as e:
             raise StoreError(f"read {key}: {e.strerror}") from e
 
+    async def get_many(self, keys: list[str]) -> list[bytes | None]:
+        return await asyncio.to_thread(lambda: [self._get(key) for key in keys])
+
     async def put(self, key: str, data: bytes, *, overwrite: bool = True) -> bool:
         # A thread cannot be stopped: a cancelled put returns only once the write has settled.
         return await finish_even_if_cancelled(asyncio.to_thread(self._put, key, data, overwrite))

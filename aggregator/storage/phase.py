@@ -4,14 +4,16 @@ its operations by it (`CountingStore`): `blast_logs_aggregator_storage_operation
 from __future__ import annotations
 
 from contextvars import ContextVar
+from functools import partial
 
 from prometheus_client import Counter
 
-from aggregator.storage.base import Store, SweepsTemp, delete_keys, put_keys
+from aggregator.fanout import run_bounded
+from aggregator.storage.base import GetsMany, Store, SweepsTemp, delete_keys, put_keys
 
 #: Set by each route (a request runs in its own task, so its own context) and by background compactions.
 storage_phase: ContextVar[str] = ContextVar("storage_phase", default="other")
-#: Deletes at once when the store has no `delete_many`.
+#: Deletes (or gets) at once when the store has no `delete_many` (`get_many`).
 DELETES_AT_ONCE = 16
 
 
@@ -29,6 +31,12 @@ class CountingStore:
     async def get(self, key: str) -> bytes | None:
         self._count("get")
         return await self.inner.get(key)
+
+    async def get_many(self, keys: list[str]) -> list[bytes | None]:
+        self._count("get", len(keys))
+        if isinstance(self.inner, GetsMany):
+            return await self.inner.get_many(keys)
+        return await run_bounded(DELETES_AT_ONCE, (partial(self.inner.get, k) for k in keys))
 
     async def put(self, key: str, data: bytes, *, overwrite: bool = True) -> bool:
         self._count("put")
