@@ -27,9 +27,10 @@ Choices where docs/protocol.md is silent (each is tested):
 
 from __future__ import annotations
 
+import itertools
 import operator
 from bisect import bisect_left
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import islice
 from typing import Any, Final
@@ -59,13 +60,15 @@ _SPAN_KEEP: Final = LAST_OUTPUT_LIMIT
 
 #: One artifact entry of a stream: (ts, text, marker_count); marker_count is 0 for a line event.
 Entry = tuple[float, str, int]
+#: A chunk event: as built from an entry, or already as its bytes (`Chunker.add_encoded`).
+ChunkEvent = dict[str, Any] | bytes
 
 
 @dataclass
 class Artifacts:
     """What finalize writes and answers, before chunks get their seq numbers."""
 
-    phases: dict[str, list[list[dict[str, Any]]]] = field(default_factory=dict)
+    phases: dict[str, list[list[ChunkEvent]]] = field(default_factory=dict)
     steps: dict[str, dict[str, Any]] = field(default_factory=dict)
     incomplete_streams: list[dict[str, str]] = field(default_factory=list)
     complete: bool = True
@@ -141,6 +144,14 @@ class TextSpan:
             return cls(total, data, data, True)
         return cls(total, _edge(parts, keep), _edge(parts[::-1], keep, back=True), False)
 
+    @classmethod
+    def of_sized(cls, total: int, parts: Callable[[bool], Iterator[str]], keep: int) -> TextSpan:
+        """`of` for parts whose joined size is known (`total`), read lazily from the front (`parts(False)`)
+        and the back (`parts(True)`): a big block is then read at its ends alone."""
+        if total <= 2 * keep:
+            return cls.of(list(parts(False)), keep)
+        return cls(total, _edge(parts(False), keep), _edge(parts(True), keep, back=True), False)
+
 
 @dataclass(slots=True)
 class StreamSummary:
@@ -155,7 +166,9 @@ class StreamSummary:
     exit_code: int | None
     phase: str
     first_ts: float
-    block: TextSpan  # this stream's block of `last_output` (when it is primary in a phase)
+    #: this stream's block of `last_output` (when it is primary in a phase); None until its entries are
+    #: read, for a stream whose first pass read it `light` (a finalize's second pass fills it in)
+    block: TextSpan | None
 
     def sort_key(self) -> tuple[int, float, str, str]:
         if self.lines:
@@ -170,6 +183,11 @@ class Plan:
 
     members: dict[str, list[StreamSummary]] = field(default_factory=dict)
     steps: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: every stream in artifact order with the phases it feeds: one pass over it gives each phase's
+    #: members in order, so a stream feeding two phases is read once
+    order: list[tuple[StreamSummary, list[str]]] = field(default_factory=list)
+    #: each phase's primary streams in order: their blocks make its `last_output` (`fill_last_output`)
+    primary: dict[str, list[StreamSummary]] = field(default_factory=dict)
     incomplete_streams: list[dict[str, str]] = field(default_factory=list)
     complete: bool = True
 
@@ -189,6 +207,9 @@ def retained_entries(state: StreamState, head: int, tail: int, gap: Gap | None =
     """A stream's artifact entries after head/tail retention, and its marker total. With `gap`, the
     state holds only the stream's first `gap.head` and its last events (`gap.head` is `head`, and the
     last ones are `tail`): the same entries as from every event."""
+    if gap is None and not state.drops and len(state.events) <= head + tail:
+        # every line kept, no marker: the common case, and the one finalize meets millions of lines in
+        return [(ts, line, 0) for _, ts, _, line in state.events], 0
     events = [(off, ts, line) for off, ts, _, line in state.events]
     drops = [(off, lines, nbytes, exact) for off, _, lines, nbytes, exact in state.drops]
     if gap is None:
@@ -198,18 +219,54 @@ def retained_entries(state: StreamState, head: int, tail: int, gap: Gap | None =
     return _retain_parts(events[:head], events[head:], gap.count, gap.off, drops)
 
 
+def _block_ends(pod: str, container: str, exit_code: int | None) -> tuple[str, list[str]]:
+    """A stream's block's first line and its last lines after its entries (docs/protocol.md section 7)."""
+    return f"--- {pod}/{container} ---", [] if exit_code is None else [f"[exit code {exit_code}]"]
+
+
+def block_of(pod: str, container: str, entries: list[Entry], exit_code: int | None) -> TextSpan:
+    """A stream's block of `last_output` (docs/protocol.md section 7), as much of it as finalize keeps."""
+    header, after = _block_ends(pod, container, exit_code)
+    block = [header]
+    block.extend(text for _, text, _ in entries)
+    block.extend(after)
+    return TextSpan.of(block, _SPAN_KEEP)
+
+
+def block_of_texts(pod: str, container: str, exit_code: int | None, count: int, text_bytes: int,
+                   texts: Callable[[bool], Iterator[str]]) -> TextSpan:
+    """`block_of` for a stream of `count` line entries (no marker) whose texts add up to `text_bytes` UTF-8
+    bytes, read lazily from either end (`texts(reverse)`)."""
+    header, after = _block_ends(pod, container, exit_code)
+    total = _utf8_len(header) + text_bytes + sum(map(_utf8_len, after)) + count + len(after)
+
+    def parts(back: bool) -> Iterator[str]:
+        if back:
+            return itertools.chain(reversed(after), texts(True), (header,))
+        return itertools.chain((header,), texts(False), after)
+
+    return TextSpan.of_sized(total, parts, _SPAN_KEEP)
+
+
 def summarize(state: StreamState, entries: list[Entry], marked: int) -> StreamSummary:
     """The stream's summary; `entries` and `marked` are `retained_entries(state, ...)`."""
     lines = sum(1 for e in entries if not e[2])
     exit_code = state.exit[1] if state.exit is not None else None
-    block = [f"--- {state.pod}/{state.container} ---"]
-    block.extend(text for _, text, _ in entries)
-    if exit_code is not None:
-        block.append(f"[exit code {exit_code}]")
     return StreamSummary(
         pod=state.pod, container=state.container, entries=len(entries), lines=lines, marked=marked,
         eof=state.eof, exit_code=exit_code, phase=state.top[1],
-        first_ts=entries[0][0] if entries else 0.0, block=TextSpan.of(block, _SPAN_KEEP),
+        first_ts=entries[0][0] if entries else 0.0, block=block_of(state.pod, state.container, entries, exit_code),
+    )
+
+
+def summarize_light(state: StreamState, count: int) -> StreamSummary:
+    """`summarize` of a stream of `count` events, every one kept (no more than head + tail), from its state
+    with only its first event: the same summary but for `block` (None: pass two fills it in)."""
+    marked = sum(d[2] for d in state.drops)
+    return StreamSummary(
+        pod=state.pod, container=state.container, entries=count + len(state.drops), lines=count, marked=marked,
+        eof=state.eof, exit_code=state.exit[1] if state.exit is not None else None, phase=state.top[1],
+        first_ts=state.events[0][1] if count else 0.0, block=None,
     )
 
 
@@ -225,20 +282,21 @@ def plan_artifacts(
     streams = sorted(summaries, key=StreamSummary.sort_key)
     fed: dict[str, list[StreamSummary]] = {}
     primary: dict[str, list[StreamSummary]] = {}
+    order: list[tuple[StreamSummary, list[str]]] = []
     for stream in streams:
         feeds, prim = _phases_of(stream, phase_table)
+        order.append((stream, feeds))
         for phase in feeds:
             fed.setdefault(phase, []).append(stream)
             if phase in prim:
                 primary.setdefault(phase, []).append(stream)
-    plan = Plan()
+    plan = Plan(order=order, primary=primary)
     for phase in sorted(fed):
         members = fed[phase]
-        text, truncated = _join_spans([s.block for s in primary.get(phase, [])])
         plan.members[phase] = members
         plan.steps[phase] = {
-            "last_output": text,
-            "truncated": truncated,
+            "last_output": "",
+            "truncated": False,
             "lines": sum(s.lines for s in members),
             "omitted_lines": sum(s.marked for s in members),
             "chunks": -(-sum(s.entries for s in members) // chunk_events),
@@ -250,7 +308,30 @@ def plan_artifacts(
     unfinished = sorted((s.pod, s.container) for s in streams if not s.eof)
     plan.incomplete_streams = [{"pod": p, "container": c} for p, c in unfinished]
     plan.complete = not unfinished
+    if all(s.block is not None for s in streams):
+        fill_last_output(plan)
     return plan
+
+
+def fill_last_output(plan: Plan) -> None:
+    """Each step's `last_output` and `truncated`, from its primary streams' blocks (all known by now)."""
+    for phase, step in plan.steps.items():
+        blocks = [s.block for s in plan.primary.get(phase, [])]
+        if any(b is None for b in blocks):
+            raise ValueError(f"a primary stream of {phase} was never read for its block")
+        step["last_output"], step["truncated"] = _join_spans([b for b in blocks if b is not None])
+
+
+@dataclass(slots=True)
+class EncodedEntries:
+    """A stream's retained entries already as chunk events' bytes (`aggregator.staging.encoded_entries`),
+    and its block of `last_output`."""
+
+    events: list[bytes]
+    block: TextSpan
+
+    def __len__(self) -> int:
+        return len(self.events)
 
 
 class Chunker:
@@ -258,21 +339,24 @@ class Chunker:
 
     def __init__(self, chunk_events: int) -> None:
         self.chunk_events = chunk_events
-        self._open: list[dict[str, Any]] = []
+        self._open: list[ChunkEvent] = []
 
-    def add(self, stream: StreamSummary, entries: list[Entry]) -> list[list[dict[str, Any]]]:
+    def add(self, stream: StreamSummary, entries: list[Entry]) -> list[list[ChunkEvent]]:
         """The chunks that `entries` completed."""
-        done: list[list[dict[str, Any]]] = []
-        pod, container, chunk = stream.pod, stream.container, self._open
-        for ts, text, _ in entries:
-            chunk.append({"ts": ts, "pod": pod, "container": container, "line": text})
-            if len(chunk) == self.chunk_events:
-                done.append(chunk)
-                chunk = []
-        self._open = chunk
-        return done
+        pod, container = stream.pod, stream.container
+        return self.add_encoded([{"ts": ts, "pod": pod, "container": container, "line": text}
+                                 for ts, text, _ in entries])
 
-    def flush(self) -> list[list[dict[str, Any]]]:
+    def add_encoded(self, more: Sequence[ChunkEvent]) -> list[list[ChunkEvent]]:
+        """The chunks that `more` (events as built, or their bytes) completed."""
+        size = self.chunk_events
+        events = self._open
+        events += more
+        full = len(events) - len(events) % size
+        self._open = events[full:]
+        return [events[i:i + size] for i in range(0, full, size)]
+
+    def flush(self) -> list[list[ChunkEvent]]:
         """The last, partly filled chunk, if any."""
         done = [self._open] if self._open else []
         self._open = []
@@ -483,7 +567,7 @@ def _span_edge(spans: Sequence[TextSpan], need: int, *, back: bool = False) -> b
     return b"\n".join(pieces)[:need]
 
 
-def _edge(parts: list[str], need: int, *, back: bool = False) -> bytes:
+def _edge(parts: Iterable[str], need: int, *, back: bool = False) -> bytes:
     """The first (or, for reversed `parts` with `back`, the last) `need` bytes of the joined parts."""
     chunks: list[bytes] = []
     size = -1
@@ -540,9 +624,15 @@ def keep_longer_existing(steps: dict[str, dict[str, Any]], existing: Mapping[str
     return out
 
 
-def chunk_body(job_id: str, phase: str, seq: int, events: list[dict[str, Any]]) -> bytes:
-    """One chunk artifact's bytes: keys in the order of docs/protocol.md section 6, events as built."""
-    return orjson.dumps({"job_id": job_id, "phase": phase, "seq": seq, "events": events})
+def chunk_body(job_id: str, phase: str, seq: int, events: list[ChunkEvent]) -> bytes:
+    """One chunk artifact's bytes: keys in the order of docs/protocol.md section 6, events as built (or
+    their bytes, which are what orjson writes for them)."""
+    doc = {"job_id": job_id, "phase": phase, "seq": seq, "events": events}
+    if not any(isinstance(e, bytes) for e in events):
+        return orjson.dumps(doc)
+    doc["events"] = []
+    return b"".join((orjson.dumps(doc)[:-3], b"[", b",".join(
+        e if isinstance(e, bytes) else orjson.dumps(e) for e in events), b"]}"))
 
 
 def summary_body(result: dict[str, Any]) -> bytes:

@@ -7,19 +7,24 @@ Where the objects live is `aggregator.storage.layout`'s business (`batch_key`, `
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from itertools import pairwise
 from typing import Any
 
 import orjson
 
-from aggregator.artifacts import Gap, StreamState
+from aggregator.artifacts import EncodedEntries, Gap, StreamState, block_of_texts
 from aggregator.checks import events_of_columns, is_int, is_nonneg_int, valid_columns
 from aggregator.model import Dropped, StoredBatch
 from blastlogs.protocol import valid_job_id, valid_k8s_name, valid_phase
 
 STAGING_VERSION = 1
+
+try:  # compiled by setup.py where a C compiler is at hand; else `encoded_entries` declines (decode instead)
+    from aggregator import _chunks
+except ImportError:  # pragma: no cover - exercised where no compiler built it
+    _chunks = None  # type: ignore[assignment]
 
 
 def encode_batch(batch: StoredBatch) -> bytes:
@@ -93,8 +98,9 @@ class Compacted:
 
 
 #: A compacted object of more events than this has one event per line (still one JSON document), so a
-#: finalize reads its first and last lines without decoding the rest (`decode_compacted_ends`).
-SPLIT_EVENTS = 10_000
+#: finalize reads its first and last lines without decoding the rest (`decode_compacted_ends`), and its
+#: first pass reads a stream it keeps whole for its first line and count alone (`light`).
+SPLIT_EVENTS = 1_000
 _EVENTS_LINES = b'"events":[\n'
 COUNT_STEP = 1 << 20
 
@@ -166,7 +172,7 @@ def piece_of_compacted(data: bytes) -> tuple[str, frozenset[str], Piece] | None:
     """A compacted object one event per line as a `Piece` (its lines not copied), its job id and covers;
     None for the one-line layout. ValueError as `decode_compacted`."""
     ends = decode_compacted_ends(data, 1, 1)
-    if ends is None:
+    if ends is None or ends.gap is None:
         return None
     split = data.find(_EVENTS_LINES) + len(_EVENTS_LINES)
     first, last = ends.state.events[0][0], ends.state.events[-1][0]
@@ -202,17 +208,20 @@ def joined_parts(job_id: str, meta: StreamState, covers: Iterable[str],
 @dataclass(frozen=True, slots=True)
 class CompactedEnds:
     """A big compacted stream as finalize needs it: its state with only its `head` first and `tail` last
-    events, what it left out (`gap`), and the batch names it covers."""
+    events, what it left out (`gap`), and the batch names it covers. Read `light` and kept whole (no more
+    than `head + tail` events), `gap` is None and `state` holds only the first of its `count` events."""
 
     job_id: str
     state: StreamState
-    gap: Gap
+    gap: Gap | None
     covers: frozenset[str]
+    count: int
 
 
-def decode_compacted_ends(data: bytes, head: int, tail: int) -> CompactedEnds | None:
+def decode_compacted_ends(data: bytes, head: int, tail: int, *, light: bool = False) -> CompactedEnds | None:
     """The compacted stream's ends, decoding only those lines; None when it is not one event per line
-    (`SPLIT_EVENTS`) or holds no more than `head + tail` events (decode it all). ValueError as
+    (`SPLIT_EVENTS`) or holds no more than `head + tail` events (decode it all) unless `light` (then its
+    first event alone: what a finalize's first pass needs of a stream it keeps whole). ValueError as
     `decode_compacted`."""
     split = data.find(_EVENTS_LINES)
     end = len(data) - 3
@@ -222,7 +231,11 @@ def decode_compacted_ends(data: bytes, head: int, tail: int) -> CompactedEnds | 
     # counted a slice at a time: one `count` over 100 MB would hold the GIL, and the event loop, for ~50 ms
     count = 1 + sum(data.count(b"\n", i, min(i + COUNT_STEP, end)) for i in range(start, end, COUNT_STEP))
     if count <= head + tail:
-        return None
+        if not light:
+            return None
+        one = data[start:data.index(b"\n", start, end + 1)].rstrip(b",")
+        c = decode_compacted(b"".join((data[:split], b'"events":[', one, b"]}")))
+        return CompactedEnds(c.job_id, c.state, None, c.covers, count)
     return _ends_of(data, split, data, count, head, tail)
 
 
@@ -247,7 +260,7 @@ def _ends_of(front: bytes | bytearray, split: int, back: bytes | bytearray, coun
     events = c.state.events
     gap = Gap(head, count - head - tail, events[head][0])
     del events[head]
-    return CompactedEnds(c.job_id, c.state, gap, c.covers)
+    return CompactedEnds(c.job_id, c.state, gap, c.covers, count)
 
 
 #: The slice a big compacted object is read in when read for its ends (`EndsScan`).
@@ -380,3 +393,31 @@ def _decode_seq_events(events: list[Any]) -> list[tuple[int, float, int, str]]:
     if not valid_columns(offs, tss, lines) or not (set(map(type, seqs)) <= {int} and min(seqs) >= 0):
         raise ValueError("bad event")
     return list(zip(offs, map(float, tss), seqs, lines, strict=True))
+
+
+def encoded_entries(data: bytes, job_id: str, head: int, tail: int) -> EncodedEntries | None:
+    """A compacted object's retained entries as chunk events' bytes, and its block, without decoding its
+    events (aggregator/_chunks.c): when it is one event per line, of this job, kept whole (no more than
+    `head + tail` events) and without dropped-line reports; else None (decode it: `decode_compacted`)."""
+    if _chunks is None:
+        return None
+    try:
+        light = decode_compacted_ends(data, head, tail, light=True)
+    except ValueError:
+        return None  # decoding says what is wrong with it
+    if light is None or light.gap is not None or light.job_id != job_id or light.state.drops:
+        return None
+    state = light.state
+    middle = b"".join((b',"pod":', orjson.dumps(state.pod), b',"container":', orjson.dumps(state.container),
+                       b',"line":'))
+    start = data.find(_EVENTS_LINES) + len(_EVENTS_LINES)
+    found = _chunks.encode_events(memoryview(data)[start:len(data) - 3], middle)
+    if found is None or len(found[0]) != light.count:
+        return None
+    events, text_bytes = found
+
+    def texts(reverse: bool) -> Iterator[str]:
+        return (orjson.loads(e)["line"] for e in (reversed(events) if reverse else events))
+
+    exit_code = state.exit[1] if state.exit is not None else None
+    return EncodedEntries(events, block_of_texts(state.pod, state.container, exit_code, len(events), text_bytes, texts))

@@ -33,7 +33,7 @@ extras="${BLAST_LOGS_EXTRAS-dev}"
 # One stamp per pyproject.toml, setup.py and the compiled hot path's source, and per extras: the
 # demo's smaller install does not stand in for the tests'. The editable install builds
 # shipper/_hotpath.c in place.
-stamp=.venv/.installed-$(cat pyproject.toml setup.py shipper/_hotpath.c | sha256sum | cut -c1-16)-${extras:-none}
+stamp=.venv/.installed-$(cat pyproject.toml setup.py shipper/_hotpath.c aggregator/_chunks.c | sha256sum | cut -c1-16)-${extras:-none}
 if [ ! -f "$stamp" ]; then
   echo "bootstrap: installing the project${extras:+ with extras [$extras]} into .venv" >&2
   .venv/bin/pip install -q --disable-pip-version-check -e ".${extras:+[$extras]}"

@@ -1,6 +1,6 @@
 /* shipper._hotpath: the shipper's per-line hot path for lines that need no sanitising.
  *
- * encode_lines(joined, first_off, ts, max_chars, flagged) -> (events, offs, slow, controls)
+ * encode_lines(joined, first_off, ts, max_chars, flagged) -> (events, offs, slow, controls, rendered)
  *
  * `joined` is a read's complete lines joined with b"\n" (no trailing newline). For each line it
  * gives the stream offset (`first_off` + where the line starts) and, when the line is "clean", its
@@ -13,10 +13,15 @@
  * judges it), no control character but tab (C0, DEL, C1), at most `max_chars` characters, and no
  * position of `flagged` (sorted byte offsets into `joined`: control characters, secret keywords)
  * falls inside it or on its newline. Every other line gets None in `events` and its index in `slow`,
- * for the Python path (shipper/prepare.py), which also handles everything this module refuses;
- * `controls` lists those of them that hold a control character (to be rendered like a terminal).
+ * for the Python path (shipper/prepare.py), which also handles everything this module refuses.
+ * A line whose only fault is a control character (C0 but tab, DEL, C1), with no flag, is rendered
+ * here when render_line models it (below) and the result is within `max_chars`: its event holds the
+ * rendered text and `rendered` maps its index to that text (UTF-8), for the redaction pre-check the
+ * Python side runs on rendered lines. `controls` lists every line holding a control character,
+ * rendered here or in `slow`, in order.
  *
- * One pass per line over its bytes; no Python object per line but its event and its offset.
+ * One pass per line over its bytes (two for a rendered one); no Python object per line but its event and
+ * its offset (and a rendered line's text).
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -177,6 +182,246 @@ encode_event(const unsigned char *p, Py_ssize_t n, Py_ssize_t extra, long long o
     return out;
 }
 
+/* ---- rendering a line with control characters (shipper.sanitise.render), for the common shapes ----
+ *
+ * render_line gives the bytes of render(line.decode()) encoded, or -1 where it does not model the line
+ * (then the Python path renders it): invalid UTF-8, a C1 control (U+0080..U+009F: its 8-bit escape
+ * forms), a line that moves the cursor (carriage return, backspace, ESC[...K/G/C/D) holding a
+ * non-ASCII byte, a cursor move's argument over 4 digits, a row over RENDER_MAX_COL cells.
+ * Escapes as sanitise's _CSI, _STRING_SEQ, _OTHER_ESC, tried in that order, else the control alone. */
+
+#define RENDER_MAX_COL 65536
+#define BLANK 0  /* an erased cell (a NUL cannot be text) */
+
+/* Valid UTF-8 (Python's strict decoder) without a C1 control: 1 and *ascii set; else 0. */
+static int
+valid_no_c1(const unsigned char *p, const unsigned char *end, int *ascii)
+{
+    int all_ascii = 1;
+    while (p < end) {
+        unsigned char c = *p;
+        if (c < 0x80) {
+            p++;
+            continue;
+        }
+        all_ascii = 0;
+        if (c < 0xC2) {
+            return 0;
+        } else if (c < 0xE0) {
+            if (end - p < 2 || (p[1] & 0xC0) != 0x80 || (c == 0xC2 && p[1] < 0xA0))
+                return 0;
+            p += 2;
+        } else if (c < 0xF0) {
+            if (end - p < 3 || (p[1] & 0xC0) != 0x80 || (p[2] & 0xC0) != 0x80
+                    || (c == 0xE0 && p[1] < 0xA0) || (c == 0xED && p[1] > 0x9F))
+                return 0;
+            p += 3;
+        } else if (c < 0xF5) {
+            if (end - p < 4 || (p[1] & 0xC0) != 0x80 || (p[2] & 0xC0) != 0x80 || (p[3] & 0xC0) != 0x80
+                    || (c == 0xF0 && p[1] < 0x90) || (c == 0xF4 && p[1] > 0x8F))
+                return 0;
+            p += 4;
+        } else {
+            return 0;
+        }
+    }
+    *ascii = all_ascii;
+    return 1;
+}
+
+/* The length of the escape or control that starts at p[0] (a C0 control, DEL, or ESC), as
+ * sanitise's _STRIP_RE matches it there (valid UTF-8 without C1 controls assumed). */
+static Py_ssize_t
+escape_len(const unsigned char *p, const unsigned char *end)
+{
+    if (*p != 0x1b)
+        return 1;
+    const unsigned char *q = p + 1;
+    if (q < end && *q == '[') {  /* CSI: ESC [ [0-?]* [ -/]* [@-~] */
+        const unsigned char *r = q + 1;
+        while (r < end && *r >= 0x30 && *r <= 0x3f)
+            r++;
+        while (r < end && *r >= 0x20 && *r <= 0x2f)
+            r++;
+        if (r < end && *r >= 0x40 && *r <= 0x7e)
+            return r + 1 - p;
+    } else if (q < end && (*q == ']' || *q == 'P' || *q == '^' || *q == '_' || *q == 'X')) {
+        /* a string: ESC [\]P^_X] [^BEL ESC ST \n]* (BEL | ESC \ | ST)? (no C1 here: ST cannot occur) */
+        const unsigned char *r = q + 1;
+        while (r < end && *r != 0x07 && *r != 0x1b && *r != '\n')
+            r++;
+        if (r < end && *r == 0x07)
+            r++;
+        else if (r + 1 < end && *r == 0x1b && r[1] == '\\')
+            r += 2;
+        return r - p;
+    }
+    /* other: ESC [ -/]* [0-~] */
+    while (q < end && *q >= 0x20 && *q <= 0x2f)
+        q++;
+    if (q < end && *q >= 0x30 && *q <= 0x7e)
+        return q + 1 - p;
+    return 1;
+}
+
+static int
+is_control(unsigned char c)
+{
+    return (c < 0x20 && c != '\t') || c == 0x7f;
+}
+
+/* Whether the line moves the cursor as sanitise's _CURSOR_RE finds it (no C1 here). */
+static int
+moves_cursor(const unsigned char *p, const unsigned char *end)
+{
+    for (; p < end; p++) {
+        if (*p == '\r' || *p == 0x08)
+            return 1;
+        if (*p == 0x1b && p + 1 < end && p[1] == '[') {
+            const unsigned char *q = p + 2;
+            while (q < end && ((*q >= '0' && *q <= '9') || *q == ';'))
+                q++;
+            if (q < end && (*q == 'K' || *q == 'G' || *q == 'C' || *q == 'D'))
+                return 1;
+        }
+    }
+    return 0;
+}
+
+/* render() of [p, end) into out (room for end - p bytes, or RENDER_MAX_COL for a cursor-moving
+ * line); the length, or -1 where not modelled. */
+static Py_ssize_t
+render_line(const unsigned char *p, const unsigned char *end, unsigned char *out, Py_ssize_t room)
+{
+    int ascii = 0;
+    if (!valid_no_c1(p, end, &ascii))
+        return -1;
+    if (!moves_cursor(p, end)) {  /* strip_controls */
+        Py_ssize_t n = 0;
+        while (p < end) {
+            if (is_control(*p)) {
+                p += escape_len(p, end);
+            } else {
+                out[n++] = *p++;
+            }
+        }
+        return n;
+    }
+    if (!ascii)
+        return -1;
+    /* apply_carriage_returns: one terminal row */
+    Py_ssize_t len = 0, col = 0;
+    while (p < end) {
+        unsigned char c = *p;
+        if (!is_control(c)) {  /* a text run (tab included) */
+            const unsigned char *t = p;
+            while (t < end && !is_control(*t))
+                t++;
+            Py_ssize_t k = t - p;
+            if (col + k > room)
+                return -1;
+            if (col > len)
+                memset(out + len, BLANK, (size_t)(col - len));
+            memcpy(out + col, p, (size_t)k);
+            col += k;
+            if (col > len)
+                len = col;
+            p = t;
+            continue;
+        }
+        if (c == '\r') {
+            col = 0;
+            p++;
+            continue;
+        }
+        if (c == 0x08) {
+            if (col > 0)
+                col--;
+            p++;
+            continue;
+        }
+        if (c == 0x1b && p + 1 < end && p[1] == '[') {  /* ESC [ digits* [KGCD]: a move */
+            const unsigned char *d = p + 2, *q = d;
+            while (q < end && *q >= '0' && *q <= '9')
+                q++;
+            if (q < end && (*q == 'K' || *q == 'G' || *q == 'C' || *q == 'D')) {
+                Py_ssize_t nd = q - d, arg = 0;
+                if (nd > 4)
+                    return -1;
+                for (const unsigned char *r = d; r < q; r++)
+                    arg = arg * 10 + (*r - '0');
+                if (*q == 'K') {
+                    if (nd == 0 || (nd == 1 && *d == '0')) {
+                        if (col < len)
+                            len = col;
+                    } else if (nd == 1 && *d == '1') {
+                        memset(out, BLANK, (size_t)(col + 1 < len ? col + 1 : len));
+                    } else if (nd == 1 && *d == '2') {
+                        len = 0;
+                    }
+                } else if (*q == 'G') {
+                    col = (nd == 0 ? 1 : arg) - 1;
+                    if (col < 0)
+                        col = 0;
+                } else if (*q == 'C') {
+                    col += nd == 0 || arg < 1 ? 1 : arg;
+                } else {
+                    col -= nd == 0 || arg < 1 ? 1 : arg;
+                    if (col < 0)
+                        col = 0;
+                }
+                if (col > room)
+                    return -1;
+                p = q + 1;
+                continue;
+            }
+        }
+        p += escape_len(p, end);
+    }
+    while (len > 0 && out[len - 1] == BLANK)
+        len--;
+    for (Py_ssize_t i = 0; i < len; i++)
+        if (out[i] == BLANK)
+            out[i] = ' ';
+    return len;
+}
+
+static PyObject *
+render(PyObject *self, PyObject *arg)
+{
+    Py_buffer line;
+    if (!PyArg_Parse(arg, "y*:render", &line))
+        return NULL;
+    const unsigned char *p = line.buf;
+    Py_ssize_t room = line.len > RENDER_MAX_COL ? line.len : RENDER_MAX_COL;
+    unsigned char *out = PyMem_Malloc((size_t)room + 1);
+    PyObject *result = NULL;
+    if (out == NULL) {
+        PyErr_NoMemory();
+    } else {
+        Py_ssize_t n = render_line(p, p + line.len, out, room);
+        result = n < 0 ? Py_NewRef(Py_None) : PyBytes_FromStringAndSize((const char *)out, n);
+        PyMem_Free(out);
+    }
+    PyBuffer_Release(&line);
+    return result;
+}
+
+/* Whether a rendered line (valid UTF-8, no control but tab) has at most max_chars characters; the
+ * bytes escaping adds in *extra. */
+static int
+rendered_fits(const unsigned char *p, Py_ssize_t n, Py_ssize_t max_chars, Py_ssize_t *extra)
+{
+    Py_ssize_t chars = 0, more = 0;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        unsigned char c = p[i];
+        chars += (c & 0xC0) != 0x80;
+        more += c == '"' || c == '\\' || c == '\t';
+    }
+    *extra = more;
+    return chars <= max_chars;
+}
+
 static PyObject *
 encode_lines(PyObject *self, PyObject *args)
 {
@@ -187,7 +432,9 @@ encode_lines(PyObject *self, PyObject *args)
     if (!PyArg_ParseTuple(args, "y*Ly*nO!:encode_lines", &joined, &first_off, &ts, &max_chars,
                           &PyList_Type, &flagged))
         return NULL;
-    PyObject *events = NULL, *offs = NULL, *slow = NULL, *controls = NULL, *result = NULL;
+    PyObject *events = NULL, *offs = NULL, *slow = NULL, *controls = NULL, *rendered = NULL, *result = NULL;
+    unsigned char *buf = NULL;  /* a rendered line */
+    Py_ssize_t room = 0;
     const unsigned char *data = joined.buf;
     const unsigned char *stop = data + joined.len;
     Py_ssize_t nflag = PyList_GET_SIZE(flagged), fi = 0, next_flag = PY_SSIZE_T_MAX;
@@ -199,7 +446,8 @@ encode_lines(PyObject *self, PyObject *args)
     offs = PyList_New(count);
     slow = PyList_New(0);
     controls = PyList_New(0);
-    if (events == NULL || offs == NULL || slow == NULL || controls == NULL)
+    rendered = PyDict_New();
+    if (events == NULL || offs == NULL || slow == NULL || controls == NULL || rendered == NULL)
         goto done;
     if (nflag > 0) {
         next_flag = PyLong_AsSsize_t(PyList_GET_ITEM(flagged, 0));
@@ -232,10 +480,39 @@ encode_lines(PyObject *self, PyObject *args)
         Py_ssize_t extra = 0;
         PyObject *event = NULL;
         int kind = scan_line(line, end, max_chars, &extra);
+        Py_ssize_t n = -1;
+        if (kind == CONTROL && !flagged_here) {
+            Py_ssize_t need = end - line > RENDER_MAX_COL ? end - line : RENDER_MAX_COL;
+            if (need > room) {
+                PyMem_Free(buf);
+                buf = PyMem_Malloc((size_t)need);
+                room = buf != NULL ? need : 0;
+                if (buf == NULL) {
+                    PyErr_NoMemory();
+                    goto done;
+                }
+            }
+            n = render_line(line, end, buf, room);
+            if (n >= 0 && !rendered_fits(buf, n, max_chars, &extra))
+                n = -1;
+        }
         if (kind == CLEAN && !flagged_here) {
             event = encode_event(line, end - line, extra, off, ts.buf, ts.len);
             if (event == NULL)
                 goto done;
+        } else if (n >= 0) {
+            event = encode_event(buf, n, extra, off, ts.buf, ts.len);
+            PyObject *i = PyLong_FromSsize_t(index);
+            PyObject *text = PyBytes_FromStringAndSize((const char *)buf, n);
+            if (event == NULL || i == NULL || text == NULL || PyDict_SetItem(rendered, i, text) < 0
+                    || PyList_Append(controls, i) < 0) {
+                Py_XDECREF(event);
+                Py_XDECREF(i);
+                Py_XDECREF(text);
+                goto done;
+            }
+            Py_DECREF(i);
+            Py_DECREF(text);
         } else {
             PyObject *i = PyLong_FromSsize_t(index);
             if (i == NULL || PyList_Append(slow, i) < 0 || (kind == CONTROL && PyList_Append(controls, i) < 0)) {
@@ -251,8 +528,10 @@ encode_lines(PyObject *self, PyObject *args)
             break;
         line = nl + 1;
     }
-    result = PyTuple_Pack(4, events, offs, slow, controls);
+    result = PyTuple_Pack(5, events, offs, slow, controls, rendered);
 done:
+    PyMem_Free(buf);
+    Py_XDECREF(rendered);
     Py_XDECREF(events);
     Py_XDECREF(offs);
     Py_XDECREF(slow);
@@ -262,11 +541,116 @@ done:
     return result;
 }
 
+/* ---- marks: what shipper.redact._hits looks for besides its needles ----
+ *
+ * marks(data) -> (api, tokens): the offsets of every b"API" in data (found left to right, each
+ * search going on after the previous find), and of every job token's shape as redact's
+ * _JOB_TOKEN_SHAPE finds them: a "." then exactly 43 of [A-Za-z0-9_-], not followed by one of
+ * [A-Za-z0-9_=-]. */
+
+static unsigned char B64URL[256];  /* 1: [A-Za-z0-9_-]; 2: "=" */
+
+static int
+append_offset(PyObject *list, Py_ssize_t value)
+{
+    PyObject *o = PyLong_FromSsize_t(value);
+    if (o == NULL)
+        return -1;
+    int rc = PyList_Append(list, o);
+    Py_DECREF(o);
+    return rc;
+}
+
+static PyObject *
+marks(PyObject *self, PyObject *arg)
+{
+    Py_buffer data;
+    if (!PyArg_Parse(arg, "y*:marks", &data))
+        return NULL;
+    const unsigned char *base = data.buf, *stop = base + data.len;
+    PyObject *api = PyList_New(0), *tokens = PyList_New(0), *result = NULL;
+    if (api == NULL || tokens == NULL)
+        goto done;
+    /* "API" cannot overlap itself: every occurrence, found by its rarest byte (DNA is full of A) */
+    for (const unsigned char *p = base + 1; stop - p >= 2; p++) {
+        p = memchr(p, 'P', (size_t)(stop - p - 1));
+        if (p == NULL)
+            break;
+        if (p[-1] == 'A' && p[1] == 'I' && append_offset(api, p - 1 - base) < 0)
+            goto done;
+    }
+    for (const unsigned char *p = base; p < stop; p++) {
+        p = memchr(p, '.', (size_t)(stop - p));
+        if (p == NULL)
+            break;
+        /* most dots (decimals, names) fail on the run's last byte or the one after it */
+        if (stop - p < 44 || B64URL[p[43]] != 1 || (stop - p > 44 && B64URL[p[44]] != 0))
+            continue;
+        const unsigned char *q = p + 1;
+        while (q < stop && q - p <= 43 && B64URL[*q] == 1)
+            q++;
+        if (q - p == 44 && (q == stop || B64URL[*q] == 0)) {
+            if (append_offset(tokens, p - base) < 0)
+                goto done;
+            p = q - 1;
+        }
+    }
+    result = PyTuple_Pack(2, api, tokens);
+done:
+    Py_XDECREF(api);
+    Py_XDECREF(tokens);
+    PyBuffer_Release(&data);
+    return result;
+}
+
+/* run_sizes(events) -> sizes: shipper.batch.run_sizes of a list of bytes (sizes[k]: the bytes of
+ * events[:k], each counted with one separator), without a Python step per event. */
+static PyObject *
+run_sizes(PyObject *self, PyObject *events)
+{
+    if (!PyList_Check(events)) {
+        PyErr_SetString(PyExc_TypeError, "run_sizes: a list of bytes");
+        return NULL;
+    }
+    Py_ssize_t n = PyList_GET_SIZE(events);
+    PyObject *sizes = PyList_New(n + 1);
+    if (sizes == NULL)
+        return NULL;
+    long long total = 0;
+    for (Py_ssize_t i = 0;; i++) {
+        PyObject *o = PyLong_FromLongLong(total);
+        if (o == NULL) {
+            Py_DECREF(sizes);
+            return NULL;
+        }
+        PyList_SET_ITEM(sizes, i, o);
+        if (i == n)
+            break;
+        PyObject *event = PyList_GET_ITEM(events, i);
+        if (!PyBytes_Check(event)) {
+            PyErr_SetString(PyExc_TypeError, "run_sizes: a list of bytes");
+            Py_DECREF(sizes);
+            return NULL;
+        }
+        total += PyBytes_GET_SIZE(event) + 1;
+    }
+    return sizes;
+}
+
 static PyMethodDef methods[] = {
+    {"run_sizes", run_sizes, METH_O,
+     "run_sizes(events) -> sizes\n\n"
+     "shipper.batch.run_sizes of a list of bytes, in one C loop."},
+    {"marks", marks, METH_O,
+     "marks(data) -> (api, tokens)\n\n"
+     "Offsets of every b\"API\" in data, and of every job token's shape (see _hotpath.c)."},
+    {"render", render, METH_O,
+     "render(line) -> bytes | None\n\n"
+     "shipper.sanitise.render of the line (UTF-8, no newline), encoded; None where not modelled."},
     {"encode_lines", encode_lines, METH_VARARGS,
-     "encode_lines(joined, first_off, ts, max_chars, flagged) -> (events, offs, slow, controls)\n\n"
-     "Events of the clean lines of `joined` (None for the others, whose indices are in `slow`),\n"
-     "every line's stream offset, and the slow lines that hold control characters."},
+     "encode_lines(joined, first_off, ts, max_chars, flagged) -> (events, offs, slow, controls, rendered)\n\n"
+     "Events of the clean and rendered lines of `joined` (None for the others, whose indices are in\n"
+     "`slow`), every line's stream offset, the lines holding control characters, and the rendered texts."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -278,5 +662,8 @@ static struct PyModuleDef module = {
 PyMODINIT_FUNC
 PyInit__hotpath(void)
 {
+    for (int c = 0; c < 256; c++)
+        B64URL[c] = (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '_' || c == '-'
+                    ? 1 : c == '=' ? 2 : 0;
     return PyModule_Create(&module);
 }

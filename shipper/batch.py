@@ -43,9 +43,20 @@ class Limits:
         return cls(max_events, max_body_bytes - header_reserve(ident))
 
 
-def run_sizes(events: Sequence[bytes]) -> list[int]:
+def run_sizes_py(events: Sequence[bytes]) -> list[int]:
     """`sizes[k]`: bytes of `events[:k]`, each counted with one separator (for `Batch.fitting`)."""
     return list(accumulate(map(_PLUS_ONE, map(len, events)), initial=0))
+
+
+try:  # the same in one C loop (shipper/_hotpath.c): a million Python steps fewer per million lines
+    from shipper._hotpath import run_sizes as _run_sizes_list
+except ImportError:  # pragma: no cover - built without a C compiler
+    _run_sizes_list = run_sizes_py
+
+
+def run_sizes(events: Sequence[bytes]) -> list[int]:
+    """`sizes[k]`: bytes of `events[:k]`, each counted with one separator (for `Batch.fitting`)."""
+    return _run_sizes_list(events) if isinstance(events, list) else run_sizes_py(events)
 
 
 @dataclass

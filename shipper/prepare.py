@@ -84,18 +84,21 @@ def prepare(san: Sanitiser, chunk: Chunk, start: RedactorState) -> Prepared:
 
 def _prepare_compiled(san: Sanitiser, chunk: Chunk, raw: bytes) -> Prepared | None:
     """`prepare` of a plain read from the clean state, with the compiled hot path encoding every
-    line that sanitising leaves as it is; the others (controls, needles, invalid UTF-8, over the
-    cap) go through `Sanitiser.some_lines` with what the scans of the whole read found. None when
+    line that sanitising leaves as it is, and rendering (escapes, carriage returns) and encoding
+    most lines with control characters; the others (needles, invalid UTF-8, over the cap, shapes
+    it does not render) go through `Sanitiser.some_lines` with what the scans of the whole read
+    found, and so do the rendered lines' texts, for the redaction pre-check they need. None when
     the redactor's state must see the read line by line (then `sanitise_chunk` does it all)."""
     own_hits, rule_hits = san.needle_hits(raw)
     ts = orjson.dumps(chunk.ts)
-    events, offs, slow, controls = _hotpath.encode_lines(raw, chunk.first, ts, san.max_chars,
-                                                         sorted(own_hits + rule_hits))
-    if slow:
+    events, offs, slow, controls, rendered = _hotpath.encode_lines(raw, chunk.first, ts, san.max_chars,
+                                                                   sorted(own_hits + rule_hits))
+    if slow or rendered:
         first, last = chunk.first, len(offs) - 1
         raws = {i: raw[offs[i] - first:offs[i + 1] - first - 1 if i < last else len(raw)] for i in slow}
-        texts = san.some_lines(raws, set(controls), *(
-            {bisect_right(offs, first + pos) - 1 for pos in found} for found in (own_hits, rule_hits)))
+        texts = san.some_lines(raws, controls, *(
+            {bisect_right(offs, first + pos) - 1 for pos in found} for found in (own_hits, rule_hits)),
+            rendered=rendered)
         if texts is None:
             return None
         for i, event in zip(texts, encode_events([offs[i] for i in texts], chunk.ts, list(texts.values())),

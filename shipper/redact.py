@@ -400,6 +400,22 @@ _HIDDEN_PAD: Final = tuple((j, tuple(n for n in found if n != b"==")) for j, fou
 _JOB_TOKEN_SHAPE: Final = re.compile(rb"\.[A-Za-z0-9_-]{43}(?![A-Za-z0-9_=-])")
 
 
+def marks_py(data: bytes) -> tuple[list[int], list[int]]:
+    """Offsets of every b"API" in `data`, and of every job token's shape (`_JOB_TOKEN_SHAPE`)."""
+    api: list[int] = []
+    pos = data.find(b"API")
+    while pos >= 0:
+        api.append(pos)
+        pos = data.find(b"API", pos + 3)
+    return api, [m.start() for m in _JOB_TOKEN_SHAPE.finditer(data)] if b"." in data else []
+
+
+try:  # the same in one C pass (shipper/_hotpath.c); without it, two searches and a regex
+    from shipper._hotpath import marks as _marks
+except ImportError:  # pragma: no cover - built without a C compiler
+    _marks = marks_py
+
+
 def _hits(data: bytes) -> tuple[list[int], list[int]]:
     """Byte offsets in `data` where one of our needles (or a job token's shape) starts, and where
     only a rule keyword does."""
@@ -430,14 +446,12 @@ def _hits(data: bytes) -> tuple[list[int], list[int]]:
                 if n2 is not None and weak_hit_counts(data, at, n2):
                     rules.append(at + n2[2])
                     break
-    pos = data.find(b"API")
-    while pos >= 0:
+    api, tokens = _marks(data)
+    for pos in api:
         upper = _UPPER_API.get(data[pos + 3:pos + 4].lower())
         if upper is not None and weak_hit_counts(data, pos, upper):
             rules.append(pos)
-        pos = data.find(b"API", pos + 3)
-    if b"." in data:
-        own += [m.start() for m in _JOB_TOKEN_SHAPE.finditer(data)]
+    own += tokens
     if data.startswith(LINE_START):
         rules.append(0)
     return own, rules

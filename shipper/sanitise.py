@@ -190,17 +190,26 @@ class Sanitiser:
         (none when redaction is off): for `some_lines`."""
         return self._redactor.hits(joined_raw) if self._redactor is not None else ([], [])
 
-    def some_lines(self, raws: dict[int, bytes], controls: set[int], own: set[int],
-                   candidates: set[int]) -> dict[int, str] | None:
+    def some_lines(self, raws: dict[int, bytes], controls: list[int], own: set[int],
+                   candidates: set[int], *, rendered: dict[int, bytes] | None = None) -> dict[int, str] | None:
         """Some lines of a read (by index), sanitised exactly as `joined_lines` sanitises them in
-        the whole read, given what it finds there: lines holding `controls`, and `own`/`candidates`
-        from `needle_hits`. None, with nothing counted, when the redactor's state must see every
-        line of the read in order (a PEM block or env entry begins): use `joined_lines` then."""
+        the whole read, given what it finds there: the lines holding control characters (`controls`,
+        in order), and `own`/`candidates` from `needle_hits`. `rendered`: lines of `controls` not in
+        `raws`, already rendered (UTF-8, within the cap), which the redaction pre-check sees with
+        the others; they are returned only where redaction changed them. None, with nothing
+        counted, when the redactor's state must see every line of the read in order (a PEM block
+        or env entry begins): use `joined_lines` then."""
         texts = {i: raw.decode("utf-8", "replace") for i, raw in raws.items()}
         for i in controls:
-            texts[i] = render(texts[i])
-        if self._redactor is not None and not self._redactor.redact_found(texts, own, candidates, sorted(controls)):
+            if i in texts:
+                texts[i] = render(texts[i])
+        done = {i: text.decode() for i, text in rendered.items()} if rendered else {}
+        texts.update(done)
+        if self._redactor is not None and not self._redactor.redact_found(texts, own, candidates, controls):
             return None
+        for i, text in done.items():
+            if texts[i] is text:  # left as it was
+                del texts[i]
         self._cap(texts, [i for i, text in texts.items() if len(text) > self.max_chars])
         return texts
 

@@ -12,22 +12,29 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from functools import partial
 from typing import TypeVar
 
 from aggregator.artifacts import (
     Chunker,
+    ChunkEvent,
+    EncodedEntries,
     Entry,
     Gap,
+    Plan,
     StreamState,
     StreamSummary,
+    block_of,
     chunk_body,
+    fill_last_output,
     keep_longer_existing,
     plan_artifacts,
     retained_entries,
+    state_of_batch,
     summarize,
+    summarize_light,
     summary_body,
 )
 from aggregator.config import AggregatorConfig
@@ -36,8 +43,9 @@ from aggregator.fanout import Budget, cpu_work, run_bounded, run_weighted
 from aggregator.finalize.lock import JobLock
 from aggregator.finalize.manifest import decode_manifest, encode_manifest, first_free_seqs
 from aggregator.finalize.streams import EVENT_BYTES, Overtaken, StagedStream, StagingReader, group_staged
+from aggregator.staging import decode_batch, encoded_entries
 from aggregator.storage import Store
-from aggregator.storage.base import SweepsTemp, delete_keys
+from aggregator.storage.base import SweepsTemp, delete_keys, put_keys
 from aggregator.storage.layout import (
     chunk_key,
     logs_prefix,
@@ -51,6 +59,7 @@ from aggregator.storage.layout import (
 log = logging.getLogger("aggregator.finalize")
 
 T = TypeVar("T")
+U = TypeVar("U")
 
 #: Retained entries pass one keeps in memory for pass two (about 200 bytes each); beyond, streams are
 #: read again in pass two, so memory holds about a window of streams, not the job.
@@ -114,13 +123,17 @@ def summarize_stream(state: StreamState, cfg: AggregatorConfig, gap: Gap | None)
 async def scan_streams(reader: StagingReader, job_id: str, keys: list[str], cfg: AggregatorConfig,
                        budget: FinalizeBudget, cached: list[int]) -> dict[tuple[str, str], Scanned]:
     """Pass one: read (and compact) each stream, keep its summary; keep its entries while the budget's
-    cache has room (`cached[0]` counts what this finalize took of it), else pass two reads it again."""
+    cache has room (`cached[0]` counts what this finalize took of it), else pass two reads it again. A big
+    stream kept whole is read for its first line and count alone (`light`): pass two decodes it once."""
 
     async def scan(stream: StagedStream) -> tuple[tuple[str, str], Scanned] | None:
-        loaded = await reader.load_stream(stream, ends=(cfg.head_lines, cfg.tail_lines))
+        loaded = await reader.load_stream(stream, ends=(cfg.head_lines, cfg.tail_lines), light=True)
         if loaded is None:
             return None
         state = loaded.state
+        if loaded.light is not None:  # kept whole: its entries (and block) come in pass two
+            return (stream.pod, stream.container), Scanned(summarize_light(state, loaded.light), loaded.sources,
+                                                          None, loaded.redundant, stream.weight())
         entries, summary = await cpu_work(len(state.events) * EVENT_BYTES, summarize_stream, state, cfg, loaded.gap)
         keep = budget.cache.try_take(len(entries))
         if keep:
@@ -128,12 +141,64 @@ async def scan_streams(reader: StagingReader, job_id: str, keys: list[str], cfg:
         return (stream.pod, stream.container), Scanned(summary, loaded.sources, entries if keep else None,
                                                       loaded.redundant, stream.weight())
 
+    async def scan_lone(group: list[StagedStream]) -> list[tuple[tuple[str, str], Scanned] | None]:
+        keys = [next(iter(s.batches.values())) for s in group]
+        datas = await reader.get_many(keys)
+        done = await asyncio.to_thread(scan_lone_batches, job_id, cfg, group, datas)
+        out: list[tuple[tuple[str, str], Scanned] | None] = []
+        for stream, key, got in zip(group, keys, done, strict=True):
+            if got is _GONE:  # compacted away meanwhile: the stream's own scan lists it again
+                out.append(await scan(stream))
+            elif isinstance(got, tuple):
+                entries, summary = got
+                keep = budget.cache.try_take(len(entries))
+                if keep:
+                    cached[0] += len(entries)
+                out.append(((stream.pod, stream.container), Scanned(summary, [key], entries if keep else None, [], 1)))
+        return out
+
     streams = (await cpu_work(len(keys) * KEY_BYTES, group_staged, job_id, keys)).values()
+    lone = [s for s in streams if not s.compacted and len(s.batches) == 1]
+    rest = [s for s in streams if s.compacted or len(s.batches) != 1]
+    jobs: list[tuple[int, Callable[[], Awaitable[list[tuple[tuple[str, str], Scanned] | None]]]]] = [
+        (len(g), partial(scan_lone, g)) for g in (lone[i:i + SCAN_GROUP] for i in range(0, len(lone), SCAN_GROUP))]
+    jobs += [(s.weight(), partial(_listed, scan, s)) for s in rest]
     # At most twice the reads in flight: more tasks would only wait for the reader, and each one ready at
     # once is a turn of the loop that other jobs' ingests wait behind.
-    found = await run_weighted(FINALIZE_READ_WEIGHT, ((s.weight(), partial(scan, s)) for s in streams),
-                               budget.reads, most=2 * cfg.read_concurrency)
-    return dict(f for f in found if f is not None)
+    found = await run_weighted(FINALIZE_READ_WEIGHT, jobs, budget.reads, most=2 * cfg.read_concurrency)
+    return dict(f for part in found for f in part if f is not None)
+
+
+async def _listed(fn: Callable[[T], Awaitable[U]], arg: T) -> list[U]:
+    return [await fn(arg)]
+
+
+#: One-batch streams read, decoded and summarised together, in one thread job per this many: a wide job's
+#: 20,000 of them would otherwise be 20,000 tasks' turns of the loop, which other jobs' ingests wait behind.
+SCAN_GROUP = 64
+#: `scan_lone_batches`' mark for a batch gone when read.
+_GONE = object()
+
+
+def scan_lone_batches(job_id: str, cfg: AggregatorConfig, group: list[StagedStream],
+                      datas: list[bytes | None]) -> list[tuple[list[Entry], StreamSummary] | object | None]:
+    """Pass one for streams staged as one batch each (their bytes given): each one's retained entries and
+    summary, as `StagingReader.load` and `summarize_stream` give them; `_GONE` when its batch was gone,
+    None when it is unreadable (logged) or another job's. CPU: it runs in a thread."""
+    out: list[tuple[list[Entry], StreamSummary] | object | None] = []
+    for stream, data in zip(group, datas, strict=True):
+        if data is None:
+            out.append(_GONE)
+            continue
+        try:
+            batch = decode_batch(data)
+        except ValueError as e:
+            log.error("unreadable staged batch skipped", extra={"fields": {
+                "key": next(iter(stream.batches.values())), "error": str(e)}})
+            out.append(None)
+            continue
+        out.append(None if batch.job_id != job_id else summarize_stream(state_of_batch(batch), cfg, None))
+    return out
 
 
 def weighted_windows(items: list[T], weight: Callable[[T], int], capacity: int, most: int) -> list[list[T]]:
@@ -154,19 +219,55 @@ def weighted_windows(items: list[T], weight: Callable[[T], int], capacity: int, 
     return out
 
 
-async def write_phase(store: Store, reader: StagingReader, cfg: AggregatorConfig, job_id: str, phase: str,
-                      members: list[StreamSummary], scanned: Mapping[tuple[str, str], Scanned],
-                      first_seq: int, budget: Budget) -> int:
-    """Pass two for one phase: its streams' entries in plan order, `read_concurrency` streams at a time,
-    its chunks written as they fill. The number of chunks written."""
+def chunk_writes(chunkers: Mapping[str, Chunker], job_id: str, seqs: dict[str, int],
+                 streams: list[tuple[StreamSummary, list[str], list[Entry] | EncodedEntries]],
+                 last: bool) -> list[tuple[str, bytes]]:
+    """The chunks (key, bytes) that `streams`' entries complete in each phase they feed, numbered on from
+    `seqs` (advanced); with `last`, each phase's open chunk too. A stream read `light` in pass one gets its
+    block here. CPU on every retained line: it runs off the loop (`cpu_work`)."""
+    out: list[tuple[str, bytes]] = []
 
-    async def entries_of(s: StreamSummary) -> list[Entry]:
+    def emit(phase: str, chunks: list[list[ChunkEvent]]) -> None:
+        for chunk in chunks:
+            out.append((chunk_key(job_id, phase, seqs[phase]), chunk_body(job_id, phase, seqs[phase], chunk)))
+            seqs[phase] += 1
+
+    for summary, phases, entries in streams:
+        if isinstance(entries, EncodedEntries):
+            summary.block = summary.block or entries.block
+            for phase in phases:
+                emit(phase, chunkers[phase].add_encoded(entries.events))
+            continue
+        if summary.block is None:
+            summary.block = block_of(summary.pod, summary.container, entries, summary.exit_code)
+        for phase in phases:
+            emit(phase, chunkers[phase].add(summary, entries))
+    if last:
+        for phase, chunker in chunkers.items():
+            emit(phase, chunker.flush())
+    return out
+
+
+async def write_chunks(store: Store, reader: StagingReader, cfg: AggregatorConfig, job_id: str, plan: Plan,
+                       scanned: Mapping[tuple[str, str], Scanned], first: Mapping[str, int],
+                       budget: Budget) -> dict[str, int]:
+    """Pass two: every stream's entries once, in artifact order (`Plan.order`), `read_concurrency` streams at
+    a time, into the chunks of each phase it feeds, written as they fill. The chunks written per phase."""
+
+    async def entries_of(s: StreamSummary) -> list[Entry] | EncodedEntries:
         found = scanned[(s.pod, s.container)]
         if found.entries is not None:
             return found.entries
         ends = (cfg.head_lines, cfg.tail_lines)
         try:
-            got = await reader.reload(found.sources, ends)
+            if s.block is None:  # read light in pass one: one compacted object, which may need no decoding
+                data = await reader.get(found.sources[0])
+                encoded = await cpu_work(len(data), encoded_entries, data, job_id, *ends)
+                if encoded is not None:
+                    return encoded
+                got = await reader.reload(found.sources, ends, data)
+            else:
+                got = await reader.reload(found.sources, ends)
         except Overtaken:  # an ingest-side compaction replaced them: what covers them is listed now
             again = await reader.load_stream(await reader.relist(s.pod, s.container), ends=ends)
             got = None if again is None else (again.state, again.gap)
@@ -176,24 +277,24 @@ async def write_phase(store: Store, reader: StagingReader, cfg: AggregatorConfig
         return (await cpu_work(len(state.events) * EVENT_BYTES, retained_entries, state, cfg.head_lines,
                                cfg.tail_lines, gap))[0]
 
-    chunker = Chunker(cfg.chunk_events)
-    seq = first_seq
-    windows = await cpu_work(len(members) * KEY_BYTES, weighted_windows, members,
-                             lambda s: scanned[(s.pod, s.container)].weight, budget.capacity, cfg.read_concurrency)
+    chunkers = {phase: Chunker(cfg.chunk_events) for phase in plan.steps}
+    seqs = {phase: first.get(phase, 0) for phase in plan.steps}
+
+    def weight(item: tuple[StreamSummary, list[str]]) -> int:
+        return scanned[(item[0].pod, item[0].container)].weight
+
+    windows = await cpu_work(len(plan.order) * KEY_BYTES, weighted_windows, plan.order, weight, budget.capacity,
+                             cfg.read_concurrency)
     for n, part in enumerate(windows, 1):
-        uncached = sum(scanned[(s.pod, s.container)].weight for s in part
-                       if scanned[(s.pod, s.container)].entries is None)
+        uncached = sum(weight(item) for item in part if scanned[(item[0].pod, item[0].container)].entries is None)
         async with budget.hold(uncached):  # what the window's re-read streams hold, until their chunks are out
-            loaded = await run_bounded(cfg.read_concurrency, (partial(entries_of, s) for s in part))
-            chunks = [c for s, entries in zip(part, loaded, strict=True) for c in chunker.add(s, entries)]
-            if n == len(windows):
-                chunks += chunker.flush()
-            writes = [(chunk_key(job_id, phase, seq + i), chunk_body(job_id, phase, seq + i, c))
-                      for i, c in enumerate(chunks)]
-            seq += len(chunks)
-            del loaded, chunks
-            await run_bounded(cfg.read_concurrency, (partial(store.put, k, b) for k, b in writes))
-    return seq - first_seq
+            loaded = await run_bounded(cfg.read_concurrency, (partial(entries_of, s) for s, _ in part))
+            writes = await cpu_work(sum(map(len, loaded)) * EVENT_BYTES, chunk_writes, chunkers, job_id, seqs,
+                                    [(s, phases, e) for (s, phases), e in zip(part, loaded, strict=True)],
+                                    n == len(windows))
+            del loaded
+            await put_keys(store, writes, cfg.read_concurrency)
+    return {phase: seqs[phase] - first.get(phase, 0) for phase in plan.steps}
 
 
 async def clean_staging(store: Store, cfg: AggregatorConfig, job_id: str, scanned: Iterable[Scanned]) -> int:
@@ -242,12 +343,12 @@ async def _finalize_job(store: Store, cfg: AggregatorConfig, job_id: str, wait_s
         if new_ours != old_ours:
             # Before any chunk exists under its name, the manifest claims it (and still every old one).
             await store.put(manifest_key(job_id), encode_manifest(old_ours | new_ours))
-        for phase, members in plan.members.items():
-            written = await write_phase(store, reader, cfg, job_id, phase, members, scanned, first.get(phase, 0),
-                                        budget.reads)
-            if written != plan.steps[phase]["chunks"]:
-                raise StoreError(f"staging changed during finalize: {phase} has {written} chunks, not "
+        written = await write_chunks(store, reader, cfg, job_id, plan, scanned, first, budget.reads)
+        for phase, count in written.items():
+            if count != plan.steps[phase]["chunks"]:
+                raise StoreError(f"staging changed during finalize: {phase} has {count} chunks, not "
                                  f"{plan.steps[phase]['chunks']}")
+        fill_last_output(plan)
         stale = sorted(old_ours - new_ours)
         await run_bounded(cfg.read_concurrency, (partial(store.delete, k) for k in stale))
         if new_ours != old_ours:

@@ -34,7 +34,7 @@ from aggregator.staging import (
     piece_of_state,
 )
 from aggregator.storage import Store
-from aggregator.storage.base import put_parts, read_range
+from aggregator.storage.base import GetsMany, put_parts, read_range
 from aggregator.storage.layout import StagedKey, compact_key, parse_staged_key, stream_prefix
 
 log = logging.getLogger("aggregator.finalize")
@@ -47,7 +47,8 @@ EVENT_BYTES = 100
 RELIST_TRIES = 5
 
 
-def _state_of_parts(parts: list[bytes | memoryview], ends: Ends | None) -> tuple[StreamState, Gap | None]:
+def _state_of_parts(parts: list[bytes | memoryview], ends: Ends | None,
+                    light: bool) -> tuple[StreamState, Gap | None, int | None]:
     """`_state_of_body` of the parts' concatenation; for its `ends`, fed to `EndsScan` a slice at a time, so
     a compaction of a big stream never holds the whole of its new object."""
     if ends is not None and len(parts) > 1:
@@ -57,17 +58,18 @@ def _state_of_parts(parts: list[bytes | memoryview], ends: Ends | None) -> tuple
                 scan.feed(bytes(part[i:i + SCAN_SLICE]))
         got = scan.result()
         if isinstance(got, CompactedEnds):
-            return got.state, got.gap
-    return _state_of_body(b"".join(parts), ends)
+            return got.state, got.gap, None
+    return _state_of_body(b"".join(parts), ends, light)
 
 
-def _state_of_body(body: bytes, ends: Ends | None) -> tuple[StreamState, Gap | None]:
-    """A compacted object's state: its ends alone when `ends` allow (a big object), else all of it."""
+def _state_of_body(body: bytes, ends: Ends | None, light: bool) -> tuple[StreamState, Gap | None, int | None]:
+    """A compacted object's state: its ends alone when `ends` allow (a big object), or its first event
+    alone when `light` allows (`Loaded.light`), else all of it."""
     if ends is not None:
-        e = decode_compacted_ends(body, *ends)
+        e = decode_compacted_ends(body, *ends, light=light)
         if e is not None:
-            return e.state, e.gap
-    return decode_compacted(body).state, None
+            return e.state, e.gap, None if e.gap is not None else e.count
+    return decode_compacted(body).state, None, None
 
 
 class Overtaken(Exception):
@@ -121,21 +123,24 @@ class Loaded:
     redundant: list[str]
     #: When `state` holds only the stream's ends (`Ends`): what it left out.
     gap: Gap | None = None
+    #: When `state` holds only the stream's first event (read `light`): how many it has, all kept.
+    light: int | None = None
 
 
 #: A finalize's head and tail retention: a big compacted object is then read for its ends alone.
 Ends = tuple[int, int]
-Found = tuple[StreamState, frozenset[str], Gap | None]
+#: A compacted object's state, covers, and, read in part: what its ends left out, or (`light`) its count.
+Found = tuple[StreamState, frozenset[str], Gap | None, int | None]
 
 
-def _decode_compacted(ends: Ends | None, data: bytes) -> tuple[str, Found]:
-    """A compacted object's job id, state, covers, and (read for its `ends` alone) what it left out."""
+def _decode_compacted(ends: Ends | None, light: bool, data: bytes) -> tuple[str, Found]:
+    """A compacted object's job id and what `Found` says, read for its `ends` (or `light`) when it allows."""
     if ends is not None:
-        e = decode_compacted_ends(data, *ends)
+        e = decode_compacted_ends(data, *ends, light=light)
         if e is not None:
-            return e.job_id, (e.state, e.covers, e.gap)
+            return e.job_id, (e.state, e.covers, e.gap, None if e.gap is not None else e.count)
     c = decode_compacted(data)
-    return c.job_id, (c.state, c.covers, None)
+    return c.job_id, (c.state, c.covers, None, None)
 
 
 def _or_none(fn: Callable[..., T], *args: Any) -> T | None:
@@ -237,18 +242,21 @@ class StagingReader:
         batch = await self._read(key, decode_batch, "staged batch")
         return state_of_batch(batch) if batch is not None and batch.job_id == self.job_id else None
 
-    async def _compacted(self, key: str, ends: Ends | None = None, data: bytes | None = None) -> Found | None:
+    async def _compacted(self, key: str, ends: Ends | None = None, data: bytes | None = None,
+                         light: bool = False) -> Found | None:
         """The compacted object at `key` (from `data` when it was read already)."""
-        c = await self._read(key, partial(_decode_compacted, ends), "compacted stream", data)
+        c = await self._read(key, partial(_decode_compacted, ends, light), "compacted stream", data)
         return c[1] if c is not None and c[0] == self.job_id else None
 
-    async def load(self, stream: StagedStream, *, compact: bool = True, ends: Ends | None = None) -> Loaded | None:
+    async def load(self, stream: StagedStream, *, compact: bool = True, ends: Ends | None = None,
+                   light: bool = False) -> Loaded | None:
         """The stream's merged state, the keys it now comes from (after compacting, just one), and what
         that compacted object makes redundant; `Overtaken` when a listed object is gone (`load_stream`
         lists again). Readers pass `compact=False` (a gone object is skipped): only a finalize or an
         ingest-side compaction may write a compacted object (cleanup relies on compactions only growing,
         so never from a partial read). A finalize passes its retention as `ends`: a big compacted object
-        that covers every listed batch is then read for those ends alone (`Loaded.gap`)."""
+        that covers every listed batch is then read for those ends alone (`Loaded.gap`), and with `light`
+        one kept whole for its first event alone (`Loaded.light`)."""
         read_best: bytes | None = None  # the compacted object's bytes, when `_load_joined` read them
         best = stream.best()
         if compact and ends is not None and best is not None:
@@ -261,18 +269,18 @@ class StagingReader:
             elif scanned is not None:
                 read_best = scanned
         if compact:
-            joined, loaded, read_best = await self._load_joined(stream, ends, read_best)
+            joined, loaded, read_best = await self._load_joined(stream, ends, light, read_best)
             if joined:
                 return loaded
         states: list[StreamState] = []
         covers: frozenset[str] = frozenset()
         sources: list[str] = []
         if best is not None:
-            found = await (self._compacted(best, ends, read_best) if compact
+            found = await (self._compacted(best, ends, read_best, light) if compact
                            else _gone_as_none(self._compacted(best)))
-            if found is not None and found[2] is not None:
+            if found is not None and (found[2] is not None or found[3] is not None):
                 if not [n for n in stream.batches if n not in found[1]]:
-                    return Loaded(found[0], [best], self._redundant(stream, found[1], best), found[2])
+                    return Loaded(found[0], [best], self._redundant(stream, found[1], best), found[2], found[3])
                 found = await self._compacted(best, None, read_best)  # batches to merge into it: all events
             if found is not None:
                 states.append(found[0])
@@ -307,7 +315,7 @@ class StagingReader:
         state = await self._batch(key)
         return None if state is None else await cpu_work(len(state.events) * EVENT_BYTES, piece_of_state, state)
 
-    async def _load_joined(self, stream: StagedStream, ends: Ends | None, data: bytes | None = None,
+    async def _load_joined(self, stream: StagedStream, ends: Ends | None, light: bool = False, data: bytes | None = None,
                            ) -> tuple[bool, Loaded | None, bytes | None]:
         """`load` (compacting) without decoding every event: the stream's compacted object (one event per
         line) and its batches read as `Piece`s and joined (`joined_parts`) when their events are ordered
@@ -355,10 +363,10 @@ class StagingReader:
             await put_parts(self.store, key, parts, overwrite=False)
         del pieces, read, data, found  # what `parts` does not hold of them
         assert parts is not None
-        state, gap = await cpu_work(sum(map(len, parts)), _state_of_parts, parts, ends)
+        state, gap, count = await cpu_work(sum(map(len, parts)), _state_of_parts, parts, ends, light)
         sources = [key]
         redundant = [] if key in stream.batches.values() else self._redundant(stream, covers, key)
-        return True, Loaded(state, sources, redundant, gap), None
+        return True, Loaded(state, sources, redundant, gap, count), None
 
     @staticmethod
     def _redundant(stream: StagedStream, covers: frozenset[str], kept: str) -> list[str]:
@@ -368,12 +376,12 @@ class StagingReader:
         return redundant + sorted(k for _, k in stream.compacted if k != kept)
 
     async def load_stream(self, stream: StagedStream, *, compact: bool = True,
-                          ends: Ends | None = None) -> Loaded | None:
+                          ends: Ends | None = None, light: bool = False) -> Loaded | None:
         """`load`, listing the stream again while a listed object is gone: what covers it was written
         before it was deleted, so the new listing has it (`RELIST_TRIES` at most, then StoreError)."""
         for _ in range(RELIST_TRIES):
             try:
-                return await self.load(stream, compact=compact, ends=ends)
+                return await self.load(stream, compact=compact, ends=ends, light=light)
             except Overtaken:
                 stream = await self.relist(stream.pod, stream.container)
         raise StoreError(f"staging of {stream.pod}/{stream.container} kept changing while read")
@@ -383,16 +391,34 @@ class StagingReader:
         keys = await self.store.list_keys(stream_prefix(self.job_id, pod, container))
         return group_staged(self.job_id, keys).get((pod, container), StagedStream(pod, container))
 
-    async def reload(self, sources: list[str], ends: Ends | None = None) -> tuple[StreamState, Gap | None] | None:
+    async def get_many(self, keys: list[str]) -> list[bytes | None]:
+        """Many small objects' bytes (None when gone), in one call where the store offers it."""
+        if isinstance(self.store, GetsMany):
+            async with self._sem:
+                return await self.store.get_many(keys)
+        return await run_bounded(self.concurrency, [partial(self._get, k) for k in keys])
+
+    async def get(self, key: str) -> bytes:
+        """A staged object's bytes; `Overtaken` when it is gone."""
+        data = await self._get(key)
+        if data is None:
+            raise Overtaken(key)
+        return data
+
+    async def reload(self, sources: list[str], ends: Ends | None = None,
+                     data: bytes | None = None) -> tuple[StreamState, Gap | None] | None:
         """The state of a stream from the keys `load` gave (pass two of a finalize), and what it left out
-        when it is a big compacted object read for its `ends`; `Overtaken` when one of them is gone."""
+        when it is a big compacted object read for its `ends` (from `data` when it was read already);
+        `Overtaken` when one of them is gone."""
         if len(sources) == 1 and ends is not None:
             staged = parse_staged_key(self.job_id, sources[0])
             if staged is not None and staged.compacted:
-                scanned = await self._scan(sources[0], ends)
-                if isinstance(scanned, CompactedEnds):
-                    return (scanned.state, scanned.gap) if scanned.job_id == self.job_id else None
-                found = await self._compacted(sources[0], ends, scanned)
+                if data is None:
+                    scanned = await self._scan(sources[0], ends)
+                    if isinstance(scanned, CompactedEnds):
+                        return (scanned.state, scanned.gap) if scanned.job_id == self.job_id else None
+                    data = scanned
+                found = await self._compacted(sources[0], ends, data)
                 return None if found is None else (found[0], found[2])
         read = await run_bounded(self.concurrency, [partial(self._load_any, k) for k in sources])
         states = [s for s in read if s is not None]

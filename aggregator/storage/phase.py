@@ -5,14 +5,16 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from contextvars import ContextVar
+from functools import partial
 
 from prometheus_client import Counter
 
-from aggregator.storage.base import Store, SweepsTemp, delete_keys, put_parts, read_range
+from aggregator.fanout import run_bounded
+from aggregator.storage.base import GetsMany, Store, SweepsTemp, delete_keys, put_keys, put_parts, read_range
 
 #: Set by each route (a request runs in its own task, so its own context) and by background compactions.
 storage_phase: ContextVar[str] = ContextVar("storage_phase", default="other")
-#: Deletes at once when the store has no `delete_many`.
+#: Deletes (or gets) at once when the store has no `delete_many` (`get_many`).
 DELETES_AT_ONCE = 16
 
 
@@ -35,6 +37,12 @@ class CountingStore:
         self._count("get")  # one request (a ranged one) on Azure
         return await read_range(self.inner, key, start, length)
 
+    async def get_many(self, keys: list[str]) -> list[bytes | None]:
+        self._count("get", len(keys))
+        if isinstance(self.inner, GetsMany):
+            return await self.inner.get_many(keys)
+        return await run_bounded(DELETES_AT_ONCE, (partial(self.inner.get, k) for k in keys))
+
     async def put(self, key: str, data: bytes, *, overwrite: bool = True) -> bool:
         self._count("put")
         return await self.inner.put(key, data, overwrite=overwrite)
@@ -50,6 +58,10 @@ class CountingStore:
     async def delete_many(self, keys: list[str]) -> None:
         self._count("delete", len(keys))
         await delete_keys(self.inner, keys, DELETES_AT_ONCE)
+
+    async def put_many(self, items: list[tuple[str, bytes]], concurrency: int) -> None:
+        self._count("put", len(items))
+        await put_keys(self.inner, items, concurrency)
 
     async def sweep_temp(self, prefix: str, older_than: float) -> int:
         if not isinstance(self.inner, SweepsTemp):

@@ -32,16 +32,21 @@ class MisbehavingStore(LocalStore):
         self.slow_started = threading.Event()
         self.writes: list[tuple[str, float]] = []  # (key, monotonic time the write completed)
 
-    def _put(self, key: str, data: bytes, overwrite: bool) -> bool:
+    def _put(self, key: str, data: bytes, overwrite: bool, sync_dir: bool = True) -> bool:
         armed = self.armed
         if armed and key == self.fail_key:
             raise StoreError(f"write {key}: injected failure")
         if armed and key == self.slow_key:
             self.slow_started.set()
             time.sleep(self.delay)
-        done = super()._put(key, data, overwrite)
+        done = super()._put(key, data, overwrite, sync_dir)
         self.writes.append((key, time.monotonic()))
         return done
+
+    def _put_all(self, items: list[tuple[str, bytes]]) -> None:
+        """`put_many`'s slice, one misbehaving write after the other."""
+        for key, data in items:
+            self._put(key, data, True)
 
 
 def stream(pod: str, first_ts: float, lines: int) -> StoredBatch:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from blastlogs.atomic import TEMP_PREFIX, write_atomic
+from blastlogs.atomic import TEMP_PREFIX, sync_filesystem, write_atomic, write_many_atomic
 from blastlogs.jsonlog import JsonFormatter, setup_logging
 from blastlogs.protocol import Dropped
 
@@ -39,6 +39,30 @@ def test_write_atomic_removes_its_temp_file_when_the_rename_fails(tmp_path: Path
     with pytest.raises(OSError):
         write_atomic(target, b"x")
     assert sorted(os.listdir(tmp_path)) == ["a-folder"]
+
+
+def test_write_many_atomic_writes_each_whole_and_leaves_no_temp_file(tmp_path: Path) -> None:
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    (tmp_path / "a" / "0.json").write_bytes(b"old")
+    items = [(str(tmp_path / d / f"{i}.json"), f"{d}{i}".encode() * (i * 1000)) for d in "ab" for i in range(5)]
+    write_many_atomic(items, mode=0o600)
+    for path, data in items:
+        assert Path(path).read_bytes() == data
+        assert Path(path).stat().st_mode & 0o7777 == 0o600
+    assert sorted(os.listdir(tmp_path / "a")) == [f"{i}.json" for i in range(5)]
+    assert sync_filesystem(str(tmp_path))  # Linux (CI): syncfs is there, so no fsync per file
+
+
+def test_write_many_atomic_renames_nothing_and_removes_its_temp_files_when_a_write_fails(tmp_path: Path) -> None:
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "1.json").write_bytes(b"old")
+    items = [(str(tmp_path / "a" / "0.json"), b"new"), (str(tmp_path / "a" / "1.json"), b"new"),
+             (str(tmp_path / "missing" / "2.json"), b"new")]
+    with pytest.raises(FileNotFoundError):
+        write_many_atomic(items)
+    assert sorted(os.listdir(tmp_path / "a")) == ["1.json"]
+    assert (tmp_path / "a" / "1.json").read_bytes() == b"old"
 
 
 def test_json_log_lines_carry_extra_fields_flat_and_from_a_fields_mapping() -> None:

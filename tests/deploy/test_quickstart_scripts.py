@@ -33,8 +33,9 @@ def test_demo_installs_only_what_the_demo_runs(tmp_path: Path) -> None:
         shutil.copy(ROOT / "scripts" / script, repo / "scripts" / script)
     shutil.copy(ROOT / "pyproject.toml", repo / "pyproject.toml")
     shutil.copy(ROOT / "setup.py", repo / "setup.py")
-    (repo / "shipper").mkdir()
-    shutil.copy(ROOT / "shipper" / "_hotpath.c", repo / "shipper" / "_hotpath.c")
+    for source in ("shipper/_hotpath.c", "aggregator/_chunks.c"):
+        (repo / source).parent.mkdir(exist_ok=True)
+        shutil.copy(ROOT / source, repo / source)
     log = tmp_path / "calls.log"
     bindir = tmp_path / "bin"
     bindir.mkdir()

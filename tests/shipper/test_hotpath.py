@@ -18,10 +18,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import shipper.prepare as prepare_mod
+from shipper.batch import run_sizes, run_sizes_py
 from shipper.prepare import Prepared, prepare
 from shipper.reader import Chunk, Cursor, LineReader
-from shipper.redact import CLEAN_STATE, RedactorState
-from shipper.sanitise import Sanitiser
+from shipper.redact import CLEAN_STATE, RedactorState, marks_py
+from shipper.sanitise import Sanitiser, render
 
 compiled_only = pytest.mark.skipif(not prepare_mod.COMPILED, reason="shipper._hotpath is not built")
 
@@ -43,6 +44,7 @@ _FRAGMENTS = [
     b"AccountKey=Zm9vYmFy==;", b"AKIAIOSFODNN7EXAMPLE", b"ghp_abcdefghijklmnopqrstuvwxyz0123456789",
     b"-----BEGIN PRIVATE KEY-----", b"-----END PRIVATE KEY-----", b"MIIEvQIBADANBgkqhkiG9w0BAQEFAASC",
     b"- name: DB_PASSWORD", b"  value: hunter2-Xy9", b"x" * 300, "é".encode() * 70,
+    b"\x1b[2K", b"\x1b[1K", b"\x1b[5G", b"\x1b[3C", b"\x1b[D", b"\x1b(B", b"\x1b]0;title\x1b\\", b"50%\r100%",
 ]
 
 line_strategy = st.lists(st.sampled_from(_FRAGMENTS), max_size=8).map(b"".join)
@@ -120,6 +122,64 @@ def test_a_pem_block_split_over_clean_lines_is_redacted_whole() -> None:
     assert_same(compiled, pure)
     shipped = b"".join(compiled.events)
     assert not any(part in shipped for part in body)
+
+
+@compiled_only
+def test_a_secret_that_rendering_joins_is_redacted() -> None:
+    """Escapes and a carriage return split the needle in the raw bytes; the rendered line holds it."""
+    lines = [b"pass\x1b[0mword=hunter2-Xy9", b"xx\rpassword=hunter2-Xy9", b"\x1b[1mtoken: abc123def456ghi", b"ok"]
+    compiled, pure = both(chunk_of(lines))
+    assert_same(compiled, pure)
+    shipped = b"".join(compiled.events)
+    assert b"hunter2" not in shipped and b"abc123def456ghi" not in shipped
+
+
+_RENDER_PIECES = [
+    b"a", b"bc", b" ", b"\t", b"\r", b"\x08", b"\x1b", b"[", b"]", b"P", b"X", b"^", b"_", b"\\", b"0", b"1", b"2",
+    b"12", b";", b"K", b"G", b"C", b"D", b"m", b"\x07", b"\x00", b"\x7f", b"\x1f", b"?", b"/", b"~", b"@",
+    b"\x1b[", b"\x1b]0;t\x07", b"\x1b[1;31m", b"\x1b[2K", b"\x1b[K", b"\x1b[1K", b"\x1b[5G", b"\x1b[0G",
+    b"\x1b[00K", b"\x1b[3C", b"\x1b[D", b"\x1b[99999C", "é日".encode(), b"\xc2\x85", b"\xff", b"\xc2", b"\x1b\\",
+    b"\x1b(B", b"\x1b #8", b"\x1bP", b"\x1b_x",
+]
+
+
+@compiled_only
+@settings(max_examples=3000, deadline=None)
+@given(st.lists(st.sampled_from(_RENDER_PIECES), max_size=14).map(b"".join))
+def test_compiled_render_is_sanitise_render(line: bytes) -> None:
+    """Where the C renderer models a line (None where it does not), it gives `render`'s text."""
+    got = prepare_mod._hotpath.render(line)
+    if got is not None:
+        assert got == render(line.decode("utf-8", "replace")).encode()
+
+
+def test_compiled_render_models_the_common_shapes() -> None:
+    if not prepare_mod.COMPILED:
+        pytest.skip("shipper._hotpath is not built")
+    hp = prepare_mod._hotpath
+    assert hp.render(b"\x1b[1;31mError:\x1b[0m bad") == b"Error: bad"
+    assert hp.render(b"\x1b]0;blastn\x07running") == b"running"
+    assert hp.render(b"[==>  ] 10%\r[=====] 100%") == b"[=====] 100%"
+    assert hp.render("10%\r100% é".encode()) is None  # moves the cursor over non-ASCII: Python renders it
+    assert hp.render(b"\xff\x1b[0m") is None
+
+
+_MARK_PIECES = [b".", b"API", b"AP", b"I", b"a", b"_", b"-", b"=", b"\n", b" ", b"Zz09" * 5, b"x" * 43, b"y" * 42, b"\xff"]
+
+
+@compiled_only
+@settings(max_examples=2000, deadline=None)
+@given(st.lists(st.sampled_from(_MARK_PIECES), max_size=20).map(b"".join))
+def test_compiled_marks_are_the_searches(data: bytes) -> None:
+    assert prepare_mod._hotpath.marks(data) == marks_py(data)
+    assert prepare_mod._hotpath.marks(b"t ." + b"A" * 43 + b" API.") == ([47], [2])
+
+
+@compiled_only
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.binary(max_size=30), max_size=50))
+def test_compiled_run_sizes_are_the_running_sums(events: list[bytes]) -> None:
+    assert prepare_mod._hotpath.run_sizes(events) == run_sizes_py(events) == run_sizes(events)
 
 
 @compiled_only

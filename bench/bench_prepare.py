@@ -1,0 +1,84 @@
+"""`prepare()` alone over the bench file, in process, for several source trees in alternation.
+
+    .venv/bin/python bench/bench_prepare.py --tree now=. --tree before=/tmp/base [--rounds 5]
+
+Each round runs one child per tree (`PYTHONPATH=<tree>`, so each imports its own `shipper`, and
+its own compiled `_hotpath` if built there); a child reads the file as the shipper does (256 KiB
+reads), prepares every read from the clean state (its best CPU time of three passes, so start-up
+and reading are left out) and counts the lines the compiled path handed to Python. Not a test:
+run it by hand (docs/benchmarks.md, "The shipper's CPU per line, round three").
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parent
+DEFAULT_FILE = Path("/tmp/blast-bench/log-1000000.log")  # bench_shipper.py's generated input
+
+
+def child(path: Path) -> dict[str, object]:
+    from shipper import prepare as prep
+    from shipper.reader import LineReader
+    from shipper.redact import CLEAN_STATE
+    from shipper.sanitise import Sanitiser
+
+    reader = LineReader(path, 256 * 1024, 1 << 20)
+    reader.open()
+    chunks = []
+    while (chunk := reader.read()) is not None:
+        if chunk.count:
+            chunks.append(chunk)
+    san = Sanitiser()
+    best = float("inf")
+    for _ in range(3):
+        start = time.process_time()
+        for chunk in chunks:
+            prep.prepare(san, chunk, CLEAN_STATE)
+        best = min(best, time.process_time() - start)
+    slow = 0
+    if prep.COMPILED:
+        for chunk in chunks:
+            own, rules = san.needle_hits(chunk.joined)
+            slow += len(prep._hotpath.encode_lines(chunk.joined, chunk.first, b"1.5", san.max_chars,
+                                                   sorted(own + rules))[2])
+    return {"lines": sum(c.count for c in chunks), "prepare_s": round(best, 3), "compiled": prep.COMPILED,
+            "python_lines": slow}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tree", action="append", default=[], help="NAME=PATH of a source tree")
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--file", type=Path, default=DEFAULT_FILE)
+    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        print(json.dumps(child(args.file)))
+        return 0
+    trees = dict(t.split("=", 1) for t in args.tree) or {"now": str(BENCH.parent)}
+    results: dict[str, list[dict[str, object]]] = {name: [] for name in trees}
+    for r in range(args.rounds):
+        for name, tree in (trees.items() if r % 2 == 0 else reversed(trees.items())):
+            env = {**os.environ, "PYTHONPATH": str(Path(tree).resolve())}
+            out = subprocess.run([sys.executable, __file__, "--child", "--file", str(args.file)], env=env,
+                                 check=True, capture_output=True, text=True).stdout
+            results[name].append(json.loads(out))
+            print(f"round {r + 1} {name}: {results[name][-1]}", flush=True)
+    print(f"load average at the end: {os.getloadavg()}")
+    for name, runs in results.items():
+        times = [float(str(x["prepare_s"])) for x in runs]
+        print(f"{name}: prepare() {statistics.median(times):.3f} s median ({min(times):.3f}-{max(times):.3f}), "
+              f"lines handed to Python {runs[0]['python_lines']:,} of {runs[0]['lines']:,}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
