@@ -34,27 +34,17 @@ def fsync_dir(folder: str | os.PathLike[str]) -> None:
             os.close(fd)
 
 
-def _create_temp(folder: str, prefix: str, mode: int) -> tuple[int, str]:
+def _write_temp(folder: str, prefix: str, mode: int, data: bytes | Sequence[bytes | memoryview],
+                fsync: bool) -> str:
+    """A new temp file in `folder` holding `data` (bytes, or parts written one after another), with `mode`,
+    fsynced if asked; its path. Nothing is left behind when it fails."""
     while True:  # a name left by a crashed process with the same token is all but impossible; step past it
         tmp = os.path.join(folder, f"{prefix}{_TOKEN}-{next(_COUNTER)}.part")
         try:
-            return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode & 0o700), tmp
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode & 0o700)
+            break
         except FileExistsError:
             continue
-
-
-def write_atomic(path: str | os.PathLike[str], data: bytes | Sequence[bytes | memoryview], *, mode: int = 0o644,
-                 overwrite: bool = True, temp_prefix: str = TEMP_PREFIX, sync_dir: bool = True) -> bool:
-    """Write `data` (bytes, or parts written one after another, never joined) to `path` atomically and
-    durably; the folder must exist. Without `sync_dir` the new name is durable only once the caller has
-    fsynced the folder (`fsync_dir`: once for many files).
-
-    `overwrite=False` writes only when `path` does not exist yet and returns False when it did
-    (without a race between writers). Raises OSError; leaves no temp file behind on failure.
-    """
-    path = os.fspath(path)
-    folder = os.path.dirname(path) or "."
-    fd, tmp = _create_temp(folder, temp_prefix, mode)
     try:
         try:
             for part in (data,) if isinstance(data, bytes | bytearray | memoryview) else data:
@@ -63,9 +53,29 @@ def write_atomic(path: str | os.PathLike[str], data: bytes | Sequence[bytes | me
                     view = view[os.write(fd, view):]
             if mode & ~0o700:  # bits for others, which the umask may have taken (the owner's it leaves be)
                 os.fchmod(fd, mode)
-            os.fsync(fd)
+            if fsync:
+                os.fsync(fd)
         finally:
             os.close(fd)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    return tmp
+
+
+def write_atomic(path: str | os.PathLike[str], data: bytes | Sequence[bytes | memoryview], *, mode: int = 0o644,
+                 overwrite: bool = True, temp_prefix: str = TEMP_PREFIX) -> bool:
+    """Write `data` (bytes, or parts written one after another, never joined) to `path` atomically and
+    durably; the folder must exist.
+
+    `overwrite=False` writes only when `path` does not exist yet and returns False when it did
+    (without a race between writers). Raises OSError; leaves no temp file behind on failure.
+    """
+    path = os.fspath(path)
+    folder = os.path.dirname(path) or "."
+    tmp = _write_temp(folder, temp_prefix, mode, data, fsync=True)
+    try:
         if overwrite:
             os.replace(tmp, path)
         else:
@@ -79,8 +89,7 @@ def write_atomic(path: str | os.PathLike[str], data: bytes | Sequence[bytes | me
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
-    if sync_dir:
-        fsync_dir(folder)
+    fsync_dir(folder)
     return True
 
 
@@ -119,18 +128,7 @@ def write_many_atomic(items: list[tuple[str, bytes]], *, mode: int = 0o644, temp
     try:
         synced = _SYNCFS is not None
         for path, data in items:
-            fd, tmp = _create_temp(os.path.dirname(path) or ".", temp_prefix, mode)
-            temps.append((tmp, path))
-            try:
-                view = memoryview(data)
-                while view:
-                    view = view[os.write(fd, view):]
-                if mode & ~0o700:
-                    os.fchmod(fd, mode)
-                if not synced:
-                    os.fsync(fd)
-            finally:
-                os.close(fd)
+            temps.append((_write_temp(os.path.dirname(path) or ".", temp_prefix, mode, data, not synced), path))
         if temps and synced:
             sync_filesystem(os.path.dirname(temps[0][0]) or ".")
         while temps:

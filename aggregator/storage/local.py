@@ -69,20 +69,17 @@ class LocalStore:
     async def put_parts(self, key: str, parts: Sequence[bytes | memoryview], *, overwrite: bool = True) -> bool:
         return await finish_even_if_cancelled(asyncio.to_thread(self._put, key, parts, overwrite))
 
-    def _put(self, key: str, data: bytes | Sequence[bytes | memoryview], overwrite: bool,
-             sync_dir: bool = True) -> bool:
+    def _put(self, key: str, data: bytes | Sequence[bytes | memoryview], overwrite: bool) -> bool:
         path = os.path.join(self._root, check_key(key))  # a checked key is a relative path of plain names
         try:
             if not overwrite and os.path.exists(path):
                 return False
             # Put-if-absent links the temp file (link fails if the name exists); an ack means durable.
             try:
-                return write_atomic(path, data, mode=LOCAL_FILE_MODE, overwrite=overwrite, temp_prefix=TEMP_PREFIX,
-                                    sync_dir=sync_dir)
+                return write_atomic(path, data, mode=LOCAL_FILE_MODE, overwrite=overwrite, temp_prefix=TEMP_PREFIX)
             except FileNotFoundError:  # its folder is new: make it (the common case costs no mkdir)
                 os.makedirs(os.path.dirname(path), exist_ok=True)
-                return write_atomic(path, data, mode=LOCAL_FILE_MODE, overwrite=overwrite, temp_prefix=TEMP_PREFIX,
-                                    sync_dir=sync_dir)
+                return write_atomic(path, data, mode=LOCAL_FILE_MODE, overwrite=overwrite, temp_prefix=TEMP_PREFIX)
         except OSError as e:
             raise StoreError(f"write {key}: {e.strerror}") from e
 

@@ -32,14 +32,14 @@ class MisbehavingStore(LocalStore):
         self.slow_started = threading.Event()
         self.writes: list[tuple[str, float]] = []  # (key, monotonic time the write completed)
 
-    def _put(self, key: str, data: bytes, overwrite: bool, sync_dir: bool = True) -> bool:
+    def _put(self, key: str, data: bytes, overwrite: bool) -> bool:
         armed = self.armed
         if armed and key == self.fail_key:
             raise StoreError(f"write {key}: injected failure")
         if armed and key == self.slow_key:
             self.slow_started.set()
             time.sleep(self.delay)
-        done = super()._put(key, data, overwrite, sync_dir)
+        done = super()._put(key, data, overwrite)
         self.writes.append((key, time.monotonic()))
         return done
 
