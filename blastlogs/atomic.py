@@ -13,7 +13,7 @@ import ctypes
 import itertools
 import os
 import secrets
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Final
 
 #: Temp files start with this, so a folder listing can tell them from finished files.
@@ -34,6 +34,18 @@ def fsync_dir(folder: str | os.PathLike[str]) -> None:
             os.close(fd)
 
 
+@contextlib.contextmanager
+def _removed_on_failure(*temps: str) -> Iterator[None]:
+    """Remove the temp files (those still there) if the block fails, then let the failure through."""
+    try:
+        yield
+    except BaseException:
+        for tmp in temps:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+        raise
+
+
 def _write_temp(folder: str, prefix: str, mode: int, data: bytes | Sequence[bytes | memoryview],
                 fsync: bool) -> str:
     """A new temp file in `folder` holding `data` (bytes, or parts written one after another), with `mode`,
@@ -45,7 +57,7 @@ def _write_temp(folder: str, prefix: str, mode: int, data: bytes | Sequence[byte
             break
         except FileExistsError:
             continue
-    try:
+    with _removed_on_failure(tmp):
         try:
             for part in (data,) if isinstance(data, bytes | bytearray | memoryview) else data:
                 view = memoryview(part)
@@ -57,10 +69,6 @@ def _write_temp(folder: str, prefix: str, mode: int, data: bytes | Sequence[byte
                 os.fsync(fd)
         finally:
             os.close(fd)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
     return tmp
 
 
@@ -75,7 +83,7 @@ def write_atomic(path: str | os.PathLike[str], data: bytes | Sequence[bytes | me
     path = os.fspath(path)
     folder = os.path.dirname(path) or "."
     tmp = _write_temp(folder, temp_prefix, mode, data, fsync=True)
-    try:
+    with _removed_on_failure(tmp):
         if overwrite:
             os.replace(tmp, path)
         else:
@@ -85,10 +93,6 @@ def write_atomic(path: str | os.PathLike[str], data: bytes | Sequence[bytes | me
                 return False
             finally:
                 os.unlink(tmp)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
     fsync_dir(folder)
     return True
 
