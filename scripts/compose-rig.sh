@@ -37,7 +37,9 @@ export TMPDIR="$STATE/tmp"
 # rig points both at the base it builds locally (ensure_base).
 POD_TIMEOUT="${BLAST_LOGS_RIG_POD_TIMEOUT:-300}"
 
-COMPOSE=(docker-compose --ansi never -f "$ROOT/docker-compose.yml")
+# compose/podman/rig.yml pins addresses and /etc/hosts entries: podman's DNS loses lookups while
+# containers start and stop (the file says what was measured).
+COMPOSE=(docker-compose --ansi never -f "$ROOT/docker-compose.yml" -f "$ROOT/compose/podman/rig.yml")
 SERVICE_PID=""
 TIMINGS=()
 RIG_T0=$(date +%s.%N)

@@ -4,7 +4,9 @@ and the check's line accounting. The rig itself runs as `scripts/compose-rig.sh`
 from __future__ import annotations
 
 import importlib.util
+import ipaddress
 import os
+import re
 import resource
 import shutil
 import subprocess
@@ -13,6 +15,7 @@ from pathlib import Path
 from types import ModuleType
 
 import pytest
+from k8s_templates import load_all
 from paths import ROOT
 
 SCRIPT = ROOT / "scripts" / "compose-rig.sh"
@@ -91,6 +94,31 @@ def test_rig_builds_each_image_once() -> None:
     images = [line.split()[1] for line in proc.stdout.splitlines()]
     assert len(images) == len(set(images))
     assert "blast-logs-aggregator:dev" in images
+
+
+@pytest.mark.skipif(shutil.which("docker-compose") is None, reason="docker-compose is not installed")
+def test_rig_resolves_every_service_it_calls_without_dns() -> None:
+    """Each URL host a rig service is given (env) is in its /etc/hosts, at the address the callee is pinned to."""
+    env = {**os.environ, "BASE_IMAGE": "b", "BLAST_BASE_IMAGE": "d"}
+    proc = subprocess.run(["bash", "-c", f'source "{SCRIPT}"; "${{COMPOSE[@]}}" config'], capture_output=True,
+                          text=True, cwd=ROOT, env=env)
+    assert proc.returncode == 0, proc.stderr
+    (config,) = load_all(proc.stdout)
+    services = config["services"]
+    subnet = ipaddress.ip_network(config["networks"]["default"]["ipam"]["config"][0]["subnet"])
+    pinned = {name: svc["networks"]["default"]["ipv4_address"] for name, svc in services.items()
+              if (svc.get("networks") or {}).get("default")}
+    assert all(ipaddress.ip_address(a) in subnet for a in pinned.values())
+    assert len(set(pinned.values())) == len(pinned)
+    calls = 0
+    for name, svc in services.items():
+        hosts = svc.get("extra_hosts") or {}
+        for value in (svc.get("environment") or {}).values():
+            for host in re.findall(r"//([A-Za-z0-9-]+)[:/]", str(value)):
+                if host in services:
+                    calls += 1
+                    assert hosts.get(host) == pinned.get(host), (name, host)
+    assert calls >= 5  # aggregators -> azurite, shipper -> aggregators, check -> both
 
 
 def _layout(root: Path, kind: str) -> Path:
