@@ -27,6 +27,7 @@ from aggregator.errors import (
 )
 from aggregator.finalize.handler import FinalizeHandler
 from aggregator.finalize.job import FinalizeBudget
+from aggregator.finalize.worker import FinalizeWorker
 from aggregator.ingest import IngestHandler
 from aggregator.logfilter import install as install_log_filter
 from aggregator.logfilter import job_id_field, method_field
@@ -100,6 +101,18 @@ def make_app(config: AggregatorConfig, *, store: Store | None = None) -> web.App
 
     budget = FinalizeBudget()  # every finalize and compaction of this replica draws on it
     compactor = Compactor(config, metrics, runtime.get_store, budget.reads)
+    # A given store (tests) cannot cross into a child process: its finalizes run here.
+    worker = FinalizeWorker(config, metrics) if store is None and config.finalize_process == "child" else None
+
+    async def worker_ctx(_app: web.Application) -> AsyncIterator[None]:
+        if worker is None:
+            yield
+            return
+        await worker.start()
+        try:
+            yield
+        finally:
+            await worker.close()
 
     async def compactor_ctx(_app: web.Application) -> AsyncIterator[None]:
         async with compactor.running():  # after store_ctx: its compactions settle before the store closes
@@ -107,6 +120,7 @@ def make_app(config: AggregatorConfig, *, store: Store | None = None) -> web.App
 
     app.cleanup_ctx.append(store_ctx)
     app.cleanup_ctx.append(compactor_ctx)
+    app.cleanup_ctx.append(worker_ctx)
     app.on_startup.append(_raise_gc_threshold)
     app.on_shutdown.append(on_shutdown)
 
@@ -131,7 +145,7 @@ def make_app(config: AggregatorConfig, *, store: Store | None = None) -> web.App
         return resp
 
     app.router.add_post(INGEST_PATH, IngestHandler(config, metrics, runtime.get_store, compactor))
-    app.router.add_post(FINALIZE_PATH, FinalizeHandler(config, metrics, runtime.get_store, budget))
+    app.router.add_post(FINALIZE_PATH, FinalizeHandler(config, metrics, runtime.get_store, budget, worker))
     add_read_routes(app, config, runtime.get_store, lambda: runtime.draining)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
@@ -146,6 +160,10 @@ def make_app(config: AggregatorConfig, *, store: Store | None = None) -> web.App
 
 
 async def _raise_gc_threshold(_app: web.Application) -> None:
+    raise_gc_threshold()
+
+
+def raise_gc_threshold() -> None:
     """Young collections per GC_GEN0_THRESHOLD allocations, not per Python's default 700 (process-wide)."""
     gen0, gen1, gen2 = gc.get_threshold()
     if 0 < gen0 < GC_GEN0_THRESHOLD:

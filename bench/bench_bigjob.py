@@ -240,13 +240,33 @@ async def settled(root: Path, streams: int, seconds: float = 120.0) -> float:
 
 
 def vm_hwm_mib(pid: int | None) -> float:
+    """Peak RSS (VmHWM) of the process and its children summed (the finalize worker's child included): an
+    upper bound of what they held at once, since their peaks may come at different times."""
     if pid is None:
         return 0.0
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    return 0.0
+    total = 0.0
+    for p in [pid, *child_pids(pid)]:
+        try:
+            with open(f"/proc/{p}/status") as f:
+                total += next((int(line.split()[1]) / 1024 for line in f if line.startswith("VmHWM:")), 0.0)
+        except OSError:
+            pass  # ended meanwhile
+    return total
+
+
+def child_pids(pid: int) -> list[int]:
+    out: list[int] = []
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return out
+    for t in tasks:
+        try:
+            with open(f"/proc/{pid}/task/{t}/children") as f:
+                out += [int(c) for c in f.read().split()]
+        except OSError:
+            pass
+    return out + [g for c in out for g in child_pids(c)]
 
 
 def tree_stats(root: Path) -> tuple[int, int, int]:

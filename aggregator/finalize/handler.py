@@ -15,6 +15,7 @@ from aggregator.body import json_object, read_body
 from aggregator.config import AggregatorConfig
 from aggregator.errors import AuthError, BadRequest, JobNotFound, LockBusy, StoreError
 from aggregator.finalize.job import FinalizeBudget, finalize_job
+from aggregator.finalize.worker import FinalizeWorker
 from aggregator.metrics import Metrics
 from aggregator.refusals import refusal_of, report
 from aggregator.storage import Store
@@ -43,14 +44,16 @@ def parse_finalize_body(body: bytes, max_wait: float, default_wait: float = 0.0)
 
 
 class FinalizeHandler:
-    """The finalize route: admin token, job id, optional body, then `finalize_job`."""
+    """The finalize route: admin token, job id, optional body, then `finalize_job`: in the worker's child
+    process when there is one, else here."""
 
     def __init__(self, config: AggregatorConfig, metrics: Metrics, store: Callable[[], Store],
-                 budget: FinalizeBudget | None = None) -> None:
+                 budget: FinalizeBudget | None = None, worker: FinalizeWorker | None = None) -> None:
         self.config = config
         self.metrics = metrics
         self.store = store
         self.budget = budget or FinalizeBudget()  # shared by every finalize on this replica
+        self.worker = worker
 
     async def __call__(self, request: web.Request) -> web.Response:
         cfg = self.config
@@ -69,8 +72,11 @@ class FinalizeHandler:
         storage_phase.set("finalize")
         outcome = "error"
         try:
-            body = await finalize_job(self.store(), cfg, job_id, wait_seconds=wait,
-                                      existing_last_output=existing, budget=self.budget)
+            if self.worker is not None:
+                body = await self.worker.finalize(job_id, wait, existing)
+            else:
+                body = await finalize_job(self.store(), cfg, job_id, wait_seconds=wait,
+                                          existing_last_output=existing, budget=self.budget)
             outcome = "complete" if orjson.loads(body).get("complete") else "incomplete"
         except JobNotFound:
             outcome = "not_found"

@@ -1,0 +1,171 @@
+"""Finalize in a child process (`finalize_process=child`, the default when the app opens its own store):
+the same bytes as in the serving process, storage operations counted by the service, a killed child
+answered with 503 and replaced, and no child outliving the service."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from agg_helpers import JOB, admin_headers, batch, dumps, events, ingest_headers, make_config
+from aiohttp import web
+from conftest import free_port
+
+from aggregator.app import make_app
+from aggregator.finalize.child import NICENESS
+from blastlogs.protocol import FINALIZE_PATH, INGEST_PATH
+
+CHILD = "aggregator.finalize.child"
+
+
+def children(pid: int) -> list[int]:
+    """The finalize children of process `pid` (from /proc: real processes, nothing of ours asked)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            cmdline = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        if ppid == pid and CHILD.encode() in cmdline:
+            found.append(int(entry.name))
+    return found
+
+
+def nice_of(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[16])
+
+
+def alive(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+async def ingest_job(client: Any, pods: int = 3, lines: int = 40, eof: bool = True) -> None:
+    for p in range(pods):
+        for seq, part in enumerate((range(0, lines // 2), range(lines // 2, lines))):
+            body = batch(pod=f"pod-{p}", seq=seq, eof=eof and seq == 1, evs=events(part, prefix=f"pod-{p}"))
+            resp = await client.post(INGEST_PATH, data=dumps(body), headers=ingest_headers())
+            assert resp.status == 200, await resp.text()
+
+
+def store_files(root: Path) -> dict[str, bytes]:
+    """Every file a finalize leaves outside staging (chunks, summary), by path."""
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*"))
+            if p.is_file() and "_staging" not in p.parts}
+
+
+def finalize_metric(text: str) -> float:
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith("blast_logs_aggregator_storage_operations_total{") and 'phase="finalize"' in line)
+
+
+async def test_a_child_finalizes_with_the_serving_process_bytes_and_counts_its_operations(
+        aiohttp_client: Any, tmp_path: Path) -> None:
+    answers, artifacts = {}, {}
+    for mode in ("child", "serving"):
+        root = tmp_path / mode
+        client = await aiohttp_client(make_app(make_config(store_url=f"file://{root}", finalize_process=mode)))
+        await ingest_job(client)
+        kids = children(os.getpid())
+        assert len(kids) == (1 if mode == "child" else 0)
+        for kid in kids:  # batch work: the serving process goes first when both want a CPU
+            assert nice_of(kid) == min(nice_of(os.getpid()) + NICENESS, 19)
+        resp = await client.post(FINALIZE_PATH.format(job_id=JOB), headers=admin_headers())
+        assert resp.status == 200, await resp.text()
+        answers[mode] = await resp.read()
+        artifacts[mode] = store_files(root)
+        metrics = await (await client.get("/metrics")).text()
+        assert finalize_metric(metrics) >= 5  # lock, lists, reads, chunk and summary puts: counted here
+        await client.close()
+        assert children(os.getpid()) == []  # the app's cleanup ended its child
+    assert answers["child"] == answers["serving"]
+    assert artifacts["child"] == artifacts["serving"] and len(artifacts["child"]) >= 2
+
+
+async def test_a_killed_child_is_answered_503_and_the_next_finalize_starts_another(
+        aiohttp_client: Any, tmp_path: Path) -> None:
+    client = await aiohttp_client(make_app(make_config(store_url=f"file://{tmp_path}/store")))
+    await ingest_job(client, eof=False)  # no eof: the finalize below waits for one in the child
+    (first,) = children(os.getpid())
+    waiting = asyncio.create_task(client.post(FINALIZE_PATH.format(job_id=JOB), headers=admin_headers(),
+                                              data=dumps({"wait_seconds": 60})))
+    await asyncio.sleep(0.5)
+    assert not waiting.done()
+    os.kill(first, signal.SIGKILL)
+    resp = await asyncio.wait_for(waiting, 10)
+    assert resp.status == 503
+    assert (await resp.json()) == {"error": "unavailable", "detail": "finalize was interrupted; try again"}
+    assert resp.headers["Retry-After"]
+    resp = await client.post(INGEST_PATH, headers=ingest_headers(),
+                             data=dumps(batch(pod="pod-0", seq=2, eof=True, evs=events(range(40, 41)))))
+    assert resp.status == 200
+    resp = await client.post(FINALIZE_PATH.format(job_id=JOB), headers=admin_headers())
+    assert resp.status == 200, await resp.text()
+    (second,) = children(os.getpid())
+    assert second != first
+
+
+async def test_stopping_the_service_cancels_the_childs_finalize_and_ends_the_child(tmp_path: Path) -> None:
+    """As `serve` stops: in-flight handlers are cancelled after `shutdown_timeout`; the child's finalize is
+    cancelled with them, and the child exits with the app's cleanup."""
+    app = make_app(make_config(store_url=f"file://{tmp_path}/store"))
+    runner = web.AppRunner(app, shutdown_timeout=0.5)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    url = f"http://127.0.0.1:{port}"
+    async with aiohttp.ClientSession() as session:
+        for p in range(2):
+            resp = await session.post(url + INGEST_PATH, headers=ingest_headers(),
+                                      data=dumps(batch(pod=f"pod-{p}", evs=events(range(5)))))
+            assert resp.status == 200
+        (child,) = children(os.getpid())
+        waiting = asyncio.create_task(session.post(url + FINALIZE_PATH.format(job_id=JOB), headers=admin_headers(),
+                                                   data=dumps({"wait_seconds": 60})))
+        await asyncio.sleep(0.5)
+        started = time.monotonic()
+        await runner.cleanup()
+        assert time.monotonic() - started < 10
+        assert not alive(child)
+        assert children(os.getpid()) == []
+        await asyncio.gather(waiting, return_exceptions=True)
+
+
+def test_a_child_ends_when_its_service_is_killed(start_aggregator: Any, tmp_path: Path) -> None:
+    """kill -9 of the service: the child sees its stdin end and exits, leaving no orphan."""
+    agg = start_aggregator()
+    deadline = time.monotonic() + 20
+    while not (kids := children(agg.proc.pid)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert len(kids) == 1, agg.log_path.read_text()
+    agg.kill(signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while alive(kids[0]) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not alive(kids[0])
+
+
+@pytest.mark.parametrize("value", ["thread", "CHILD", ""])
+def test_finalize_process_names_its_choices(value: str) -> None:
+    from aggregator.config import AggregatorConfig
+    from aggregator.errors import ConfigError
+
+    env = {"BLAST_LOGS_SECRET": "s" * 16, "BLAST_LOGS_ADMIN_TOKEN": "a" * 16, "BLAST_LOGS_FINALIZE_PROCESS": value}
+    if value == "":
+        assert AggregatorConfig.from_env(env).finalize_process == "child"
+        return
+    with pytest.raises(ConfigError, match=r"BLAST_LOGS_FINALIZE_PROCESS.*child, serving"):
+        AggregatorConfig.from_env(env)
