@@ -181,7 +181,7 @@ def _header(ident: Identity, seq: int, batch: Batch) -> dict[str, object]:
 
 def encode_batch(ident: Identity, seq: int, batch: Batch) -> bytes:
     head = orjson.dumps(_header(ident, seq, batch))
-    return head[:-1] + _EVENTS_OPEN + b",".join(batch.events) + _EVENTS_CLOSE
+    return b"".join((head[:-1], _EVENTS_OPEN, b",".join(batch.events), _EVENTS_CLOSE))  # copied once, not twice
 
 
 def header_reserve(ident: Identity) -> int:
