@@ -655,7 +655,7 @@ typedef struct {
     unsigned char cls[256];      /* folded byte -> class (0: in no needle) */
     int nclass;
     Py_ssize_t nnodes;
-    uint32_t *child;             /* nnodes * nclass: child node, 0 = none (the root is node 0) */
+    uint16_t *child;             /* nnodes * nclass: child node, 0 = none (the root is node 0) */
     int32_t *term;               /* nnodes: index of the needle ending at the node, or -1 */
     unsigned char pair[65536];   /* folded (b0 << 8 | b1): 1 when a needle starts with b0 b1 */
     unsigned char single[256];   /* folded byte: 1 when it is a one-byte needle */
@@ -705,13 +705,18 @@ needles(PyObject *self, PyObject *list)
         }
         total += PyBytes_GET_SIZE(o);
     }
+    if (total > 65535) {  /* node numbers are 16 bits */
+        PyMem_Free(n);
+        PyErr_SetString(PyExc_ValueError, "needles: at most 65,534 bytes in all");
+        return NULL;
+    }
     n->nclass = 1;
     for (int c = 0; c < 256; c++)
         if (used[c])
             n->cls[c] = (unsigned char)n->nclass++;
     for (int c = 0; c < 256; c++)  /* an upper-case byte folds to its class */
         n->cls[c] = n->cls[FOLD[c]];
-    n->child = PyMem_Calloc((size_t)(total * n->nclass), sizeof(uint32_t));
+    n->child = PyMem_Calloc((size_t)(total * n->nclass), sizeof(uint16_t));
     n->term = PyMem_Malloc((size_t)total * sizeof(int32_t));
     if (n->child == NULL || n->term == NULL) {
         PyMem_Free(n->child);
@@ -728,9 +733,9 @@ needles(PyObject *self, PyObject *list)
         Py_ssize_t len = PyBytes_GET_SIZE(o);
         uint32_t node = 0;
         for (Py_ssize_t i = 0; i < len; i++) {
-            uint32_t *slot = &n->child[(Py_ssize_t)node * n->nclass + n->cls[b[i]]];
+            uint16_t *slot = &n->child[(Py_ssize_t)node * n->nclass + n->cls[b[i]]];
             if (*slot == 0)
-                *slot = (uint32_t)n->nnodes++;
+                *slot = (uint16_t)n->nnodes++;
             node = *slot;
         }
         if (n->term[node] >= 0) {
@@ -785,7 +790,7 @@ find(PyObject *self, PyObject *args)
     int oom = 0;
     Py_BEGIN_ALLOW_THREADS
     const unsigned char *cls = n->cls, *start = n->start, *single = n->single;
-    const uint32_t *child = n->child;
+    const uint16_t *child = n->child;
     const int32_t *term = n->term;
     Py_ssize_t nclass = n->nclass;
     Py_ssize_t i = 0;
@@ -795,10 +800,10 @@ find(PyObject *self, PyObject *args)
             i++;
         if (i + 1 >= len && !(i < len && single[FOLD[d[i]]]))
             break;
-        uint32_t node = 0;
+        Py_ssize_t node = 0;
         Py_ssize_t best = -1, best_end = 0;
         for (Py_ssize_t j = i; j < len; j++) {
-            node = child[(Py_ssize_t)node * nclass + cls[d[j]]];
+            node = child[node * nclass + cls[d[j]]];
             if (node == 0)
                 break;
             if (term[node] >= 0) {
