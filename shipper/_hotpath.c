@@ -603,40 +603,36 @@ done:
     return result;
 }
 
-/* run_sizes(events) -> sizes: shipper.batch.run_sizes of a list of bytes (sizes[k]: the bytes of
- * events[:k], each counted with one separator), without a Python step per event. */
+/* run_fit(events, i, stop, limit) -> (k, total): the largest k in [i, stop] such that the events
+ * events[i:k], each counted with one separator (len + 1), hold at most `limit` bytes, and those
+ * bytes: shipper.batch.run_fit_py, one C loop over the lengths instead of running sums as objects. */
 static PyObject *
-run_sizes(PyObject *self, PyObject *events)
+run_fit(PyObject *self, PyObject *args)
 {
-    if (!PyList_Check(events)) {
-        PyErr_SetString(PyExc_TypeError, "run_sizes: a list of bytes");
+    PyObject *events;
+    Py_ssize_t i, stop;
+    long long limit;
+    if (!PyArg_ParseTuple(args, "O!nnL:run_fit", &PyList_Type, &events, &i, &stop, &limit))
+        return NULL;
+    if (i < 0 || stop > PyList_GET_SIZE(events)) {
+        PyErr_SetString(PyExc_IndexError, "run_fit: i and stop must lie within events");
         return NULL;
     }
-    Py_ssize_t n = PyList_GET_SIZE(events);
-    PyObject *sizes = PyList_New(n + 1);
-    if (sizes == NULL)
-        return NULL;
     long long total = 0;
-    for (Py_ssize_t i = 0;; i++) {
-        PyObject *o = PyLong_FromLongLong(total);
-        if (o == NULL) {
-            Py_DECREF(sizes);
-            return NULL;
-        }
-        PyList_SET_ITEM(sizes, i, o);
-        if (i == n)
-            break;
-        PyObject *event = PyList_GET_ITEM(events, i);
+    Py_ssize_t k = i;
+    for (; k < stop; k++) {
+        PyObject *event = PyList_GET_ITEM(events, k);
         if (!PyBytes_Check(event)) {
-            PyErr_SetString(PyExc_TypeError, "run_sizes: a list of bytes");
-            Py_DECREF(sizes);
+            PyErr_SetString(PyExc_TypeError, "run_fit: a list of bytes");
             return NULL;
         }
-        total += PyBytes_GET_SIZE(event) + 1;
+        long long more = (long long)PyBytes_GET_SIZE(event) + 1;
+        if (total + more > limit)
+            break;
+        total += more;
     }
-    return sizes;
+    return Py_BuildValue("(nL)", k, total);
 }
-
 
 /* ---- needles: the redaction pre-check's multi-needle scan, ASCII case folded, without the GIL ----
  *
@@ -858,9 +854,9 @@ static PyMethodDef methods[] = {
     {"find", find, METH_VARARGS,
      "find(automaton, data) -> [(needle, start, end), ...]\n\n"
      "Leftmost-longest, non-overlapping matches of the needles in data.lower(), without the GIL."},
-    {"run_sizes", run_sizes, METH_O,
-     "run_sizes(events) -> sizes\n\n"
-     "shipper.batch.run_sizes of a list of bytes, in one C loop."},
+    {"run_fit", run_fit, METH_VARARGS,
+     "run_fit(events, i, stop, limit) -> (k, total)\n\n"
+     "shipper.batch.run_fit_py of a list of bytes, in one C loop."},
     {"marks", marks, METH_O,
      "marks(data) -> (api, tokens)\n\n"
      "Offsets of every b\"API\" in data, and of every job token's shape (see _hotpath.c)."},

@@ -18,7 +18,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import shipper.prepare as prepare_mod
-from shipper.batch import run_sizes, run_sizes_py
+from shipper.batch import run_fit, run_fit_py
 from shipper.prepare import Prepared, prepare
 from shipper.reader import Chunk, Cursor, LineReader
 from shipper.redact import _NEEDLES, CLEAN_STATE, RedactorState, _find_py, marks_py
@@ -206,10 +206,12 @@ def test_compiled_needle_scan_over_every_byte_pair() -> None:
 
 
 @compiled_only
-@settings(max_examples=200, deadline=None)
-@given(st.lists(st.binary(max_size=30), max_size=50))
-def test_compiled_run_sizes_are_the_running_sums(events: list[bytes]) -> None:
-    assert prepare_mod._hotpath.run_sizes(events) == run_sizes_py(events) == run_sizes(events)
+@settings(max_examples=500, deadline=None)
+@given(st.lists(st.binary(max_size=30), max_size=50), st.integers(0, 60), st.integers(0, 60), st.integers(-5, 400))
+def test_compiled_run_fit_is_the_walk(events: list[bytes], i: int, stop: int, limit: int) -> None:
+    i, stop = min(i, len(events)), min(stop, len(events))
+    assert prepare_mod._hotpath.run_fit(events, i, stop, limit) == run_fit_py(events, i, stop, limit) \
+        == run_fit(events, i, stop, limit) == run_fit_py(tuple(events), i, stop, limit)
 
 
 @compiled_only
