@@ -5,7 +5,9 @@
 Each round runs one child per tree (`PYTHONPATH=<tree>`, so each imports its own `shipper`, and
 its own compiled `_hotpath` if built there); a child reads the file as the shipper does (256 KiB
 reads), prepares every read from the clean state (its best CPU time of three passes, so start-up
-and reading are left out) and counts the lines the compiled path handed to Python. Not a test:
+and reading are left out) and counts the lines the compiled path handed to Python; where the tree
+has both, it also times the redaction pre-check's needle scan alone (`scan_s`: the one `_hits`
+uses; `scan_py_s`: the automaton over a lowered copy, the pure path's). Not a test:
 run it by hand (docs/benchmarks.md, "The shipper's CPU per line, round three").
 """
 
@@ -18,6 +20,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 BENCH = Path(__file__).resolve().parent
@@ -49,8 +52,19 @@ def child(path: Path) -> dict[str, object]:
             own, rules = san.needle_hits(chunk.joined)
             slow += len(prep._hotpath.encode_lines(chunk.joined, chunk.first, b"1.5", san.max_chars,
                                                    sorted(own + rules))[2])
-    return {"lines": sum(c.count for c in chunks), "prepare_s": round(best, 3), "compiled": prep.COMPILED,
-            "python_lines": slow}
+    out: dict[str, object] = {"lines": sum(c.count for c in chunks), "prepare_s": round(best, 3),
+                              "compiled": prep.COMPILED, "python_lines": slow}
+    from shipper import redact
+    if hasattr(redact, "_find_py"):  # the redaction pre-check's needle scan alone, both ways
+        for name, find in (("scan_s", redact._find), ("scan_py_s", redact._find_py)):
+            out[name] = round(min(_cpu(lambda f=find: [f(c.joined) for c in chunks]) for _ in range(3)), 3)
+    return out
+
+
+def _cpu(work: Callable[[], object]) -> float:
+    start = time.process_time()
+    work()
+    return time.process_time() - start
 
 
 def main() -> int:
@@ -77,6 +91,10 @@ def main() -> int:
         times = [float(str(x["prepare_s"])) for x in runs]
         print(f"{name}: prepare() {statistics.median(times):.3f} s median ({min(times):.3f}-{max(times):.3f}), "
               f"lines handed to Python {runs[0]['python_lines']:,} of {runs[0]['lines']:,}")
+        for key in ("scan_s", "scan_py_s"):
+            if key in runs[0]:
+                scans = [float(str(x[key])) for x in runs]
+                print(f"{name}: {key} {statistics.median(scans):.3f} s median ({min(scans):.3f}-{max(scans):.3f})")
     return 0
 
 

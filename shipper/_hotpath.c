@@ -603,44 +603,260 @@ done:
     return result;
 }
 
-/* run_sizes(events) -> sizes: shipper.batch.run_sizes of a list of bytes (sizes[k]: the bytes of
- * events[:k], each counted with one separator), without a Python step per event. */
+/* run_fit(events, i, stop, limit) -> (k, total): the largest k in [i, stop] such that the events
+ * events[i:k], each counted with one separator (len + 1), hold at most `limit` bytes, and those
+ * bytes: shipper.batch.run_fit_py, one C loop over the lengths instead of running sums as objects. */
 static PyObject *
-run_sizes(PyObject *self, PyObject *events)
+run_fit(PyObject *self, PyObject *args)
 {
-    if (!PyList_Check(events)) {
-        PyErr_SetString(PyExc_TypeError, "run_sizes: a list of bytes");
+    PyObject *events;
+    Py_ssize_t i, stop;
+    long long limit;
+    if (!PyArg_ParseTuple(args, "O!nnL:run_fit", &PyList_Type, &events, &i, &stop, &limit))
+        return NULL;
+    if (i < 0 || stop > PyList_GET_SIZE(events)) {
+        PyErr_SetString(PyExc_IndexError, "run_fit: i and stop must lie within events");
         return NULL;
     }
-    Py_ssize_t n = PyList_GET_SIZE(events);
-    PyObject *sizes = PyList_New(n + 1);
-    if (sizes == NULL)
-        return NULL;
     long long total = 0;
-    for (Py_ssize_t i = 0;; i++) {
-        PyObject *o = PyLong_FromLongLong(total);
-        if (o == NULL) {
-            Py_DECREF(sizes);
-            return NULL;
-        }
-        PyList_SET_ITEM(sizes, i, o);
-        if (i == n)
-            break;
-        PyObject *event = PyList_GET_ITEM(events, i);
+    Py_ssize_t k = i;
+    for (; k < stop; k++) {
+        PyObject *event = PyList_GET_ITEM(events, k);
         if (!PyBytes_Check(event)) {
-            PyErr_SetString(PyExc_TypeError, "run_sizes: a list of bytes");
-            Py_DECREF(sizes);
+            PyErr_SetString(PyExc_TypeError, "run_fit: a list of bytes");
             return NULL;
         }
-        total += PyBytes_GET_SIZE(event) + 1;
+        long long more = (long long)PyBytes_GET_SIZE(event) + 1;
+        if (total + more > limit)
+            break;
+        total += more;
     }
-    return sizes;
+    return Py_BuildValue("(nL)", k, total);
+}
+
+/* ---- needles: the redaction pre-check's multi-needle scan, ASCII case folded, without the GIL ----
+ *
+ * needles(list of bytes) -> automaton (a capsule): a trie of the needles (lowercase ASCII, non-empty,
+ * distinct), with a table of the folded byte pairs a needle of two or more bytes starts with.
+ * find(automaton, data) -> [(needle index, start, end), ...]: the matches of the needles in
+ * data.lower() (bytes.lower: ASCII only), leftmost-longest and not overlapping, found left to right,
+ * each search going on at the end of the previous match: the list ahocorasick_rs'
+ * BytesAhoCorasick(needles, matchkind=LeftmostLongest).find_matches_as_indexes(data.lower()) gives.
+ * At each position the trie is walked only where the two bytes there begin a needle (or a one-byte
+ * needle is there); the longest needle ending on the walk is the match at that position, and the
+ * first position with one is the leftmost. The scan holds no Python object: it runs with the GIL
+ * released, so another thread (the event loop) runs beside it. */
+
+typedef struct {
+    unsigned char cls[256];      /* folded byte -> class (0: in no needle) */
+    int nclass;
+    Py_ssize_t nnodes;
+    uint16_t *child;             /* nnodes * nclass: child node, 0 = none (the root is node 0) */
+    int32_t *term;               /* nnodes: index of the needle ending at the node, or -1 */
+    unsigned char pair[65536];   /* folded (b0 << 8 | b1): 1 when a needle starts with b0 b1 */
+    unsigned char single[256];   /* folded byte: 1 when it is a one-byte needle */
+    unsigned char start[65536];  /* raw (b0 | b1 << 8): 1 when a match may begin at b0 (pair or single) */
+} Needles;
+
+static unsigned char FOLD[256];
+
+static void
+needles_free(PyObject *capsule)
+{
+    Needles *n = PyCapsule_GetPointer(capsule, "shipper._hotpath.needles");
+    if (n != NULL) {
+        PyMem_Free(n->child);
+        PyMem_Free(n->term);
+        PyMem_Free(n);
+    }
+}
+
+static PyObject *
+needles(PyObject *self, PyObject *list)
+{
+    if (!PyList_Check(list)) {
+        PyErr_SetString(PyExc_TypeError, "needles: a list of bytes");
+        return NULL;
+    }
+    Py_ssize_t count = PyList_GET_SIZE(list), total = 1;
+    Needles *n = PyMem_Calloc(1, sizeof(Needles));
+    if (n == NULL)
+        return PyErr_NoMemory();
+    int used[256] = {0};
+    for (Py_ssize_t k = 0; k < count; k++) {
+        PyObject *o = PyList_GET_ITEM(list, k);
+        if (!PyBytes_Check(o) || PyBytes_GET_SIZE(o) == 0) {
+            PyMem_Free(n);
+            PyErr_SetString(PyExc_ValueError, "needles: non-empty bytes");
+            return NULL;
+        }
+        const unsigned char *b = (const unsigned char *)PyBytes_AS_STRING(o);
+        for (Py_ssize_t i = 0; i < PyBytes_GET_SIZE(o); i++) {
+            if (FOLD[b[i]] != b[i]) {
+                PyMem_Free(n);
+                PyErr_SetString(PyExc_ValueError, "needles: lowercase");
+                return NULL;
+            }
+            used[b[i]] = 1;
+        }
+        total += PyBytes_GET_SIZE(o);
+    }
+    if (total > 65535) {  /* node numbers are 16 bits */
+        PyMem_Free(n);
+        PyErr_SetString(PyExc_ValueError, "needles: at most 65,534 bytes in all");
+        return NULL;
+    }
+    n->nclass = 1;
+    for (int c = 0; c < 256; c++)
+        if (used[c])
+            n->cls[c] = (unsigned char)n->nclass++;
+    for (int c = 0; c < 256; c++)  /* an upper-case byte folds to its class */
+        n->cls[c] = n->cls[FOLD[c]];
+    n->child = PyMem_Calloc((size_t)(total * n->nclass), sizeof(uint16_t));
+    n->term = PyMem_Malloc((size_t)total * sizeof(int32_t));
+    if (n->child == NULL || n->term == NULL) {
+        PyMem_Free(n->child);
+        PyMem_Free(n->term);
+        PyMem_Free(n);
+        return PyErr_NoMemory();
+    }
+    for (Py_ssize_t i = 0; i < total; i++)
+        n->term[i] = -1;
+    n->nnodes = 1;
+    for (Py_ssize_t k = 0; k < count; k++) {
+        PyObject *o = PyList_GET_ITEM(list, k);
+        const unsigned char *b = (const unsigned char *)PyBytes_AS_STRING(o);
+        Py_ssize_t len = PyBytes_GET_SIZE(o);
+        uint32_t node = 0;
+        for (Py_ssize_t i = 0; i < len; i++) {
+            uint16_t *slot = &n->child[(Py_ssize_t)node * n->nclass + n->cls[b[i]]];
+            if (*slot == 0)
+                *slot = (uint16_t)n->nnodes++;
+            node = *slot;
+        }
+        if (n->term[node] >= 0) {
+            PyMem_Free(n->child);
+            PyMem_Free(n->term);
+            PyMem_Free(n);
+            PyErr_SetString(PyExc_ValueError, "needles: distinct");
+            return NULL;
+        }
+        n->term[node] = (int32_t)k;
+        if (len == 1) {
+            n->single[b[0]] = 1;
+        } else {
+            n->pair[b[0] << 8 | b[1]] = 1;
+        }
+    }
+    for (int b0 = 0; b0 < 256; b0++)
+        for (int b1 = 0; b1 < 256; b1++)
+            n->start[b0 | b1 << 8] = n->pair[FOLD[b0] << 8 | FOLD[b1]] | n->single[FOLD[b0]];
+    PyObject *capsule = PyCapsule_New(n, "shipper._hotpath.needles", needles_free);
+    if (capsule == NULL) {
+        PyMem_Free(n->child);
+        PyMem_Free(n->term);
+        PyMem_Free(n);
+    }
+    return capsule;
+}
+
+typedef struct {
+    Py_ssize_t k, start, end;
+} Match;
+
+static PyObject *
+find(PyObject *self, PyObject *args)
+{
+    PyObject *capsule;
+    Py_buffer data;
+    if (!PyArg_ParseTuple(args, "Oy*:find", &capsule, &data))
+        return NULL;
+    Needles *n = PyCapsule_GetPointer(capsule, "shipper._hotpath.needles");
+    if (n == NULL) {
+        PyBuffer_Release(&data);
+        return NULL;
+    }
+    const unsigned char *d = data.buf;
+    Py_ssize_t len = data.len, cap = 256, nm = 0;
+    Match *found = PyMem_RawMalloc((size_t)cap * sizeof(Match));
+    if (found == NULL) {
+        PyBuffer_Release(&data);
+        return PyErr_NoMemory();
+    }
+    int oom = 0;
+    Py_BEGIN_ALLOW_THREADS
+    const unsigned char *cls = n->cls, *start = n->start, *single = n->single;
+    const uint16_t *child = n->child;
+    const int32_t *term = n->term;
+    Py_ssize_t nclass = n->nclass;
+    Py_ssize_t i = 0;
+    while (i < len) {
+        /* skip the positions where no needle can begin: one table look per byte */
+        while (i + 1 < len && !start[d[i] | d[i + 1] << 8])
+            i++;
+        if (i + 1 >= len && !(i < len && single[FOLD[d[i]]]))
+            break;
+        Py_ssize_t node = 0;
+        Py_ssize_t best = -1, best_end = 0;
+        for (Py_ssize_t j = i; j < len; j++) {
+            node = child[node * nclass + cls[d[j]]];
+            if (node == 0)
+                break;
+            if (term[node] >= 0) {
+                best = term[node];
+                best_end = j + 1;
+            }
+        }
+        if (best < 0) {
+            i++;
+            continue;
+        }
+        if (nm == cap) {
+            Match *more = NULL;
+            if (cap <= PY_SSIZE_T_MAX / 2 / (Py_ssize_t)sizeof(Match))
+                more = PyMem_RawRealloc(found, (size_t)cap * 2 * sizeof(Match));
+            if (more == NULL) {
+                oom = 1;
+                break;
+            }
+            found = more;
+            cap *= 2;
+        }
+        found[nm].k = best;
+        found[nm].start = i;
+        found[nm].end = best_end;
+        nm++;
+        i = best_end;
+    }
+    Py_END_ALLOW_THREADS
+    PyBuffer_Release(&data);
+    PyObject *result = NULL;
+    if (oom) {
+        PyErr_NoMemory();
+    } else if ((result = PyList_New(nm)) != NULL) {
+        for (Py_ssize_t m = 0; m < nm; m++) {
+            PyObject *t = Py_BuildValue("(nnn)", found[m].k, found[m].start, found[m].end);
+            if (t == NULL) {
+                Py_CLEAR(result);
+                break;
+            }
+            PyList_SET_ITEM(result, m, t);
+        }
+    }
+    PyMem_RawFree(found);
+    return result;
 }
 
 static PyMethodDef methods[] = {
-    {"run_sizes", run_sizes, METH_O,
-     "run_sizes(events) -> sizes\n\n"
-     "shipper.batch.run_sizes of a list of bytes, in one C loop."},
+    {"needles", needles, METH_O,
+     "needles(needles) -> automaton\n\n"
+     "A trie of lowercase ASCII needles, for find."},
+    {"find", find, METH_VARARGS,
+     "find(automaton, data) -> [(needle, start, end), ...]\n\n"
+     "Leftmost-longest, non-overlapping matches of the needles in data.lower(), without the GIL."},
+    {"run_fit", run_fit, METH_VARARGS,
+     "run_fit(events, i, stop, limit) -> (k, total)\n\n"
+     "shipper.batch.run_fit_py of a list of bytes, in one C loop."},
     {"marks", marks, METH_O,
      "marks(data) -> (api, tokens)\n\n"
      "Offsets of every b\"API\" in data, and of every job token's shape (see _hotpath.c)."},
@@ -662,6 +878,8 @@ static struct PyModuleDef module = {
 PyMODINIT_FUNC
 PyInit__hotpath(void)
 {
+    for (int c = 0; c < 256; c++)
+        FOLD[c] = (unsigned char)(c >= 'A' && c <= 'Z' ? c + 32 : c);
     for (int c = 0; c < 256; c++)
         B64URL[c] = (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '_' || c == '-'
                     ? 1 : c == '=' ? 2 : 0;

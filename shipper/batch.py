@@ -6,10 +6,8 @@ is a join of ready bytes; nothing is encoded twice, even when a batch is re-sent
 
 from __future__ import annotations
 
-from bisect import bisect_right
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
-from itertools import accumulate
 from typing import Final
 
 import orjson
@@ -19,7 +17,6 @@ from shipper.reader import Cursor
 
 _EVENTS_OPEN: Final = b',"events":['
 _EVENTS_CLOSE: Final = b"]}"
-_PLUS_ONE: Final = (1).__add__
 
 
 @dataclass(frozen=True)
@@ -43,20 +40,27 @@ class Limits:
         return cls(max_events, max_body_bytes - header_reserve(ident))
 
 
-def run_sizes_py(events: Sequence[bytes]) -> list[int]:
-    """`sizes[k]`: bytes of `events[:k]`, each counted with one separator (for `Batch.fitting`)."""
-    return list(accumulate(map(_PLUS_ONE, map(len, events)), initial=0))
+def run_fit_py(events: Sequence[bytes], i: int, stop: int, limit: int) -> tuple[int, int]:
+    """The largest `k` in `[i, stop]` such that `events[i:k]`, each counted with one separator,
+    hold at most `limit` bytes, and those bytes (for `Batch.fitting`)."""
+    total = 0
+    for k in range(i, stop):
+        more = len(events[k]) + 1
+        if total + more > limit:
+            return k, total
+        total += more
+    return max(i, stop), total
 
 
-try:  # the same in one C loop (shipper/_hotpath.c): a million Python steps fewer per million lines
-    from shipper._hotpath import run_sizes as _run_sizes_list
+try:  # the same in one C loop (shipper/_hotpath.c): no running sums as a million Python objects
+    from shipper._hotpath import run_fit as _run_fit_list
 except ImportError:  # pragma: no cover - built without a C compiler
-    _run_sizes_list = run_sizes_py
+    _run_fit_list = run_fit_py
 
 
-def run_sizes(events: Sequence[bytes]) -> list[int]:
-    """`sizes[k]`: bytes of `events[:k]`, each counted with one separator (for `Batch.fitting`)."""
-    return _run_sizes_list(events) if isinstance(events, list) else run_sizes_py(events)
+def run_fit(events: Sequence[bytes], i: int, stop: int, limit: int) -> tuple[int, int]:
+    """`run_fit_py`, in C for a list."""
+    return _run_fit_list(events, i, stop, limit) if isinstance(events, list) else run_fit_py(events, i, stop, limit)
 
 
 @dataclass
@@ -92,17 +96,20 @@ class Batch:
         return bool(self.events) and (len(self.events) >= limits.max_events
                                       or self.size + 1 + event_bytes > limits.max_bytes)
 
-    def fitting(self, sizes: Sequence[int], i: int, n: int, limits: Limits) -> int:
-        """The end `j` of the longest run `events[i:j]` (of `n`) this batch takes; `sizes` as from
-        `run_sizes(events)`. Found by bisecting, not event by event; at least `i + 1` unless
-        `full_for(events[i])`."""
+    def fitting(self, events: Sequence[bytes], i: int, n: int, limits: Limits) -> tuple[int, int]:
+        """The end `j` of the longest run `events[i:j]` (of `n`) this batch takes, and its bytes with
+        one separator each (as `extend` takes them). Found by one walk over the lengths
+        (`run_fit`), not event by event in Python; at least `i + 1` unless `full_for(events[i])`."""
         first = 0 if self.events else 1  # no separator before a batch's first event
-        by_bytes = bisect_right(sizes, limits.max_bytes - self.size + sizes[i] + first, i) - 1
-        return min(n, i + limits.max_events - len(self.events), max(by_bytes, i + first))
+        stop = min(n, i + limits.max_events - len(self.events))
+        j, sized = run_fit(events, i, stop, limits.max_bytes - self.size + first)
+        if j == i and first and stop > i:  # an empty batch takes one event whatever its size
+            j, sized = i + 1, len(events[i]) + 1
+        return j, sized
 
     def extend(self, events: Sequence[bytes], offs: Sequence[int], sized: int, ts: float) -> None:
         """Append events (with their stream offsets); `sized` is their bytes with one separator
-        each, as `run_sizes` counts them; `ts` is the first event's read time for an empty batch."""
+        each, as `fitting` counts them; `ts` is the first event's read time for an empty batch."""
         if not events:
             return
         if not self.events:
@@ -181,7 +188,7 @@ def _header(ident: Identity, seq: int, batch: Batch) -> dict[str, object]:
 
 def encode_batch(ident: Identity, seq: int, batch: Batch) -> bytes:
     head = orjson.dumps(_header(ident, seq, batch))
-    return head[:-1] + _EVENTS_OPEN + b",".join(batch.events) + _EVENTS_CLOSE
+    return b"".join((head[:-1], _EVENTS_OPEN, b",".join(batch.events), _EVENTS_CLOSE))  # copied once, not twice
 
 
 def header_reserve(ident: Identity) -> int:

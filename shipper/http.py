@@ -208,9 +208,8 @@ class HttpClient:
         reader, writer = conn.reader, conn.writer
         send_error: OSError | None = None
         try:
-            writer.write(head)
-            if body:
-                writer.write(body)
+            # one write, so one segment and one wakeup of the server for a small answer's exchange
+            writer.writelines((head, body) if body else (head,))
             await writer.drain()
         except OSError as exc:
             # The server may have answered (e.g. 413 by Content-Length) and closed before taking

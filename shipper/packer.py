@@ -2,8 +2,8 @@
 
 It holds the batch being built, the stream budget and the tail ring past it, and the `dropped`
 report that goes with the next batch. Whole runs of lines go into a batch at once: where the batch
-fills up (`Batch.fitting`) or the stream budget is reached is found by bisecting running sums, not
-line by line. The budget: once `stream_budget_bytes` of log bytes went into batches, lines go to
+fills up (`Batch.fitting`: one C walk over the event lengths) or the stream budget is reached (by
+bisecting the line ends) is found without a Python step per line. The budget: once `stream_budget_bytes` of log bytes went into batches, lines go to
 the tail ring, and at drain one `dropped` report covers those it pushed out, followed by the ring's
 lines. The checkpoint stays at the budget point meanwhile, so a restart re-reads (and re-counts)
 from there; except that each report the ring cuts (its `report_bytes`) is sent at once (an empty batch
@@ -19,7 +19,7 @@ from bisect import bisect_left
 from collections.abc import Sequence
 
 from blastlogs.protocol import Dropped
-from shipper.batch import Batch, Limits, run_sizes
+from shipper.batch import Batch, Limits
 from shipper.metrics import ShipperMetrics
 from shipper.prepare import Prepared
 from shipper.reader import Chunk, Cursor, Generation
@@ -98,7 +98,6 @@ class Packer:
                     cur: Cursor, *, budgeted: bool) -> None:
         """Events (with their stream offsets and where each line ends) into batches, flushing each
         as it fills; `budgeted`: counted against the stream budget, the rest going to the ring."""
-        sizes = run_sizes(events)
         limits, limit = self.limits, self.budget
         i, n = 0, len(events)
         while i < n:
@@ -107,17 +106,18 @@ class Packer:
                 await self._report_pushed_out(cur)
                 return
             b = self.builder
-            if b.full_for(sizes[i + 1] - sizes[i] - 1, limits):
+            if b.full_for(len(events[i]), limits):
                 await self.flush()
                 continue
-            j = b.fitting(sizes, i, n, limits)
+            j, sized = b.fitting(events, i, n, limits)
             if budgeted:
                 # the line that reaches the stream budget is the last one shipped
                 reach = bisect_left(ends, limit - self.shipped + offs[i], i, j)
-                if reach < j:
+                if reach < j - 1:
                     j = reach + 1
+                    sized = sum(map(len, events[i:j])) + j - i
                 self.shipped += ends[j - 1] - offs[i]
-            b.extend(events[i:j], offs[i:j], sizes[j] - sizes[i], ts)
+            b.extend(events[i:j], offs[i:j], sized, ts)
             b.resume_at(Cursor(cur.dev, cur.ino, ends[j - 1] - cur.base, cur.base), self.shipped)
             i = j
             if budgeted and self.shipped >= limit:

@@ -416,14 +416,31 @@ except ImportError:  # pragma: no cover - built without a C compiler
     _marks = marks_py
 
 
+def _find_py(data: bytes) -> list[tuple[int, int, int]]:
+    """(needle index, start, end) of every match of `_NEEDLES` in `data` in any ASCII case,
+    leftmost-longest and not overlapping: `_SCAN` over a lowered copy."""
+    return _SCAN.find_matches_as_indexes(data.lower())
+
+
+try:  # the same matches from one C pass that folds case as it goes and releases the GIL
+    from shipper._hotpath import find as _c_find
+    from shipper._hotpath import needles as _c_needles
+
+    _AUTOMATON: Final = _c_needles([n[0] for n in _NEEDLES])
+
+    def _find(data: bytes) -> list[tuple[int, int, int]]:
+        return _c_find(_AUTOMATON, data)
+except (ImportError, ValueError):  # pragma: no cover - no C compiler, or needles the trie does not take
+    _find = _find_py
+
+
 def _hits(data: bytes) -> tuple[list[int], list[int]]:
     """Byte offsets in `data` where one of our needles (or a job token's shape) starts, and where
     only a rule keyword does."""
-    low = data.lower()
     own: list[int] = []
     rules: list[int] = []
     weak, ours = _WEAK, _OURS
-    for k, start, end in _SCAN.find_matches_as_indexes(low):
+    for k, start, end in _find(data):
         needle = weak.get(k)
         if needle is None:
             if k != _PAD or (start and data[start - 1] in _B64_BYTES):
@@ -436,8 +453,9 @@ def _hits(data: bytes) -> tuple[list[int], list[int]]:
         else:
             hidden = _HIDDEN[k]
         # a match that does not count: look again only where it may hide another needle
-        if any(low.startswith(found, start + j) for j, found in hidden):
-            for k2, s2, _ in _SCAN.find_matches_as_indexes(low[start + 1:end + _LONGEST]):
+        low = data[start:end + _LONGEST].lower()
+        if any(low.startswith(found, j) for j, found in hidden):
+            for k2, s2, _ in _find(low[1:]):
                 at = start + 1 + s2
                 n2 = weak.get(k2)
                 if n2 is None and (k2 != _PAD or data[at - 1] in _B64_BYTES):

@@ -1,24 +1,42 @@
 """A stream's sending side: the outbox of formed batches, and the sender that delivers them.
 
-The outbox holds one batch between the packer and the sender, so memory stays bounded (one batch
-in flight, one waiting, one being built) while reading overlaps sending. The sender delivers one
-batch at a time, in order; after each 2xx it has the checkpoint written (paced). A 413 halves the
-batch; a single event too large for the aggregator is reported as dropped rather than lost.
+The outbox holds one batch between the packer and the sender, so memory stays bounded (at most
+`PIPELINE` batches in flight, one waiting, one being built) while reading overlaps sending. The
+sender keeps a second batch of lines on the wire while it awaits the answer to the one before (not
+the first batch, reports or the eof batch, nor while sends fail), and takes the answers in order;
+after each 2xx it has the checkpoint written (paced), so only what was delivered, in order, is
+checkpointed. A 413 halves the batch; a single event too large for the aggregator is reported as
+dropped rather than lost.
+
+`seq` numbers the stream's requests in sending order (docs/protocol.md section 4): each batch takes
+the next number when it first goes out, so the halves of a batch split after a later one went get
+numbers above that one's. A 413 stored nothing, so when no batch went out after the refused one, its
+halves (or its report) reuse its number, as when one batch at a time is on the wire.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections import deque
 from collections.abc import Callable
+from typing import Any, Final
 
 from blastlogs.protocol import Dropped
 from shipper.batch import Batch, Identity, encode_batch
 from shipper.checkpoints import Checkpoint, PacedCheckpoints
-from shipper.client import AggregatorClient, Verdict
+from shipper.client import AggregatorClient, Outcome, Verdict
 from shipper.metrics import ShipperMetrics
 
 log = logging.getLogger("shipper.stream")
+
+#: Batches of one stream on the wire at once: the next goes out while the answer to the one before
+#: is awaited (the aggregator stores batches in any order), so a stream's lines/s is not bound by
+#: one round trip per batch; the answers are still taken, and checkpointed, in order.
+PIPELINE: Final = 2
+
+#: A batch on the wire: the batch, its `seq`, and its answer to come.
+Flying = tuple[Batch, int, "asyncio.Future[Outcome]"]
 
 
 class Outbox:
@@ -69,11 +87,11 @@ class Sender:
         #: called after each acknowledgement (the stream updates its lag)
         self.on_ack = on_ack
         self._labels = {"container": ident.container}
-        #: the next batch's seq, the stream offset delivered up to, and whether the eof was
+        #: the next batch's seq (in sending order), the stream offset delivered up to, and whether the eof was
         self.seq = resume.seq if resume else 0
         self.acked_off = resume.off if resume else 0
         self.eof_acked = resume.eof if resume else False
-        #: the batch being delivered
+        #: the oldest batch being delivered
         self.in_flight: Batch | None = None
 
     def reopened(self) -> None:
@@ -81,29 +99,78 @@ class Sender:
         self.eof_acked = False
 
     async def run(self) -> None:
-        """Deliver every batch the outbox gets, until it is closed."""
-        while True:
-            batch = await self.outbox.get()
-            if batch is None:
-                return
-            self.in_flight = batch
-            await self._deliver(batch)
+        """Deliver every batch the outbox gets, until it is closed: up to `PIPELINE` on the wire at
+        once, their answers taken (and checkpointed) in order."""
+        flying: deque[Flying] = deque()
+        taking: asyncio.Future[Batch | None] | None = None
+        held: Batch | None = None  # the next batch, which must wait until those flying are acknowledged
+        closed = False
+        try:
+            while flying or not closed or held is not None:
+                if held is not None and (not flying or self._beside(flying[-1][0], held)):
+                    flying.append(self._send(held))
+                    held = None
+                if taking is None and held is None and not closed and len(flying) < PIPELINE:
+                    taking = asyncio.ensure_future(self.outbox.get())
+                if flying:
+                    self.in_flight = flying[0][0]
+                    waits: set[asyncio.Future[Any]] = {flying[0][2]}
+                    if taking is not None:
+                        waits.add(taking)
+                    await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+                elif taking is not None:
+                    await asyncio.wait({taking})
+                if taking is not None and taking.done():
+                    got = taking.result()
+                    taking = None
+                    if got is None:
+                        closed = True
+                    else:
+                        held = got
+                if flying and flying[0][2].done():
+                    batch, seq, answer = flying.popleft()
+                    await self._deliver(batch, seq, answer.result())
+                    self.outbox.sent(batch)
+                    self.in_flight = flying[0][0] if flying else None
+        finally:
+            for _, _, answer in flying:
+                answer.cancel()
+            if taking is not None:
+                taking.cancel()
             self.in_flight = None
-            self.outbox.sent(batch)
 
-    async def _deliver(self, batch: Batch) -> None:
+    def _beside(self, before: Batch, batch: Batch) -> bool:
+        """Whether `batch` may go out while `before` awaits its answer: both hold lines (the first
+        batch, reports and the eof batch go alone: the aggregator must hold everything before an
+        eof first), with the same exit status (the highest `seq` carrying one wins), while no send
+        is failing (then one batch at a time retries)."""
+        return (bool(batch.events) and bool(before.events) and not batch.eof and not before.eof
+                and batch.exit_code == before.exit_code and self.client.failing is None)
+
+    def _send(self, batch: Batch) -> Flying:
+        """Start delivering `batch` under the next `seq`."""
+        seq = self.seq
+        self.seq += 1
+        body = encode_batch(self.ident, seq, batch)
+        return batch, seq, asyncio.ensure_future(self.client.deliver(body, self.name))
+
+    async def _deliver(self, batch: Batch, seq: int, out: Outcome) -> None:
+        """Take the answer `out` to `batch` (sent as `seq`); deliver what a 413 leaves until
+        acknowledged, one request at a time."""
         while True:
-            out = await self.client.deliver(encode_batch(self.ident, self.seq, batch), self.name)
             if out.verdict is Verdict.OK:
-                await self._acked(batch)
+                await self._acked(batch, seq)
                 return
+            if seq == self.seq - 1:
+                self.seq = seq  # refused, and nothing went out after it: its number is free again
             # 413: halve; a single event too large is reported as dropped rather than lost.
             if len(batch.events) > 1:
                 first, second = batch.split()
                 log.warning("batch too large for the aggregator; splitting",
                             extra={"stream": self.name, "events": len(batch.events)})
-                await self._deliver(first)
-                await self._deliver(second)
+                for half in (first, second):
+                    half, half_seq, answer = self._send(half)
+                    await self._deliver(half, half_seq, await answer)
                 return
             if batch.events:
                 drop = Dropped(batch.offs[0], 1, batch.end - batch.offs[0])
@@ -112,28 +179,32 @@ class Sender:
                 count_drop(self.metrics, self.name, self._labels, drop)
                 self.outbox.delivered(1)
                 batch = batch.without_events(drop)
-                continue
-            log.error("aggregator answered 413 to a batch without events; waiting",
-                      extra={"stream": self.name})
-            await asyncio.sleep(self.reject_backoff)
+            else:
+                log.error("aggregator answered 413 to a batch without events; waiting",
+                          extra={"stream": self.name})
+                await asyncio.sleep(self.reject_backoff)
+            batch, seq, answer = self._send(batch)
+            out = await answer
 
-    async def _acked(self, batch: Batch) -> None:
+    async def _acked(self, batch: Batch, seq: int) -> None:
+        """`batch` (sent as `seq`) and every batch before it are delivered: checkpoint it, with the
+        next `seq` to send (above every number sent, so a restart goes on numbering in order)."""
         cur = batch.cursor
         self.checkpoints.submit(Checkpoint(self.ident.container, cur.dev, cur.ino, cur.pos, cur.base,
-                                           self.seq + 1, batch.shipped, eof=batch.eof))
+                                           self.seq, batch.shipped, eof=batch.eof))
         if batch.eof:
             await self.checkpoints.flush()
-        self.seq += 1
         self.acked_off = cur.off
         self.eof_acked = batch.eof
-        self.metrics.batches.labels(**self._labels).inc()
+        metrics, container = self.metrics, self.ident.container
+        metrics.of(metrics.batches, container).inc()
         self.outbox.delivered(len(batch.events))
         if batch.events:
-            self.metrics.lines_shipped.labels(**self._labels).inc(len(batch.events))
-            self.metrics.bytes_shipped.labels(**self._labels).inc(batch.end - batch.offs[0])
+            metrics.of(metrics.lines_shipped, container).inc(len(batch.events))
+            metrics.of(metrics.bytes_shipped, container).inc(batch.end - batch.offs[0])
         self.on_ack()
         if batch.eof:
-            log.info("stream complete", extra={"stream": self.name, "off": cur.off, "seq": self.seq - 1,
+            log.info("stream complete", extra={"stream": self.name, "off": cur.off, "seq": seq,
                                                "exit_code": batch.exit_code})
 
 

@@ -84,7 +84,6 @@ class Stream:
         self.name = f"{config.pod}/{container}"
         self.log_path = config.logs_dir / f"{container}.log"
         self.exit_path = config.logs_dir / f"{container}.exit"
-        self._labels = {"container": container}
         self._refused = ""
         cp = checkpointer.load(container)
         self.volume_dev = volume_device(config.logs_dir)
@@ -236,12 +235,13 @@ class Stream:
     async def _place_next(self) -> None:
         chunk, prepared = await self.preparer.next()
         self.sender.reopened()
+        metrics, container = self.metrics, self.container
         for kind, count in prepared.redactions.items():
-            self.metrics.redacted.labels(kind=kind).inc(count)
+            metrics.of(metrics.redacted, kind).inc(count)
         if prepared.truncated:
-            self.metrics.truncated.labels(**self._labels).inc(prepared.truncated)
-        self.metrics.lines_read.labels(**self._labels).inc(len(prepared.offs))
-        self.metrics.bytes_read.labels(**self._labels).inc(chunk.end - chunk.first)
+            metrics.of(metrics.truncated, container).inc(prepared.truncated)
+        metrics.of(metrics.lines_read, container).inc(len(prepared.offs))
+        metrics.of(metrics.bytes_read, container).inc(chunk.end - chunk.first)
         await self.packer.place(chunk, prepared)
 
     async def _settle(self) -> None:
@@ -268,11 +268,11 @@ class Stream:
     def _update_lag(self) -> None:
         if not self.reader.is_open:
             return
-        self.metrics.lag_bytes.labels(**self._labels).set(
-            max(self.reader.stream_end() - self.sender.acked_off, 0))
+        metrics = self.metrics
+        metrics.of(metrics.lag_bytes, self.container).set(max(self.reader.stream_end() - self.sender.acked_off, 0))
         flying = self.sender.in_flight
         oldest = flying.first_ts if flying and flying.events else 0.0
-        self.metrics.lag_seconds.labels(**self._labels).set(time.time() - oldest if oldest else 0.0)
+        metrics.of(metrics.lag_seconds, self.container).set(time.time() - oldest if oldest else 0.0)
 
     def undelivered(self) -> Undelivered:
         pending = self.packer.lines() + self.outbox.lines + self.preparer.lines()

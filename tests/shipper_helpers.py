@@ -79,6 +79,11 @@ class Recorder:
     def batches(self, container: str) -> list[dict[str, Any]]:
         return [b for b in self.accepted if b["container"] == container]
 
+    def sent(self, container: str) -> list[dict[str, Any]]:
+        """The accepted batches of one shipper run in sending order (by `seq`): with two batches on
+        the wire, the second may be accepted before the first."""
+        return sorted(self.batches(container), key=lambda b: int(b["seq"]))
+
     def lines(self, container: str) -> list[str]:
         """Accepted lines by offset, each offset once; fails on two different lines at one offset."""
         by_off: dict[int, str] = {}

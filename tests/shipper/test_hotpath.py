@@ -18,10 +18,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import shipper.prepare as prepare_mod
-from shipper.batch import run_sizes, run_sizes_py
+from shipper.batch import run_fit, run_fit_py
 from shipper.prepare import Prepared, prepare
 from shipper.reader import Chunk, Cursor, LineReader
-from shipper.redact import CLEAN_STATE, RedactorState, marks_py
+from shipper.redact import _NEEDLES, CLEAN_STATE, RedactorState, _find_py, marks_py
 from shipper.sanitise import Sanitiser, render
 
 compiled_only = pytest.mark.skipif(not prepare_mod.COMPILED, reason="shipper._hotpath is not built")
@@ -175,11 +175,43 @@ def test_compiled_marks_are_the_searches(data: bytes) -> None:
     assert prepare_mod._hotpath.marks(b"t ." + b"A" * 43 + b" API.") == ([47], [2])
 
 
+#: Needles whole, cut short and in mixed case, with bytes around and between them (overlaps, one
+#: needle inside another, case): the compiled scan must give the automaton's matches exactly.
+_NEEDLE_PIECES = st.one_of(
+    st.sampled_from([n[0] for n in _NEEDLES]).flatmap(
+        lambda n: st.tuples(st.integers(1, len(n)), st.integers(0, 2**len(n) - 1)).map(
+            lambda cut_case: bytes(c - 32 if 97 <= c <= 122 and cut_case[1] >> i & 1 else c
+                                   for i, c in enumerate(n[:cut_case[0]])))),
+    st.sampled_from(_FRAGMENTS), st.binary(max_size=4),
+)
+
+
 @compiled_only
-@settings(max_examples=200, deadline=None)
-@given(st.lists(st.binary(max_size=30), max_size=50))
-def test_compiled_run_sizes_are_the_running_sums(events: list[bytes]) -> None:
-    assert prepare_mod._hotpath.run_sizes(events) == run_sizes_py(events) == run_sizes(events)
+@settings(max_examples=3000, deadline=None)
+@given(st.lists(_NEEDLE_PIECES, max_size=30).map(b"".join))
+def test_compiled_needle_scan_is_the_automaton(data: bytes) -> None:
+    from shipper.redact import _find
+
+    assert _find(data) == _find_py(data)
+
+
+@compiled_only
+def test_compiled_needle_scan_over_every_byte_pair() -> None:
+    from shipper.redact import _find
+
+    data = bytes(b for pair in zip(range(256), range(256)[::-1], strict=True) for b in pair) * 2
+    every = bytes(range(256)) + b" API_KEY=x password==@ Pass " + bytes(range(255, -1, -1))
+    for probe in (data, every, every[:-1], b"@", b"a", b"", every.upper()):
+        assert _find(probe) == _find_py(probe)
+
+
+@compiled_only
+@settings(max_examples=500, deadline=None)
+@given(st.lists(st.binary(max_size=30), max_size=50), st.integers(0, 60), st.integers(0, 60), st.integers(-5, 400))
+def test_compiled_run_fit_is_the_walk(events: list[bytes], i: int, stop: int, limit: int) -> None:
+    i, stop = min(i, len(events)), min(stop, len(events))
+    assert prepare_mod._hotpath.run_fit(events, i, stop, limit) == run_fit_py(events, i, stop, limit) \
+        == run_fit(events, i, stop, limit) == run_fit_py(tuple(events), i, stop, limit)
 
 
 @compiled_only

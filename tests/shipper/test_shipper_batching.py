@@ -24,7 +24,7 @@ async def _ship(volume: Path, recorder: Recorder, lines: list[str], *args: str,
     async with shipping(volume, [recorder.url], *args) as shipper:
         await eventually(lambda: recorder.lines("blast") == before, what="the lines shipped before the drain")
         assert await shipper.stop() == 0
-    return [b for b in recorder.batches("blast") if b["events"]]
+    return [b for b in recorder.sent("blast") if b["events"]]
 
 
 def _sizes(batch: dict[str, Any]) -> list[int]:

@@ -11,7 +11,7 @@ import pytest
 from shipper_helpers import JOB_ID, POD, TOKEN, Recorder, append, eventually
 
 from blastlogs.protocol import Dropped
-from shipper.batch import Batch, Identity, Limits, run_sizes
+from shipper.batch import Batch, Identity, Limits
 from shipper.checkpoints import Checkpoint, Checkpointer
 from shipper.config import load_config
 from shipper.metrics import ShipperMetrics
@@ -41,15 +41,15 @@ def pack_one_by_one(events: list[bytes], limits: Limits) -> list[list[bytes]]:
 
 
 def pack_in_runs(events: list[bytes], limits: Limits) -> list[Batch]:
-    sizes, batches, i = run_sizes(events), [Batch()], 0
+    batches, i = [Batch()], 0
     while i < len(events):
         b = batches[-1]
         if b.full_for(len(events[i]), limits):
             batches.append(Batch())
             continue
-        j = b.fitting(sizes, i, len(events), limits)
-        assert j > i
-        b.extend(events[i:j], list(range(i, j)), sizes[j] - sizes[i], 1.0)
+        j, sized = b.fitting(events, i, len(events), limits)
+        assert j > i and sized == sum(map(len, events[i:j])) + j - i
+        b.extend(events[i:j], list(range(i, j)), sized, 1.0)
         i = j
     return batches
 
@@ -71,7 +71,7 @@ def test_an_empty_batch_takes_one_event_too_large_and_no_more() -> None:
     b = Batch()
     assert not b.full_for(100, limits)
     events = [b"y" * 100, b"z"]
-    assert b.fitting(run_sizes(events), 0, 2, limits) == 1
+    assert b.fitting(events, 0, 2, limits) == (1, 101)
     b.extend(events[:1], [0], 101, 2.5)
     assert b.size == 100 and b.first_ts == 2.5 and b.full_for(1, limits)
 

@@ -32,12 +32,12 @@ async def test_late_files_first_batch_drain_with_unterminated_line(volume: Path,
         assert await shipper.stop() == 0
     assert recorder.lines("results-export") == ["exporting", "partial without newline"]
     for container in ("blast", "results-export"):
-        batches = recorder.batches(container)
+        batches = recorder.sent(container)
         assert [b["seq"] for b in batches] == list(range(len(batches)))
         assert batches[-1]["eof"] is True and sum(b["eof"] for b in batches) == 1
     assert recorder.batches("results-export")[-1]["exit_code"] == 7
     assert "exit_code" not in recorder.batches("blast")[-1]
-    offs = [e["off"] for b in recorder.batches("results-export") for e in b["events"]]
+    offs = [e["off"] for b in recorder.sent("results-export") for e in b["events"]]
     assert offs == [0, len(b"exporting\n")]
 
 
@@ -58,7 +58,7 @@ async def test_long_line_and_invalid_utf8(volume: Path, recorder: Recorder) -> N
     assert long.endswith(f" [... {total_chars - len(kept)} chars cut]")
     assert kept.startswith("é" * 512 + "x")
     assert after.startswith("after ") and after.endswith(" bad") and "\ufffd" in after
-    offs = [e["off"] for b in recorder.batches("blast") for e in b["events"]]
+    offs = [e["off"] for b in recorder.sent("blast") for e in b["events"]]
     assert offs == [0, 7, 7 + (big // 2048) * 2048 + 1]
 
 
