@@ -91,11 +91,6 @@ class FinalizeWorker:
         self._ids = itertools.count(1)
         self._starting: asyncio.Lock | None = None
         self._reader_task: asyncio.Task[None] | None = None
-        self.started = 0  # children started so far (the first at start-up)
-
-    @property
-    def pid(self) -> int | None:
-        return self._proc.pid if self._proc is not None and self._proc.returncode is None else None
 
     async def start(self) -> None:
         """Start the child now (at start-up), so a broken one is said loudly before the first finalize."""
@@ -169,7 +164,6 @@ class FinalizeWorker:
             code = await proc.wait()
             raise Unavailable(f"the finalize worker did not start (exit code {code}; its log says why)",
                              detail="finalize is unavailable on this replica")
-        self.started += 1
         log.info("finalize worker started", extra={"fields": {"pid": proc.pid}})
         self._reader_task = asyncio.create_task(self._read_answers(proc))
         return proc
