@@ -156,8 +156,10 @@ class AggregatorProc:
         raise TimeoutError("aggregator did not become healthy")
 
     def kill(self, sig: int = signal.SIGKILL) -> None:
+        """`sig` to the replica: its process group, the service and its finalize child, as a container's
+        processes all get it (the child ignores SIGTERM: the service ends it)."""
         if self.proc is not None and self.proc.poll() is None:
-            os.kill(self.proc.pid, sig)
+            os.killpg(self.proc.pid, sig)
             self.proc.wait(timeout=30)
 
     def stop(self) -> None:

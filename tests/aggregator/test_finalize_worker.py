@@ -151,7 +151,8 @@ def test_a_child_ends_when_its_service_is_killed(start_aggregator: Any, tmp_path
     while not (kids := children(agg.proc.pid)) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert len(kids) == 1, agg.log_path.read_text()
-    agg.kill(signal.SIGKILL)
+    os.kill(agg.proc.pid, signal.SIGKILL)  # the service alone, not its process group
+    agg.proc.wait(10)
     deadline = time.monotonic() + 10
     while alive(kids[0]) and time.monotonic() < deadline:
         time.sleep(0.05)
