@@ -28,7 +28,7 @@ from aggregator.storage.phase import CountingStore, storage_phase
 log = logging.getLogger("aggregator.finalize")
 #: The child's nice value: finalize is batch work, and when both want a CPU the serving process (other
 #: jobs' ingests) goes first. Measured on 2 cores (wide, tmpfs store): other jobs' ingest p99 during a
-#: finalize 1.4-2.1x idle at 10 against 4.2-4.6x at 0, the finalize itself as fast (docs/benchmarks.md).
+#: finalize 1.4-2.1x idle at 10 against 2.0-4.6x at 0, the finalize itself as fast (docs/benchmarks.md).
 NICENESS = 10
 
 
