@@ -86,8 +86,7 @@ def make_app(config: AggregatorConfig, *, store: Store | None = None) -> web.App
     app[CONFIG] = config
 
     async def store_ctx(_app: web.Application) -> AsyncIterator[None]:
-        opened = store or open_store(config.store_url, azure_account_url=config.azure_account_url,
-                                     azure_connection_string=config.azure_connection_string)
+        opened = store or configured_store(config)
         runtime.store = CountingStore(opened, metrics.storage_operations)
         log.info("store opened", extra={"fields": {"store": _describe_store(config.store_url)}})
         try:
@@ -157,6 +156,12 @@ def make_app(config: AggregatorConfig, *, store: Store | None = None) -> web.App
 
     app.router.add_get(OPENAPI_PATH, openapi_route)
     return app
+
+
+def configured_store(config: AggregatorConfig) -> Store:
+    """The store `BLAST_LOGS_STORE` and its Azure settings name (the service's, and its finalize child's)."""
+    return open_store(config.store_url, azure_account_url=config.azure_account_url,
+                      azure_connection_string=config.azure_connection_string)
 
 
 async def _raise_gc_threshold(_app: web.Application) -> None:

@@ -15,14 +15,13 @@ import signal
 import sys
 from typing import Any
 
-from aggregator.app import raise_gc_threshold
+from aggregator.app import configured_store, raise_gc_threshold
 from aggregator.config import AggregatorConfig
 from aggregator.errors import AggregatorError, Unavailable
 from aggregator.finalize.job import FinalizeBudget, finalize_job
 from aggregator.finalize.worker import error_frame, frame, read_frame
 from aggregator.logs import setup_logging
 from aggregator.metrics import Metrics
-from aggregator.storage import open_store
 from aggregator.storage.phase import CountingStore, storage_phase
 
 log = logging.getLogger("aggregator.finalize")
@@ -64,9 +63,7 @@ async def serve(frames_out: int) -> None:
     setup_logging(config.log_level.upper())
     raise_gc_threshold()
     metrics = Metrics()
-    store = CountingStore(open_store(config.store_url, azure_account_url=config.azure_account_url,
-                                     azure_connection_string=config.azure_connection_string),
-                          metrics.storage_operations)
+    store = CountingStore(configured_store(config), metrics.storage_operations)
     tally = Tally(metrics)
     budget = FinalizeBudget()
     running: dict[int, asyncio.Task[None]] = {}
