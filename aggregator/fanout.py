@@ -9,9 +9,12 @@ that lands after the lock was released can overwrite a later finalize's chunk. T
 from __future__ import annotations
 
 import asyncio
+import contextvars
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from concurrent.futures import Executor
 from contextlib import asynccontextmanager
+from functools import partial
 from typing import Any, TypeVar
 
 T = TypeVar("T")
@@ -154,6 +157,16 @@ def _holding(budget: Budget, weight: int, job: Callable[[], Awaitable[T]]) -> Ca
 #: CPU work on more than about this many bytes runs in a thread, so the loop keeps serving ingest.
 OFF_LOOP_BYTES = 256 * 1024
 
+#: The threads `cpu_thread` runs in; None: the loop's default executor (where storage I/O runs too). The
+#: finalize child sets its own, so CPU work runs at its lower priority and I/O at the service's.
+cpu_pool: contextvars.ContextVar[Executor | None] = contextvars.ContextVar("cpu_pool", default=None)
+
+
+async def cpu_thread(fn: Callable[..., T], *args: Any) -> T:
+    """`fn(*args)` in a `cpu_pool` thread, in this context (as `asyncio.to_thread`)."""
+    call = partial(contextvars.copy_context().run, fn, *args)
+    return await finish_even_if_cancelled(asyncio.get_running_loop().run_in_executor(cpu_pool.get(), call))
+
 
 async def cpu_work(size: int, fn: Callable[..., T], *args: Any) -> T:
     """`fn(*args)`, in a worker thread when `size` (bytes handled, roughly) is large: a big stream's
@@ -161,7 +174,7 @@ async def cpu_work(size: int, fn: Callable[..., T], *args: Any) -> T:
     stays on the loop (a thread hop costs more than it)."""
     if size < OFF_LOOP_BYTES:
         return fn(*args)
-    return await finish_even_if_cancelled(asyncio.to_thread(fn, *args))
+    return await cpu_thread(fn, *args)
 
 
 async def _settle(tasks: Iterable[asyncio.Future[Any]]) -> None:

@@ -13,11 +13,14 @@ import logging
 import os
 import signal
 import sys
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from aggregator.app import configured_store, raise_gc_threshold
 from aggregator.config import AggregatorConfig
 from aggregator.errors import AggregatorError, Unavailable
+from aggregator.fanout import cpu_pool
 from aggregator.finalize.job import FinalizeBudget, finalize_job
 from aggregator.finalize.worker import error_frame, frame, read_frame
 from aggregator.logs import setup_logging
@@ -29,6 +32,23 @@ log = logging.getLogger("aggregator.finalize")
 #: jobs' ingests) goes first. Measured on 2 cores (wide, tmpfs store): other jobs' ingest p99 during a
 #: finalize 1.4-2.1x idle at 10 against 2.0-4.6x at 0, the finalize itself as fast (docs/benchmarks.md).
 NICENESS = 10
+#: Threads for storage I/O (asyncio's default count). They keep the service's priority: a thread at nice 10
+#: that a busy CPU preempts inside a create, rename or atime update holds the filesystem journal's handle,
+#: and every fsync of the serving process's ingest waits for it (docs/design.md).
+IO_THREADS = min(32, (os.cpu_count() or 1) + 4)
+#: Threads for CPU work too big for the loop (`cpu_work`); started by the loop's thread, at its nice value.
+CPU_THREADS = 2
+
+
+def started_threads(workers: int, name: str) -> ThreadPoolExecutor:
+    """A pool whose threads all exist on return, started by this thread: a pool otherwise starts them
+    lazily from whichever thread submits, and a thread's nice value is its starter's (Linux: per thread)."""
+    pool = ThreadPoolExecutor(workers, thread_name_prefix=name)
+    gate = threading.Barrier(workers + 1)
+    for _ in range(workers):
+        pool.submit(gate.wait)
+    gate.wait()
+    return pool
 
 
 class Tally:
@@ -46,8 +66,12 @@ class Tally:
         return delta
 
 
-async def serve(frames_out: int) -> None:
+async def serve(frames_out: int, io_threads: ThreadPoolExecutor | None = None) -> None:
     loop = asyncio.get_running_loop()
+    if io_threads is not None:
+        loop.set_default_executor(io_threads)
+    cpu_threads = ThreadPoolExecutor(CPU_THREADS, thread_name_prefix="finalize-cpu")
+    cpu_pool.set(cpu_threads)
     reader = asyncio.StreamReader(limit=2**20)
     await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
     # asyncio's own recipe for a StreamWriter over a pipe (FlowControlMixin gives it drain()).
@@ -104,6 +128,7 @@ async def serve(frames_out: int) -> None:
         await asyncio.gather(*running.values(), return_exceptions=True)
         await store.close()
         writer.close()  # every answer was drained: nothing is left to flush
+        cpu_threads.shutdown()
 
 
 def main() -> None:
@@ -111,10 +136,11 @@ def main() -> None:
     # whole process group must not cut a finalize short here while the service still drains.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    os.nice(NICENESS)
+    io_threads = started_threads(IO_THREADS, "finalize-io")
+    os.nice(NICENESS)  # this thread's, and so every thread's it starts from now on
     frames_out = os.dup(1)
     os.dup2(2, 1)  # a stray print goes to the log, never into the frames
-    asyncio.run(serve(frames_out))
+    asyncio.run(serve(frames_out, io_threads))
 
 
 if __name__ == "__main__":

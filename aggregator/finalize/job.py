@@ -39,7 +39,7 @@ from aggregator.artifacts import (
 )
 from aggregator.config import AggregatorConfig
 from aggregator.errors import JobNotFound, StoreError
-from aggregator.fanout import Budget, cpu_work, run_bounded, run_weighted
+from aggregator.fanout import Budget, cpu_thread, cpu_work, run_bounded, run_weighted
 from aggregator.finalize.lock import JobLock
 from aggregator.finalize.manifest import decode_manifest, encode_manifest, first_free_seqs
 from aggregator.finalize.streams import EVENT_BYTES, Overtaken, StagedStream, StagingReader, group_staged
@@ -144,7 +144,7 @@ async def scan_streams(reader: StagingReader, job_id: str, keys: list[str], cfg:
     async def scan_lone(group: list[StagedStream]) -> list[tuple[tuple[str, str], Scanned] | None]:
         keys = [next(iter(s.batches.values())) for s in group]
         datas = await reader.get_many(keys)
-        done = await asyncio.to_thread(scan_lone_batches, job_id, cfg, group, datas)
+        done = await cpu_thread(scan_lone_batches, job_id, cfg, group, datas)
         out: list[tuple[tuple[str, str], Scanned] | None] = []
         for stream, key, got in zip(group, keys, done, strict=True):
             if got is _GONE:  # compacted away meanwhile: the stream's own scan lists it again

@@ -18,7 +18,7 @@ from aiohttp import web
 from conftest import free_port
 
 from aggregator.app import make_app
-from aggregator.finalize.child import NICENESS
+from aggregator.finalize.child import IO_THREADS, NICENESS
 from blastlogs.protocol import FINALIZE_PATH, INGEST_PATH
 
 CHILD = "aggregator.finalize.child"
@@ -41,8 +41,13 @@ def children(pid: int) -> list[int]:
     return found
 
 
-def nice_of(pid: int) -> int:
-    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[16])
+def nice_of(pid: int, tid: int | None = None) -> int:
+    stat = Path(f"/proc/{pid}/task/{tid}/stat" if tid else f"/proc/{pid}/stat").read_text()
+    return int(stat.rsplit(")", 1)[1].split()[16])
+
+
+def thread_ids(pid: int) -> list[int]:
+    return [int(t.name) for t in Path(f"/proc/{pid}/task").iterdir()]
 
 
 def alive(pid: int) -> bool:
@@ -87,6 +92,10 @@ async def test_a_child_finalizes_with_the_serving_process_bytes_and_counts_its_o
         assert resp.status == 200, await resp.text()
         answers[mode] = await resp.read()
         artifacts[mode] = store_files(root)
+        for kid in kids:  # storage I/O at the service's priority, the finalize's CPU work (and loop) at the child's
+            threads = {tid: nice_of(kid, tid) for tid in thread_ids(kid)}
+            assert sum(n == nice_of(os.getpid()) for n in threads.values()) == IO_THREADS
+            assert threads[kid] == nice_of(kid) and sum(n == nice_of(kid) for n in threads.values()) >= 2
         metrics = await (await client.get("/metrics")).text()
         assert finalize_metric(metrics) >= 5  # lock, lists, reads, chunk and summary puts: counted here
         await client.close()
