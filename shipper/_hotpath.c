@@ -891,7 +891,27 @@ find(PyObject *self, PyObject *args)
     return result;
 }
 
+/* newlines(data) -> data.count(b"\n"), one memchr per line (bytes.count looks at every byte). */
+static PyObject *
+newlines(PyObject *self, PyObject *arg)
+{
+    Py_buffer data;
+    if (PyObject_GetBuffer(arg, &data, PyBUF_SIMPLE) < 0)
+        return NULL;
+    const char *p = data.buf, *end = p + data.len;
+    Py_ssize_t count = 0;
+    while (p < end && (p = memchr(p, '\n', (size_t)(end - p))) != NULL) {
+        count++;
+        p++;
+    }
+    PyBuffer_Release(&data);
+    return PyLong_FromSsize_t(count);
+}
+
 static PyMethodDef methods[] = {
+    {"newlines", newlines, METH_O,
+     "newlines(data) -> int\n\n"
+     "data.count(b\"\\n\")."},
     {"needles", needles, METH_O,
      "needles(needles) -> automaton\n\n"
      "A trie of lowercase ASCII needles, for find."},
