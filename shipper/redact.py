@@ -18,6 +18,7 @@ from bisect import bisect_right
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from functools import cache
 from itertools import pairwise
 from typing import Final
 
@@ -374,12 +375,18 @@ _NEEDLES: Final[tuple[Needle, ...]] = (
     *((n.encode(), None, 0, False) for n in OWN_NEEDLES if n.encode() not in {x[0] for x in RULE_NEEDLES}),
     *_SCANNED_RULE_NEEDLES,
 )
-#: One automaton finds every needle in a single pass over the ASCII-lowercased raw bytes of a batch
-#: (the Rust `aho-corasick` crate; lowering a copy costs less than scanning it).
-#: Leftmost-longest, so a keyword is not hidden by a weak needle that starts it ("api_org_", "api_").
-_SCAN: Final = BytesAhoCorasick(
-    [n[0] for n in _NEEDLES], matchkind=MatchKind.LeftmostLongest, implementation=Implementation.DFA
-)
+
+
+@cache
+def _automaton() -> BytesAhoCorasick:
+    """One automaton that finds every needle in a single pass over the ASCII-lowercased raw bytes
+    of a batch (the Rust `aho-corasick` crate; lowering a copy costs less than scanning it), for the
+    pure path: built when first used (2.5 ms), not at every start of the compiled one.
+    Leftmost-longest, so a keyword is not hidden by a weak needle that starts it ("api_org_", "api_")."""
+    return BytesAhoCorasick([n[0] for n in _NEEDLES], matchkind=MatchKind.LeftmostLongest,
+                            implementation=Implementation.DFA)
+
+
 _WEAK: Final = {i: n for i, n in enumerate(_NEEDLES) if n[1] is not None}
 #: Needles below this index are ours.
 _OURS: Final = len(_NEEDLES) - len(_SCANNED_RULE_NEEDLES)
@@ -394,27 +401,38 @@ _PAD: Final = next(i for i, n in enumerate(_NEEDLES) if n[0] == b"==")
 _B64_BYTES: Final = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/")
 
 
-def _hidden(matches: dict[int, bytes]) -> dict[int, tuple[tuple[int, tuple[bytes, ...]], ...]]:
-    by_prefix: dict[bytes, list[bytes]] = {}  # every prefix of a needle -> the needles it begins
+@cache
+def _prefixes() -> tuple[dict[bytes, list[bytes]], frozenset[bytes]]:
+    """Every prefix of a needle -> the needles it begins; and the needles."""
+    by_prefix: dict[bytes, list[bytes]] = {}
     for n in dict.fromkeys(n[0] for n in _NEEDLES):
         for end in range(1, len(n) + 1):
             by_prefix.setdefault(n[:end], []).append(n)
-    whole = {n[0] for n in _NEEDLES}
-    out: dict[int, tuple[tuple[int, tuple[bytes, ...]], ...]] = {}
-    for k, text in matches.items():
-        pairs = []
-        for j in range(1, len(text)):
-            rest = text[j:]  # needles that begin with the rest of the match, or end inside it
-            found = (*by_prefix.get(rest, ()), *(rest[:end] for end in range(1, len(rest)) if rest[:end] in whole))
-            if found:
-                pairs.append((j, tuple(dict.fromkeys(found))))
-        out[k] = tuple(pairs)
-    return out
+    return by_prefix, frozenset(n[0] for n in _NEEDLES)
 
 
-_HIDDEN: Final = _hidden({k: w[0] for k, w in _WEAK.items()})
+def _hidden(text: bytes) -> tuple[tuple[int, tuple[bytes, ...]], ...]:
+    """(offset into `text`, needles) pairs: the needles that begin with the rest of a match of
+    `text` from that offset, or end inside it."""
+    by_prefix, whole = _prefixes()
+    pairs = []
+    for j in range(1, len(text)):
+        rest = text[j:]
+        found = (*by_prefix.get(rest, ()), *(rest[:end] for end in range(1, len(rest)) if rest[:end] in whole))
+        if found:
+            pairs.append((j, tuple(dict.fromkeys(found))))
+    return tuple(pairs)
+
+
+#: `_hidden` of the weak needles a scan met and did not count, by needle index (made as they are
+#: met: most of the 672 never are).
+_HIDDEN: Final[dict[int, tuple[tuple[int, tuple[bytes, ...]], ...]]] = {}
 #: a padding `==` hides no other `==` worth a look: the one inside it follows a `=`
-_HIDDEN_PAD: Final = tuple((j, tuple(n for n in found if n != b"==")) for j, found in _hidden({_PAD: b"=="})[_PAD])
+_HIDDEN_PAD: Final = tuple((j, tuple(n for n in found if n != b"==")) for j, found in _hidden(b"=="))
+#: The bytes (either case) that follow a padding `==` where a needle it hides goes on past it
+#: (each starts at its second `=`); every other `==` is left at one look.
+_PAD_NEXT: Final = frozenset(bytes([c]) for j, found in _HIDDEN_PAD for n in found
+                             for c in {n[2 - j], n[2 - j] ^ 0x20 if 97 <= n[2 - j] <= 122 else n[2 - j]})
 #: The job token has no keyword: its shape (a dot, then exactly 43 base64url characters) is the
 #: pre-check, one C-level search of the batch.
 _JOB_TOKEN_SHAPE: Final = re.compile(rb"\.[A-Za-z0-9_-]{43}(?![A-Za-z0-9_=-])")
@@ -438,8 +456,8 @@ except ImportError:  # pragma: no cover - built without a C compiler
 
 def _find_py(data: bytes) -> list[tuple[int, int, int]]:
     """(needle index, start, end) of every match of `_NEEDLES` in `data` in any ASCII case,
-    leftmost-longest and not overlapping: `_SCAN` over a lowered copy."""
-    return _SCAN.find_matches_as_indexes(data.lower())
+    leftmost-longest and not overlapping: the automaton over a lowered copy."""
+    return _automaton().find_matches_as_indexes(data.lower())
 
 
 try:  # the same matches from one C pass that folds case as it goes and releases the GIL
@@ -466,12 +484,14 @@ def _hits(data: bytes) -> tuple[list[int], list[int]]:
             if k != _PAD or (start and data[start - 1] in _B64_BYTES):
                 (own if k < ours else rules).append(start)
                 continue
+            if data[end:end + 1] not in _PAD_NEXT:  # a bar's `===`: no needle hides in it
+                continue
             hidden = _HIDDEN_PAD
         elif weak_hit_counts(data, start, needle):
             rules.append(start + needle[2])  # where the keyword starts, after its delimiter
             continue
         else:
-            hidden = _HIDDEN[k]
+            hidden = _HIDDEN.get(k) or _HIDDEN.setdefault(k, _hidden(needle[0]))
         # a match that does not count: look again only where it may hide another needle
         low = data[start:end + _LONGEST].lower()
         if any(low.startswith(found, j) for j, found in hidden):
