@@ -1,9 +1,10 @@
 """Secret redaction: replace credentials in log lines by `[REDACTED:kind]`, counting each kind.
 
 The pattern table below is data: each entry names a kind and a regex whose `v` group is the value
-to hide (the rest of the match, such as `password=` or a URL, stays readable). All entries are
-combined into one alternation, and a cheap keyword pre-check skips lines that cannot hold a secret,
-so ordinary lines cost one C-level search. No pattern matches a newline, so many lines joined with
+to hide (the rest of the match, such as `password=` or a URL, stays readable) and the needles
+every match holds. A line is searched with one alternation of the entries whose needles it holds
+(in table order, so it finds what the whole table would), and a cheap keyword pre-check skips
+lines that cannot hold a secret, so ordinary lines cost one C-level search. No pattern matches a newline, so many lines joined with
 "\\n" redact exactly as they would one by one.
 
 Private key blocks span lines: `Redactor` keeps per-stream state and replaces every line from
