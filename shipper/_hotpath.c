@@ -643,7 +643,9 @@ run_fit(PyObject *self, PyObject *args)
  * each search going on at the end of the previous match: the list ahocorasick_rs'
  * BytesAhoCorasick(needles, matchkind=LeftmostLongest).find_matches_as_indexes(data.lower()) gives.
  * At each position the trie is walked only where the two bytes there begin a needle (or a one-byte
- * needle is there); the longest needle ending on the walk is the match at that position, and the
+ * needle is there) and, unless a needle of one or two bytes is there, the three bytes there begin
+ * one (a bit table by byte class: in BLAST output 16 % of positions pass the pairs, 2 % the
+ * triples); the longest needle ending on the walk is the match at that position, and the
  * first position with one is the leftmost. The scan holds no Python object: it runs with the GIL
  * released, so another thread (the event loop) runs beside it. */
 
@@ -655,8 +657,14 @@ typedef struct {
     int32_t *term;               /* nnodes: index of the needle ending at the node, or -1 */
     unsigned char pair[65536];   /* folded (b0 << 8 | b1): 1 when a needle starts with b0 b1 */
     unsigned char single[256];   /* folded byte: 1 when it is a one-byte needle */
-    unsigned char start[65536];  /* raw (b0 | b1 << 8): 1 when a match may begin at b0 (pair or single) */
+    unsigned char start[65536];  /* raw (b0 | b1 << 8): 0 when no match can begin at b0; 2 when a
+                                    needle of one or two bytes is there; else 1 (a longer one may be) */
+    unsigned char *triple;       /* bits by (class b0 * nclass + class b1) * nclass + class b2: a needle
+                                    of three or more bytes starts with b0 b1 b2; NULL: not kept */
 } Needles;
+
+/* Classes at most this many for the triple table (MAX_TRIPLE_CLASSES ** 3 bits: 256 KiB). */
+#define MAX_TRIPLE_CLASSES 128
 
 static unsigned char FOLD[256];
 
@@ -667,6 +675,7 @@ needles_free(PyObject *capsule)
     if (n != NULL) {
         PyMem_Free(n->child);
         PyMem_Free(n->term);
+        PyMem_Free(n->triple);
         PyMem_Free(n);
     }
 }
@@ -748,13 +757,41 @@ needles(PyObject *self, PyObject *list)
             n->pair[b[0] << 8 | b[1]] = 1;
         }
     }
+    unsigned char shorter[65536] = {0};  /* folded (b0 << 8 | b1): a needle of one or two bytes is there */
+    Py_ssize_t nc = n->nclass;
+    if (nc <= MAX_TRIPLE_CLASSES) {
+        n->triple = PyMem_Calloc((size_t)((nc * nc * nc + 7) / 8), 1);
+        if (n->triple == NULL) {
+            PyMem_Free(n->child);
+            PyMem_Free(n->term);
+            PyMem_Free(n);
+            return PyErr_NoMemory();
+        }
+    }
+    for (Py_ssize_t k = 0; k < count; k++) {
+        PyObject *o = PyList_GET_ITEM(list, k);
+        const unsigned char *b = (const unsigned char *)PyBytes_AS_STRING(o);
+        Py_ssize_t len = PyBytes_GET_SIZE(o);
+        if (len == 1) {
+            for (int b1 = 0; b1 < 256; b1++)
+                shorter[b[0] << 8 | FOLD[b1]] = 1;
+        } else if (len == 2) {
+            shorter[b[0] << 8 | b[1]] = 1;
+        } else if (n->triple != NULL) {
+            Py_ssize_t t = ((Py_ssize_t)n->cls[b[0]] * nc + n->cls[b[1]]) * nc + n->cls[b[2]];
+            n->triple[t >> 3] |= (unsigned char)(1 << (t & 7));
+        }
+    }
     for (int b0 = 0; b0 < 256; b0++)
-        for (int b1 = 0; b1 < 256; b1++)
-            n->start[b0 | b1 << 8] = n->pair[FOLD[b0] << 8 | FOLD[b1]] | n->single[FOLD[b0]];
+        for (int b1 = 0; b1 < 256; b1++) {
+            int folded = FOLD[b0] << 8 | FOLD[b1];
+            n->start[b0 | b1 << 8] = shorter[folded] ? 2 : (n->pair[folded] | n->single[FOLD[b0]]);
+        }
     PyObject *capsule = PyCapsule_New(n, "shipper._hotpath.needles", needles_free);
     if (capsule == NULL) {
         PyMem_Free(n->child);
         PyMem_Free(n->term);
+        PyMem_Free(n->triple);
         PyMem_Free(n);
     }
     return capsule;
@@ -785,7 +822,7 @@ find(PyObject *self, PyObject *args)
     }
     int oom = 0;
     Py_BEGIN_ALLOW_THREADS
-    const unsigned char *cls = n->cls, *start = n->start, *single = n->single;
+    const unsigned char *cls = n->cls, *start = n->start, *single = n->single, *triple = n->triple;
     const uint16_t *child = n->child;
     const int32_t *term = n->term;
     Py_ssize_t nclass = n->nclass;
@@ -796,6 +833,13 @@ find(PyObject *self, PyObject *args)
             i++;
         if (i + 1 >= len && !(i < len && single[FOLD[d[i]]]))
             break;
+        if (triple != NULL && i + 2 < len && start[d[i] | d[i + 1] << 8] == 1) {
+            Py_ssize_t t = ((Py_ssize_t)cls[d[i]] * nclass + cls[d[i + 1]]) * nclass + cls[d[i + 2]];
+            if (!(triple[t >> 3] >> (t & 7) & 1)) {  /* no needle of three or more bytes starts here */
+                i++;
+                continue;
+            }
+        }
         Py_ssize_t node = 0;
         Py_ssize_t best = -1, best_end = 0;
         for (Py_ssize_t j = i; j < len; j++) {
@@ -847,7 +891,27 @@ find(PyObject *self, PyObject *args)
     return result;
 }
 
+/* newlines(data) -> data.count(b"\n"), one memchr per line (bytes.count looks at every byte). */
+static PyObject *
+newlines(PyObject *self, PyObject *arg)
+{
+    Py_buffer data;
+    if (PyObject_GetBuffer(arg, &data, PyBUF_SIMPLE) < 0)
+        return NULL;
+    const char *p = data.buf, *end = p + data.len;
+    Py_ssize_t count = 0;
+    while (p < end && (p = memchr(p, '\n', (size_t)(end - p))) != NULL) {
+        count++;
+        p++;
+    }
+    PyBuffer_Release(&data);
+    return PyLong_FromSsize_t(count);
+}
+
 static PyMethodDef methods[] = {
+    {"newlines", newlines, METH_O,
+     "newlines(data) -> int\n\n"
+     "data.count(b\"\\n\")."},
     {"needles", needles, METH_O,
      "needles(needles) -> automaton\n\n"
      "A trie of lowercase ASCII needles, for find."},

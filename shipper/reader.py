@@ -36,6 +36,12 @@ from typing import TYPE_CHECKING, Final
 
 from shipper.volumefiles import open_regular
 
+try:  # one memchr per line (shipper/_hotpath.c); bytes.count looks at every byte
+    from shipper._hotpath import newlines as _newlines
+except ImportError:  # pragma: no cover - built without a C compiler
+    def _newlines(data: bytes) -> int:
+        return data.count(b"\n")
+
 if TYPE_CHECKING:
     from shipper.openfiles import OpenFiles
 
@@ -381,7 +387,7 @@ class LineReader:
                 first = self.base + line_start
                 line_start += nl + 1
                 self._partial_ts = now
-                chunk = Chunk(first, joined.count(b"\n") + 1, self.base + line_start, ts,
+                chunk = Chunk(first, _newlines(joined) + 1, self.base + line_start, ts,
                               Cursor(self.dev, self.ino, line_start, self.base), joined)
             else:
                 if not self._partial:

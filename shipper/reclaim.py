@@ -28,7 +28,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
-import ctypes.util
 import errno
 import logging
 import os
@@ -71,10 +70,13 @@ class Position(Protocol):
 
 @cache
 def _fallocate() -> Callable[[int, int, int, int], int] | None:
-    """libc's `fallocate`, or None where there is none (not Linux)."""
+    """libc's `fallocate`, or None where there is none (not Linux). Looked up among the symbols the
+    process has loaded (libc's among them), not by `ctypes.util.find_library`, which runs
+    `ldconfig -p` in a child process: a vfork'ed child that, until it execs, shows the shipper's
+    whole resident set as its own."""
     if not sys.platform.startswith("linux"):
         return None
-    libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
+    libc = ctypes.CDLL(None, use_errno=True)
     fn = getattr(libc, "fallocate", None)
     if fn is None:
         return None

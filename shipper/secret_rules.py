@@ -92,12 +92,26 @@ _GLOBAL_ALLOW: Final = _compile_all(data.GLOBAL_ALLOW)
 _GLOBAL_STOPWORDS: Final = data.GLOBAL_STOPWORDS
 #: Every rule keyword, lowercase: the shipper's prefilter includes them all.
 KEYWORDS: Final = tuple(sorted({k for r in RULES for k in r.keywords}))
-_RULES_OF: Final = {k: tuple(i for i, r in enumerate(RULES) if k in r.keywords) for k in KEYWORDS}
+
+
+def _rules_of() -> dict[str, tuple[int, ...]]:
+    found: dict[str, list[int]] = {}
+    for i, r in enumerate(RULES):
+        for k in dict.fromkeys(r.keywords):
+            found.setdefault(k, []).append(i)
+    return {k: tuple(found[k]) for k in KEYWORDS}
+
+
+#: Per keyword, the rules that name it, in table order.
+_RULES_OF: Final = _rules_of()
 #: Leftmost-longest, so the keywords inside a found one are added from _CONTAINED, and a rescan
 #: from one past each hit finds the ones overlapping it.
 _SCAN: Final = AhoCorasick(list(KEYWORDS), matchkind=MatchKind.LeftmostLongest)
 _LONGEST: Final = max(map(len, KEYWORDS))
-_CONTAINED: Final = {k: tuple(o for o in KEYWORDS if o in k) for k in KEYWORDS}
+#: Per keyword, the keywords it holds (itself included), in KEYWORDS' (sorted) order: found among
+#: its substrings, not by trying every keyword in every other.
+_CONTAINED: Final = {k: tuple(sorted({k[a:b] for a in range(len(k)) for b in range(a + 1, len(k) + 1)}.intersection(KEYWORDS)))
+                     for k in KEYWORDS}
 
 
 #: Keywords so common in BLAST output and shell traces ("Skipped", "windows.net", DNA's "ACCA",

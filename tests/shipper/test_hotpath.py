@@ -234,3 +234,9 @@ def test_random_reads_of_generated_blast_output(tmp_path: Path) -> None:
         assert_same(compiled, pure)
         state = pure.state
     assert reads > 10
+
+
+@compiled_only
+@given(st.lists(st.sampled_from([b"\n", b"\n\n", b"x", b"\x00", b"\xff", b"a" * 70]), max_size=40).map(b"".join))
+def test_compiled_newline_count_is_bytes_count(data: bytes) -> None:
+    assert prepare_mod._hotpath.newlines(data) == data.count(b"\n")

@@ -13,7 +13,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from shipper.redact import (
+    _DEFAULT,
     MAX_PEM_BLOCK_LINES,
+    OWN_NEEDLES,
     PATTERNS,
     Redactor,
     SecretPattern,
@@ -21,6 +23,8 @@ from shipper.redact import (
     might_hold_secret,
     needle_positions,
 )
+from shipper.redact import _compile as compile_table
+from shipper.redact_views import decoded_views
 from shipper.sanitise import Sanitiser
 
 DATA = Path(__file__).resolve().parents[1] / "data"
@@ -530,3 +534,22 @@ def test_progress_bars_are_not_base64_padding() -> None:
     key = b"Zm9v" * 21 + b"YQ=="
     assert needle_positions(key) and Redactor().redact(key.decode()) != key.decode()
     assert needle_positions(b"[===s.abc") and needle_positions(b"[==s.abc")
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.sampled_from([*_PIECES, *(c[0] for c in CASES)]), max_size=8).map("".join))
+def test_a_line_is_searched_only_with_the_patterns_its_needles_allow(line: str) -> None:
+    """A line is searched with the patterns whose `needles` it holds: every match of the whole
+    table holds a needle of its pattern, so the subset finds exactly the whole table's matches."""
+    whole = compile_table(PATTERNS)
+    for text in (line, *(view for view, _ in decoded_views(line))):
+        found = [(m.span(), whole.groups[m.lastindex or 0][0]) for m in whole.regex.finditer(text)]
+        for (start, end), pattern in found:
+            assert any(n in text[start:end].lower() for n in pattern.needles), (text, pattern.kind)
+        subset = _DEFAULT.for_line(text)
+        assert found == ([(m.span(), subset.groups[m.lastindex or 0][0]) for m in subset.regex.finditer(text)]
+                         if subset is not None else [])
+
+
+def test_every_pattern_names_needles_of_the_pre_check() -> None:
+    assert all(p.needles and set(p.needles) <= set(OWN_NEEDLES) for p in PATTERNS)
