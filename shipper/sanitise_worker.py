@@ -22,6 +22,13 @@ to 1 MiB where the kernel allows):
 
 from __future__ import annotations
 
+import gc
+
+if __name__ == "__main__":
+    # No cyclic GC while the modules below load (main() enables it): 14M instructions, 3.6 % of
+    # this worker's start (docs/benchmarks.md, "The shipper's CPU per line, round six").
+    gc.disable()
+
 import argparse
 import fcntl
 import os
@@ -141,6 +148,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m shipper.sanitise_worker")
     parser.add_argument("--max-line-chars", type=int, required=True)
     args = parser.parse_args(argv)
+    gc.enable()
     # The shipper decides when to stop (it closes our stdin); a terminal's ^C or a group-wide
     # SIGTERM must not kill the worker under a shipper that is still draining.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
