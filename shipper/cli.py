@@ -64,9 +64,9 @@ def run_tool(command: str, argv: Sequence[str]) -> int:
 
 def run_command(argv: Sequence[str]) -> int:
     # No cyclic garbage collection while the modules load: the ~40 collections it would run
-    # then scan the tables being built again and again for about 440 objects of cyclic garbage,
-    # which the first collection after frees (20M instructions, 3.5 % of importing
-    # `shipper.runner`; docs/benchmarks.md, "round six").
+    # then scan the tables being built again and again for about 440 objects of cyclic garbage.
+    # One collection once they are loaded frees those, and `gc.freeze` keeps later collections
+    # from scanning what start-up kept (docs/benchmarks.md, "The shipper's CPU per line, round six").
     gc.disable()
     try:
         return _run_command(argv)
@@ -98,6 +98,8 @@ def _run_command(argv: Sequence[str]) -> int:
         workers.start(loaded.config.max_line_chars)  # their start-up overlaps importing the rest
     from shipper.runner import run
 
+    gc.collect()
+    gc.freeze()  # what start-up made and kept is never scanned again
     gc.enable()
     return run(loaded, workers, reload=lambda: read_config(argv))
 
