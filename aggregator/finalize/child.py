@@ -25,9 +25,6 @@ from aggregator.finalize.job import FinalizeBudget, finalize_job
 from aggregator.finalize.worker import error_frame, frame, read_frame
 from aggregator.logs import setup_logging
 from aggregator.metrics import Metrics
-from aggregator.storage import Store
-from aggregator.storage.adaptive import LimitedStore
-from aggregator.storage.local import LocalStore
 from aggregator.storage.phase import CountingStore, storage_phase
 
 log = logging.getLogger("aggregator.finalize")
@@ -69,13 +66,6 @@ class Tally:
         return delta
 
 
-def limited(store: Store) -> Store:
-    """A remote store under an adaptive limit on requests in flight (`storage/adaptive.py`): one that
-    queues (Azurite) then serves other jobs' ingests between a finalize's requests. The local store's
-    threads and writes are bounded by the store itself."""
-    return store if isinstance(store, LocalStore) else LimitedStore(store)
-
-
 async def serve(frames_out: int, io_threads: ThreadPoolExecutor | None = None) -> None:
     loop = asyncio.get_running_loop()
     if io_threads is not None:
@@ -97,7 +87,7 @@ async def serve(frames_out: int, io_threads: ThreadPoolExecutor | None = None) -
     setup_logging(config.log_level.upper())
     raise_gc_threshold()
     metrics = Metrics()
-    store = CountingStore(limited(configured_store(config)), metrics.storage_operations)
+    store = CountingStore(configured_store(config), metrics.storage_operations)
     tally = Tally(metrics)
     budget = FinalizeBudget()
     running: dict[int, asyncio.Task[None]] = {}
