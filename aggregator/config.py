@@ -214,6 +214,10 @@ class AggregatorConfig:
         help="where finalizes run: `child`, a process the service starts for them (about 40 MiB more, 60 MiB "
              "with Azure; a big finalize's CPU then leaves this replica's ingests alone), or `serving`, the "
              "service's own process"))
+    finalize_child_timeout: float = field(default=20.0, metadata=opt(
+        env="FINALIZE_CHILD_TIMEOUT", minimum=2.0,
+        help="with `FINALIZE_PROCESS=child`: a child silent this many seconds (it says it is alive every "
+             "second) is killed, its finalizes answered 503, and the next finalize starts another"))
     read_concurrency: int = field(default=16, metadata=opt(
         env="READ_CONCURRENCY", minimum=1, help="staged batches a finalize reads (and chunks it writes) at once"))
     retry_after: int = field(default=2, metadata=opt(

@@ -22,7 +22,7 @@ from aggregator.config import AggregatorConfig
 from aggregator.errors import AggregatorError, Unavailable
 from aggregator.fanout import cpu_pool
 from aggregator.finalize.job import FinalizeBudget, finalize_job
-from aggregator.finalize.worker import error_frame, frame, read_frame
+from aggregator.finalize.worker import HEARTBEAT_S, error_frame, frame, read_frame
 from aggregator.logs import setup_logging
 from aggregator.metrics import Metrics
 from aggregator.storage.phase import CountingStore, storage_phase
@@ -33,8 +33,8 @@ log = logging.getLogger("aggregator.finalize")
 #: finalize 1.4-2.1x idle at 10 against 2.0-4.6x at 0, the finalize itself as fast (docs/benchmarks.md).
 NICENESS = 10
 #: Threads for storage I/O (asyncio's default count). They keep the service's priority: a thread at nice 10
-#: that a busy CPU preempts inside a create, rename or atime update holds the filesystem journal's handle,
-#: and every fsync of the serving process's ingest waits for it (docs/design.md).
+#: that a busy CPU preempts inside a create, rename or atime update made the serving process's fsyncs wait
+#: for it (docs/design.md).
 IO_THREADS = min(32, (os.cpu_count() or 1) + 4)
 #: Threads for CPU work too big for the loop (`cpu_work`); started by the loop's thread, at its nice value.
 CPU_THREADS = 2
@@ -110,7 +110,14 @@ async def serve(frames_out: int, io_threads: ThreadPoolExecutor | None = None) -
             running.pop(rid, None)
         await send((*answer, tally.since_last()))
 
+    async def beat() -> None:
+        """Say this process is alive, so the service can tell a stuck one (`finalize_child_timeout`)."""
+        while True:
+            await asyncio.sleep(HEARTBEAT_S)
+            await send(("alive", 0, None, tally.since_last()))
+
     await send(("ready",))
+    beating = asyncio.create_task(beat())
     try:
         while True:
             try:
@@ -126,6 +133,8 @@ async def serve(frames_out: int, io_threads: ThreadPoolExecutor | None = None) -
         for task in running.values():
             task.cancel()
         await asyncio.gather(*running.values(), return_exceptions=True)
+        beating.cancel()
+        await asyncio.gather(beating, return_exceptions=True)
         await store.close()
         writer.close()  # every answer was drained: nothing is left to flush
         cpu_threads.shutdown()

@@ -9,13 +9,16 @@ The child speaks frames on its stdin and stdout: a 4-byte big-endian length, the
 ends are this package, from one installation). The first frame down is the config; the child answers
 `("ready",)` once its store is open. Then `("finalize", id, job_id, wait_seconds, existing_last_output)`
 and `("cancel", id)` go down; `("done", id, body, ops)` or `("failed", id, (class, message, detail), ops)` come up, `ops`
-being the storage operations the child made since its last answer (`CountingStore`'s counts). Many
-finalizes run in the child at once, sharing one `FinalizeBudget`, as they would in the serving process.
+being the storage operations the child made since its last answer (`CountingStore`'s counts), and every
+`HEARTBEAT_S` `("alive", 0, None, ops)`. Many finalizes run in the child at once, sharing one
+`FinalizeBudget`, as they would in the serving process.
 
 Cancelling a caller's finalize cancels the child's, and the caller's cancellation is honoured only once the
 child's finalize has settled (its writes done or abandoned, its lock released), as in process. If the child
 dies, its finalizes fail with `Unavailable` (503: the job API retries); the next finalize starts a new child,
-and a lock the dead one held expires within `lock_ttl`.
+and a lock the dead one held expires within `lock_ttl`. A child that stops talking for `finalize_child_timeout`
+(stopped, deadlocked, stuck in the kernel) is killed and counts as dead: otherwise its finalizes would wait
+forever, and one woken after its lock expired could still finish a write it had begun.
 """
 
 from __future__ import annotations
@@ -41,6 +44,8 @@ CHILD_MODULE = "aggregator.finalize.child"
 #: Seconds the child gets to open its store and say ready; then to exit once its stdin closes.
 START_TIMEOUT_S = 60.0
 EXIT_TIMEOUT_S = 10.0
+#: How often the child says it is alive (`("alive", 0, None, ops)`).
+HEARTBEAT_S = 1.0
 _LENGTH = struct.Struct(">I")
 
 
@@ -91,6 +96,9 @@ class FinalizeWorker:
         self._ids = itertools.count(1)
         self._starting: asyncio.Lock | None = None
         self._reader_task: asyncio.Task[None] | None = None
+        self._watch_task: asyncio.Task[None] | None = None
+        #: the event loop's time of the child's last frame
+        self._heard = 0.0
 
     async def start(self) -> None:
         """Start the child now (at start-up), so a broken one is said loudly before the first finalize."""
@@ -136,6 +144,9 @@ class FinalizeWorker:
             await proc.wait()
         if self._reader_task is not None:
             await self._reader_task
+        if self._watch_task is not None:
+            self._watch_task.cancel()
+            await asyncio.gather(self._watch_task, return_exceptions=True)
 
     async def _ensure(self) -> asyncio.subprocess.Process:
         if self._proc is not None and self._proc.returncode is None:
@@ -165,8 +176,27 @@ class FinalizeWorker:
             raise Unavailable(f"the finalize worker did not start (exit code {code}; its log says why)",
                              detail="finalize is unavailable on this replica")
         log.info("finalize worker started", extra={"fields": {"pid": proc.pid}})
+        self._heard = asyncio.get_running_loop().time()
         self._reader_task = asyncio.create_task(self._read_answers(proc))
+        if self._watch_task is not None:
+            self._watch_task.cancel()
+        self._watch_task = asyncio.create_task(self._watch(proc))
         return proc
+
+    async def _watch(self, proc: asyncio.subprocess.Process) -> None:
+        """Kill `proc` once it has been silent for `finalize_child_timeout` (its reader then fails its finalizes)."""
+        loop, limit = asyncio.get_running_loop(), self._config.finalize_child_timeout
+        while proc.returncode is None:
+            silent = loop.time() - self._heard
+            if silent >= limit:  # unless this loop was the one held up: frames read meanwhile come first
+                await asyncio.sleep(0.1)
+                silent = loop.time() - self._heard
+            if silent >= limit and proc.returncode is None:
+                log.error("finalize worker stopped answering; killed", extra={"fields": {
+                    "pid": proc.pid, "silent_seconds": round(silent, 1)}})
+                proc.kill()
+                return
+            await asyncio.sleep(min(HEARTBEAT_S, limit - silent))
 
     def _send(self, proc: asyncio.subprocess.Process, obj: object) -> None:
         assert proc.stdin is not None
@@ -178,6 +208,7 @@ class FinalizeWorker:
         try:
             while True:
                 msg = await read_frame(proc.stdout)
+                self._heard = asyncio.get_running_loop().time()
                 kind, rid, result, ops = msg
                 self._count(ops)
                 _, done = self._pending.get(rid, (proc, None))

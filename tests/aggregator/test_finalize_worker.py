@@ -104,6 +104,17 @@ async def test_a_child_finalizes_with_the_serving_process_bytes_and_counts_its_o
     assert artifacts["child"] == artifacts["serving"] and len(artifacts["child"]) >= 2
 
 
+async def finalized_by_another_child(client: Any, first: int) -> None:
+    """After the child `first` died: pod-0's eof stored, and the next finalize answered by a new child."""
+    resp = await client.post(INGEST_PATH, headers=ingest_headers(),
+                             data=dumps(batch(pod="pod-0", seq=2, eof=True, evs=events(range(40, 41)))))
+    assert resp.status == 200
+    resp = await client.post(FINALIZE_PATH.format(job_id=JOB), headers=admin_headers())
+    assert resp.status == 200, await resp.text()
+    (second,) = children(os.getpid())
+    assert second != first
+
+
 async def test_a_killed_child_is_answered_503_and_the_next_finalize_starts_another(
         aiohttp_client: Any, tmp_path: Path) -> None:
     client = await aiohttp_client(make_app(make_config(store_url=f"file://{tmp_path}/store")))
@@ -118,13 +129,30 @@ async def test_a_killed_child_is_answered_503_and_the_next_finalize_starts_anoth
     assert resp.status == 503
     assert (await resp.json()) == {"error": "unavailable", "detail": "finalize was interrupted; try again"}
     assert resp.headers["Retry-After"]
-    resp = await client.post(INGEST_PATH, headers=ingest_headers(),
-                             data=dumps(batch(pod="pod-0", seq=2, eof=True, evs=events(range(40, 41)))))
-    assert resp.status == 200
-    resp = await client.post(FINALIZE_PATH.format(job_id=JOB), headers=admin_headers())
-    assert resp.status == 200, await resp.text()
-    (second,) = children(os.getpid())
-    assert second != first
+    await finalized_by_another_child(client, first)
+
+
+async def test_a_child_that_stops_answering_is_killed_and_replaced(aiohttp_client: Any, tmp_path: Path) -> None:
+    client = await aiohttp_client(make_app(make_config(store_url=f"file://{tmp_path}/store",
+                                                       finalize_child_timeout=2.0)))
+    await ingest_job(client, eof=False)  # no eof: the finalize below waits for one in the child
+    (first,) = children(os.getpid())
+    waiting = asyncio.create_task(client.post(FINALIZE_PATH.format(job_id=JOB), headers=admin_headers(),
+                                              data=dumps({"wait_seconds": 60})))
+    await asyncio.sleep(2.5)  # beyond the timeout, while it says it is alive: kept
+    assert not waiting.done() and alive(first)
+    os.kill(first, signal.SIGSTOP)  # as stuck as a process gets: not a frame more
+    stopped = time.monotonic()
+    resp = await asyncio.wait_for(waiting, 15)
+    assert 1.5 <= time.monotonic() - stopped < 10
+    assert resp.status == 503
+    assert (await resp.json())["error"] == "unavailable"
+    for _ in range(50):
+        if not alive(first):
+            break
+        await asyncio.sleep(0.1)
+    assert not alive(first)  # killed, not left stopped
+    await finalized_by_another_child(client, first)
 
 
 async def test_stopping_the_service_cancels_the_childs_finalize_and_ends_the_child(tmp_path: Path) -> None:
