@@ -1,4 +1,4 @@
-"""What a finalize does to other writers' fsyncs on the same filesystem (issue 16, fifth round).
+"""What a finalize does to other writers on the same filesystem, and what the filesystem does to it (issue 16).
 
     probe DIR OUT       every 20 ms a durable 9-byte write in DIR (temp file, fsync, rename, folder fsync:
                         what an ingest's staging write does), its ms, and whether a finalize child
@@ -7,6 +7,10 @@
     report OUT...       each file's write ms p50/p99 while a finalize child was busy and while none was.
     readers DIR         the mechanism alone: two CPU burners at nice 0, 3 x 20,000 reads of fresh files by
                         four threads at `--nice`, the probe beside; `--noatime` opens with O_NOATIME.
+    creates DIR         file creation after deletions: N files of 21.5 KB (a chatty chunk) made as the local
+                        store makes them (temp file, write, rename; no fsync), then N deleted, then N made
+                        again at once, then again after `sync` and `--wait` seconds; each round's us per file
+                        and system CPU. Says whether the filesystem has a journal.
 """
 
 from __future__ import annotations
@@ -110,6 +114,54 @@ def readers(folder: Path, nice: int, noatime: bool) -> None:
           f"durable write p50 {pct(ms, 0.5):.1f} ms, p99 {pct(ms, 0.99):.1f} ms (n {len(ms)})")
 
 
+def journal_of(folder: Path) -> str:
+    """'yes'/'no' from /proc/fs/jbd2 (a journal is listed there by device), 'unknown' off Linux."""
+    dev = os.stat(folder).st_dev
+    name = f"{os.major(dev)}:{os.minor(dev)}"
+    try:
+        for line in Path(f"/sys/dev/block/{name}/uevent").read_text().splitlines():
+            if line.startswith("DEVNAME="):
+                devname = line.split("=", 1)[1]
+                return "yes" if any(e.startswith(devname + "-") for e in os.listdir("/proc/fs/jbd2")) else "no"
+    except OSError:
+        pass
+    return "unknown"
+
+
+def make_files(folder: Path, n: int, data: bytes, tag: str) -> tuple[float, float]:
+    """`n` new files in `folder` (temp name, write, rename): wall us per file and system CPU seconds."""
+    t0, s0 = time.perf_counter(), os.times().system
+    for i in range(n):
+        path = folder / f"{tag}-{i:08d}.json"
+        fd = os.open(f"{path}.tmp", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        os.write(fd, data)
+        os.close(fd)
+        os.replace(f"{path}.tmp", path)
+    return (time.perf_counter() - t0) / n * 1e6, os.times().system - s0
+
+
+def creates(folder: Path, n: int, wait: float) -> None:
+    """Three rounds in one new folder: N files made, deleted, N made at once, deleted, N made after `sync` and
+    `wait` seconds. Ext4 without a journal skips, for each new inode, every free inode of the group deleted
+    in the last 60 s (360 s while its inode-table block is dirty): `recently_deleted` in fs/ext4/ialloc.c."""
+    data = b"x" * 21_500
+    where = folder / f"creates-{os.getpid()}"
+    where.mkdir(parents=True)
+    print(f"{folder}: journal {journal_of(folder)}, kernel {os.uname().release}, load {os.getloadavg()[0]:.1f}")
+    try:
+        for n_round, (label, pause) in enumerate((("in a new folder", 0.0), ("right after deleting them", 0.0),
+                                                  (f"after sync and {wait:.0f} s", wait))):
+            if pause:
+                os.sync()
+                time.sleep(pause)
+            us, sys_s = make_files(where, n, data, f"r{n_round}")
+            print(f"  {n} files made {label}: {us:.0f} us per file, system CPU {sys_s:.2f} s", flush=True)
+            for name in os.listdir(where):
+                os.unlink(where / name)
+    finally:
+        subprocess.run(["rm", "-rf", str(where)], check=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -122,11 +174,17 @@ def main() -> None:
     d.add_argument("dir", type=Path)
     d.add_argument("--nice", type=int, default=10)
     d.add_argument("--noatime", action="store_true")
+    c = sub.add_parser("creates")
+    c.add_argument("dir", type=Path)
+    c.add_argument("-n", type=int, default=11_000)
+    c.add_argument("--wait", type=float, default=70.0)
     args = ap.parse_args()
     if args.cmd == "probe":
         probe(args.dir, args.out)
     elif args.cmd == "report":
         report(args.files)
+    elif args.cmd == "creates":
+        creates(args.dir, args.n, args.wait)
     else:
         readers(args.dir, args.nice, args.noatime)
 
