@@ -99,9 +99,11 @@ def make_app(config: AggregatorConfig, *, store: Store | None = None) -> web.App
         runtime.draining = True
 
     budget = FinalizeBudget()  # every finalize and compaction of this replica draws on it
-    compactor = Compactor(config, metrics, runtime.get_store, budget.reads)
-    # A given store (tests) cannot cross into a child process: its finalizes run here.
+    # A given store (tests) cannot cross into a child process: its finalizes run here. With a child, the
+    # compactions run there too, on the child's budget (one per replica) and CPU.
     worker = FinalizeWorker(config, metrics) if store is None and config.finalize_process == "child" else None
+    compactor = Compactor(config, metrics, runtime.get_store, budget.reads,
+                          runner=worker.compact if worker is not None else None)
 
     async def worker_ctx(_app: web.Application) -> AsyncIterator[None]:
         if worker is None:
@@ -114,12 +116,13 @@ def make_app(config: AggregatorConfig, *, store: Store | None = None) -> web.App
             await worker.close()
 
     async def compactor_ctx(_app: web.Application) -> AsyncIterator[None]:
-        async with compactor.running():  # after store_ctx: its compactions settle before the store closes
+        # last in: its compactions settle before the child that runs them stops and before the store closes
+        async with compactor.running():
             yield
 
     app.cleanup_ctx.append(store_ctx)
-    app.cleanup_ctx.append(compactor_ctx)
     app.cleanup_ctx.append(worker_ctx)
+    app.cleanup_ctx.append(compactor_ctx)
     app.on_startup.append(_raise_gc_threshold)
     app.on_shutdown.append(on_shutdown)
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
 from aggregator.config import AggregatorConfig
@@ -38,17 +38,37 @@ COMPACT_READS = 8
 MAX_COUNTED_STREAMS = 100_000
 
 Stream = tuple[str, str, str]  # job, pod, container
+#: Where a compaction runs instead of here: the finalize child (`FinalizeWorker.compact`); True when it compacted.
+Runner = Callable[[str, str, str], Awaitable[bool]]
+
+
+async def compact_stream(store: Store, budget: Budget, config: AggregatorConfig,
+                         job_id: str, pod: str, container: str) -> bool:
+    """Merge the stream's staged objects into one compacted object; delete what it makes redundant
+    (unless `STAGING_RETENTION` is `all`). False when the stream has nothing staged."""
+    reader = StagingReader(store, job_id, COMPACT_READS)
+    listed = await reader.relist(pod, container)
+    async with budget.hold(listed.weight()):  # a flood stream is not merged beside another
+        loaded = await reader.load_stream(listed, ends=(0, 0))  # its state is not needed: no events
+    if loaded is None:
+        return False
+    if loaded.redundant and config.staging_retention == "compacted":
+        await delete_keys(store, loaded.redundant, COMPACT_READS)
+    return True
 
 
 class Compactor:
-    """Schedules and runs background compactions; `running()` is its lifetime (cancels what is left)."""
+    """Schedules background compactions and runs them, here or in the finalize child (`runner`: then they
+    draw on the child's budget with its finalizes, and their CPU is the child's); `running()` is its
+    lifetime (cancels what is left)."""
 
     def __init__(self, config: AggregatorConfig, metrics: Metrics, store: Callable[[], Store],
-                 budget: Budget | None = None) -> None:
+                 budget: Budget | None = None, runner: Runner | None = None) -> None:
         self.config = config
         self.metrics = metrics
         self.store = store
         self.budget = budget or Budget(FINALIZE_READ_WEIGHT)
+        self.runner = runner
         self._sem = asyncio.Semaphore(COMPACT_CONCURRENCY)
         self._tasks: set[asyncio.Task[None]] = set()
         #: batches stored since the stream's last scheduled compaction
@@ -100,18 +120,13 @@ class Compactor:
             self._again.pop(stream, None)
 
     async def compact(self, job_id: str, pod: str, container: str) -> None:
-        """Merge the stream's staged objects into one compacted object; delete what it makes redundant
-        (unless `STAGING_RETENTION` is `all`)."""
-        store = self.store()
-        reader = StagingReader(store, job_id, COMPACT_READS)
-        listed = await reader.relist(pod, container)
-        async with self.budget.hold(listed.weight()):  # a flood stream is not merged beside another
-            loaded = await reader.load_stream(listed, ends=(0, 0))  # its state is not needed: no events
-        if loaded is None:
-            return
-        if loaded.redundant and self.config.staging_retention == "compacted":
-            await delete_keys(store, loaded.redundant, COMPACT_READS)
-        self.metrics.compactions.labels("done").inc()
+        """`compact_stream`, by the runner or here, counted."""
+        if self.runner is not None:
+            done = await self.runner(job_id, pod, container)
+        else:
+            done = await compact_stream(self.store(), self.budget, self.config, job_id, pod, container)
+        if done:
+            self.metrics.compactions.labels("done").inc()
 
     async def drain(self) -> None:
         """Cancel what is scheduled or running and wait until it has settled (stores settle a cancelled

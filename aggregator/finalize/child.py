@@ -14,10 +14,13 @@ import os
 import signal
 import sys
 import threading
+from collections.abc import Awaitable
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from typing import Any
 
 from aggregator.app import configured_store, raise_gc_threshold
+from aggregator.compaction import compact_stream
 from aggregator.config import AggregatorConfig
 from aggregator.errors import AggregatorError, Unavailable
 from aggregator.fanout import cpu_pool
@@ -92,23 +95,37 @@ async def serve(frames_out: int, io_threads: ThreadPoolExecutor | None = None) -
     budget = FinalizeBudget()
     running: dict[int, asyncio.Task[None]] = {}
 
-    async def run(rid: int, job_id: str, wait_seconds: float, existing: dict[str, str]) -> None:
-        storage_phase.set("finalize")
+    def work(kind: str, args: tuple[Any, ...]) -> Awaitable[object]:
+        """What a request asks for: a finalize (its summary's bytes) or a compaction (whether it compacted)."""
+        storage_phase.set(kind)
+        if kind == "finalize":
+            job_id, wait_seconds, existing = args
+            return finalize_job(store, config, job_id, wait_seconds=wait_seconds, existing_last_output=existing,
+                                budget=budget)
+        return compact_stream(store, budget.reads, config, *args)
+
+    async def run(rid: int, kind: str, args: tuple[Any, ...]) -> None:
         answer: tuple[Any, ...]
         try:
-            body = await finalize_job(store, config, job_id, wait_seconds=wait_seconds,
-                                      existing_last_output=existing, budget=budget)
-            answer = ("done", rid, body)
+            answer = ("done", rid, await work(kind, args))
         except asyncio.CancelledError:
-            answer = ("failed", rid, error_frame(Unavailable("finalize cancelled: the service is stopping")))
+            answer = ("failed", rid, error_frame(Unavailable(f"{kind} cancelled: the service is stopping")))
         except AggregatorError as e:
             answer = ("failed", rid, error_frame(e))
-        except Exception as e:  # a bug: logged here with its traceback; the parent answers 500
-            log.exception("finalize failed", extra={"fields": {"job_id": job_id}})
+        except Exception as e:  # a bug: logged here with its traceback; the parent answers 500 (or counts an error)
+            log.exception(f"{kind} failed", extra={"fields": {"job_id": args[0]}})
             answer = ("failed", rid, (type(e).__name__, str(e), "internal error"))
         finally:
             running.pop(rid, None)
         await send((*answer, tally.since_last()))
+
+    def answer_unstarted(rid: int, kind: str, task: asyncio.Task[None]) -> None:
+        """A task cancelled before its first step never ran `run`, so nothing answered it: answer here
+        (the service's caller waits for an answer; a second one for a settled request is ignored)."""
+        if task.cancelled():
+            running.pop(rid, None)
+            error = error_frame(Unavailable(f"{kind} cancelled: the service is stopping"))
+            writer.write(frame(("failed", rid, error, tally.since_last())))
 
     async def beat() -> None:
         """Say this process is alive, so the service can tell a stuck one (`finalize_child_timeout`)."""
@@ -124,9 +141,10 @@ async def serve(frames_out: int, io_threads: ThreadPoolExecutor | None = None) -
                 msg = await read_frame(reader)
             except EOFError:
                 break
-            if msg[0] == "finalize":
-                _, rid, job_id, wait_seconds, existing = msg
-                running[rid] = asyncio.create_task(run(rid, job_id, wait_seconds, existing))
+            if msg[0] in ("finalize", "compact"):
+                kind, rid, *args = msg
+                running[rid] = task = asyncio.create_task(run(rid, kind, tuple(args)))
+                task.add_done_callback(partial(answer_unstarted, rid, kind))
             elif msg[0] == "cancel" and msg[1] in running:
                 running[msg[1]].cancel()
     finally:

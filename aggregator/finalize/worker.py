@@ -7,11 +7,13 @@ runs on its own interpreter and core; the serving loop only writes a request and
 
 The child speaks frames on its stdin and stdout: a 4-byte big-endian length, then a pickled tuple (both
 ends are this package, from one installation). The first frame down is the config; the child answers
-`("ready",)` once its store is open. Then `("finalize", id, job_id, wait_seconds, existing_last_output)`
-and `("cancel", id)` go down; `("done", id, body, ops)` or `("failed", id, (class, message, detail), ops)` come up, `ops`
-being the storage operations the child made since its last answer (`CountingStore`'s counts), and every
-`HEARTBEAT_S` `("alive", 0, None, ops)`. Many finalizes run in the child at once, sharing one
-`FinalizeBudget`, as they would in the serving process.
+`("ready",)` once its store is open. Then `("finalize", id, job_id, wait_seconds, existing_last_output)`,
+`("compact", id, job_id, pod, container)` and `("cancel", id)` go down; `("done", id, result, ops)` or
+`("failed", id, (class, message, detail), ops)` come up (`result`: the summary's bytes, or whether the
+stream was compacted), `ops` being the storage operations the child made since its last answer
+(`CountingStore`'s counts), and every `HEARTBEAT_S` `("alive", 0, None, ops)`. Many finalizes and the
+replica's ingest-side compactions run in the child at once, sharing one `FinalizeBudget`, as they would
+in the serving process.
 
 Cancelling a caller's finalize cancels the child's, and the caller's cancellation is honoured only once the
 child's finalize has settled (its writes done or abandoned, its lock released), as in process. If the child
@@ -92,7 +94,7 @@ class FinalizeWorker:
         self._metrics = metrics
         self._proc: asyncio.subprocess.Process | None = None
         #: each finalize sent, by id: the child it went to, and its answer to come
-        self._pending: dict[int, tuple[asyncio.subprocess.Process, asyncio.Future[bytes]]] = {}
+        self._pending: dict[int, tuple[asyncio.subprocess.Process, asyncio.Future[object]]] = {}
         self._ids = itertools.count(1)
         self._starting: asyncio.Lock | None = None
         self._reader_task: asyncio.Task[None] | None = None
@@ -110,12 +112,22 @@ class FinalizeWorker:
 
     async def finalize(self, job_id: str, wait_seconds: float, existing_last_output: Mapping[str, str]) -> bytes:
         """`finalize_job`'s answer (the summary's bytes) from the child; its errors raised here as they were there."""
+        body = await self._call("finalize", job_id, wait_seconds, dict(existing_last_output))
+        assert isinstance(body, bytes)
+        return body
+
+    async def compact(self, job_id: str, pod: str, container: str) -> bool:
+        """`compaction.compact_stream` of one stream in the child (its budget, its CPU); whether it compacted."""
+        return bool(await self._call("compact", job_id, pod, container))
+
+    async def _call(self, kind: str, *args: object) -> object:
+        """Send a request, await its answer; a cancelled caller cancels it in the child and waits until it settled."""
         proc = await self._ensure()
         rid = next(self._ids)
-        done: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+        done: asyncio.Future[object] = asyncio.get_running_loop().create_future()
         self._pending[rid] = (proc, done)
         try:
-            self._send(proc, ("finalize", rid, job_id, wait_seconds, dict(existing_last_output)))
+            self._send(proc, (kind, rid, *args))
             try:
                 return await asyncio.shield(done)
             except asyncio.CancelledError:
@@ -234,7 +246,7 @@ class FinalizeWorker:
             self._metrics.storage_operations.labels(op, phase).inc(n)
 
 
-async def _settled(done: asyncio.Future[bytes]) -> None:
+async def _settled(done: asyncio.Future[object]) -> None:
     """Wait for `done` to be settled, whatever it settles to (the caller was cancelled: it wants no answer)."""
     try:
         await asyncio.shield(done)

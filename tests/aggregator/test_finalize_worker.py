@@ -8,6 +8,7 @@ import asyncio
 import os
 import signal
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,8 @@ from conftest import free_port
 
 from aggregator.app import make_app
 from aggregator.finalize.child import IO_THREADS, NICENESS
+from aggregator.finalize.worker import FinalizeWorker
+from aggregator.metrics import Metrics
 from blastlogs.protocol import FINALIZE_PATH, INGEST_PATH
 
 CHILD = "aggregator.finalize.child"
@@ -153,6 +156,58 @@ async def test_a_child_that_stops_answering_is_killed_and_replaced(aiohttp_clien
         await asyncio.sleep(0.1)
     assert not alive(first)  # killed, not left stopped
     await finalized_by_another_child(client, first)
+
+
+def staged(root: Path) -> list[str]:
+    return sorted(p.name for p in root.glob("*/execution-steps/_staging/*/*/*.json"))
+
+
+async def test_ingest_side_compactions_run_in_the_child(aiohttp_client: Any, tmp_path: Path) -> None:
+    """The service only schedules them: with its child stopped, ingests are still answered and nothing is
+    compacted; once it runs again, the eof compaction lands, counted by the service."""
+    root = tmp_path / "store"
+    client = await aiohttp_client(make_app(make_config(store_url=f"file://{root}")))
+    (kid,) = children(os.getpid())
+    os.kill(kid, signal.SIGSTOP)
+    try:
+        await ingest_job(client, pods=1)  # two batches, the second with the eof: a compaction is due at once
+        await asyncio.sleep(0.5)
+        assert [n[:2] for n in staged(root)] == ["b-", "b-"]
+    finally:
+        os.kill(kid, signal.SIGCONT)
+    for _ in range(100):
+        if len(staged(root)) == 1:
+            break
+        await asyncio.sleep(0.05)
+    (only,) = staged(root)
+    assert only.startswith("c-00000002-") and only.endswith(".eof.json")
+    metrics = await (await client.get("/metrics")).text()
+    assert 'blast_logs_aggregator_compactions_total{outcome="done"} 1.0' in metrics
+    compact_ops = {line.split("{", 1)[1].split('"')[1]: float(line.rsplit(" ", 1)[1]) for line in metrics.splitlines()
+                   if line.startswith("blast_logs_aggregator_storage_operations_total{") and 'phase="compact"' in line}
+    assert compact_ops == {"list": 1, "get": 2, "put": 1, "delete": 2}  # the child's, counted here
+
+
+async def test_a_request_cancelled_before_the_child_starts_it_is_still_answered(tmp_path: Path) -> None:
+    """The request and its cancel reach the child together (it was stopped meanwhile): the cancelled task never
+    ran, yet the caller gets its answer and its cancellation completes."""
+    worker = FinalizeWorker(make_config(store_url=f"file://{tmp_path}/store"), Metrics())
+    await worker.start()
+    try:
+        (kid,) = children(os.getpid())
+        for call in (partial(worker.compact, JOB, "pod-0", "blast"), partial(worker.finalize, JOB, 0.0, {})):
+            os.kill(kid, signal.SIGSTOP)
+            try:
+                task = asyncio.create_task(call())
+                await asyncio.sleep(0.1)  # its request is in the pipe
+                task.cancel()
+                await asyncio.sleep(0.1)  # and its cancel
+            finally:
+                os.kill(kid, signal.SIGCONT)
+            with pytest.raises(asyncio.CancelledError):
+                await asyncio.wait_for(asyncio.shield(task), 10)
+    finally:
+        await worker.close()
 
 
 async def test_stopping_the_service_cancels_the_childs_finalize_and_ends_the_child(tmp_path: Path) -> None:
