@@ -88,8 +88,8 @@ def _not_found(job_id: str) -> JobNotFound:
     return JobNotFound(f"nothing is stored for job {job_id}")
 
 
-async def wait_for_eof(store: Store, job_id: str, wait_seconds: float, poll: float) -> dict[tuple[str, str], bool]:
-    """Poll staging until every known stream has an eof object or time is up; the streams' states."""
+async def wait_for_eof(store: Store, job_id: str, wait_seconds: float, poll: float) -> list[str]:
+    """Poll staging until every known stream has an eof object or time is up; the last listing."""
     deadline = time.monotonic() + wait_seconds
     while True:
         keys = await store.list_keys(staging_prefix(job_id))
@@ -98,7 +98,7 @@ async def wait_for_eof(store: Store, job_id: str, wait_seconds: float, poll: flo
             raise _not_found(job_id)
         left = deadline - time.monotonic()
         if all(states.values()) or left <= 0:
-            return states
+            return keys
         await asyncio.sleep(min(poll, left))
 
 
@@ -324,14 +324,15 @@ async def finalize_job(store: Store, cfg: AggregatorConfig, job_id: str, *, wait
 
 async def _finalize_job(store: Store, cfg: AggregatorConfig, job_id: str, wait_seconds: float,
                         existing_last_output: Mapping[str, str], budget: FinalizeBudget, cached: list[int]) -> bytes:
-    await wait_for_eof(store, job_id, wait_seconds, cfg.poll_seconds)
+    staged = await wait_for_eof(store, job_id, wait_seconds, cfg.poll_seconds)
     async with JobLock(store, job_id, ttl=cfg.lock_ttl, wait=cfg.lock_wait, poll=cfg.poll_seconds,
-                       renew=cfg.lock_renew):
+                       renew=cfg.lock_renew) as lock:
         listed = await store.list_keys(logs_prefix(job_id))
         old_ours = decode_manifest(await store.get(manifest_key(job_id)))
         reader = StagingReader(store, job_id, cfg.read_concurrency)
-        scanned = await scan_streams(reader, job_id, await store.list_keys(staging_prefix(job_id)), cfg, budget,
-                                     cached)
+        if lock.waited:  # another finalize ran meanwhile: what was staged is listed again
+            staged = await store.list_keys(staging_prefix(job_id))
+        scanned = await scan_streams(reader, job_id, staged, cfg, budget, cached)
         if not scanned:
             raise _not_found(job_id)
         plan = await cpu_work(len(scanned) * KEY_BYTES, partial(

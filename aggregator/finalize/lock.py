@@ -41,6 +41,8 @@ class JobLock:
         self.poll = poll
         self.owner = uuid.uuid4().hex
         self.lost = False
+        #: whether the lock was held by another finalize when this one first asked for it
+        self.waited = False
         self._valid_until = 0.0  # monotonic: our last written expiry, by our own clock
         self._holder: asyncio.Task[Any] | None = None
         self._renewer: asyncio.Task[None] | None = None
@@ -58,7 +60,9 @@ class JobLock:
             if await self.store.put(self.key, self._body(), overwrite=False):
                 if self._is_ours(await self.store.get(self.key)):
                     break
+                self.waited = True
             else:
+                self.waited = True  # held by another finalize (maybe a dead one's)
                 held = await self.store.get(self.key)
                 if held is not None and _is_stale(held):
                     # Delete only the very lock we judged stale, then race for a fresh one at once.

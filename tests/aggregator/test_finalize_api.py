@@ -210,6 +210,35 @@ async def test_a_stale_lock_is_taken_over_and_a_live_one_waited_for(serve: Any, 
     await finalize(client)
 
 
+def finalize_lists(text: str) -> float:
+    """Lists a finalize made, by the service's storage-operation counter."""
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith('blast_logs_aggregator_storage_operations_total{op="list",phase="finalize"}'))
+
+
+async def test_staging_is_listed_once_unless_the_lock_was_waited_for(serve: Any, kit: Any) -> None:
+    """A finalize that gets the lock at once builds on the listing it waited for eof with (on Azurite one
+    list of a big job's staging holds every other request for a fraction of a second); one that waited for
+    another finalize lists again, and so sees what was staged meanwhile."""
+    store = kit.inspector()
+    client = await serve(lock_wait=10.0)
+    await ingest(client, batch(pod="pod-a", evs=events([0]), eof=True))
+    await finalize(client)
+    once = finalize_lists(await (await client.get("/metrics")).text())
+    assert once == (3 if kit.kind == "local" else 2)  # staging, logs/ (and the local store's temp files)
+    await store.put(lock_key(JOB), orjson.dumps({"owner": "busy-replica", "expires": time.time() + 600}))
+    waiting = asyncio.create_task(finalize(client))
+    for _ in range(100):  # it listed staging (pod-a only) and waits for the lock
+        if finalize_lists(await (await client.get("/metrics")).text()) > once:
+            break
+        await asyncio.sleep(0.02)
+    await ingest(client, batch(pod="pod-b", evs=events([0, 1]), eof=True))
+    await store.delete(lock_key(JOB))
+    summary = await asyncio.wait_for(waiting, 20)
+    assert summary["steps"]["running"]["lines"] == 3  # pod-b's two lines too: listed again under the lock
+    assert finalize_lists(await (await client.get("/metrics")).text()) == once + once + 1
+
+
 async def test_many_events_are_chunked_in_order(serve: Any, kit: Any) -> None:
     client = await serve()
     await ingest(client, batch(seq=0, evs=events(range(0, 1000))))
