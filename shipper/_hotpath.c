@@ -637,17 +637,25 @@ run_fit(PyObject *self, PyObject *args)
 /* ---- needles: the redaction pre-check's multi-needle scan, ASCII case folded, without the GIL ----
  *
  * needles(list of bytes) -> automaton (a capsule): a trie of the needles (lowercase ASCII, non-empty,
- * distinct), with a table of the folded byte pairs a needle of two or more bytes starts with.
+ * distinct), with a bit table of the byte triples a needle may start with.
  * find(automaton, data) -> [(needle index, start, end), ...]: the matches of the needles in
  * data.lower() (bytes.lower: ASCII only), leftmost-longest and not overlapping, found left to right,
  * each search going on at the end of the previous match: the list ahocorasick_rs'
  * BytesAhoCorasick(needles, matchkind=LeftmostLongest).find_matches_as_indexes(data.lower()) gives.
- * At each position the trie is walked only where the two bytes there begin a needle (or a one-byte
- * needle is there) and, unless a needle of one or two bytes is there, the three bytes there begin
- * one (a bit table by byte class: in BLAST output 16 % of positions pass the pairs, 2 % the
- * triples); the longest needle ending on the walk is the match at that position, and the
- * first position with one is the leftmost. The scan holds no Python object: it runs with the GIL
- * released, so another thread (the event loop) runs beside it. */
+ * The trie is walked only at the positions whose three bytes (a byte past the end counting as one in
+ * no needle) pass the triple table: in BLAST output 2 % of positions, so the tight loop that skips
+ * the others is left (and its branch mispredicted) that rarely; a byte-pair table as the first
+ * filter passed 16 %. The table is by filter class: one class per folded byte of the needles, but
+ * past 62 classes the rest (by a fixed order: letters and digits first, then the common punctuation)
+ * share one, so the table stays 2^18 bits (32 KiB); a needle of one or two bytes sets every triple
+ * it begins. The table may pass a position no needle starts at, never miss one; the longest needle
+ * ending on the walk is the match at that position, and the first position with one is the
+ * leftmost. The scan holds no Python object: it runs with the GIL released, so another thread (the
+ * event loop) runs beside it. */
+
+#define FILTER_BITS 6                      /* bits of a filter class */
+#define FILTER_CLASSES (1 << FILTER_BITS)  /* the last one shared by the rarest bytes */
+#define FILTER_WORDS ((1 << (3 * FILTER_BITS)) / 64)
 
 typedef struct {
     unsigned char cls[256];      /* folded byte -> class (0: in no needle) */
@@ -655,16 +663,13 @@ typedef struct {
     Py_ssize_t nnodes;
     uint16_t *child;             /* nnodes * nclass: child node, 0 = none (the root is node 0) */
     int32_t *term;               /* nnodes: index of the needle ending at the node, or -1 */
-    unsigned char pair[65536];   /* folded (b0 << 8 | b1): 1 when a needle starts with b0 b1 */
-    unsigned char single[256];   /* folded byte: 1 when it is a one-byte needle */
-    unsigned char start[65536];  /* raw (b0 | b1 << 8): 0 when no match can begin at b0; 2 when a
-                                    needle of one or two bytes is there; else 1 (a longer one may be) */
-    unsigned char *triple;       /* bits by (class b0 * nclass + class b1) * nclass + class b2: a needle
-                                    of three or more bytes starts with b0 b1 b2; NULL: not kept */
+    unsigned char fcls[256];     /* raw byte -> filter class (0: in no needle) */
+    uint64_t filter[FILTER_WORDS];  /* bit f0 << 12 | f1 << 6 | f2: a needle may start with bytes of
+                                       filter classes f0, f1, f2 */
 } Needles;
 
-/* Classes at most this many for the triple table (MAX_TRIPLE_CLASSES ** 3 bits: 256 KiB). */
-#define MAX_TRIPLE_CLASSES 128
+/* The order in which bytes of the needles get filter classes of their own (any other byte after). */
+static const char FILTER_ORDER[] = "abcdefghijklmnopqrstuvwxyz0123456789_-=.:/ ,;\"'()[]{}<>@+*&%?#!$|\\^`~\t";
 
 static unsigned char FOLD[256];
 
@@ -675,9 +680,18 @@ needles_free(PyObject *capsule)
     if (n != NULL) {
         PyMem_Free(n->child);
         PyMem_Free(n->term);
-        PyMem_Free(n->triple);
         PyMem_Free(n);
     }
+}
+
+static void
+filter_set(Needles *n, unsigned f0, int f1, int f2)  /* f1, f2: -1 for any class */
+{
+    for (unsigned a = f1 < 0 ? 0 : (unsigned)f1; a < (f1 < 0 ? FILTER_CLASSES : (unsigned)f1 + 1); a++)
+        for (unsigned b = f2 < 0 ? 0 : (unsigned)f2; b < (f2 < 0 ? FILTER_CLASSES : (unsigned)f2 + 1); b++) {
+            unsigned h = f0 << (2 * FILTER_BITS) | a << FILTER_BITS | b;
+            n->filter[h >> 6] |= UINT64_C(1) << (h & 63);
+        }
 }
 
 static PyObject *
@@ -721,6 +735,16 @@ needles(PyObject *self, PyObject *list)
             n->cls[c] = (unsigned char)n->nclass++;
     for (int c = 0; c < 256; c++)  /* an upper-case byte folds to its class */
         n->cls[c] = n->cls[FOLD[c]];
+    int next = 1;
+    for (const char *p = FILTER_ORDER; *p; p++)
+        if (used[(unsigned char)*p] && !n->fcls[(unsigned char)*p]) {
+            n->fcls[(unsigned char)*p] = (unsigned char)(next < FILTER_CLASSES - 1 ? next++ : FILTER_CLASSES - 1);
+        }
+    for (int c = 0; c < 256; c++)
+        if (used[c] && !n->fcls[c])
+            n->fcls[c] = (unsigned char)(next < FILTER_CLASSES - 1 ? next++ : FILTER_CLASSES - 1);
+    for (int c = 0; c < 256; c++)
+        n->fcls[c] = n->fcls[FOLD[c]];
     n->child = PyMem_Calloc((size_t)(total * n->nclass), sizeof(uint16_t));
     n->term = PyMem_Malloc((size_t)total * sizeof(int32_t));
     if (n->child == NULL || n->term == NULL) {
@@ -751,47 +775,12 @@ needles(PyObject *self, PyObject *list)
             return NULL;
         }
         n->term[node] = (int32_t)k;
-        if (len == 1) {
-            n->single[b[0]] = 1;
-        } else {
-            n->pair[b[0] << 8 | b[1]] = 1;
-        }
+        filter_set(n, n->fcls[b[0]], len > 1 ? n->fcls[b[1]] : -1, len > 2 ? n->fcls[b[2]] : -1);
     }
-    unsigned char shorter[65536] = {0};  /* folded (b0 << 8 | b1): a needle of one or two bytes is there */
-    Py_ssize_t nc = n->nclass;
-    if (nc <= MAX_TRIPLE_CLASSES) {
-        n->triple = PyMem_Calloc((size_t)((nc * nc * nc + 7) / 8), 1);
-        if (n->triple == NULL) {
-            PyMem_Free(n->child);
-            PyMem_Free(n->term);
-            PyMem_Free(n);
-            return PyErr_NoMemory();
-        }
-    }
-    for (Py_ssize_t k = 0; k < count; k++) {
-        PyObject *o = PyList_GET_ITEM(list, k);
-        const unsigned char *b = (const unsigned char *)PyBytes_AS_STRING(o);
-        Py_ssize_t len = PyBytes_GET_SIZE(o);
-        if (len == 1) {
-            for (int b1 = 0; b1 < 256; b1++)
-                shorter[b[0] << 8 | FOLD[b1]] = 1;
-        } else if (len == 2) {
-            shorter[b[0] << 8 | b[1]] = 1;
-        } else if (n->triple != NULL) {
-            Py_ssize_t t = ((Py_ssize_t)n->cls[b[0]] * nc + n->cls[b[1]]) * nc + n->cls[b[2]];
-            n->triple[t >> 3] |= (unsigned char)(1 << (t & 7));
-        }
-    }
-    for (int b0 = 0; b0 < 256; b0++)
-        for (int b1 = 0; b1 < 256; b1++) {
-            int folded = FOLD[b0] << 8 | FOLD[b1];
-            n->start[b0 | b1 << 8] = shorter[folded] ? 2 : (n->pair[folded] | n->single[FOLD[b0]]);
-        }
     PyObject *capsule = PyCapsule_New(n, "shipper._hotpath.needles", needles_free);
     if (capsule == NULL) {
         PyMem_Free(n->child);
         PyMem_Free(n->term);
-        PyMem_Free(n->triple);
         PyMem_Free(n);
     }
     return capsule;
@@ -822,20 +811,29 @@ find(PyObject *self, PyObject *args)
     }
     int oom = 0;
     Py_BEGIN_ALLOW_THREADS
-    const unsigned char *cls = n->cls, *start = n->start, *single = n->single, *triple = n->triple;
+    const unsigned char *cls = n->cls, *fc = n->fcls;
+    const uint64_t *filter = n->filter;
     const uint16_t *child = n->child;
     const int32_t *term = n->term;
     Py_ssize_t nclass = n->nclass;
+#define PASSES(h) (filter[(h) >> 6] >> ((h) & 63) & 1)
     Py_ssize_t i = 0;
     while (i < len) {
-        /* skip the positions where no needle can begin: one table look per byte */
-        while (i + 1 < len && !start[d[i] | d[i + 1] << 8])
-            i++;
-        if (i + 1 >= len && !(i < len && single[FOLD[d[i]]]))
-            break;
-        if (triple != NULL && i + 2 < len && start[d[i] | d[i + 1] << 8] == 1) {
-            Py_ssize_t t = ((Py_ssize_t)cls[d[i]] * nclass + cls[d[i + 1]]) * nclass + cls[d[i + 2]];
-            if (!(triple[t >> 3] >> (t & 7) & 1)) {  /* no needle of three or more bytes starts here */
+        /* skip the positions where no needle can begin: one table look per byte, the classes of the
+         * three bytes kept in registers as the scan moves on */
+        if (i + 2 < len) {
+            uint32_t c0 = fc[d[i]], c1 = fc[d[i + 1]];
+            for (Py_ssize_t last = len - 2; i < last; i++) {
+                uint32_t c2 = fc[d[i + 2]];
+                if (PASSES(c0 << 12 | c1 << 6 | c2))
+                    break;
+                c0 = c1;
+                c1 = c2;
+            }
+        }
+        if (i + 2 >= len) {  /* the last positions: a byte past the end is in no needle */
+            uint32_t h = (uint32_t)fc[d[i]] << 12 | (i + 1 < len ? (uint32_t)fc[d[i + 1]] << 6 : 0);
+            if (!PASSES(h)) {
                 i++;
                 continue;
             }
@@ -872,6 +870,7 @@ find(PyObject *self, PyObject *args)
         nm++;
         i = best_end;
     }
+#undef PASSES
     Py_END_ALLOW_THREADS
     PyBuffer_Release(&data);
     PyObject *result = NULL;

@@ -206,6 +206,19 @@ def test_compiled_needle_scan_over_every_byte_pair() -> None:
 
 
 @compiled_only
+def test_compiled_needle_scan_at_the_ends_and_with_the_rarest_bytes() -> None:
+    """Every needle at a read's start and end (where the scan's triple table sees bytes past the
+    end), cut short, and beside the punctuation that shares a filter class (the table's 64th)."""
+    from shipper.redact import _find
+
+    rare = b"!$|\\^`~#%&?*+<>"
+    for needle, *_ in _NEEDLES:
+        for probe in (needle, needle.upper(), b"x" + needle, b"=" + needle, needle[:-1], needle[1:],
+                      needle + b"~", rare + needle + rare, needle[:2] + rare[:3], rare[::-1] + needle[:3]):
+            assert _find(probe) == _find_py(probe), probe
+
+
+@compiled_only
 @settings(max_examples=500, deadline=None)
 @given(st.lists(st.binary(max_size=30), max_size=50), st.integers(0, 60), st.integers(0, 60), st.integers(-5, 400))
 def test_compiled_run_fit_is_the_walk(events: list[bytes], i: int, stop: int, limit: int) -> None:
