@@ -869,10 +869,20 @@ find(PyObject *self, PyObject *args)
 #define PASSES(h) (filter[(h) >> 6] >> ((h) & 63) & 1)
     Py_ssize_t i = 0;
     while (i < len) {
-        /* skip the positions where no needle can begin: one table look per byte, the classes of the
-         * three bytes kept in registers as the scan moves on */
+        /* skip the positions where no needle can begin: one table look per position, the classes
+         * of the bytes kept in registers as the scan moves on, one branch per two positions */
         if (i + 2 < len) {
             uint32_t c0 = fc[d[i]], c1 = fc[d[i + 1]];
+            for (Py_ssize_t last = len - 3; i < last; i += 2) {  /* two positions per branch */
+                uint32_t c2 = fc[d[i + 2]], c3 = fc[d[i + 3]];
+                uint64_t first = PASSES(c0 << 12 | c1 << 6 | c2);
+                if (first | PASSES(c1 << 12 | c2 << 6 | c3)) {
+                    i += !first;
+                    goto walk;
+                }
+                c0 = c2;
+                c1 = c3;
+            }
             for (Py_ssize_t last = len - 2; i < last; i++) {
                 uint32_t c2 = fc[d[i + 2]];
                 if (PASSES(c0 << 12 | c1 << 6 | c2))
@@ -888,6 +898,7 @@ find(PyObject *self, PyObject *args)
                 continue;
             }
         }
+    walk:;
         Py_ssize_t node = 0;
         Py_ssize_t best = -1, best_end = 0;
         for (Py_ssize_t j = i; j < len; j++) {
