@@ -65,18 +65,16 @@ def sanitise_chunk(san: Sanitiser, chunk: Chunk) -> list[str]:
     return texts
 
 
-def prepare(san: Sanitiser, chunk: Chunk, start: RedactorState,
-            found: list[tuple[int, int, int]] | None = None) -> Prepared:
+def prepare(san: Sanitiser, chunk: Chunk, start: RedactorState) -> Prepared:
     """Sanitise and encode `chunk` as if the redactor stood at `start` before its first line.
 
-    Uses `san` as scratch: its state and counters are overwritten. `found`: the redaction
-    pre-check's needle matches in `chunk.joined` (`shipper.redact.scan`), when already done.
+    Uses `san` as scratch: its state and counters are overwritten.
     """
     san.state = start
     san.redactions.clear()
     san.truncated = 0
     if _hotpath is not None and chunk.joined is not None and start == CLEAN_STATE:
-        fast = _prepare_compiled(san, chunk, chunk.joined, found)
+        fast = _prepare_compiled(san, chunk, chunk.joined)
         if fast is not None:
             return fast
     texts = sanitise_chunk(san, chunk)
@@ -84,15 +82,14 @@ def prepare(san: Sanitiser, chunk: Chunk, start: RedactorState,
     return Prepared(chunk.offs, events, dict(san.redactions), san.truncated, start, san.state)
 
 
-def _prepare_compiled(san: Sanitiser, chunk: Chunk, raw: bytes,
-                      found: list[tuple[int, int, int]] | None = None) -> Prepared | None:
+def _prepare_compiled(san: Sanitiser, chunk: Chunk, raw: bytes) -> Prepared | None:
     """`prepare` of a plain read from the clean state, with the compiled hot path encoding every
     line that sanitising leaves as it is, and rendering (escapes, carriage returns) and encoding
     most lines with control characters; the others (needles, invalid UTF-8, over the cap, shapes
     it does not render) go through `Sanitiser.some_lines` with what the scans of the whole read
     found, and so do the rendered lines' texts, for the redaction pre-check they need. None when
     the redactor's state must see the read line by line (then `sanitise_chunk` does it all)."""
-    own_hits, rule_hits = san.needle_hits(raw, found)
+    own_hits, rule_hits = san.needle_hits(raw)
     ts = orjson.dumps(chunk.ts)
     events, offs, slow, controls, rendered = _hotpath.encode_lines(raw, chunk.first, ts, san.max_chars,
                                                                    sorted(own_hits + rule_hits))

@@ -9,28 +9,14 @@ state), which `next` checks and, when wrong, redoes from the state it knows exac
 from __future__ import annotations
 
 import asyncio
-import os
 from collections import deque
-from concurrent.futures import ThreadPoolExecutor
 
 from shipper.metrics import ShipperMetrics
-from shipper.prepare import COMPILED, Prepared, prepare
+from shipper.prepare import Prepared, prepare
 from shipper.reader import Chunk
-from shipper.redact import CLEAN_STATE, RedactorState, scan
+from shipper.redact import CLEAN_STATE, RedactorState
 from shipper.sanitise import Sanitiser
 from shipper.workers import MAX_QUEUED, Reply, SanitiserPool
-
-#: The needle matches of a read, from the scanning thread.
-Scanning = asyncio.Future[list[tuple[int, int, int]]]
-
-_SCANNER: ThreadPoolExecutor | None = None
-
-
-def _scanner() -> ThreadPoolExecutor:
-    global _SCANNER
-    if _SCANNER is None:
-        _SCANNER = ThreadPoolExecutor(1, thread_name_prefix="scan")
-    return _SCANNER
 
 
 class Preparer:
@@ -38,15 +24,10 @@ class Preparer:
         self.sanitiser = sanitiser
         self.pool = pool
         self.metrics = metrics
-        #: chunks read and being prepared, oldest first, with what will answer for each (and the
-        #: scanning thread's needle matches)
-        self.chunks: deque[tuple[Chunk, Reply | Prepared | None, Scanning | None]] = deque()
-        #: without workers, the next read's needle scan (C, without the GIL) runs in a thread
-        #: while this one is placed
-        self.scanning = (pool is None and COMPILED and sanitiser.redacting
-                         and os.environ.get("BLAST_LOGS_SCAN_THREAD") == "1")
+        #: chunks read and being prepared, oldest first, with what will answer for each
+        self.chunks: deque[tuple[Chunk, Reply | Prepared | None]] = deque()
         #: chunks in flight beyond the one being placed: enough to keep every worker's queue full
-        self.depth = pool.size * MAX_QUEUED if pool is not None else 1 if self.scanning else 0
+        self.depth = pool.size * MAX_QUEUED if pool is not None else 0
         #: the redactor state after the last chunk taken by `next`
         self.state: RedactorState = CLEAN_STATE
 
@@ -55,7 +36,7 @@ class Preparer:
 
     def lines(self) -> int:
         """Lines read and not yet taken."""
-        return sum(len(chunk) for chunk, _, _ in self.chunks)
+        return sum(len(chunk) for chunk, _ in self.chunks)
 
     @property
     def full(self) -> bool:
@@ -74,24 +55,20 @@ class Preparer:
         workers instead of waiting for their answers.
         """
         pending: Reply | Prepared | None = None
-        scanning: Scanning | None = None
         if self.pool is not None and not chunk.extras and chunk.joined is not None:
             guess = CLEAN_STATE if self.chunks else self.state
             pending = self.pool.submit(chunk, guess)
             if pending is None:
                 pending = prepare(self.sanitiser, chunk, guess)
-        elif self.scanning and chunk.joined is not None:
-            scanning = asyncio.wrap_future(_scanner().submit(scan, chunk.joined))
-        self.chunks.append((chunk, pending, scanning))
+        self.chunks.append((chunk, pending))
         if self.pool is not None:
             self.pool.hold()
 
     async def next(self) -> tuple[Chunk, Prepared]:
         """The oldest chunk, prepared from the state the one before it ended in."""
-        chunk, pending, scanning = self.chunks[0]
+        chunk, pending = self.chunks[0]
         in_worker = isinstance(pending, asyncio.Future)
         prepared = await pending if isinstance(pending, asyncio.Future) else pending
-        found = await scanning if scanning is not None else None
         self.chunks.popleft()
         if self.pool is not None:
             self.pool.release()
@@ -99,7 +76,7 @@ class Preparer:
         where = "worker" if in_worker else "shipper"
         if prepared is None or prepared.start != self.state:
             where = "redone" if in_worker or prepared is not None else "shipper"
-            prepared = prepare(self.sanitiser, chunk, self.state, found)
+            prepared = prepare(self.sanitiser, chunk, self.state)
         if self.pool is not None:
             self.metrics.prepared.labels(where=where).inc()
         self.state = prepared.state

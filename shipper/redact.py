@@ -473,19 +473,13 @@ except (ImportError, ValueError):  # pragma: no cover - no C compiler, or needle
     _find = _find_py
 
 
-def scan(data: bytes) -> list[tuple[int, int, int]]:
-    """The needle matches `_hits` starts from (`find` of the compiled path releases the GIL: a
-    thread may run it for a read while the event loop works on another)."""
-    return _find(data)
-
-
-def _hits(data: bytes, found: list[tuple[int, int, int]] | None = None) -> tuple[list[int], list[int]]:
+def _hits(data: bytes) -> tuple[list[int], list[int]]:
     """Byte offsets in `data` where one of our needles (or a job token's shape) starts, and where
-    only a rule keyword does. `found`: `scan(data)`, when already done."""
+    only a rule keyword does."""
     own: list[int] = []
     rules: list[int] = []
     weak, ours = _WEAK, _OURS
-    for k, start, end in _find(data) if found is None else found:
+    for k, start, end in _find(data):
         needle = weak.get(k)
         if needle is None:
             if k != _PAD or (start and data[start - 1] in _B64_BYTES):
@@ -719,11 +713,10 @@ class Redactor:
         return True
 
     @staticmethod
-    def hits(raw: bytes, found: list[tuple[int, int, int]] | None = None) -> tuple[list[int], list[int]]:
+    def hits(raw: bytes) -> tuple[list[int], list[int]]:
         """Byte offsets in `raw` (lines joined with b"\\n") where one of our needles starts, and
-        where only a rule keyword does: what `redact_found` takes, once mapped to lines. `found`:
-        `scan(raw)`, when already done."""
-        return _hits(raw, found)
+        where only a rule keyword does: what `redact_found` takes, once mapped to lines."""
+        return _hits(raw)
 
     def _plain(self, text: str) -> str:
         if not might_hold_secret(text):

@@ -185,15 +185,10 @@ class Sanitiser:
             texts[i] = cap_line(texts[i], self.max_chars)
         self.truncated += len(over)
 
-    def needle_hits(self, joined_raw: bytes, found: list[tuple[int, int, int]] | None = None) -> tuple[list[int], list[int]]:
+    def needle_hits(self, joined_raw: bytes) -> tuple[list[int], list[int]]:
         """Where the redactor's scan of a read's joined lines found our needles and rule keywords
-        (none when redaction is off): for `some_lines`. `found`: `shipper.redact.scan(joined_raw)`,
-        when already done."""
-        return self._redactor.hits(joined_raw, found) if self._redactor is not None else ([], [])
-
-    @property
-    def redacting(self) -> bool:
-        return self._redactor is not None
+        (none when redaction is off): for `some_lines`."""
+        return self._redactor.hits(joined_raw) if self._redactor is not None else ([], [])
 
     def some_lines(self, raws: dict[int, bytes], controls: list[int], own: set[int],
                    candidates: set[int], *, rendered: dict[int, bytes] | None = None) -> dict[int, str] | None:
