@@ -27,6 +27,9 @@
 #include <Python.h>
 #include <stdint.h>
 #include <string.h>
+#ifdef __SSE2__
+#include <emmintrin.h>  /* baseline on x86_64 */
+#endif
 
 static const char PREFIX[] = "{\"off\":";
 static const char MID_TS[] = ",\"ts\":";
@@ -45,6 +48,29 @@ static const char SUFFIX[] = "\"}";
 #define HASZERO(v) (((v) - ONES) & ~(v))
 #define HASLESS(v, n) (((v) - ONES * (n)) & ~(v))
 
+/* The newlines in [p, end): with SSE2 sixteen bytes at a time (a compare per block, the matches
+ * summed per byte lane and added up every 255 blocks), else one memchr per line. */
+static Py_ssize_t
+count_newlines(const unsigned char *p, const unsigned char *end)
+{
+    Py_ssize_t count = 0;
+#ifdef __SSE2__
+    const __m128i nl = _mm_set1_epi8('\n'), zero = _mm_setzero_si128();
+    while (end - p >= 16) {
+        __m128i lanes = zero;  /* minus the newlines per byte lane: at most 255 blocks */
+        for (int k = 0; k < 255 && end - p >= 16; k++, p += 16)
+            lanes = _mm_sub_epi8(lanes, _mm_cmpeq_epi8(_mm_loadu_si128((const __m128i *)p), nl));
+        __m128i sums = _mm_sad_epu8(lanes, zero);
+        count += _mm_cvtsi128_si32(sums) + _mm_cvtsi128_si32(_mm_unpackhi_epi64(sums, sums));
+    }
+#endif
+    while (p < end && (p = memchr(p, '\n', (size_t)(end - p))) != NULL) {
+        count++;
+        p++;
+    }
+    return count;
+}
+
 /* Whether [p, end) holds a control character other than tab, judged byte by byte as
  * control_positions judges a read: any C0 byte but tab, DEL, or \xc2 followed by \x80-\x9f
  * (a C1 control), whatever the bytes around them. */
@@ -62,15 +88,38 @@ has_control(const unsigned char *p, const unsigned char *end)
 }
 
 /* Classifies the line [p, end): CONTROL, else NEEDS_WORK (invalid UTF-8 as Python's strict decoder
- * judges it, or more than max_chars characters), else CLEAN with *extra_out the bytes escaping adds. */
+ * judges it, or more than max_chars characters), else CLEAN with *extra_out the bytes escaping adds.
+ * Bytes up to `limit` (>= end: the end of the buffer the line is in) may be read, not judged. */
 static int
-scan_line(const unsigned char *p, const unsigned char *end, Py_ssize_t max_chars,
+scan_line(const unsigned char *p, const unsigned char *end, const unsigned char *limit, Py_ssize_t max_chars,
           Py_ssize_t *extra_out)
 {
     const unsigned char *start = p;
     Py_ssize_t chars = 0, extra = 0;
     while (p < end) {
-        /* eight plain ASCII bytes at a time (no control, DEL, quote, backslash or non-ASCII byte) */
+        /* plain ASCII bytes (no control, DEL, quote, backslash or non-ASCII byte) skipped in bulk */
+#ifdef __SSE2__
+        /* sixteen at a time, where sixteen bytes are there to read: a signed compare with 0x20 finds
+         * the controls and the non-ASCII bytes at once; the line's end counts as a byte to stop at */
+        while (limit - p >= 16) {
+            __m128i v = _mm_loadu_si128((const __m128i *)p);
+            __m128i stop = _mm_or_si128(
+                _mm_or_si128(_mm_cmplt_epi8(v, _mm_set1_epi8(0x20)), _mm_cmpeq_epi8(v, _mm_set1_epi8('"'))),
+                _mm_or_si128(_mm_cmpeq_epi8(v, _mm_set1_epi8('\\')), _mm_cmpeq_epi8(v, _mm_set1_epi8(0x7f))));
+            unsigned mask = (unsigned)_mm_movemask_epi8(stop);
+            if (end - p < 16)
+                mask |= 1u << (end - p);
+            if (mask != 0) {
+                unsigned k = (unsigned)__builtin_ctz(mask);
+                p += k;
+                chars += k;
+                goto judge;
+            }
+            p += 16;
+            chars += 16;
+        }
+#endif
+        /* eight at a time */
         while (end - p >= 8) {
             uint64_t v;
             memcpy(&v, p, 8);
@@ -80,6 +129,9 @@ scan_line(const unsigned char *p, const unsigned char *end, Py_ssize_t max_chars
             p += 8;
             chars += 8;
         }
+#ifdef __SSE2__
+    judge:
+#endif
         if (chars > max_chars)
             return has_control(p, end) ? CONTROL : NEEDS_WORK;
         if (p >= end)
@@ -439,9 +491,7 @@ encode_lines(PyObject *self, PyObject *args)
     const unsigned char *stop = data + joined.len;
     Py_ssize_t nflag = PyList_GET_SIZE(flagged), fi = 0, next_flag = PY_SSIZE_T_MAX;
 
-    Py_ssize_t count = 1;  /* lines: one more than the newlines */
-    for (const unsigned char *p = data; (p = memchr(p, '\n', (size_t)(stop - p))) != NULL; p++)
-        count++;
+    Py_ssize_t count = 1 + count_newlines(data, stop);  /* lines: one more than the newlines */
     events = PyList_New(count);
     offs = PyList_New(count);
     slow = PyList_New(0);
@@ -479,7 +529,7 @@ encode_lines(PyObject *self, PyObject *args)
         PyList_SET_ITEM(offs, index, o);  /* a list's unset items are NULL: safe to free on error */
         Py_ssize_t extra = 0;
         PyObject *event = NULL;
-        int kind = scan_line(line, end, max_chars, &extra);
+        int kind = scan_line(line, end, stop, max_chars, &extra);
         Py_ssize_t n = -1;
         if (kind == CONTROL && !flagged_here) {
             Py_ssize_t need = end - line > RENDER_MAX_COL ? end - line : RENDER_MAX_COL;
@@ -637,17 +687,25 @@ run_fit(PyObject *self, PyObject *args)
 /* ---- needles: the redaction pre-check's multi-needle scan, ASCII case folded, without the GIL ----
  *
  * needles(list of bytes) -> automaton (a capsule): a trie of the needles (lowercase ASCII, non-empty,
- * distinct), with a table of the folded byte pairs a needle of two or more bytes starts with.
+ * distinct), with a bit table of the byte triples a needle may start with.
  * find(automaton, data) -> [(needle index, start, end), ...]: the matches of the needles in
  * data.lower() (bytes.lower: ASCII only), leftmost-longest and not overlapping, found left to right,
  * each search going on at the end of the previous match: the list ahocorasick_rs'
  * BytesAhoCorasick(needles, matchkind=LeftmostLongest).find_matches_as_indexes(data.lower()) gives.
- * At each position the trie is walked only where the two bytes there begin a needle (or a one-byte
- * needle is there) and, unless a needle of one or two bytes is there, the three bytes there begin
- * one (a bit table by byte class: in BLAST output 16 % of positions pass the pairs, 2 % the
- * triples); the longest needle ending on the walk is the match at that position, and the
- * first position with one is the leftmost. The scan holds no Python object: it runs with the GIL
- * released, so another thread (the event loop) runs beside it. */
+ * The trie is walked only at the positions whose three bytes (a byte past the end counting as one in
+ * no needle) pass the triple table: in BLAST output 2 % of positions, so the tight loop that skips
+ * the others is left (and its branch mispredicted) that rarely; a byte-pair table as the first
+ * filter passed 16 %. The table is by filter class: one class per folded byte of the needles, but
+ * past 62 classes the rest (by a fixed order: letters and digits first, then the common punctuation)
+ * share one, so the table stays 2^18 bits (32 KiB); a needle of one or two bytes sets every triple
+ * it begins. The table may pass a position no needle starts at, never miss one; the longest needle
+ * ending on the walk is the match at that position, and the first position with one is the
+ * leftmost. The scan holds no Python object: it runs with the GIL released, so another thread (the
+ * event loop) runs beside it. */
+
+#define FILTER_BITS 6                      /* bits of a filter class */
+#define FILTER_CLASSES (1 << FILTER_BITS)  /* the last one shared by the rarest bytes */
+#define FILTER_WORDS ((1 << (3 * FILTER_BITS)) / 64)
 
 typedef struct {
     unsigned char cls[256];      /* folded byte -> class (0: in no needle) */
@@ -655,16 +713,13 @@ typedef struct {
     Py_ssize_t nnodes;
     uint16_t *child;             /* nnodes * nclass: child node, 0 = none (the root is node 0) */
     int32_t *term;               /* nnodes: index of the needle ending at the node, or -1 */
-    unsigned char pair[65536];   /* folded (b0 << 8 | b1): 1 when a needle starts with b0 b1 */
-    unsigned char single[256];   /* folded byte: 1 when it is a one-byte needle */
-    unsigned char start[65536];  /* raw (b0 | b1 << 8): 0 when no match can begin at b0; 2 when a
-                                    needle of one or two bytes is there; else 1 (a longer one may be) */
-    unsigned char *triple;       /* bits by (class b0 * nclass + class b1) * nclass + class b2: a needle
-                                    of three or more bytes starts with b0 b1 b2; NULL: not kept */
+    unsigned char fcls[256];     /* raw byte -> filter class (0: in no needle) */
+    uint64_t filter[FILTER_WORDS];  /* bit f0 << 12 | f1 << 6 | f2: a needle may start with bytes of
+                                       filter classes f0, f1, f2 */
 } Needles;
 
-/* Classes at most this many for the triple table (MAX_TRIPLE_CLASSES ** 3 bits: 256 KiB). */
-#define MAX_TRIPLE_CLASSES 128
+/* The order in which bytes of the needles get filter classes of their own (any other byte after). */
+static const char FILTER_ORDER[] = "abcdefghijklmnopqrstuvwxyz0123456789_-=.:/ ,;\"'()[]{}<>@+*&%?#!$|\\^`~\t";
 
 static unsigned char FOLD[256];
 
@@ -675,9 +730,18 @@ needles_free(PyObject *capsule)
     if (n != NULL) {
         PyMem_Free(n->child);
         PyMem_Free(n->term);
-        PyMem_Free(n->triple);
         PyMem_Free(n);
     }
+}
+
+static void
+filter_set(Needles *n, unsigned f0, int f1, int f2)  /* f1, f2: -1 for any class */
+{
+    for (unsigned a = f1 < 0 ? 0 : (unsigned)f1; a < (f1 < 0 ? FILTER_CLASSES : (unsigned)f1 + 1); a++)
+        for (unsigned b = f2 < 0 ? 0 : (unsigned)f2; b < (f2 < 0 ? FILTER_CLASSES : (unsigned)f2 + 1); b++) {
+            unsigned h = f0 << (2 * FILTER_BITS) | a << FILTER_BITS | b;
+            n->filter[h >> 6] |= UINT64_C(1) << (h & 63);
+        }
 }
 
 static PyObject *
@@ -721,6 +785,16 @@ needles(PyObject *self, PyObject *list)
             n->cls[c] = (unsigned char)n->nclass++;
     for (int c = 0; c < 256; c++)  /* an upper-case byte folds to its class */
         n->cls[c] = n->cls[FOLD[c]];
+    int next = 1;
+    for (const char *p = FILTER_ORDER; *p; p++)
+        if (used[(unsigned char)*p] && !n->fcls[(unsigned char)*p]) {
+            n->fcls[(unsigned char)*p] = (unsigned char)(next < FILTER_CLASSES - 1 ? next++ : FILTER_CLASSES - 1);
+        }
+    for (int c = 0; c < 256; c++)
+        if (used[c] && !n->fcls[c])
+            n->fcls[c] = (unsigned char)(next < FILTER_CLASSES - 1 ? next++ : FILTER_CLASSES - 1);
+    for (int c = 0; c < 256; c++)
+        n->fcls[c] = n->fcls[FOLD[c]];
     n->child = PyMem_Calloc((size_t)(total * n->nclass), sizeof(uint16_t));
     n->term = PyMem_Malloc((size_t)total * sizeof(int32_t));
     if (n->child == NULL || n->term == NULL) {
@@ -751,47 +825,12 @@ needles(PyObject *self, PyObject *list)
             return NULL;
         }
         n->term[node] = (int32_t)k;
-        if (len == 1) {
-            n->single[b[0]] = 1;
-        } else {
-            n->pair[b[0] << 8 | b[1]] = 1;
-        }
+        filter_set(n, n->fcls[b[0]], len > 1 ? n->fcls[b[1]] : -1, len > 2 ? n->fcls[b[2]] : -1);
     }
-    unsigned char shorter[65536] = {0};  /* folded (b0 << 8 | b1): a needle of one or two bytes is there */
-    Py_ssize_t nc = n->nclass;
-    if (nc <= MAX_TRIPLE_CLASSES) {
-        n->triple = PyMem_Calloc((size_t)((nc * nc * nc + 7) / 8), 1);
-        if (n->triple == NULL) {
-            PyMem_Free(n->child);
-            PyMem_Free(n->term);
-            PyMem_Free(n);
-            return PyErr_NoMemory();
-        }
-    }
-    for (Py_ssize_t k = 0; k < count; k++) {
-        PyObject *o = PyList_GET_ITEM(list, k);
-        const unsigned char *b = (const unsigned char *)PyBytes_AS_STRING(o);
-        Py_ssize_t len = PyBytes_GET_SIZE(o);
-        if (len == 1) {
-            for (int b1 = 0; b1 < 256; b1++)
-                shorter[b[0] << 8 | FOLD[b1]] = 1;
-        } else if (len == 2) {
-            shorter[b[0] << 8 | b[1]] = 1;
-        } else if (n->triple != NULL) {
-            Py_ssize_t t = ((Py_ssize_t)n->cls[b[0]] * nc + n->cls[b[1]]) * nc + n->cls[b[2]];
-            n->triple[t >> 3] |= (unsigned char)(1 << (t & 7));
-        }
-    }
-    for (int b0 = 0; b0 < 256; b0++)
-        for (int b1 = 0; b1 < 256; b1++) {
-            int folded = FOLD[b0] << 8 | FOLD[b1];
-            n->start[b0 | b1 << 8] = shorter[folded] ? 2 : (n->pair[folded] | n->single[FOLD[b0]]);
-        }
     PyObject *capsule = PyCapsule_New(n, "shipper._hotpath.needles", needles_free);
     if (capsule == NULL) {
         PyMem_Free(n->child);
         PyMem_Free(n->term);
-        PyMem_Free(n->triple);
         PyMem_Free(n);
     }
     return capsule;
@@ -822,24 +861,44 @@ find(PyObject *self, PyObject *args)
     }
     int oom = 0;
     Py_BEGIN_ALLOW_THREADS
-    const unsigned char *cls = n->cls, *start = n->start, *single = n->single, *triple = n->triple;
+    const unsigned char *cls = n->cls, *fc = n->fcls;
+    const uint64_t *filter = n->filter;
     const uint16_t *child = n->child;
     const int32_t *term = n->term;
     Py_ssize_t nclass = n->nclass;
+#define PASSES(h) (filter[(h) >> 6] >> ((h) & 63) & 1)
     Py_ssize_t i = 0;
     while (i < len) {
-        /* skip the positions where no needle can begin: one table look per byte */
-        while (i + 1 < len && !start[d[i] | d[i + 1] << 8])
-            i++;
-        if (i + 1 >= len && !(i < len && single[FOLD[d[i]]]))
-            break;
-        if (triple != NULL && i + 2 < len && start[d[i] | d[i + 1] << 8] == 1) {
-            Py_ssize_t t = ((Py_ssize_t)cls[d[i]] * nclass + cls[d[i + 1]]) * nclass + cls[d[i + 2]];
-            if (!(triple[t >> 3] >> (t & 7) & 1)) {  /* no needle of three or more bytes starts here */
+        /* skip the positions where no needle can begin: one table look per position, the classes
+         * of the bytes kept in registers as the scan moves on, one branch per two positions */
+        if (i + 2 < len) {
+            uint32_t c0 = fc[d[i]], c1 = fc[d[i + 1]];
+            for (Py_ssize_t last = len - 3; i < last; i += 2) {  /* two positions per branch */
+                uint32_t c2 = fc[d[i + 2]], c3 = fc[d[i + 3]];
+                uint64_t first = PASSES(c0 << 12 | c1 << 6 | c2);
+                if (first | PASSES(c1 << 12 | c2 << 6 | c3)) {
+                    i += !first;
+                    goto walk;
+                }
+                c0 = c2;
+                c1 = c3;
+            }
+            for (Py_ssize_t last = len - 2; i < last; i++) {
+                uint32_t c2 = fc[d[i + 2]];
+                if (PASSES(c0 << 12 | c1 << 6 | c2))
+                    break;
+                c0 = c1;
+                c1 = c2;
+            }
+        }
+        if (i + 2 >= len) {  /* the last positions: a byte past the end is in no needle */
+            uint32_t h = (uint32_t)fc[d[i]] << 12 | (i + 1 < len ? (uint32_t)fc[d[i + 1]] << 6 : 0);
+            if (!PASSES(h)) {
                 i++;
                 continue;
             }
         }
+    walk:;
         Py_ssize_t node = 0;
         Py_ssize_t best = -1, best_end = 0;
         for (Py_ssize_t j = i; j < len; j++) {
@@ -872,6 +931,7 @@ find(PyObject *self, PyObject *args)
         nm++;
         i = best_end;
     }
+#undef PASSES
     Py_END_ALLOW_THREADS
     PyBuffer_Release(&data);
     PyObject *result = NULL;
@@ -891,19 +951,15 @@ find(PyObject *self, PyObject *args)
     return result;
 }
 
-/* newlines(data) -> data.count(b"\n"), one memchr per line (bytes.count looks at every byte). */
+/* newlines(data) -> data.count(b"\n"), sixteen bytes at a time (bytes.count looks at every byte). */
 static PyObject *
 newlines(PyObject *self, PyObject *arg)
 {
     Py_buffer data;
     if (PyObject_GetBuffer(arg, &data, PyBUF_SIMPLE) < 0)
         return NULL;
-    const char *p = data.buf, *end = p + data.len;
-    Py_ssize_t count = 0;
-    while (p < end && (p = memchr(p, '\n', (size_t)(end - p))) != NULL) {
-        count++;
-        p++;
-    }
+    const unsigned char *p = data.buf;
+    Py_ssize_t count = count_newlines(p, p + data.len);
     PyBuffer_Release(&data);
     return PyLong_FromSsize_t(count);
 }

@@ -103,6 +103,25 @@ def test_every_byte_value_in_every_position() -> None:
 
 
 @compiled_only
+def test_every_byte_value_at_every_place_in_a_block() -> None:
+    """Each byte value at each place of the scan's blocks of 8 and 16 bytes (and past them), in lines
+    that end inside, at and past a block, at the read's end, and around the character cap."""
+    lines = []
+    for b in range(256):
+        if b == 0x0A:
+            continue
+        for at in (0, 1, 7, 8, 14, 15, 16, 17, 31, 32, 33):
+            lines += [b"x" * at + bytes([b]) + b"y" * (at % 5)]
+    assert_same(*both(chunk_of(lines)))
+    for limit in (14, 15, 16, 17, 31, 32, 33):
+        assert_same(*both(chunk_of(lines), limit=limit))
+        assert_same(*both(chunk_of([b"z" * n for n in range(0, 40)] + [b"\t" * 20, "é".encode() * 17]), limit=limit))
+    for n in range(0, 34):  # the read's last line, no bytes past it to read
+        assert_same(*both(chunk_of([b"a" * 40, b"b" * n])))
+        assert_same(*both(chunk_of([b"a" * 40, b"b" * n + b'"'])))
+
+
+@compiled_only
 def test_events_decode_to_the_lines_and_offsets_count_bytes() -> None:
     lines = [b"plain", b'say "hi"\tthere \\ back', "é日本😀".encode(), b"", b"last"]
     compiled, _ = both(chunk_of(lines, first=7, ts=12.5))
@@ -203,6 +222,19 @@ def test_compiled_needle_scan_over_every_byte_pair() -> None:
     every = bytes(range(256)) + b" API_KEY=x password==@ Pass " + bytes(range(255, -1, -1))
     for probe in (data, every, every[:-1], b"@", b"a", b"", every.upper()):
         assert _find(probe) == _find_py(probe)
+
+
+@compiled_only
+def test_compiled_needle_scan_at_the_ends_and_with_the_rarest_bytes() -> None:
+    """Every needle at a read's start and end (where the scan's triple table sees bytes past the
+    end), cut short, and beside the punctuation that shares a filter class (the table's 64th)."""
+    from shipper.redact import _find
+
+    rare = b"!$|\\^`~#%&?*+<>"
+    for needle, *_ in _NEEDLES:
+        for probe in (needle, needle.upper(), b"x" + needle, b"=" + needle, needle[:-1], needle[1:],
+                      needle + b"~", rare + needle + rare, needle[:2] + rare[:3], rare[::-1] + needle[:3]):
+            assert _find(probe) == _find_py(probe), probe
 
 
 @compiled_only
