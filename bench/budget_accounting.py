@@ -320,7 +320,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--ring", type=_size, default=_size("64K"))
     p.add_argument("--report", type=_size, default=_size("4M"))
     p.add_argument("--unterminated", action="store_true", help="the file's last line has no newline")
-    p.add_argument("--workers", type=int, default=1)
+    p.add_argument("--workers", type=int, default=0, help="sanitising workers (the shipper's default: 0)")
     p.add_argument("--random-max", type=float, default=2.0)
     p.add_argument("--workdir", default="/tmp/budget-accounting")
     args = p.parse_args(argv)
