@@ -2,6 +2,7 @@
 bytes past the budget to read: every line written is shipped exactly once or counted in exactly one
 `dropped` report, reports count their lines and bytes exactly, shipped and reported bytes add up to
 the file, and the tail is the file's last lines, as many as the tail ring's encoded bytes allow.
+Also across a drain, more lines (a restarted container appends) and a second shipper run.
 
 Lines of varied length, so the ring's byte bound cuts anywhere, and the last one unterminated (the
 drain ships it). Sent batches are counted one by one, so a line shipped twice is seen (the recorder
@@ -31,7 +32,8 @@ def numbered(count: int) -> bytes:
     return b"".join(b"%06d %s\n" % (i, b"x" * rnd.randrange(5, 153)) for i in range(count))[:-1]
 
 
-def check_accounting(data: bytes, batches: list[dict[str, Any]]) -> dict[str, int]:
+def check_accounting(data: bytes, batches: list[dict[str, Any]], runs: int = 1) -> dict[str, int]:
+    """`batches` in sending order, of `runs` shipper runs one after the other, each drained."""
     starts = [0, *(i + 1 for i, b in enumerate(data) if b == 0x0A)]
     ends = [*starts[1:], len(data)]
     n = len(starts)
@@ -67,7 +69,7 @@ def check_accounting(data: bytes, batches: list[dict[str, Any]]) -> dict[str, in
               "line": data[starts[tail[0] - 1]:ends[tail[0] - 1]].rstrip(b"\n").decode()}
     assert held <= RING < held + len(orjson.dumps(before)) + 3, (held, len(tail))
     eofs = [b for b in batches if b["eof"]]
-    assert len(eofs) == 1 and eofs[0] is max(batches, key=lambda b: int(b["seq"]))
+    assert len(eofs) == runs and eofs[-1] is batches[-1]
     return {"reports": len(reports), "tail": len(tail)}
 
 
@@ -89,3 +91,22 @@ async def test_a_drain_past_the_budget_ships_or_reports_each_line_once(
         assert await shipper.wait() == 0
     got = check_accounting(data, recorder.sent("blast"))
     assert got["reports"] >= 2 and got["tail"] >= 40  # reports while reading and at the drain
+
+
+async def test_after_a_drain_a_restarted_shipper_goes_on_past_the_budget(volume: Path, recorder: Recorder) -> None:
+    path = volume / "logs" / "blast.log"
+    data = numbered(6000)
+    cut = data.index(b"\n", len(data) // 2) + 1
+    append(path, data[:cut])
+    async with shipping(volume, [recorder.url], *ARGS) as first:
+        await eventually(lambda: sum(1 for b in recorder.accepted if b["dropped"]["lines"]) >= 2,
+                         what="reports while reading past the budget")
+        assert await first.stop() == 0
+    runs = [recorder.sent("blast")]
+    append(path, data[cut:])
+    async with shipping(volume, [recorder.url], *ARGS) as second:
+        await second.started()
+        assert await second.stop() == 0
+    runs.append(sorted(recorder.batches("blast")[len(runs[0]):], key=lambda b: int(b["seq"])))
+    got = check_accounting(data, runs[0] + runs[1], runs=2)
+    assert got["reports"] >= 8
