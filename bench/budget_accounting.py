@@ -56,6 +56,7 @@ from gen_logs import _size  # noqa: E402
 
 @dataclass
 class Event:
+    seq: int
     off: int
     size: int  # encoded bytes, as the ring counts them
     ts: float
@@ -68,6 +69,8 @@ class Recording:
     events: list[Event] = field(default_factory=list)
     #: (off, lines, bytes, exact) of each report, in arrival order
     reports: list[tuple[int, int, int, bool]] = field(default_factory=list)
+    #: (seq, events, first off, last off, dropped, eof) of each batch, in arrival order
+    summary: list[tuple[int, int, int, int, Any, bool]] = field(default_factory=list)
     eof_batches: int = 0
     batches: int = 0
     with_events: int = 0
@@ -76,8 +79,10 @@ class Recording:
     async def handle(self, request: web.Request) -> web.Response:
         body = orjson.loads(await request.read())
         self.batches += 1
+        offs = [ev["off"] for ev in body["events"]] or [-1]
+        self.summary.append((body["seq"], len(body["events"]), offs[0], offs[-1], body.get("dropped"), body["eof"]))
         for ev in body["events"]:
-            self.events.append(Event(ev["off"], len(orjson.dumps(ev)), ev["ts"], len(orjson.dumps(ev["ts"])),
+            self.events.append(Event(body["seq"], ev["off"], len(orjson.dumps(ev)), ev["ts"], len(orjson.dumps(ev["ts"])),
                                      ev["line"]))
         if body["events"]:
             self.with_events += 1
@@ -92,6 +97,15 @@ def numbered(lines: int, seed: int) -> bytes:
     """Lines `NNNNNNNNN <filler>` of 20-199 bytes (varied, so the ring's byte bound cuts anywhere)."""
     rnd = random.Random(seed)
     return b"".join(b"%09d %s\n" % (i, b"x" * rnd.randrange(10, 190)) for i in range(lines))
+
+
+def straddle(data: bytes, past: int, read_size: int = 256 * 1024) -> bytes:
+    """`data` cut so that it ends `past` bytes after a multiple of `read_size`, its last line
+    crossing that multiple (as the benchmarks' 1 GB file's does: a last read of 76 bytes)."""
+    boundary = (len(data) - past) // read_size * read_size
+    start = data.rindex(b"\n", 0, boundary - 10) + 1  # the last line begins before the boundary
+    end = boundary + past
+    return data[:start] + b"%09d " % 999999999 + b"y" * (end - start - 11) + b"\n"
 
 
 def line_starts(data: bytes) -> array[int]:
@@ -208,7 +222,7 @@ def before_tail(starts: array[int], data: bytes, tail: list[Event], count: int) 
     for i in range(max(0, first - count), first):
         line = data[starts[i]:starts[i + 1]].rstrip(b"\n").decode(errors="replace")
         ev = {"off": starts[i], "ts": ts, "line": line}
-        out.append(Event(starts[i], len(orjson.dumps(ev)), ts, len(orjson.dumps(ts)), line))
+        out.append(Event(-1, starts[i], len(orjson.dumps(ev)), ts, len(orjson.dumps(ts)), line))
     return out
 
 
@@ -255,34 +269,46 @@ async def one_run(args: argparse.Namespace, data: bytes, src: Path | None, at: s
                 raise RuntimeError(f"{at}: shipper exited or timed out (see {log_path})")
             await asyncio.sleep(0.005)
 
-    if at == "first-batch":
-        await until(lambda: rec.with_events > 0)
-    elif at == "budget":
-        await until(lambda: any(e.off + len(e.line) >= args.budget - 1 for e in rec.events[-1000:]))
-    elif at == "report":
-        await until(lambda: bool(rec.reports))
-    elif at in ("eof", "idle"):
-        await until(lambda: bytes_read(port) >= whole)
-        if at == "idle":
-            await asyncio.sleep(1.0)
-    elif at == "writing":
-        pieces = 20
-        cut = [0] + [data.index(b"\n", size * k // pieces) + 1 for k in range(1, pieces)] + [size]
-        for a, b in itertools.pairwise(cut):
-            _append(path, data[a:b])
-            await asyncio.sleep(0.05)
-    elif at == "random":
-        await asyncio.sleep(random.uniform(0, args.random_max))
-    signalled = time.monotonic() - began
-    read_then = bytes_read(port)
-    proc.send_signal(signal.SIGTERM)
-    status = await asyncio.wait_for(proc.wait(), 600)
+    try:
+        if at == "first-batch":
+            await until(lambda: rec.with_events > 0)
+        elif at == "budget":
+            await until(lambda: any(e.off + len(e.line) >= args.budget - 1 for e in rec.events[-1000:]))
+        elif at == "report":
+            await until(lambda: bool(rec.reports))
+        elif at in ("eof", "idle"):
+            await until(lambda: bytes_read(port) >= whole)
+            if at == "idle":
+                await asyncio.sleep(1.0)
+        elif at == "writing":
+            pieces = 20
+            cut = [0] + [data.index(b"\n", size * k // pieces) + 1 for k in range(1, pieces)] + [size]
+            for a, b in itertools.pairwise(cut):
+                _append(path, data[a:b])
+                await asyncio.sleep(0.05)
+        elif at == "random":
+            await asyncio.sleep(random.uniform(0, args.random_max))
+        signalled = time.monotonic() - began
+        read_then = bytes_read(port)
+        proc.send_signal(signal.SIGTERM)
+        status = await asyncio.wait_for(proc.wait(), 600)
+    finally:
+        if proc.returncode is None:  # the moment never came: no shipper left behind
+            proc.kill()
+            await proc.wait()
+            await runner.cleanup()
     await runner.cleanup()
     result = check(data, rec, args.budget, args.ring, text=src is None)
     result.update({"at": at, "run": run, "exit": status, "sigterm_s": round(signalled, 3),
                    "bytes_read_at_sigterm": read_then})
     if status != 0:
         result["problems"].append(f"exit status {status} (see {log_path})")
+    if result["problems"]:  # keep what happened, for a look
+        last = max(e.off for e in rec.events)
+        dump = {"result": result, "batches": rec.summary,
+                "late_events": [vars(e) for e in rec.events if e.off >= last - 2000]}
+        (workdir / f"problem-{at}-{run}.json").write_bytes(orjson.dumps(dump, option=orjson.OPT_INDENT_2))
+        result["problems"].append(f"kept {workdir}/problem-{at}-{run}.json and {log_path}")
     return result
 
 
@@ -319,6 +345,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--budget", type=_size, default=_size("2M"))
     p.add_argument("--ring", type=_size, default=_size("64K"))
     p.add_argument("--report", type=_size, default=_size("4M"))
+    p.add_argument("--straddle", type=int, default=0, metavar="BYTES",
+                   help="end the file BYTES past a multiple of the read size, its last line crossing it")
     p.add_argument("--unterminated", action="store_true", help="the file's last line has no newline")
     p.add_argument("--workers", type=int, default=0, help="sanitising workers (the shipper's default: 0)")
     p.add_argument("--random-max", type=float, default=2.0)
@@ -328,6 +356,8 @@ def main(argv: list[str] | None = None) -> int:
     workdir.mkdir(parents=True, exist_ok=True)
     src = Path(args.input) if args.input else None
     data = src.read_bytes() if src else numbered(args.lines, args.seed)
+    if args.straddle:
+        data = straddle(data, args.straddle)
     if args.unterminated:
         data = data.rstrip(b"\n")  # the last line without its newline: shipped at the drain
     return asyncio.run(main_async(args, workdir, src, data))
