@@ -17,6 +17,9 @@ events the same tail would have held had every read's `ts` been 15, 16, 17 or 18
 the events-at-sink count of a default-budget run depends on those widths (docs/benchmarks.md,
 round six, "Memory").
 
+`--fail-every N` has the sink refuse every N-th request with a 503 (stored nothing), so batches,
+reports and the eof are retried past the budget and during the drain.
+
 Moments (`--at`): `first-batch` (the first batch with events arrived: reading below the budget),
 `budget` (the batch that reaches the budget arrived), `report` (the first report of
 `--drop-report-bytes` arrived: reading past the budget), `eof` (the shipper's `bytes_read` equals
@@ -74,10 +77,17 @@ class Recording:
     eof_batches: int = 0
     batches: int = 0
     with_events: int = 0
-    first_arrival: asyncio.Event = field(default_factory=asyncio.Event)
+    #: answer 503 (nothing stored) to every n-th request; 0: never
+    fail_every: int = 0
+    requests: int = 0
+    refused: int = 0
 
     async def handle(self, request: web.Request) -> web.Response:
         body = orjson.loads(await request.read())
+        self.requests += 1
+        if self.fail_every and self.requests % self.fail_every == 0:
+            self.refused += 1
+            return web.json_response({"error": "unavailable", "detail": "told to fail"}, status=503)
         self.batches += 1
         offs = [ev["off"] for ev in body["events"]] or [-1]
         self.summary.append((body["seq"], len(body["events"]), offs[0], offs[-1], body.get("dropped"), body["eof"]))
@@ -228,7 +238,7 @@ def before_tail(starts: array[int], data: bytes, tail: list[Event], count: int) 
 
 async def one_run(args: argparse.Namespace, data: bytes, src: Path | None, at: str, run: int,
                   workdir: Path) -> dict[str, Any]:
-    rec = Recording()
+    rec = Recording(fail_every=args.fail_every)
     app = web.Application(client_max_size=16 * 1024 * 1024)
     app.router.add_post("/v1/ingest", rec.handle)
     runner = web.AppRunner(app, access_log=None)
@@ -253,6 +263,7 @@ async def one_run(args: argparse.Namespace, data: bytes, src: Path | None, at: s
         "BLAST_LOGS_PHASE": "running", "BLAST_LOGS_METRICS_PORT": str(port),
         "BLAST_LOGS_STREAM_BUDGET_BYTES": str(args.budget), "BLAST_LOGS_TAIL_RING_BYTES": str(args.ring),
         "BLAST_LOGS_DROP_REPORT_BYTES": str(args.report), "BLAST_LOGS_SANITISE_WORKERS": str(args.workers),
+        "BLAST_LOGS_BACKOFF_BASE": "0.02", "BLAST_LOGS_BACKOFF_MAX": "0.2",
     })
     log_path = workdir / f"shipper-{at}-{run}.log"
     began = time.monotonic()
@@ -299,7 +310,7 @@ async def one_run(args: argparse.Namespace, data: bytes, src: Path | None, at: s
             await runner.cleanup()
     await runner.cleanup()
     result = check(data, rec, args.budget, args.ring, text=src is None)
-    result.update({"at": at, "run": run, "exit": status, "sigterm_s": round(signalled, 3),
+    result.update({"at": at, "run": run, "exit": status, "sigterm_s": round(signalled, 3), "refused": rec.refused,
                    "bytes_read_at_sigterm": read_then})
     if status != 0:
         result["problems"].append(f"exit status {status} (see {log_path})")
@@ -327,7 +338,7 @@ async def main_async(args: argparse.Namespace, workdir: Path, src: Path | None, 
         for at in args.at.split(","):
             r = await one_run(args, data, src, at, run, workdir)
             bad += bool(r["problems"])
-            keys = ("at", "run", "sigterm_s", "bytes_read_at_sigterm", "events", "reports", "reported_lines",
+            keys = ("at", "run", "refused", "sigterm_s", "bytes_read_at_sigterm", "events", "reports", "reported_lines",
                     "tail_events", "tail_bytes", "tail_reads", "tail_if_ts_15", "tail_if_ts_16", "tail_if_ts_17",
                     "tail_if_ts_18")
             print(" ".join(f"{k}={r[k]}" for k in keys if k in r),
@@ -349,6 +360,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="end the file BYTES past a multiple of the read size, its last line crossing it")
     p.add_argument("--unterminated", action="store_true", help="the file's last line has no newline")
     p.add_argument("--workers", type=int, default=0, help="sanitising workers (the shipper's default: 0)")
+    p.add_argument("--fail-every", type=int, default=0, metavar="N",
+                   help="the sink answers 503 to every N-th request (the shipper retries)")
     p.add_argument("--random-max", type=float, default=2.0)
     p.add_argument("--workdir", default="/tmp/budget-accounting")
     args = p.parse_args(argv)

@@ -5,7 +5,7 @@ the file, and the tail is the file's last lines, as many as the tail ring's enco
 Also across a drain, more lines (a restarted container appends) and a second shipper run.
 
 Lines of varied length, so the ring's byte bound cuts anywhere, and the last one unterminated (the
-drain ships it). Sent batches are counted one by one, so a line shipped twice is seen (the recorder
+drain ships it); once with the aggregator refusing (503) two requests in three. Sent batches are counted one by one, so a line shipped twice is seen (the recorder
 always answers 200 at once: nothing is re-sent). bench/budget_accounting.py does the same at other
 moments and at the benchmarks' 1 GB scale."""
 
@@ -73,15 +73,17 @@ def check_accounting(data: bytes, batches: list[dict[str, Any]], runs: int = 1) 
     return {"reports": len(reports), "tail": len(tail)}
 
 
-@pytest.mark.parametrize("moment", ["before-reading", "while-reading"])
+@pytest.mark.parametrize("moment", ["before-reading", "while-reading", "before-reading-with-503s"])
 async def test_a_drain_past_the_budget_ships_or_reports_each_line_once(
         volume: Path, recorder: Recorder, moment: str) -> None:
     path = volume / "logs" / "blast.log"
     data = numbered(3000)  # about 250 kB: the budget, then reports of STEP bytes, then the tail
     cut = data.index(b"\n", 3 * STEP) + 1 if moment == "while-reading" else len(data)
     append(path, data[:cut])
+    if moment.endswith("503s"):
+        recorder.script = [200, 503, 503] * 15  # batches, reports and the eof retried (nothing stored)
     async with shipping(volume, [recorder.url], *ARGS) as shipper:
-        if moment == "before-reading":
+        if moment.startswith("before-reading"):
             await shipper.started()
         else:
             await eventually(lambda: any(b["dropped"]["lines"] for b in recorder.accepted),
@@ -91,6 +93,8 @@ async def test_a_drain_past_the_budget_ships_or_reports_each_line_once(
         assert await shipper.wait() == 0
     got = check_accounting(data, recorder.sent("blast"))
     assert got["reports"] >= 2 and got["tail"] >= 40  # reports while reading and at the drain
+    if moment.endswith("503s"):
+        assert sum(1 for _, action, _ in recorder.requests if action == 503) >= 10
 
 
 async def test_after_a_drain_a_restarted_shipper_goes_on_past_the_budget(volume: Path, recorder: Recorder) -> None:
