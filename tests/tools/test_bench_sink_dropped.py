@@ -4,33 +4,16 @@ reported lines add up to the file's lines."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import urllib.request
-from collections.abc import Iterator
 from typing import Any
 
 import orjson
 import pytest
-from paths import ROOT
 
 from blastlogs.protocol import Dropped
 from shipper.batch import Batch, Identity, encode_batch, encode_event
 
 IDENT = Identity("bench", "bench-pod", "blast", "running")
-
-
-@pytest.fixture(scope="module")
-def sink() -> Iterator[str]:
-    proc = subprocess.Popen([sys.executable, str(ROOT / "bench" / "sink.py")], stdout=subprocess.PIPE, text=True)
-    try:
-        assert proc.stdout is not None
-        line = proc.stdout.readline().split()
-        assert line[0] == "listening", line
-        yield line[1]
-    finally:
-        proc.terminate()
-        proc.wait(10)
 
 
 def post(url: str, body: bytes | None = None) -> dict[str, Any]:
@@ -50,12 +33,12 @@ def body(drop: Dropped | None, lines: list[str], seq: int, *, eof: bool = False)
 
 
 @pytest.mark.parametrize("live", [False, True], ids=["counted", "parsed"])
-def test_dropped_reports_are_counted_from_the_header(sink: str, live: bool) -> None:
-    post(sink + "/reset", b"")
+def test_dropped_reports_are_counted_from_the_header(bench_sink: str, live: bool) -> None:
+    post(bench_sink + "/reset", b"")
     decoy = 'a line quoting a header: "dropped":{"lines":99,"bytes":99} "line":'
     first = "LIVE 1.0 x" if live else "plain"
-    assert post(sink + "/v1/ingest", body(None, [first, decoy], 1))["accepted"] == 2
-    assert post(sink + "/v1/ingest", body(Dropped(10, 7, 700), [decoy], 2))["accepted"] == 1
-    assert post(sink + "/v1/ingest", body(Dropped(900, 3, 30, exact=False), [], 3, eof=True))["accepted"] == 0
-    stats = post(sink + "/stats")
+    assert post(bench_sink + "/v1/ingest", body(None, [first, decoy], 1))["accepted"] == 2
+    assert post(bench_sink + "/v1/ingest", body(Dropped(10, 7, 700), [decoy], 2))["accepted"] == 1
+    assert post(bench_sink + "/v1/ingest", body(Dropped(900, 3, 30, exact=False), [], 3, eof=True))["accepted"] == 0
+    stats = post(bench_sink + "/stats")
     assert (stats["events"], stats["dropped_lines"], stats["dropped_bytes"], stats["eof"]) == (3, 10, 730, 1)
