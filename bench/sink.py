@@ -4,7 +4,8 @@
 
 Routes:
 - `POST /v1/ingest`: the ingest protocol (gzip allowed); answers 200 `{"accepted": n,
-  "duplicate": false}` and counts batches, events, body bytes and eof batches. So that the sink
+  "duplicate": false}` and counts batches, events, body bytes, eof batches and the lines and bytes
+  of `dropped` reports (read from the header, before the events). So that the sink
   costs little CPU beside the measured shipper, events are counted without parsing (each has
   one `"line":` member, and inside a JSON string every quote is escaped); `--parse`
   (and any body holding `LIVE ` lines) parses it whole and also counts line characters.
@@ -27,6 +28,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gzip
+import re
 import statistics
 import sys
 import time
@@ -43,6 +45,9 @@ EVENT_KEY: Final = b'"line":'
 #: Fluent Bit's tail input puts each line under `log` (its http output adds a `date` member).
 FLUENT_BIT_KEY: Final = b'"log":'
 INGEST_EOF: Final = b'"eof":true'
+#: The ingest body's header ends where its events begin (shipper.batch encodes it first).
+INGEST_EVENTS: Final = b',"events":['
+INGEST_DROPPED: Final = re.compile(rb'"dropped":\{(?:"off":\d+,)?"lines":(\d+),"bytes":(\d+)')
 MAX_BODY: Final = 64 * 1024 * 1024
 
 
@@ -53,6 +58,9 @@ class Counters:
     body_bytes: int = 0
     line_chars: int = 0
     eof: int = 0
+    #: lines and bytes of the `dropped` reports (re-sent reports counted again)
+    dropped_lines: int = 0
+    dropped_bytes: int = 0
     bad: int = 0
     raw_bytes: int = 0
     raw_lines: int = 0
@@ -133,6 +141,10 @@ class Sink:
             n = len(lines)
         else:
             n = self._count_fast(raw, EVENT_KEY, INGEST_EOF in raw)
+        m = INGEST_DROPPED.search(raw, 0, max(raw.find(INGEST_EVENTS), 0))
+        if m:
+            self.c.dropped_lines += int(m.group(1))
+            self.c.dropped_bytes += int(m.group(2))
         if self.delay:
             await asyncio.sleep(self.delay)
         return web.Response(body=orjson.dumps({"accepted": n, "duplicate": False}),

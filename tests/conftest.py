@@ -253,6 +253,20 @@ async def recorder() -> AsyncIterator[Any]:
     await rec.stop()
 
 
+@pytest.fixture(scope="module")
+def bench_sink() -> Iterator[str]:
+    """bench/sink.py running in its own process; its URL."""
+    proc = subprocess.Popen([sys.executable, str(ROOT / "bench" / "sink.py")], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline().split()
+        assert line[0] == "listening", line
+        yield line[1]
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
 @pytest.fixture
 def volume(tmp_path: Path) -> Path:
     """A pod's shared volume folder with its logs/ made."""

@@ -8,15 +8,9 @@ quotes, a backslash, invalid UTF-8 (it replaces the bytes), ANSI escapes and non
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import time
 import urllib.request
-from collections.abc import Iterator
 from typing import Any
-
-import pytest
-from paths import ROOT
 
 #: as captured from Fluent Bit (two records per line of this literal, bytes kept as sent)
 FLUENT_BIT_BODY = (
@@ -27,19 +21,6 @@ FLUENT_BIT_BODY = (
 )
 
 
-@pytest.fixture(scope="module")
-def sink() -> Iterator[str]:
-    proc = subprocess.Popen([sys.executable, str(ROOT / "bench" / "sink.py")], stdout=subprocess.PIPE, text=True)
-    try:
-        assert proc.stdout is not None
-        line = proc.stdout.readline().split()
-        assert line[0] == "listening", line
-        yield line[1]
-    finally:
-        proc.terminate()
-        proc.wait(10)
-
-
 def call(url: str, body: bytes | None = None) -> dict[str, Any]:
     req = urllib.request.Request(url, data=body, method="GET" if body is None else "POST",
                                  headers={"Content-Type": "application/json", "User-Agent": "Fluent-Bit"})
@@ -48,24 +29,24 @@ def call(url: str, body: bytes | None = None) -> dict[str, Any]:
         return result
 
 
-def test_fluent_bit_records_are_counted_one_each_without_parsing(sink: str) -> None:
-    call(sink + "/reset", b"")
-    assert call(sink + "/fluent-bit", FLUENT_BIT_BODY) == {"accepted": 4}
-    assert call(sink + "/fluent-bit", FLUENT_BIT_BODY) == {"accepted": 4}
-    stats = call(sink + "/stats")
+def test_fluent_bit_records_are_counted_one_each_without_parsing(bench_sink: str) -> None:
+    call(bench_sink + "/reset", b"")
+    assert call(bench_sink + "/fluent-bit", FLUENT_BIT_BODY) == {"accepted": 4}
+    assert call(bench_sink + "/fluent-bit", FLUENT_BIT_BODY) == {"accepted": 4}
+    stats = call(bench_sink + "/stats")
     assert (stats["requests"], stats["events"], stats["bad"]) == (2, 8, 0)
     assert stats["body_bytes"] == 2 * len(FLUENT_BIT_BODY)
     assert stats["last_event"] >= stats["first_event"] > 0
     assert stats["lag_n"] == 0
 
 
-def test_live_lines_from_fluent_bit_are_parsed_for_their_lag(sink: str) -> None:
-    call(sink + "/reset", b"")
+def test_live_lines_from_fluent_bit_are_parsed_for_their_lag(bench_sink: str) -> None:
+    call(bench_sink + "/reset", b"")
     sent = time.time() - 0.5
     records = [{"date": sent, "log": f"LIVE {sent:.6f} {i} BLASTN 2.15.0+ \"q\" \\ é"} for i in range(3)]
     body = json.dumps(records, ensure_ascii=True).encode()
-    assert call(sink + "/fluent-bit", body) == {"accepted": 3}
-    stats = call(sink + "/stats")
+    assert call(bench_sink + "/fluent-bit", body) == {"accepted": 3}
+    stats = call(bench_sink + "/stats")
     assert (stats["events"], stats["lag_n"], stats["bad"]) == (3, 3, 0)
     assert 0.5 <= stats["lag_p50"] <= stats["lag_max"] < 30
     assert stats["line_chars"] == sum(len(r["log"]) for r in records)
