@@ -6,19 +6,15 @@ import asyncio
 import os
 import time
 from collections.abc import Sequence
-from functools import partial
 from pathlib import Path
 from typing import Final
 
-from aggregator.fanout import finish_even_if_cancelled, run_bounded
+from aggregator.fanout import finish_even_if_cancelled
 from aggregator.storage.base import TEMP_PREFIX, StoreError, check_key, check_prefix
 from blastlogs.atomic import write_atomic, write_many_atomic
 
 #: Stored objects are readable by the service's user only (as `tempfile.mkstemp` creates them).
 LOCAL_FILE_MODE: Final = 0o600
-#: Threads a `put_many` writes in: file writes are short system calls, each taking and giving back the GIL;
-#: more threads than this only queue for it.
-PUT_THREADS: Final = 4
 
 
 class LocalStore:
@@ -84,16 +80,16 @@ class LocalStore:
             raise StoreError(f"write {key}: {e.strerror}") from e
 
     async def put_many(self, items: list[tuple[str, bytes]], concurrency: int) -> None:
-        """Every item `put`, in at most `PUT_THREADS` threads each writing a slice at once: a thread hop and
-        an fsync per file cost more than the file (a chatty job's finalize writes 110,000)."""
+        """Every item `put`, all in one thread hop (`write_many_atomic`): a thread hop and an fsync per file
+        cost more than the file (a chatty job's finalize writes 110,000). One thread, not several: files
+        of one folder are created one at a time under its lock anyway, and threads waiting for it spin
+        (the same wall time on a journaled ext4 with about a quarter less CPU; on ext4 without a
+        journal, after mass deletions, 3-7 s against 1.1-1.5 s of system CPU per 11,000 chunk files:
+        docs/benchmarks.md, issue 16 sixth round). `concurrency` is for stores that send requests."""
         for key, _ in items:
             check_key(key)
-        threads = min(concurrency, PUT_THREADS)
-        slices = [items[i::threads] for i in range(min(threads, len(items)))]
-        await run_bounded(len(slices) or 1, (partial(self._put_slice, part) for part in slices))
-
-    async def _put_slice(self, items: list[tuple[str, bytes]]) -> None:
-        await finish_even_if_cancelled(asyncio.to_thread(self._put_all, items))
+        if items:
+            await finish_even_if_cancelled(asyncio.to_thread(self._put_all, items))
 
     def _put_all(self, items: list[tuple[str, bytes]]) -> None:
         """The items written together (`write_many_atomic`: one syncfs, not an fsync per file); durable on

@@ -44,7 +44,7 @@ class MisbehavingStore(LocalStore):
         return done
 
     def _put_all(self, items: list[tuple[str, bytes]]) -> None:
-        """`put_many`'s slice, one misbehaving write after the other."""
+        """`put_many`'s writes, one misbehaving write after the other."""
         for key, data in items:
             self._put(key, data, True)
 
