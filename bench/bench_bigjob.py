@@ -269,6 +269,33 @@ def child_pids(pid: int) -> list[int]:
     return out + [g for c in out for g in child_pids(c)]
 
 
+def cpu_seconds(pid: int | None) -> float:
+    """User + system CPU seconds of the process and its children (the finalize worker's child included)."""
+    if pid is None:
+        return 0.0
+    total = 0.0
+    for p in [pid, *child_pids(pid)]:
+        try:
+            with open(f"/proc/{p}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        except OSError:
+            pass  # ended meanwhile
+    return total
+
+
+def disk_busy_ms() -> int:
+    """Milliseconds the machine's disks have spent doing I/O (/proc/diskstats, whole disks), for the
+    share of a finalize's wall time the disk was busy."""
+    total = 0
+    with open("/proc/diskstats") as f:
+        for line in f:
+            parts = line.split()
+            if len(parts) > 12 and parts[2].startswith(("vd", "sd", "nvme", "xvd")) and not parts[2][-1].isdigit():
+                total += int(parts[12])
+    return total
+
+
 def tree_stats(root: Path) -> tuple[int, int, int]:
     """Objects, bytes, and staging objects under a local store's folder (temp files excluded)."""
     objects = size = staging = 0
@@ -406,14 +433,19 @@ async def run_shape(shape: str, args: argparse.Namespace, workdir: Path, store_u
             busy, stop = Busy(), asyncio.Event()
             probe_task = asyncio.create_task(probe(session, urls[0], f"probe-{job_id}", stop, busy))
             times: list[float] = []
+            cpu = disk = 0.0
             try:
                 for _ in range(args.rounds):
                     await asyncio.sleep(args.gap)
                     busy.set(True)
+                    cpu0, disk0 = cpu_seconds(procs[0].proc.pid if procs[0].proc else None), disk_busy_ms()
                     try:
                         seconds, answer = await finalize(session, urls[0], job_id, phases)
                     finally:
                         busy.set(False)
+                    if not times:
+                        cpu = cpu_seconds(procs[0].proc.pid if procs[0].proc else None) - cpu0
+                        disk = (disk_busy_ms() - disk0) / 1000
                     times.append(seconds)
                     if len(times) == 1:
                         first = answer
@@ -435,6 +467,7 @@ async def run_shape(shape: str, args: argparse.Namespace, workdir: Path, store_u
             "streams": len(specs), "lines": phases["running"], "ingest_requests": requests,
             "ingest_s": round(ingest_s, 2), "staging_at_ingest_end": at_end, "settle_s": round(settle_s, 2),
             "staging_objects": before[2], "finalize_s": round(times[0], 2),
+            "finalize_cpu_s": round(cpu, 2), "finalize_disk_busy_s": round(disk, 2),
             "finalize_again_s": [round(t, 2) for t in times[1:]], "refinalize_s": round(refin_s, 2),
             "peak_rss_mib": rss, "probe_ms": {"idle_p50": round(pct(idle, 0.5), 1), "idle_p99": round(pct(idle, 0.99), 1),
                                               "during_p50": round(pct(during, 0.5), 1),
@@ -446,10 +479,11 @@ async def run_shape(shape: str, args: argparse.Namespace, workdir: Path, store_u
 
 def markdown(rows: list[dict[str, Any]]) -> str:
     out = ["| store | shape | ingest | streams | lines | ingest requests (s) | staging objects at ingest end / at "
-           "finalize (settled after s) | finalize s (again on A) | re-finalize on B s | peak RSS MiB (A, B) "
+           "finalize (settled after s) | finalize s (again on A) | first finalize: A's CPU s, disk busy s "
+           "| re-finalize on B s | peak RSS MiB (A, B) "
            "| other job's ingest ms: idle p50 / p99 (n); during finalize p50 / p99 (n) "
            "| objects / MiB after cleanup (staging) | load |",
-           "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+           "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         after = (f"{r['objects_after']:,} / {r['bytes_after'] / 2**20:.1f} ({r['staging_after']:,})"
                  if r["store"] == "local" else "–")
@@ -457,7 +491,8 @@ def markdown(rows: list[dict[str, Any]]) -> str:
         again = ", ".join(map(str, r["finalize_again_s"]))
         out.append(f"| {r['store']} | {r['shape']} | {r['ingest']} | {r['streams']:,} | {r['lines']:,} | "
                    f"{r['ingest_requests']:,} ({r['ingest_s']}) | {r['staging_at_ingest_end']:,} / "
-                   f"{r['staging_objects']:,} ({r['settle_s']}) | {r['finalize_s']} ({again}) | {r['refinalize_s']} | "
+                   f"{r['staging_objects']:,} ({r['settle_s']}) | {r['finalize_s']} ({again}) | "
+                   f"{r.get('finalize_cpu_s', '–')}, {r.get('finalize_disk_busy_s', '–')} | {r['refinalize_s']} | "
                    f"{r['peak_rss_mib'][0]:.0f}, {r['peak_rss_mib'][1]:.0f} | {pr['idle_p50']} / {pr['idle_p99']} "
                    f"({pr['idle_n']}); {pr['during_p50']} / {pr['during_p99']} ({pr['during_n']}) | {after} | "
                    f"{r['loadavg'][0]:.1f} |")
