@@ -36,7 +36,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
@@ -239,19 +239,38 @@ async def settled(root: Path, streams: int, seconds: float = 120.0) -> float:
     return time.perf_counter() - t0
 
 
-def vm_hwm_mib(pid: int | None) -> float:
-    """Peak RSS (VmHWM) of the process and its children summed (the finalize worker's child included): an
-    upper bound of what they held at once, since their peaks may come at different times."""
-    if pid is None:
-        return 0.0
+def tree_sum(pid: int | None, value: Callable[[int], float]) -> float:
+    """`value` of the process and of each of its children (the finalize worker's child included) summed;
+    one that ended meanwhile counts 0."""
     total = 0.0
-    for p in [pid, *child_pids(pid)]:
+    for p in [] if pid is None else [pid, *child_pids(pid)]:
         try:
-            with open(f"/proc/{p}/status") as f:
-                total += next((int(line.split()[1]) / 1024 for line in f if line.startswith("VmHWM:")), 0.0)
+            total += value(p)
         except OSError:
-            pass  # ended meanwhile
+            pass
     return total
+
+
+def _hwm_mib(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as f:
+        return next((int(line.split()[1]) / 1024 for line in f if line.startswith("VmHWM:")), 0.0)
+
+
+def _cpu_s(pid: int) -> float:
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def vm_hwm_mib(pid: int | None) -> float:
+    """Peak RSS (VmHWM) of the process and its children summed: an upper bound of what they held at once,
+    since their peaks may come at different times."""
+    return tree_sum(pid, _hwm_mib)
+
+
+def cpu_seconds(pid: int | None) -> float:
+    """User + system CPU seconds of the process and its children."""
+    return tree_sum(pid, _cpu_s)
 
 
 def child_pids(pid: int) -> list[int]:
@@ -267,21 +286,6 @@ def child_pids(pid: int) -> list[int]:
         except OSError:
             pass
     return out + [g for c in out for g in child_pids(c)]
-
-
-def cpu_seconds(pid: int | None) -> float:
-    """User + system CPU seconds of the process and its children (the finalize worker's child included)."""
-    if pid is None:
-        return 0.0
-    total = 0.0
-    for p in [pid, *child_pids(pid)]:
-        try:
-            with open(f"/proc/{p}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-        except OSError:
-            pass  # ended meanwhile
-    return total
 
 
 def disk_busy_ms() -> int:
