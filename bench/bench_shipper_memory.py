@@ -25,6 +25,9 @@ import orjson
 from aiohttp import web
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "bench"))
+from sink import ingest_on_loopback  # noqa: E402
+
 LINE_TEMPLATES = (
     "Query= batch_{i} length=1532 Score = {s} bits (1024), Expect = 1e-{e}",
     "Warning: [blastn] Query_{i} contains a low-complexity region; masked {s} letters",
@@ -80,15 +83,9 @@ async def measure(size: int, workdir: Path) -> dict[str, float]:
     log = volume / "logs" / "blast.log"
     lines = generate(log, size)
     sink = Sink()
-    app = web.Application(client_max_size=4 * 1024 * 1024)
-    app.router.add_post("/v1/ingest", sink.handle)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = runner.addresses[0][1]
+    runner, url = await ingest_on_loopback(sink.handle, 4 * 1024 * 1024)
     env = dict(os.environ, PYTHONPATH=str(ROOT), BLAST_LOGS_DIR=str(volume),
-               BLAST_LOGS_AGGREGATOR_URL=f"http://127.0.0.1:{port}", BLAST_LOGS_TOKEN="bench.token",
+               BLAST_LOGS_AGGREGATOR_URL=url, BLAST_LOGS_TOKEN="bench.token",
                BLAST_LOGS_JOB_ID="bench", BLAST_LOGS_POD="bench-pod", BLAST_LOGS_PHASE="running",
                BLAST_LOGS_METRICS_PORT="0", BLAST_LOGS_STREAM_BUDGET_BYTES=str(2**62), BLAST_LOGS_GRACE="600")
     start = time.monotonic()

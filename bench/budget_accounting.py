@@ -55,6 +55,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "bench"))
 
 from gen_logs import _size  # noqa: E402
+from sink import ingest_on_loopback  # noqa: E402
 
 
 @dataclass
@@ -239,13 +240,7 @@ def before_tail(starts: array[int], data: bytes, tail: list[Event], count: int) 
 async def one_run(args: argparse.Namespace, data: bytes, src: Path | None, at: str, run: int,
                   workdir: Path) -> dict[str, Any]:
     rec = Recording(fail_every=args.fail_every)
-    app = web.Application(client_max_size=16 * 1024 * 1024)
-    app.router.add_post("/v1/ingest", rec.handle)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    url = f"http://127.0.0.1:{runner.addresses[0][1]}"
+    runner, url = await ingest_on_loopback(rec.handle, 16 * 1024 * 1024)
     vol = workdir / "vol"
     shutil.rmtree(vol, ignore_errors=True)
     (vol / "logs").mkdir(parents=True)

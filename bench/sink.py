@@ -222,6 +222,17 @@ def _line_of(event: Any, names: tuple[str, ...]) -> str:
     return ""
 
 
+async def ingest_on_loopback(handler: Any, max_body: int) -> tuple[web.AppRunner, str]:
+    """`handler` answering `POST /v1/ingest` in this process, on a free loopback port: the runner (to clean
+    up) and the URL for the shipper (scripts that keep every event in memory run their own recorder so)."""
+    app = web.Application(client_max_size=max_body)
+    app.router.add_post("/v1/ingest", handler)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    return runner, f"http://127.0.0.1:{runner.addresses[0][1]}"
+
+
 async def serve(host: str, port: int, delay: float, parse: bool) -> None:
     runner = web.AppRunner(Sink(delay, parse).app(), access_log=None)
     await runner.setup()
