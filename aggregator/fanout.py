@@ -95,6 +95,36 @@ class Budget:
             self.give(taken)
 
 
+class Behind:
+    """At most one job running behind its caller, who prepares the next meanwhile (a finalize renders a
+    window's chunks while the previous window's are written). `start` first waits for the job before it;
+    leaving the block waits for the last one, and on a failure or cancellation cancels it and still
+    waits until it has ended, so nothing started here outlives the block."""
+
+    def __init__(self) -> None:
+        self._task: asyncio.Future[None] | None = None
+
+    async def start(self, job: Callable[[], Awaitable[None]]) -> None:
+        """Wait for the job before (its failure raises here, and `job` is never called), then start `job`."""
+        await self.wait()
+        self._task = asyncio.ensure_future(job())
+
+    async def wait(self) -> None:
+        task, self._task = self._task, None
+        if task is not None:
+            await finish_even_if_cancelled(task)
+
+    async def __aenter__(self) -> Behind:
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, *_: object) -> None:
+        if exc_type is None:
+            await self.wait()
+        elif self._task is not None:
+            self._task.cancel()
+            await _settle({self._task})
+
+
 async def run_bounded(limit: int, jobs: Iterable[Callable[[], Awaitable[T]]]) -> list[T]:
     """Run `jobs` at most `limit` at a time, in order; their results in order.
 

@@ -39,7 +39,7 @@ from aggregator.artifacts import (
 )
 from aggregator.config import AggregatorConfig
 from aggregator.errors import JobNotFound, StoreError
-from aggregator.fanout import Budget, cpu_thread, cpu_work, run_bounded, run_weighted
+from aggregator.fanout import Behind, Budget, cpu_thread, cpu_work, run_bounded, run_weighted
 from aggregator.finalize.lock import JobLock
 from aggregator.finalize.manifest import decode_manifest, encode_manifest, first_free_seqs
 from aggregator.finalize.streams import EVENT_BYTES, Overtaken, StagedStream, StagingReader, group_staged
@@ -71,6 +71,9 @@ FINALIZE_READ_WEIGHT = 256
 #: job of thousands of streams lists, groups, plans and summarises in a worker thread, off the loop
 #: (20,000 streams: 50-200 ms each, which other jobs' ingests would otherwise wait out).
 KEY_BYTES = 100
+#: Rendered chunks handed to the store at once: a finalize holds at most about two such batches (one
+#: being written, one filling) beyond its budget's reads.
+WRITE_BATCH_BYTES = 8 * 1024 * 1024
 
 
 @dataclass(slots=True)
@@ -285,15 +288,26 @@ async def write_chunks(store: Store, reader: StagingReader, cfg: AggregatorConfi
 
     windows = await cpu_work(len(plan.order) * KEY_BYTES, weighted_windows, plan.order, weight, budget.capacity,
                              cfg.read_concurrency)
-    for n, part in enumerate(windows, 1):
-        uncached = sum(weight(item) for item in part if scanned[(item[0].pod, item[0].container)].entries is None)
-        async with budget.hold(uncached):  # what the window's re-read streams hold, until their chunks are out
-            loaded = await run_bounded(cfg.read_concurrency, (partial(entries_of, s) for s, _ in part))
-            writes = await cpu_work(sum(map(len, loaded)) * EVENT_BYTES, chunk_writes, chunkers, job_id, seqs,
-                                    [(s, phases, e) for (s, phases), e in zip(part, loaded, strict=True)],
-                                    n == len(windows))
-            del loaded
-            await put_keys(store, writes, cfg.read_concurrency)
+    # Chunks go to the store in batches of about WRITE_BATCH_BYTES, written while the next windows are
+    # read and rendered (one batch behind: the writes and the rendering each keep a core busy), so what a
+    # store pays per call (the local store's syncfs and folder fsync) is paid per batch, not per window.
+    pending: list[tuple[str, bytes]] = []
+    size = 0
+    async with Behind() as behind:
+        for n, part in enumerate(windows, 1):
+            uncached = sum(weight(item) for item in part
+                           if scanned[(item[0].pod, item[0].container)].entries is None)
+            async with budget.hold(uncached):  # what the window's re-read streams hold, until rendered
+                loaded = await run_bounded(cfg.read_concurrency, (partial(entries_of, s) for s, _ in part))
+                writes = await cpu_work(sum(map(len, loaded)) * EVENT_BYTES, chunk_writes, chunkers, job_id, seqs,
+                                        [(s, phases, e) for (s, phases), e in zip(part, loaded, strict=True)],
+                                        n == len(windows))
+                del loaded
+            pending += writes
+            size += sum(len(body) for _, body in writes)
+            if size >= WRITE_BATCH_BYTES or n == len(windows):
+                await behind.start(partial(put_keys, store, pending, cfg.read_concurrency))
+                pending, size = [], 0
     return {phase: seqs[phase] - first.get(phase, 0) for phase in plan.steps}
 
 

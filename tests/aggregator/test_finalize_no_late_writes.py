@@ -10,12 +10,16 @@ import asyncio
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from agg_helpers import JOB, POD, make_config, read_tree
 
+from aggregator.config import AggregatorConfig
 from aggregator.errors import StoreError
-from aggregator.finalize.job import finalize_job
+from aggregator.fanout import Budget
+from aggregator.finalize import job as job_module
+from aggregator.finalize.job import FinalizeBudget, finalize_job
 from aggregator.model import StoredBatch
 from aggregator.staging import encode_batch
 from aggregator.storage import LocalStore
@@ -103,3 +107,80 @@ async def test_cancelled_finalize_writes_nothing_after_the_cancel(tmp_path: Path
     assert len(store.writes) == count, store.writes[count:]
     assert all(t <= returned for _, t in store.writes)
     assert await store.get(lock_key(JOB)) is None
+
+
+class ReadLoggingStore(MisbehavingStore):
+    """MisbehavingStore that also notes when each object was read, and whose second read of `bad_read`
+    (pass two's) fails or, with `read_delay`, is slow."""
+
+    def __init__(self, root: Path, *, bad_read: str = "", read_delay: float = 0.0, **kw: Any) -> None:
+        super().__init__(root, **kw)
+        self.reads: list[tuple[str, float]] = []
+        self.bad_read, self.read_delay = bad_read, read_delay
+        self.slow_read_started = threading.Event()
+
+    def _get(self, key: str) -> bytes | None:
+        if key == self.bad_read and any(k == key for k, _ in self.reads):
+            if not self.read_delay:
+                raise StoreError(f"read {key}: injected failure")
+            self.slow_read_started.set()
+            time.sleep(self.read_delay)
+        self.reads.append((key, time.monotonic()))
+        return super()._get(key)
+
+
+PODS = [stream(f"{POD}-{n}", 1000.0 + n, 250) for n in range(4)]  # 3 chunks' worth each, in this order
+
+
+def one_stream_windows(monkeypatch: pytest.MonkeyPatch) -> tuple[AggregatorConfig, FinalizeBudget]:
+    """Pass two reads every stream again (no cache), one per window, and writes each window's chunks
+    as they are rendered: the windows go through the write pipeline one by one."""
+    monkeypatch.setattr(job_module, "WRITE_BATCH_BYTES", 1)
+    return make_config(read_concurrency=1), FinalizeBudget(cache=Budget(1))
+
+
+async def test_the_next_window_is_read_while_the_last_ones_chunks_are_written(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    clean = LocalStore(tmp_path / "clean")
+    await stage(clean, *PODS)
+    await finalize_job(clean, make_config(), JOB, wait_seconds=0, existing_last_output={})
+    expected = await read_tree(clean, steps_prefix(JOB))
+
+    cfg, budget = one_stream_windows(monkeypatch)
+    store = ReadLoggingStore(tmp_path / "piped", slow_key=chunk_key(JOB, "running", 0), delay=0.5)
+    await stage(store, *PODS)
+    await finalize_job(store, cfg, JOB, wait_seconds=0, existing_last_output={}, budget=budget)
+    slow_done = next(t for k, t in store.writes if k == chunk_key(JOB, "running", 0))
+    second = batch_key(PODS[1])
+    read_again = max(t for k, t in store.reads if k == second)  # in pass two, for its chunks
+    assert read_again < slow_done, "the second stream is read while the first window's chunks are written"
+    assert await read_tree(store, steps_prefix(JOB)) == expected
+
+
+@pytest.mark.parametrize("how", ["failed write", "failed read", "cancel"])
+async def test_pipelined_writes_stop_with_the_finalize(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, how: str) -> None:
+    """A failure, or a cancel, while a window's chunks are still being written: that write ends before
+    the finalize does. The second stream's chunks (3 and 4) are written slowly while the third stream is
+    read (which fails, or is slow and the finalize is cancelled), or chunk 4's write fails."""
+    cfg, budget = one_stream_windows(monkeypatch)
+    store = ReadLoggingStore(tmp_path / "store", fail_key=chunk_key(JOB, "running", 4) if how == "failed write" else "",
+                             slow_key=chunk_key(JOB, "running", 3), delay=0.5,
+                             bad_read="" if how == "failed write" else batch_key(PODS[2]),
+                             read_delay=1.0 if how == "cancel" else 0.0)
+    await stage(store, *PODS)
+    task = asyncio.create_task(finalize_job(store, cfg, JOB, wait_seconds=0, existing_last_output={},
+                                            budget=budget))
+    if how == "cancel":
+        assert await asyncio.to_thread(store.slow_read_started.wait, 10)
+        assert await asyncio.to_thread(store.slow_started.wait, 10)
+        task.cancel()
+    with pytest.raises(asyncio.CancelledError if how == "cancel" else StoreError):
+        await task
+    returned = time.monotonic()
+    assert store.slow_started.is_set()
+    count = len(store.writes)
+    await asyncio.sleep(0.7)
+    assert len(store.writes) == count and all(t <= returned for _, t in store.writes), store.writes[count:]
+    assert await store.get(lock_key(JOB)) is None
+    assert budget.reads.used == 0 and budget.cache.used == 0
