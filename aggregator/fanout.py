@@ -105,7 +105,8 @@ class Behind:
         self._task: asyncio.Future[None] | None = None
 
     async def start(self, job: Callable[[], Awaitable[None]]) -> None:
-        """Wait for the job before (its failure raises here, and `job` is never called), then start `job`."""
+        """Wait for the job before, then start `job`; when this raises (the job before failed, or we were
+        cancelled), `job` was never called."""
         await self.wait()
         self._task = asyncio.ensure_future(job())
 

@@ -13,6 +13,7 @@ from test_staging_cleanup import batches, staged
 
 from aggregator.compaction import Compactor
 from aggregator.fanout import Budget
+from aggregator.finalize import job as job_module
 from aggregator.finalize.job import FinalizeBudget, finalize_job
 from aggregator.metrics import Metrics
 from aggregator.model import StoredBatch
@@ -124,3 +125,47 @@ async def test_heavy_compactions_take_turns_within_the_budget(tmp_path: Path) ->
     c = Compactor(make_config(), Metrics(), lambda: unbounded, Budget(100))
     await asyncio.gather(c.compact(bs[0].job_id, POD, "blast"), c.compact(bs[0].job_id, POD, "vmtouch"))
     assert unbounded.most == 2
+
+
+class WriteTiming(LocalStore):
+    """A local store whose chunk writes take a little while, noting the most bytes being written at once."""
+
+    def __init__(self, root: Path) -> None:
+        super().__init__(root)
+        self.writing = 0
+        self.most_bytes = 0
+
+    async def put_many(self, items: list[tuple[str, bytes]], concurrency: int) -> None:
+        size = sum(len(b) for _, b in items)
+        self.writing += size
+        self.most_bytes = max(self.most_bytes, self.writing)
+        try:
+            await asyncio.sleep(0.01)
+            await super().put_many(items, concurrency)
+        finally:
+            self.writing -= size
+
+
+async def test_four_finalizes_share_the_bytes_of_chunks_waiting_for_their_write(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Rendered chunks hold the replica's `writes` budget until written. Four finalizes whose windows each
+    render more than half of it still all finish (each sends what it holds before it waits for more), with
+    the bytes each writes alone, and the bytes being written at once never exceed the budget."""
+    alone: dict[str, dict[str, bytes]] = {}
+    for job in JOBS:
+        store = LocalStore(tmp_path / f"alone-{job}")
+        await staged(store, job_batches(job))
+        await finalize_job(store, make_config(), job, wait_seconds=0, existing_last_output={})
+        alone[job] = await artifacts_of(store, job)
+    window = len(b"".join((await artifacts_of(LocalStore(tmp_path / "alone-elb-b1"), "elb-b1")).values())) // 4
+    monkeypatch.setattr(job_module, "WRITE_BATCH_BYTES", window * 2)
+    shared = WriteTiming(tmp_path / "shared")
+    for job in JOBS:
+        await staged(shared, job_batches(job))
+    budget = FinalizeBudget(reads=Budget(20), cache=Budget(0), writes=Budget(window * 3))
+    await asyncio.wait_for(asyncio.gather(*(
+        finalize_job(shared, make_config(read_concurrency=1), job, wait_seconds=0, existing_last_output={},
+                     budget=budget) for job in JOBS)), 60)
+    assert {job: await artifacts_of(shared, job) for job in JOBS} == alone
+    assert 0 < shared.most_bytes <= window * 3
+    assert budget.writes.used == 0 and budget.reads.used == 0

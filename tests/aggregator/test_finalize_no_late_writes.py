@@ -183,4 +183,4 @@ async def test_pipelined_writes_stop_with_the_finalize(
     await asyncio.sleep(0.7)
     assert len(store.writes) == count and all(t <= returned for _, t in store.writes), store.writes[count:]
     assert await store.get(lock_key(JOB)) is None
-    assert budget.reads.used == 0 and budget.cache.used == 0
+    assert budget.reads.used == 0 and budget.cache.used == 0 and budget.writes.used == 0
