@@ -17,6 +17,8 @@ from shipper.reader import Cursor
 
 _EVENTS_OPEN: Final = b',"events":['
 _EVENTS_CLOSE: Final = b"]}"
+#: No encoded event is shorter (`encode_event(0, 0.0, "")`).
+MIN_EVENT_BYTES: Final = len(b'{"off":0,"ts":0.0,"line":""}')
 
 
 @dataclass(frozen=True)
@@ -95,6 +97,10 @@ class Batch:
         """Whether one more event of `event_bytes` would break the limits."""
         return bool(self.events) and (len(self.events) >= limits.max_events
                                       or self.size + 1 + event_bytes > limits.max_bytes)
+
+    def full(self, limits: Limits) -> bool:
+        """Whether the batch takes no more events at all (`full_for` the smallest one)."""
+        return self.full_for(MIN_EVENT_BYTES, limits)
 
     def fitting(self, events: Sequence[bytes], i: int, n: int, limits: Limits) -> tuple[int, int]:
         """The end `j` of the longest run `events[i:j]` (of `n`) this batch takes, and its bytes with

@@ -124,6 +124,9 @@ class Packer:
                 log.warning("stream budget reached; keeping only a tail from here",
                             extra={"stream": self.name, "off": ends[j - 1], "budget": limit})
                 await self.flush()
+            elif b.full(limits):
+                await self.flush()  # it takes no more lines: waiting for the next one, or for
+                # `linger` at the end of the file, would only delay it
 
     async def flush(self, *, force: bool = False, eof: bool = False) -> None:
         """Hand the batch being built to the sender (waits while one is waiting already); an empty

@@ -84,3 +84,41 @@ async def test_a_busy_stream_still_flushes_after_linger(monkeypatch: pytest.Monk
     batches, lags = await simulate(monkeypatch, 20.0, 60)
     assert max(lags) <= default("linger") + POLL
     assert batches >= 60 / (default("linger") + POLL)
+
+
+async def test_a_full_batch_goes_at_once_without_waiting_for_linger(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A batch that takes no more events is handed to the sender when it fills, not when the next line
+    comes or the linger runs out (a file whose line count is a multiple of the batch size: its
+    last batch waited `linger` plus a poll at the end of the file)."""
+    clock = SimpleNamespace(now=0.0)
+    monkeypatch.setattr(packer_module, "time", SimpleNamespace(time=lambda: clock.now))
+    outbox = Outbox(ShipperMetrics(), "blast")
+    packer = Packer("pod/blast", "blast", Limits.for_body(Identity("elb-1", "pod", "blast", "running"), 10, 1 << 20),
+                    budget=1 << 40, ring=TailRing(cap=1 << 20), linger=default("linger"), outbox=outbox,
+                    metrics=ShipperMetrics(), linger_max=default("linger_max"))
+    events = [b'{"off":%d,"line":"x"}' % (2 * i) for i in range(25)]
+    offs = [2 * i for i in range(25)]
+
+    async def place(lo: int, hi: int) -> None:
+        await packer._pack(offs[lo:hi], [o + 2 for o in offs[lo:hi]], events[lo:hi], clock.now,
+                           Cursor(1, 1, offs[hi - 1] + 2, 0), budgeted=False)
+
+    taken: list[list[int]] = []
+
+    async def take() -> None:
+        while (b := await outbox.get()) is not None:
+            taken.append(b.offs)
+
+    taker = asyncio.create_task(take())
+    await place(0, 10)  # exactly one batch's worth
+    await asyncio.sleep(0)
+    assert taken == [offs[0:10]] and not packer.building
+    await place(10, 25)  # one more full batch, and five lines that wait for company
+    await asyncio.sleep(0)
+    assert taken == [offs[0:10], offs[10:20]] and len(packer.builder.events) == 5
+    await packer.flush_if_lingered()  # no time passed: the five wait
+    assert len(packer.builder.events) == 5
+    await packer.flush()
+    await outbox.close()
+    await taker
+    assert taken == [offs[0:10], offs[10:20], offs[20:25]]
