@@ -129,7 +129,7 @@ class Packer:
                 # `linger` at the end of the file, would only delay it
 
     async def flush(self, *, force: bool = False, eof: bool = False) -> None:
-        """Hand the batch being built to the sender (waits while one is waiting already); an empty
+        """Hand the batch being built to the sender (waits while the outbox is full); an empty
         one only when `force`d, at eof, or to carry a dropped report."""
         b = self.builder
         if not b.events and self.pending_drop is None and not force and not eof:

@@ -1,9 +1,10 @@
 """A stream's sending side: the outbox of formed batches, and the sender that delivers them.
 
-The outbox holds one batch between the packer and the sender, so memory stays bounded (at most
-`PIPELINE` batches in flight, one waiting, one being built) while reading overlaps sending. The
-sender keeps a second batch of lines on the wire while it awaits the answer to the one before (not
-the first batch, reports or the eof batch, nor while sends fail), and takes the answers in order;
+The outbox holds up to `OUTBOX_DEPTH` batches between the packer and the sender, so memory stays
+bounded (at most `PIPELINE` batches in flight, `OUTBOX_DEPTH` waiting, one being built) while
+reading overlaps sending. The sender keeps more batches of lines on the wire while it awaits the
+answer to the first (not the first batch, reports or the eof batch, nor while sends fail), and
+takes the answers in order;
 after each 2xx it has the checkpoint written (paced), so only what was delivered, in order, is
 checkpointed. A 413 halves the batch; a single event too large for the aggregator is reported as
 dropped rather than lost.
@@ -33,24 +34,30 @@ log = logging.getLogger("shipper.stream")
 #: Batches of one stream on the wire at once: the next goes out while the answer to the one before
 #: is awaited (the aggregator stores batches in any order), so a stream's lines/s is not bound by
 #: one round trip per batch; the answers are still taken, and checkpointed, in order.
-PIPELINE: Final = 2
+PIPELINE: Final = 3
+#: Formed batches waiting for the sender. With three on the wire and two waiting, the reading loop
+#: goes on through the aggregator's slower answers: with two and one, the shipper's event loop sat
+#: idle 0.16-0.28 s of a 1.3-2.0 s run of the throughput bench waiting for the answers of a sink on
+#: the other core; with three and two mostly 0.05-0.10 s (docs/benchmarks.md, "round eight").
+OUTBOX_DEPTH: Final = 2
 
 #: A batch on the wire: the batch, its `seq`, and its answer to come.
 Flying = tuple[Batch, int, "asyncio.Future[Outcome]"]
 
 
 class Outbox:
-    """Formed batches waiting for the sender (at most one), and what they hold until acknowledged."""
+    """Formed batches waiting for the sender (at most `OUTBOX_DEPTH`), and what they hold until
+    acknowledged."""
 
     def __init__(self, metrics: ShipperMetrics, container: str) -> None:
-        self._queue: asyncio.Queue[Batch | None] = asyncio.Queue(maxsize=1)
+        self._queue: asyncio.Queue[Batch | None] = asyncio.Queue(maxsize=OUTBOX_DEPTH)
         self._gauge = metrics.queue_bytes.labels(container=container)
         #: encoded bytes and lines formed and not yet acknowledged
         self.nbytes = 0
         self.lines = 0
 
     async def put(self, batch: Batch) -> None:
-        """Hand a batch to the sender; waits while one is waiting already."""
+        """Hand a batch to the sender; waits while `OUTBOX_DEPTH` are waiting already."""
         self.nbytes += batch.size
         self.lines += len(batch.events)
         self._gauge.set(self.nbytes)

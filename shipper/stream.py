@@ -2,9 +2,9 @@
 
 `Stream` is the reading loop over small parts, each its own module: `Preparer` (chunks in read
 order, in sanitising workers or here), `Packer` (batches, the stream budget and its `TailRing`),
-`Sender` (delivery and the paced checkpoints, behind an `Outbox` of one batch). Two tasks per
-stream: the reading loop, which forms batches, and the sender, which delivers them one at a time,
-in order, so reading overlaps sending.
+`Sender` (delivery and the paced checkpoints, behind an `Outbox` of `OUTBOX_DEPTH` batches). Two
+tasks per stream: the reading loop, which forms batches, and the sender, which delivers them in
+order (up to `PIPELINE` on the wire), so reading overlaps sending.
 """
 
 from __future__ import annotations

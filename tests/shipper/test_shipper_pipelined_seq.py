@@ -19,7 +19,7 @@ from shipper.client import AggregatorClient
 from shipper.http import HttpClient
 from shipper.metrics import ShipperMetrics
 from shipper.reader import Cursor
-from shipper.sender import Outbox, Sender
+from shipper.sender import OUTBOX_DEPTH, PIPELINE, Outbox, Sender
 
 IDENT = Identity("elb-1", "pod-1", "blast", "running")
 
@@ -119,3 +119,32 @@ async def test_a_split_after_the_next_batch_went_out_takes_numbers_after_it(tmp_
     assert cp is not None and cp.pos == 60 and cp.seq == 5 and cp.eof
     # every accepted event once, and the stream's seq order is the order the batches were sent in
     assert sorted(e["off"] for b in agg.accepted for e in b["events"]) == [0, 10, 20, 30, 40, 50]
+
+
+async def test_three_batches_go_out_while_the_first_answer_is_held(tmp_path: Path) -> None:
+    """`PIPELINE` batches of lines on the wire at once and `OUTBOX_DEPTH` more taken by the outbox
+    without waiting, and still acknowledged in order once the first answer comes."""
+    metrics = ShipperMetrics()
+    agg = await HeldAggregator(hold_off=0).start()
+    try:
+        async with HttpClient() as http:
+            client = AggregatorClient(http, (agg.url,), TOKEN, timeout=10, use_gzip=False, backoff_base=0.01,
+                                      backoff_max=0.05, retry_after_max=1, reject_backoff=0.05, metrics=metrics)
+            outbox = Outbox(metrics, "blast")
+            acked: list[int] = []
+            sender = Sender(IDENT, "pod-1/blast", client, outbox, Checkpointer(tmp_path).paced(interval=0.0),
+                            metrics, 0.05, None)
+            sender.on_ack = lambda: acked.append(sender.acked_off)
+            running = asyncio.create_task(sender.run())
+            for first in range(0, PIPELINE + OUTBOX_DEPTH):  # batches of one line at 0, 10, 20, ...
+                await asyncio.wait_for(outbox.put(batch(first * 10, 1)), 5)
+            await until(lambda: len(agg.answered) == PIPELINE - 1, "the later batches on the wire answered")
+            assert [b["seq"] for b in agg.arrived] == list(range(PIPELINE))
+            assert acked == []  # nothing acknowledged before the first
+            agg.release.set()
+            await outbox.close()
+            await asyncio.wait_for(running, 10)
+    finally:
+        await agg.stop()
+    assert acked == [10 * (i + 1) for i in range(PIPELINE + OUTBOX_DEPTH)]
+    assert [b["seq"] for b in agg.arrived] == list(range(PIPELINE + OUTBOX_DEPTH))
