@@ -176,10 +176,13 @@ class Stream:
         elif not self.sender.eof_acked:
             await packer.flush(force=True)  # the first batch: the aggregator learns of the stream now
         idle_since = time.monotonic()
+        burst = 0  # bytes read since the end of the file was last reached
         while True:
+            pos = reader.pos
             chunk = reader.read()
             if chunk is not None:
                 idle_since = time.monotonic()
+                burst += max(reader.pos - pos, 0)
                 if chunk.count:
                     self.preparer.submit(chunk)
                     while self.preparer.full:
@@ -213,10 +216,15 @@ class Stream:
                 tail = reader.flush_partial()
                 if tail is not None:
                     await self._take(tail)
-            if packer.building:
+            if packer.building and burst >= self.config.read_size:
+                # A backlog read in bulk: its last lines waited in the file, not for company, and
+                # lingering would only delay them (a file read to its end: `linger` plus a poll).
+                await packer.flush()
+            elif packer.building:
                 await packer.flush_if_lingered()
             elif packer.exit_unsent and not self.sender.eof_acked:
                 await packer.flush(force=True)  # tell the aggregator the exit status promptly
+            burst = 0
             await self._wait(self._idle_wait())
 
     def _stamp(self, cp: Checkpoint) -> Checkpoint:

@@ -71,3 +71,15 @@ async def test_the_budget_cuts_after_the_line_that_reaches_it(volume: Path, reco
     assert sizes[:head // 40 + 1] == [40] * (head // 40) + [head % 40]
     first_after_budget = next(i for i, b in enumerate(batches) if b["events"][0]["off"] >= head * 11)
     assert sum(sizes[:first_after_budget]) == head
+
+
+async def test_a_backlog_read_to_its_end_does_not_wait_for_linger(volume: Path, recorder: Recorder) -> None:
+    """A file of more than one read read to its end: the last, partial batch goes at once (its lines
+    waited in the file, not for company); with a linger of a minute it would wait that long."""
+    lines = [f"line {i:05d}" for i in range(2500)]  # 27,500 bytes: seven reads of 4 KiB
+    (volume / "logs" / "blast.log").write_bytes("".join(s + "\n" for s in lines).encode())
+    async with shipping(volume, [recorder.url], "--read-size", "4096", "--batch-max-events", "1000",
+                        "--linger", "60", "--linger-max", "60") as shipper:
+        await eventually(lambda: recorder.lines("blast") == lines, limit=20, what="every line, before the linger")
+        assert await shipper.stop() == 0
+    assert [len(b["events"]) for b in recorder.sent("blast") if b["events"]] == [1000, 1000, 500]
