@@ -128,7 +128,8 @@ OPTIONS: Final[tuple[Option, ...]] = (
     Option("batch_max_bytes", int, MAX_BATCH_BYTES, "BLAST_LOGS_BATCH_MAX_BYTES", "--batch-max-bytes",
            "encoded JSON bytes per batch", unit="bytes", positive=True),
     Option("linger", float, 0.3, "BLAST_LOGS_LINGER", "--linger",
-           "how long a non-full batch waits for more lines", unit="s"),
+           "how long a non-full batch waits for more lines (not at the end of a backlog read in bulk)",
+           unit="s"),
     Option("linger_max", float, 1.5, "BLAST_LOGS_LINGER_MAX", "--linger-max",
            "how long a batch of a single line waits for a second one (a quiet stream sends at most one "
            "request per second's lines, not one per line; at least `--linger`)", unit="s"),
