@@ -73,13 +73,19 @@ async def four_at_once(root: Path, shared: bool) -> tuple[int, dict[str, dict[st
     return store.most, {job: await artifacts_of(store, job) for job in JOBS}
 
 
-async def test_four_finalizes_at_once_read_what_one_may_and_write_what_each_writes_alone(tmp_path: Path) -> None:
+async def finalized_alone(tmp_path: Path) -> dict[str, dict[str, bytes]]:
+    """Each job's artifacts, finalized alone in a store of its own (`alone-<job>`)."""
     alone: dict[str, dict[str, bytes]] = {}
     for job in JOBS:
         store = LocalStore(tmp_path / f"alone-{job}")
         await staged(store, job_batches(job))
         await finalize_job(store, make_config(), job, wait_seconds=0, existing_last_output={})
         alone[job] = await artifacts_of(store, job)
+    return alone
+
+
+async def test_four_finalizes_at_once_read_what_one_may_and_write_what_each_writes_alone(tmp_path: Path) -> None:
+    alone = await finalized_alone(tmp_path)
     most, together = await four_at_once(tmp_path / "shared", shared=True)
     assert most <= 2  # streams of 10 batches in a budget of 20
     assert together == alone
@@ -151,12 +157,7 @@ async def test_four_finalizes_share_the_bytes_of_chunks_waiting_for_their_write(
     """Rendered chunks hold the replica's `writes` budget until written. Four finalizes whose windows each
     render more than half of it still all finish (each sends what it holds before it waits for more), with
     the bytes each writes alone, and the bytes being written at once never exceed the budget."""
-    alone: dict[str, dict[str, bytes]] = {}
-    for job in JOBS:
-        store = LocalStore(tmp_path / f"alone-{job}")
-        await staged(store, job_batches(job))
-        await finalize_job(store, make_config(), job, wait_seconds=0, existing_last_output={})
-        alone[job] = await artifacts_of(store, job)
+    alone = await finalized_alone(tmp_path)
     window = len(b"".join((await artifacts_of(LocalStore(tmp_path / "alone-elb-b1"), "elb-b1")).values())) // 4
     monkeypatch.setattr(job_module, "WRITE_BATCH_BYTES", window * 2)
     shared = WriteTiming(tmp_path / "shared")

@@ -26,14 +26,21 @@ def default(name: str) -> float:
     return value
 
 
-async def simulate(monkeypatch: pytest.MonkeyPatch, lines_per_second: float, seconds: float) -> tuple[int, list[float]]:
-    """Lines at a steady rate for `seconds` of simulated time; the batches formed and each line's lag."""
+def simulated_packer(monkeypatch: pytest.MonkeyPatch, max_events: int) -> tuple[SimpleNamespace, Outbox, Packer]:
+    """A packer with the default linger on a simulated clock (`clock.now`), batches of `max_events`."""
     clock = SimpleNamespace(now=0.0)
     monkeypatch.setattr(packer_module, "time", SimpleNamespace(time=lambda: clock.now))
     outbox = Outbox(ShipperMetrics(), "blast")
-    packer = Packer("pod/blast", "blast", Limits.for_body(Identity("elb-1", "pod", "blast", "running"), 1000, 1 << 20),
+    packer = Packer("pod/blast", "blast", Limits.for_body(Identity("elb-1", "pod", "blast", "running"), max_events,
+                                                          1 << 20),
                     budget=1 << 40, ring=TailRing(cap=1 << 20), linger=default("linger"), outbox=outbox,
                     metrics=ShipperMetrics(), linger_max=default("linger_max"))
+    return clock, outbox, packer
+
+
+async def simulate(monkeypatch: pytest.MonkeyPatch, lines_per_second: float, seconds: float) -> tuple[int, list[float]]:
+    """Lines at a steady rate for `seconds` of simulated time; the batches formed and each line's lag."""
+    clock, outbox, packer = simulated_packer(monkeypatch, 1000)
     born: dict[int, float] = {}
     lags: list[float] = []
     batches = 0
@@ -90,12 +97,7 @@ async def test_a_full_batch_goes_at_once_without_waiting_for_linger(monkeypatch:
     """A batch that takes no more events is handed to the sender when it fills, not when the next line
     comes or the linger runs out (a file whose line count is a multiple of the batch size: its
     last batch waited `linger` plus a poll at the end of the file)."""
-    clock = SimpleNamespace(now=0.0)
-    monkeypatch.setattr(packer_module, "time", SimpleNamespace(time=lambda: clock.now))
-    outbox = Outbox(ShipperMetrics(), "blast")
-    packer = Packer("pod/blast", "blast", Limits.for_body(Identity("elb-1", "pod", "blast", "running"), 10, 1 << 20),
-                    budget=1 << 40, ring=TailRing(cap=1 << 20), linger=default("linger"), outbox=outbox,
-                    metrics=ShipperMetrics(), linger_max=default("linger_max"))
+    clock, outbox, packer = simulated_packer(monkeypatch, 10)
     events = [b'{"off":%d,"line":"x"}' % (2 * i) for i in range(25)]
     offs = [2 * i for i in range(25)]
 

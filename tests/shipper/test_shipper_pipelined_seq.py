@@ -67,6 +67,19 @@ async def until(check: Any, what: str) -> None:
     raise AssertionError(f"timed out waiting for {what}")
 
 
+def sender_to(http: HttpClient, agg: HeldAggregator, metrics: ShipperMetrics,
+              tmp_path: Path) -> tuple[Outbox, Sender, list[int]]:
+    """A stream's outbox and sender, sending to `agg`; the acknowledged offsets, as they come."""
+    client = AggregatorClient(http, (agg.url,), TOKEN, timeout=10, use_gzip=False, backoff_base=0.01,
+                              backoff_max=0.05, retry_after_max=1, reject_backoff=0.05, metrics=metrics)
+    outbox = Outbox(metrics, "blast")
+    acked: list[int] = []
+    sender = Sender(IDENT, "pod-1/blast", client, outbox, Checkpointer(tmp_path).paced(interval=0.0),
+                    metrics, 0.05, None)
+    sender.on_ack = lambda: acked.append(sender.acked_off)
+    return outbox, sender, acked
+
+
 async def _run(tmp_path: Path, held_status: int) -> tuple[HeldAggregator, list[int], Sender]:
     """Three batches (3 lines at 0, 2 at 30, the eof batch with 1 at 50), the first one's answer
     held until the second was answered."""
@@ -74,13 +87,7 @@ async def _run(tmp_path: Path, held_status: int) -> tuple[HeldAggregator, list[i
     agg = await HeldAggregator(hold_off=0, held_status=held_status).start()
     try:
         async with HttpClient() as http:
-            client = AggregatorClient(http, (agg.url,), TOKEN, timeout=10, use_gzip=False, backoff_base=0.01,
-                                      backoff_max=0.05, retry_after_max=1, reject_backoff=0.05, metrics=metrics)
-            outbox = Outbox(metrics, "blast")
-            acked: list[int] = []
-            sender = Sender(IDENT, "pod-1/blast", client, outbox, Checkpointer(tmp_path).paced(interval=0.0),
-                            metrics, 0.05, None)
-            sender.on_ack = lambda: acked.append(sender.acked_off)
+            outbox, sender, acked = sender_to(http, agg, metrics, tmp_path)
             running = asyncio.create_task(sender.run())
             await outbox.put(batch(0, 3))
             await outbox.put(batch(30, 2))
@@ -128,13 +135,7 @@ async def test_three_batches_go_out_while_the_first_answer_is_held(tmp_path: Pat
     agg = await HeldAggregator(hold_off=0).start()
     try:
         async with HttpClient() as http:
-            client = AggregatorClient(http, (agg.url,), TOKEN, timeout=10, use_gzip=False, backoff_base=0.01,
-                                      backoff_max=0.05, retry_after_max=1, reject_backoff=0.05, metrics=metrics)
-            outbox = Outbox(metrics, "blast")
-            acked: list[int] = []
-            sender = Sender(IDENT, "pod-1/blast", client, outbox, Checkpointer(tmp_path).paced(interval=0.0),
-                            metrics, 0.05, None)
-            sender.on_ack = lambda: acked.append(sender.acked_off)
+            outbox, sender, acked = sender_to(http, agg, metrics, tmp_path)
             running = asyncio.create_task(sender.run())
             for first in range(0, PIPELINE + OUTBOX_DEPTH):  # batches of one line at 0, 10, 20, ...
                 await asyncio.wait_for(outbox.put(batch(first * 10, 1)), 5)
