@@ -298,13 +298,14 @@ async def write_chunks(store: Store, reader: StagingReader, cfg: AggregatorConfi
     # read and rendered (one batch behind: the writes and the rendering each keep a core busy), so what a
     # store pays per call (the local store's syncfs and folder fsync) is paid per batch, not per window.
     # Rendered chunks hold their bytes of the replica's `writes` budget until written; a finalize sends
-    # what it holds before it waits for more, so every byte held is on its way out.
+    # what it holds before it waits for more, so every byte held is on its way out. Reads and writes
+    # share the reader's gate: at most `read_concurrency` requests at once, as before the overlap.
     pending: list[tuple[str, bytes]] = []
     size = held = 0
 
     async def put_batch(items: list[tuple[str, bytes]], taken: int) -> None:
         try:
-            await put_keys(store, items, cfg.read_concurrency)
+            await put_keys(store, items, cfg.read_concurrency, reader.gate)
         finally:
             budget.writes.give(taken)
 

@@ -165,10 +165,11 @@ class StagingReader:
         self.store = store
         self.job_id = job_id
         self.concurrency = concurrency
-        self._sem = asyncio.Semaphore(concurrency)
+        #: every storage request of the finalize holds one: its reads, and its chunk writes (`put_keys`)
+        self.gate = asyncio.Semaphore(concurrency)
 
     async def _get(self, key: str) -> bytes | None:
-        async with self._sem:
+        async with self.gate:
             return await self.store.get(key)
 
     async def _scan(self, key: str, ends: Ends, batches: Collection[str] = ()) -> CompactedEnds | bytes | None:
@@ -204,7 +205,7 @@ class StagingReader:
         return await cpu_work(len(scan.front) + ends[1] * EVENT_BYTES, _or_none, scan.result)
 
     async def _slice(self, key: str, start: int, length: int) -> tuple[bytes, int]:
-        async with self._sem:
+        async with self.gate:
             got = await read_range(self.store, key, start, length)
         if got is None:
             raise Overtaken(key)
@@ -394,7 +395,7 @@ class StagingReader:
     async def get_many(self, keys: list[str]) -> list[bytes | None]:
         """Many small objects' bytes (None when gone), in one call where the store offers it."""
         if isinstance(self.store, GetsMany):
-            async with self._sem:
+            async with self.gate:
                 return await self.store.get_many(keys)
         return await run_bounded(self.concurrency, [partial(self._get, k) for k in keys])
 

@@ -10,6 +10,7 @@ on (for finalize: after its lock was released).
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from functools import partial
 from typing import Protocol, runtime_checkable
@@ -111,18 +112,28 @@ class PutsMany(Protocol):
     """A store that writes many objects in one call more cheaply than one by one (LocalStore: one thread
     hop per slice of files instead of one per file; a finalize writes a chunk file per 100 lines)."""
 
-    async def put_many(self, items: list[tuple[str, bytes]], concurrency: int) -> None:
-        """Write (overwrite) every object, at most `concurrency` writes at a time; returns once every
-        write it started has settled (cancelled too), raising the first failure."""
+    async def put_many(self, items: list[tuple[str, bytes]], concurrency: int,
+                       gate: asyncio.Semaphore | None = None) -> None:
+        """Write (overwrite) every object, at most `concurrency` writes at a time, each also holding one of
+        `gate`'s permits (a store that writes them all in one call holds one for the call); returns once
+        every write it started has settled (cancelled too), raising the first failure."""
 
 
-async def put_keys(store: Store, items: list[tuple[str, bytes]], concurrency: int) -> None:
+async def put_keys(store: Store, items: list[tuple[str, bytes]], concurrency: int,
+                   gate: asyncio.Semaphore | None = None) -> None:
     """Write (overwrite) every object the cheapest way `store` offers (`put_many`, else `concurrency` puts
-    at a time)."""
+    at a time); with `gate`, each request also holds one of its permits (a finalize's reads and writes
+    share one limit)."""
     if isinstance(store, PutsMany):
-        await store.put_many(items, concurrency)
+        await store.put_many(items, concurrency, gate)
     else:
-        await run_bounded(concurrency, (partial(store.put, k, b) for k, b in items))
+        put = store.put if gate is None else partial(_gated_put, gate, store)
+        await run_bounded(concurrency, (partial(put, k, b) for k, b in items))
+
+
+async def _gated_put(gate: asyncio.Semaphore, store: Store, key: str, data: bytes) -> bool:
+    async with gate:
+        return await store.put(key, data)
 
 
 @runtime_checkable

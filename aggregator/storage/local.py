@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import time
 from collections.abc import Sequence
@@ -79,17 +80,20 @@ class LocalStore:
         except OSError as e:
             raise StoreError(f"write {key}: {e.strerror}") from e
 
-    async def put_many(self, items: list[tuple[str, bytes]], concurrency: int) -> None:
+    async def put_many(self, items: list[tuple[str, bytes]], concurrency: int,
+                       gate: asyncio.Semaphore | None = None) -> None:
         """Every item `put`, all in one thread hop (`write_many_atomic`): a thread hop and an fsync per file
         cost more than the file (a chatty job's finalize writes 110,000). One thread, not several: files
         of one folder are created one at a time under its lock anyway, and threads waiting for it spin
         (the same wall time on a journaled ext4 with about a quarter less CPU; on ext4 without a
         journal, after mass deletions, 3-7 s against 1.1-1.5 s of system CPU per 11,000 chunk files:
-        docs/benchmarks.md, issue 16 sixth round). `concurrency` is for stores that send requests."""
+        docs/benchmarks.md, issue 16 sixth round). `concurrency` is for stores that send requests; the
+        call holds one of `gate`'s permits."""
         for key, _ in items:
             check_key(key)
         if items:
-            await finish_even_if_cancelled(asyncio.to_thread(self._put_all, items))
+            async with gate or contextlib.nullcontext():
+                await finish_even_if_cancelled(asyncio.to_thread(self._put_all, items))
 
     def _put_all(self, items: list[tuple[str, bytes]]) -> None:
         """The items written together (`write_many_atomic`: one syncfs, not an fsync per file); durable on

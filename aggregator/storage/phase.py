@@ -3,6 +3,7 @@ its operations by it (`CountingStore`): `blast_logs_aggregator_storage_operation
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from contextvars import ContextVar
 from functools import partial
@@ -59,9 +60,10 @@ class CountingStore:
         self._count("delete", len(keys))
         await delete_keys(self.inner, keys, DELETES_AT_ONCE)
 
-    async def put_many(self, items: list[tuple[str, bytes]], concurrency: int) -> None:
+    async def put_many(self, items: list[tuple[str, bytes]], concurrency: int,
+                       gate: asyncio.Semaphore | None = None) -> None:
         self._count("put", len(items))
-        await put_keys(self.inner, items, concurrency)
+        await put_keys(self.inner, items, concurrency, gate)
 
     async def sweep_temp(self, prefix: str, older_than: float) -> int:
         if not isinstance(self.inner, SweepsTemp):

@@ -141,13 +141,14 @@ class WriteTiming(LocalStore):
         self.writing = 0
         self.most_bytes = 0
 
-    async def put_many(self, items: list[tuple[str, bytes]], concurrency: int) -> None:
+    async def put_many(self, items: list[tuple[str, bytes]], concurrency: int,
+                       gate: asyncio.Semaphore | None = None) -> None:
         size = sum(len(b) for _, b in items)
         self.writing += size
         self.most_bytes = max(self.most_bytes, self.writing)
         try:
             await asyncio.sleep(0.01)
-            await super().put_many(items, concurrency)
+            await super().put_many(items, concurrency, gate)
         finally:
             self.writing -= size
 

@@ -9,8 +9,9 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+from collections.abc import Awaitable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 from agg_helpers import JOB, POD, make_config, read_tree
@@ -23,7 +24,7 @@ from aggregator.finalize.job import FinalizeBudget, finalize_job
 from aggregator.model import StoredBatch
 from aggregator.staging import encode_batch
 from aggregator.storage import LocalStore
-from aggregator.storage.layout import batch_key, chunk_key, lock_key, steps_prefix
+from aggregator.storage.layout import batch_key, chunk_key, lock_key, parse_staged_key, steps_prefix
 
 
 class MisbehavingStore(LocalStore):
@@ -62,6 +63,8 @@ async def stage(store: LocalStore, *batches: StoredBatch) -> None:
     for b in batches:
         assert await store.put(batch_key(b), encode_batch(b), overwrite=False)
 
+
+T = TypeVar("T")
 
 EARLY = stream(f"{POD}-late", 500.0, 100)  # arrives late, sorts first: every chunk number shifts
 MAIN = stream(POD, 1000.0, 800)
@@ -132,11 +135,12 @@ class ReadLoggingStore(MisbehavingStore):
 PODS = [stream(f"{POD}-{n}", 1000.0 + n, 250) for n in range(4)]  # 3 chunks' worth each, in this order
 
 
-def one_stream_windows(monkeypatch: pytest.MonkeyPatch) -> tuple[AggregatorConfig, FinalizeBudget]:
-    """Pass two reads every stream again (no cache), one per window, and writes each window's chunks
-    as they are rendered: the windows go through the write pipeline one by one."""
+def two_stream_windows(monkeypatch: pytest.MonkeyPatch) -> tuple[AggregatorConfig, FinalizeBudget]:
+    """Pass two reads every stream again (no cache), two per window (`PODS`: two windows), and writes
+    each window's chunks as they are rendered (the first window's are chunks 0-4), two requests at once
+    (reads and writes together)."""
     monkeypatch.setattr(job_module, "WRITE_BATCH_BYTES", 1)
-    return make_config(read_concurrency=1), FinalizeBudget(cache=Budget(1))
+    return make_config(read_concurrency=2), FinalizeBudget(cache=Budget(1))
 
 
 async def test_the_next_window_is_read_while_the_last_ones_chunks_are_written(
@@ -146,14 +150,14 @@ async def test_the_next_window_is_read_while_the_last_ones_chunks_are_written(
     await finalize_job(clean, make_config(), JOB, wait_seconds=0, existing_last_output={})
     expected = await read_tree(clean, steps_prefix(JOB))
 
-    cfg, budget = one_stream_windows(monkeypatch)
+    cfg, budget = two_stream_windows(monkeypatch)
     store = ReadLoggingStore(tmp_path / "piped", slow_key=chunk_key(JOB, "running", 0), delay=0.5)
     await stage(store, *PODS)
     await finalize_job(store, cfg, JOB, wait_seconds=0, existing_last_output={}, budget=budget)
     slow_done = next(t for k, t in store.writes if k == chunk_key(JOB, "running", 0))
-    second = batch_key(PODS[1])
-    read_again = max(t for k, t in store.reads if k == second)  # in pass two, for its chunks
-    assert read_again < slow_done, "the second stream is read while the first window's chunks are written"
+    third = batch_key(PODS[2])
+    read_again = max(t for k, t in store.reads if k == third)  # in pass two, for its chunks
+    assert read_again < slow_done, "the second window is read while the first window's chunks are written"
     assert await read_tree(store, steps_prefix(JOB)) == expected
 
 
@@ -161,9 +165,10 @@ async def test_the_next_window_is_read_while_the_last_ones_chunks_are_written(
 async def test_pipelined_writes_stop_with_the_finalize(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, how: str) -> None:
     """A failure, or a cancel, while a window's chunks are still being written: that write ends before
-    the finalize does. The second stream's chunks (3 and 4) are written slowly while the third stream is
-    read (which fails, or is slow and the finalize is cancelled), or chunk 4's write fails."""
-    cfg, budget = one_stream_windows(monkeypatch)
+    the finalize does. The first window's chunks (3 slowly, then 4) are written while the second window
+    is read (its first stream's read fails, or is slow and the finalize is cancelled), or chunk 4's write
+    fails."""
+    cfg, budget = two_stream_windows(monkeypatch)
     store = ReadLoggingStore(tmp_path / "store", fail_key=chunk_key(JOB, "running", 4) if how == "failed write" else "",
                              slow_key=chunk_key(JOB, "running", 3), delay=0.5,
                              bad_read="" if how == "failed write" else batch_key(PODS[2]),
@@ -184,3 +189,57 @@ async def test_pipelined_writes_stop_with_the_finalize(
     assert len(store.writes) == count and all(t <= returned for _, t in store.writes), store.writes[count:]
     assert await store.get(lock_key(JOB)) is None
     assert budget.reads.used == 0 and budget.cache.used == 0 and budget.writes.used == 0
+
+
+class OneByOne:
+    """A store that sends every request on its own, as a remote one (no `put_many` or `get_many`), each
+    taking a little while; it notes the most reads of staging and writes of chunks in flight at once."""
+
+    def __init__(self, root: Path) -> None:
+        self.inner = LocalStore(root)
+        self.now = self.most = 0
+
+    async def _timed(self, key: str, request: Awaitable[T]) -> T:
+        counted = "/logs/" in key or parse_staged_key(JOB, key) is not None
+        self.now += counted
+        self.most = max(self.most, self.now)
+        try:
+            await asyncio.sleep(0.005)
+            return await request
+        finally:
+            self.now -= counted
+
+    async def get(self, key: str) -> bytes | None:
+        return await self._timed(key, self.inner.get(key))
+
+    async def put(self, key: str, data: bytes, *, overwrite: bool = True) -> bool:
+        return await self._timed(key, self.inner.put(key, data, overwrite=overwrite))
+
+    async def delete(self, key: str) -> None:
+        await self._timed(key, self.inner.delete(key))
+
+    async def list_keys(self, prefix: str) -> list[str]:
+        return await self.inner.list_keys(prefix)
+
+    async def ping(self) -> None:
+        await self.inner.ping()
+
+    async def close(self) -> None:
+        await self.inner.close()
+
+
+async def test_reads_and_pipelined_writes_share_the_request_limit(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """While a window's chunks are written, the next window is read: together they still send at most
+    `read_concurrency` requests at once (a store serving requests one at a time, as Azurite, would
+    otherwise queue other jobs' ingests behind twice as many)."""
+    monkeypatch.setattr(job_module, "WRITE_BATCH_BYTES", 1)
+    store = OneByOne(tmp_path / "store")
+    await stage(store.inner, *PODS)
+    await finalize_job(store, make_config(read_concurrency=2), JOB, wait_seconds=0, existing_last_output={},
+                       budget=FinalizeBudget(cache=Budget(1)))
+    assert store.most == 2
+    clean = LocalStore(tmp_path / "clean")
+    await stage(clean, *PODS)
+    await finalize_job(clean, make_config(), JOB, wait_seconds=0, existing_last_output={})
+    assert await read_tree(store.inner, steps_prefix(JOB)) == await read_tree(clean, steps_prefix(JOB))
