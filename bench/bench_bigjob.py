@@ -239,6 +239,11 @@ async def settled(root: Path, streams: int, seconds: float = 120.0) -> float:
     return time.perf_counter() - t0
 
 
+def pid_of(proc: Any) -> int | None:
+    """A replica's (`AggregatorProc`) process id, None when it is not running."""
+    return proc.proc.pid if proc.proc else None
+
+
 def tree_sum(pid: int | None, value: Callable[[int], float]) -> float:
     """`value` of the process and of each of its children (the finalize worker's child included) summed;
     one that ended meanwhile counts 0."""
@@ -442,13 +447,13 @@ async def run_shape(shape: str, args: argparse.Namespace, workdir: Path, store_u
                 for _ in range(args.rounds):
                     await asyncio.sleep(args.gap)
                     busy.set(True)
-                    cpu0, disk0 = cpu_seconds(procs[0].proc.pid if procs[0].proc else None), disk_busy_ms()
+                    cpu0, disk0 = cpu_seconds(pid_of(procs[0])), disk_busy_ms()
                     try:
                         seconds, answer = await finalize(session, urls[0], job_id, phases)
                     finally:
                         busy.set(False)
                     if not times:
-                        cpu = cpu_seconds(procs[0].proc.pid if procs[0].proc else None) - cpu0
+                        cpu = cpu_seconds(pid_of(procs[0])) - cpu0
                         disk = (disk_busy_ms() - disk0) / 1000
                     times.append(seconds)
                     if len(times) == 1:
@@ -463,7 +468,7 @@ async def run_shape(shape: str, args: argparse.Namespace, workdir: Path, store_u
             if again != first:
                 raise RuntimeError("re-finalize on the other replica gave other bytes")
         after = tree_stats(root / job_id) if store_url is None else (0, 0, 0)
-        rss = [round(vm_hwm_mib(p.proc.pid if p.proc else None), 1) for p in procs]
+        rss = [round(vm_hwm_mib(pid_of(p)), 1) for p in procs]
     finally:
         for p in procs:
             p.stop()
@@ -523,7 +528,7 @@ async def run_together(shape: str, args: argparse.Namespace, workdir: Path) -> d
                     await ingest(session, urls, job_id, shape_bodies(shape, job_id, args)[0], args.senders)
                 for job_id in jobs:
                     await settled(root / job_id, len(specs), args.settle)
-            a_pid = procs[0].proc.pid if procs[0].proc else None
+            a_pid = pid_of(procs[0])
             before = vm_hwm_mib(a_pid)
             t0 = time.perf_counter()
             answers = await asyncio.gather(*(finalize(session, urls[0], job_id, phases) for job_id in jobs))
