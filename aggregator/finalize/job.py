@@ -415,5 +415,7 @@ async def _finalize_job(store: Store, cfg: AggregatorConfig, job_id: str, wait_s
         cleaned = await clean_staging(store, cfg, job_id, scanned.values())
     log.info("finalized", extra={"fields": {"job_id": job_id, "complete": plan.complete, "streams": len(scanned),
                                             "chunks": len(new_ours), "stale_deleted": len(stale),
-                                            "staging_deleted": cleaned}})
+                                            "staging_deleted": cleaned, "requests_at_once": {
+                                                "least": reader.gate.low, "most": reader.gate.high,
+                                                "last": reader.gate.limit}}})
     return summary

@@ -10,13 +10,13 @@ lock: a listed object gone when read (`Overtaken`) makes `load_stream` list the 
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, TypeVar
 
+from aggregator.adaptive import AdaptiveLimit
 from aggregator.artifacts import Gap, StreamState, merge_states, state_of_batch
 from aggregator.errors import StoreError
 from aggregator.fanout import cpu_work, run_bounded
@@ -159,17 +159,19 @@ async def _gone_as_none(read: Awaitable[T | None]) -> T | None:
 
 
 class StagingReader:
-    """Reads staged objects, at most `concurrency` at a time across every stream of a finalize."""
+    """Reads staged objects, at most `concurrency` at a time across every stream of a finalize (fewer
+    while the store's answers slow down as requests queue: `AdaptiveLimit`)."""
 
     def __init__(self, store: Store, job_id: str, concurrency: int) -> None:
         self.store = store
         self.job_id = job_id
         self.concurrency = concurrency
-        #: every storage request of the finalize holds one: its reads, and its chunk writes (`put_keys`)
-        self.gate = asyncio.Semaphore(concurrency)
+        #: every storage request of the finalize holds one of its slots: its reads, and its chunk writes
+        #: (`put_keys`)
+        self.gate = AdaptiveLimit(concurrency)
 
     async def _get(self, key: str) -> bytes | None:
-        async with self.gate:
+        async with self.gate.slot():
             return await self.store.get(key)
 
     async def _scan(self, key: str, ends: Ends, batches: Collection[str] = ()) -> CompactedEnds | bytes | None:
@@ -205,7 +207,7 @@ class StagingReader:
         return await cpu_work(len(scan.front) + ends[1] * EVENT_BYTES, _or_none, scan.result)
 
     async def _slice(self, key: str, start: int, length: int) -> tuple[bytes, int]:
-        async with self.gate:
+        async with self.gate.slot():
             got = await read_range(self.store, key, start, length)
         if got is None:
             raise Overtaken(key)
@@ -395,7 +397,7 @@ class StagingReader:
     async def get_many(self, keys: list[str]) -> list[bytes | None]:
         """Many small objects' bytes (None when gone), in one call where the store offers it."""
         if isinstance(self.store, GetsMany):
-            async with self.gate:
+            async with self.gate.slot(timed=False):  # many objects: its time is not one request's
                 return await self.store.get_many(keys)
         return await run_bounded(self.concurrency, [partial(self._get, k) for k in keys])
 

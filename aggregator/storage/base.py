@@ -10,11 +10,11 @@ on (for finalize: after its lock was released).
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Sequence
 from functools import partial
 from typing import Protocol, runtime_checkable
 
+from aggregator.adaptive import AdaptiveLimit
 from aggregator.errors import StoreError
 from aggregator.fanout import run_bounded
 from blastlogs.atomic import TEMP_PREFIX
@@ -113,16 +113,16 @@ class PutsMany(Protocol):
     hop per slice of files instead of one per file; a finalize writes a chunk file per 100 lines)."""
 
     async def put_many(self, items: list[tuple[str, bytes]], concurrency: int,
-                       gate: asyncio.Semaphore | None = None) -> None:
+                       gate: AdaptiveLimit | None = None) -> None:
         """Write (overwrite) every object, at most `concurrency` writes at a time, each also holding one of
-        `gate`'s permits (a store that writes them all in one call holds one for the call); returns once
+        `gate`'s slots (a store that writes them all in one call holds one for the call, untimed); returns once
         every write it started has settled (cancelled too), raising the first failure."""
 
 
 async def put_keys(store: Store, items: list[tuple[str, bytes]], concurrency: int,
-                   gate: asyncio.Semaphore | None = None) -> None:
+                   gate: AdaptiveLimit | None = None) -> None:
     """Write (overwrite) every object the cheapest way `store` offers (`put_many`, else `concurrency` puts
-    at a time); with `gate`, each request also holds one of its permits (a finalize's reads and writes
+    at a time); with `gate`, each request also holds one of its slots (a finalize's reads and writes
     share one limit)."""
     if isinstance(store, PutsMany):
         await store.put_many(items, concurrency, gate)
@@ -131,8 +131,8 @@ async def put_keys(store: Store, items: list[tuple[str, bytes]], concurrency: in
         await run_bounded(concurrency, (partial(put, k, b) for k, b in items))
 
 
-async def _gated_put(gate: asyncio.Semaphore, store: Store, key: str, data: bytes) -> bool:
-    async with gate:
+async def _gated_put(gate: AdaptiveLimit, store: Store, key: str, data: bytes) -> bool:
+    async with gate.slot():
         return await store.put(key, data)
 
 

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Final
 
+from aggregator.adaptive import AdaptiveLimit
 from aggregator.fanout import finish_even_if_cancelled
 from aggregator.storage.base import TEMP_PREFIX, StoreError, check_key, check_prefix
 from blastlogs.atomic import write_atomic, write_many_atomic
@@ -81,18 +82,18 @@ class LocalStore:
             raise StoreError(f"write {key}: {e.strerror}") from e
 
     async def put_many(self, items: list[tuple[str, bytes]], concurrency: int,
-                       gate: asyncio.Semaphore | None = None) -> None:
+                       gate: AdaptiveLimit | None = None) -> None:
         """Every item `put`, all in one thread hop (`write_many_atomic`): a thread hop and an fsync per file
         cost more than the file (a chatty job's finalize writes 110,000). One thread, not several: files
         of one folder are created one at a time under its lock anyway, and threads waiting for it spin
         (the same wall time on a journaled ext4 with about a quarter less CPU; on ext4 without a
         journal, after mass deletions, 3-7 s against 1.1-1.5 s of system CPU per 11,000 chunk files:
         docs/benchmarks.md, issue 16 sixth round). `concurrency` is for stores that send requests; the
-        call holds one of `gate`'s permits."""
+        call holds one of `gate`'s slots, untimed (a batch of files is not one request)."""
         for key, _ in items:
             check_key(key)
         if items:
-            async with gate or contextlib.nullcontext():
+            async with gate.slot(timed=False) if gate is not None else contextlib.nullcontext():
                 await finish_even_if_cancelled(asyncio.to_thread(self._put_all, items))
 
     def _put_all(self, items: list[tuple[str, bytes]]) -> None:

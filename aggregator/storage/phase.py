@@ -3,13 +3,13 @@ its operations by it (`CountingStore`): `blast_logs_aggregator_storage_operation
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Sequence
 from contextvars import ContextVar
 from functools import partial
 
 from prometheus_client import Counter
 
+from aggregator.adaptive import AdaptiveLimit
 from aggregator.fanout import run_bounded
 from aggregator.storage.base import GetsMany, Store, SweepsTemp, delete_keys, put_keys, put_parts, read_range
 
@@ -61,7 +61,7 @@ class CountingStore:
         await delete_keys(self.inner, keys, DELETES_AT_ONCE)
 
     async def put_many(self, items: list[tuple[str, bytes]], concurrency: int,
-                       gate: asyncio.Semaphore | None = None) -> None:
+                       gate: AdaptiveLimit | None = None) -> None:
         self._count("put", len(items))
         await put_keys(self.inner, items, concurrency, gate)
 

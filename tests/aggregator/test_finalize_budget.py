@@ -11,6 +11,7 @@ import pytest
 from agg_helpers import POD, make_config, read_tree
 from test_staging_cleanup import batches, staged
 
+from aggregator.adaptive import AdaptiveLimit
 from aggregator.compaction import Compactor
 from aggregator.fanout import Budget
 from aggregator.finalize import job as job_module
@@ -142,7 +143,7 @@ class WriteTiming(LocalStore):
         self.most_bytes = 0
 
     async def put_many(self, items: list[tuple[str, bytes]], concurrency: int,
-                       gate: asyncio.Semaphore | None = None) -> None:
+                       gate: AdaptiveLimit | None = None) -> None:
         size = sum(len(b) for _, b in items)
         self.writing += size
         self.most_bytes = max(self.most_bytes, self.writing)
