@@ -4,11 +4,13 @@ A fixed limit is wrong one way or the other: a real Azure account serves sixteen
 one, while a store that serves requests one at a time (Azurite here; an account being throttled; a busy
 disk) only queues them, and every other job's ingest on that store waits behind the queue. So the limit
 follows the round-trip times, as Vector's adaptive request concurrency does (additive increase,
-multiplicative decrease): it starts at one; once per window (the mean round trip), if the window used
-every slot and its mean round trip was no worse than the running mean, it grows by one; if the mean
-round trip rose past the running mean by `deviation_scale` standard deviations, or a request failed, it
-shrinks to `decrease` of itself. A store that answers in the same time at any concurrency runs at `most`;
-one whose answers slow down as requests queue settles where they barely queue.
+multiplicative decrease): it starts low; once per window (the mean round trip), if the window used every
+slot and its mean round trip was no worse than the running mean, it grows by one; if the mean round trip
+rose past the running mean by `DEVIATION_SCALE` standard deviations, or a request failed, it shrinks to
+`DECREASE` of itself. A store that answers in the same time at any concurrency runs at `most`; one whose
+answers slow down as requests queue settles where they barely queue. (Unlike Vector's, a window whose
+mean equals the running mean exactly is no reason to shrink: a store that always answers in the same
+time would otherwise lose slots whenever the window did not use them all.)
 """
 
 from __future__ import annotations
@@ -28,18 +30,21 @@ DEVIATION_SCALE: Final = 2.5
 
 
 class AdaptiveLimit:
-    """At most `limit` slots held at once; `limit` moves between 1 and `most` with the slots' hold times.
+    """At most `limit` slots held at once; `limit` moves between `least` and `most` with the slots' hold
+    times.
 
     `async with limit.slot():` holds one for a request and times it; `slot(timed=False)` for a call whose
     time says nothing about the store's latency (one that writes a thousand files). Waiters are served
     in order. Not thread-safe: one event loop.
     """
 
-    def __init__(self, most: int, *, start: int = 1, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, most: int, *, least: int = 1, start: int = 1,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         if most < 1:
             raise ValueError("most must be at least 1")
         self.most = most
-        self.limit = max(1, min(start, most))
+        self.least = max(1, min(least, most))
+        self.limit = max(self.least, min(start, most))
         self.in_flight = 0
         #: the lowest and highest limit reached (for the finalize's log)
         self.low = self.high = self.limit
@@ -120,8 +125,9 @@ class AdaptiveLimit:
                 and current is not None and current <= mean):
             self.limit += 1
             self.high = max(self.high, self.limit)
-        elif self.limit > 1 and (self._failed or (current or 0.0) >= mean + DEVIATION_SCALE * math.sqrt(self._variance)):
-            self.limit = max(1, int(self.limit * DECREASE))
+        elif self.limit > self.least and (
+                self._failed or (current or 0.0) > mean + DEVIATION_SCALE * math.sqrt(self._variance)):
+            self.limit = max(self.least, int(self.limit * DECREASE))
             self.low = min(self.low, self.limit)
 
 

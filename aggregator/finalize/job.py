@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import TypeVar
 
+from aggregator.adaptive import AdaptiveLimit
 from aggregator.artifacts import (
     Chunker,
     ChunkEvent,
@@ -348,12 +349,13 @@ async def write_chunks(store: Store, reader: StagingReader, cfg: AggregatorConfi
     return {phase: seqs[phase] - first.get(phase, 0) for phase in plan.steps}
 
 
-async def clean_staging(store: Store, cfg: AggregatorConfig, job_id: str, scanned: Iterable[Scanned]) -> int:
+async def clean_staging(store: Store, cfg: AggregatorConfig, job_id: str, scanned: Iterable[Scanned],
+                        gate: AdaptiveLimit | None = None) -> int:
     """After a successful finalize: delete what compacted objects make redundant (unless retention is
     `all`) and stray temp files; how many objects went. Failures are logged: the artifacts stand."""
     redundant = [k for s in scanned for k in s.redundant] if cfg.staging_retention == "compacted" else []
     try:
-        await delete_keys(store, redundant, cfg.read_concurrency)
+        await delete_keys(store, redundant, cfg.read_concurrency, gate)
         swept = await store.sweep_temp(steps_prefix(job_id), cfg.temp_max_age) if isinstance(store, SweepsTemp) else 0
     except StoreError as e:
         log.warning("staging cleanup failed", extra={"fields": {"job_id": job_id, "error": str(e)}})
@@ -402,7 +404,7 @@ async def _finalize_job(store: Store, cfg: AggregatorConfig, job_id: str, wait_s
                                  f"{plan.steps[phase]['chunks']}")
         fill_last_output(plan)
         stale = sorted(old_ours - new_ours)
-        await run_bounded(cfg.read_concurrency, (partial(store.delete, k) for k in stale))
+        await delete_keys(store, stale, cfg.read_concurrency, reader.gate)
         if new_ours != old_ours:
             await store.put(manifest_key(job_id), encode_manifest(new_ours))
         summary = await cpu_work(len(scanned) * KEY_BYTES, summary_body, {
@@ -412,7 +414,7 @@ async def _finalize_job(store: Store, cfg: AggregatorConfig, job_id: str, wait_s
             "steps": keep_longer_existing(plan.steps, existing_last_output),
         })
         await store.put(summary_key(job_id), summary)
-        cleaned = await clean_staging(store, cfg, job_id, scanned.values())
+        cleaned = await clean_staging(store, cfg, job_id, scanned.values(), reader.gate)
     log.info("finalized", extra={"fields": {"job_id": job_id, "complete": plan.complete, "streams": len(scanned),
                                             "chunks": len(new_ours), "stale_deleted": len(stale),
                                             "staging_deleted": cleaned, "requests_at_once": {

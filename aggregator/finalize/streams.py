@@ -166,9 +166,10 @@ class StagingReader:
         self.store = store
         self.job_id = job_id
         self.concurrency = concurrency
-        #: every storage request of the finalize holds one of its slots: its reads, and its chunk writes
-        #: (`put_keys`)
-        self.gate = AdaptiveLimit(concurrency)
+        #: every storage request of the finalize holds one of its slots: its reads, its writes (chunks
+        #: through `put_keys`, compacted objects) and its deletes; at least two, so the chunk write one
+        #: batch behind never stops the reading (`write_chunks`)
+        self.gate = AdaptiveLimit(concurrency, least=2, start=2)
 
     async def _get(self, key: str) -> bytes | None:
         async with self.gate.slot():
@@ -308,7 +309,8 @@ class StagingReader:
             covers = covers | {n for n, s in zip(rest, read, strict=True) if s is not None}
             key = compact_key(self.job_id, stream.pod, stream.container, covers, state.eof)
             body = await cpu_work(size, encode_compacted, self.job_id, state, covers)
-            await self.store.put(key, body, overwrite=False)
+            async with self.gate.slot():
+                await self.store.put(key, body, overwrite=False)
             sources = [key]
         if len(sources) != 1 or sources[0] in stream.batches.values():
             return Loaded(state, sources, [])
@@ -363,7 +365,8 @@ class StagingReader:
                 return False, None, data  # overlapping batches: merged decoded (they are read again)
             key = compact_key(self.job_id, stream.pod, stream.container, covers, meta.eof)
             # written from its parts (the old object's lines and the batches'), never joined in memory
-            await put_parts(self.store, key, parts, overwrite=False)
+            async with self.gate.slot():
+                await put_parts(self.store, key, parts, overwrite=False)
         del pieces, read, data, found  # what `parts` does not hold of them
         assert parts is not None
         state, gap, count = await cpu_work(sum(map(len, parts)), _state_of_parts, parts, ends, light)

@@ -10,9 +10,9 @@ on (for finalize: after its lock was released).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from functools import partial
-from typing import Protocol, runtime_checkable
+from typing import ParamSpec, Protocol, TypeVar, runtime_checkable
 
 from aggregator.adaptive import AdaptiveLimit
 from aggregator.errors import StoreError
@@ -47,21 +47,27 @@ class Store(Protocol):
         """Release connections."""
 
 
+T = TypeVar("T")
+P = ParamSpec("P")
+
 @runtime_checkable
 class DeletesMany(Protocol):
     """A store that removes many objects in one call more cheaply than one by one (LocalStore: one
     thread hop per thousand files instead of one per file)."""
 
-    async def delete_many(self, keys: list[str]) -> None:
-        """Remove every object; missing ones are not an error. Settles before a cancel returns."""
+    async def delete_many(self, keys: list[str], gate: AdaptiveLimit | None = None) -> None:
+        """Remove every object; missing ones are not an error. Settles before a cancel returns. Each request
+        holds one of `gate`'s slots (a call that removes many holds one, untimed)."""
 
 
-async def delete_keys(store: Store, keys: list[str], concurrency: int) -> None:
-    """Delete every key the cheapest way `store` offers (`delete_many`, else `concurrency` at a time)."""
+async def delete_keys(store: Store, keys: list[str], concurrency: int, gate: AdaptiveLimit | None = None) -> None:
+    """Delete every key the cheapest way `store` offers (`delete_many`, else `concurrency` at a time); with
+    `gate`, each request also holds one of its slots."""
     if isinstance(store, DeletesMany):
-        await store.delete_many(keys)
+        await store.delete_many(keys, gate)
     else:
-        await run_bounded(concurrency, (partial(store.delete, k) for k in keys))
+        delete = store.delete if gate is None else gated(gate, store.delete)
+        await run_bounded(concurrency, (partial(delete, k) for k in keys))
 
 
 @runtime_checkable
@@ -127,13 +133,18 @@ async def put_keys(store: Store, items: list[tuple[str, bytes]], concurrency: in
     if isinstance(store, PutsMany):
         await store.put_many(items, concurrency, gate)
     else:
-        put = store.put if gate is None else partial(_gated_put, gate, store)
+        put = store.put if gate is None else gated(gate, store.put)
         await run_bounded(concurrency, (partial(put, k, b) for k, b in items))
 
 
-async def _gated_put(gate: AdaptiveLimit, store: Store, key: str, data: bytes) -> bool:
-    async with gate.slot():
-        return await store.put(key, data)
+def gated(gate: AdaptiveLimit, request: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]:
+    """`request`, each call in one of `gate`'s slots."""
+
+    async def call(*args: P.args, **kwargs: P.kwargs) -> T:
+        async with gate.slot():
+            return await request(*args, **kwargs)
+
+    return call
 
 
 @runtime_checkable

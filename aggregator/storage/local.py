@@ -118,12 +118,13 @@ class LocalStore:
         except OSError as e:
             raise StoreError(f"delete {key}: {e.strerror}") from e
 
-    async def delete_many(self, keys: list[str]) -> None:
+    async def delete_many(self, keys: list[str], gate: AdaptiveLimit | None = None) -> None:
         for key in keys:
             check_key(key)
         for start in range(0, len(keys), 1000):
             part = keys[start:start + 1000]
-            await finish_even_if_cancelled(asyncio.to_thread(self._delete_all, part))
+            async with gate.slot(timed=False) if gate is not None else contextlib.nullcontext():
+                await finish_even_if_cancelled(asyncio.to_thread(self._delete_all, part))
 
     def _delete_all(self, keys: list[str]) -> None:
         for key in keys:

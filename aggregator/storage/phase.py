@@ -56,9 +56,9 @@ class CountingStore:
         self._count("delete")
         await self.inner.delete(key)
 
-    async def delete_many(self, keys: list[str]) -> None:
+    async def delete_many(self, keys: list[str], gate: AdaptiveLimit | None = None) -> None:
         self._count("delete", len(keys))
-        await delete_keys(self.inner, keys, DELETES_AT_ONCE)
+        await delete_keys(self.inner, keys, DELETES_AT_ONCE, gate)
 
     async def put_many(self, items: list[tuple[str, bytes]], concurrency: int,
                        gate: AdaptiveLimit | None = None) -> None:

@@ -179,3 +179,20 @@ async def test_a_waiter_cancelled_as_it_is_granted_passes_the_slot_on() -> None:
         await granted
     await asyncio.wait_for(after, 1)
     assert got == [1] and limit.in_flight == 0
+
+
+async def test_the_limit_never_falls_below_its_least() -> None:
+    clock = VirtualTime()
+    store = Store(clock, TICK, serial=False)
+    limit = AdaptiveLimit(16, least=2, clock=clock)
+    assert limit.limit == 2
+
+    async def failing() -> None:
+        await store.request()
+        raise OSError("store trouble")
+
+    async def run() -> None:
+        assert await drive(limit, failing, 8, 20) == 160
+
+    await clock.run(run())
+    assert limit.limit == 2 and limit.low == 2

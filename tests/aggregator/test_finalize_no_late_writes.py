@@ -7,6 +7,7 @@ The store is a real LocalStore whose blocking write fails for one chosen key and
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 import time
 from collections.abc import Awaitable
@@ -16,10 +17,12 @@ from typing import Any, TypeVar
 import pytest
 from agg_helpers import JOB, POD, make_config, read_tree
 
+from aggregator.adaptive import AdaptiveLimit
 from aggregator.config import AggregatorConfig
 from aggregator.errors import StoreError
 from aggregator.fanout import Budget
 from aggregator.finalize import job as job_module
+from aggregator.finalize import streams as streams_module
 from aggregator.finalize.job import FinalizeBudget, finalize_job
 from aggregator.model import StoredBatch
 from aggregator.staging import encode_batch
@@ -193,19 +196,23 @@ async def test_pipelined_writes_stop_with_the_finalize(
 
 class OneByOne:
     """A store that sends every request on its own, as a remote one (no `put_many` or `get_many`), each
-    taking a little while; it notes the most reads of staging and writes of chunks in flight at once."""
+    taking a little while; it notes the most reads of staging and writes of chunks at the store at once
+    (served or queued)."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, *, serial: bool = False) -> None:
         self.inner = LocalStore(root)
         self.now = self.most = 0
+        #: `serial`: requests served one at a time, as Azurite's one process does (the rest queue)
+        self.turn = asyncio.Lock() if serial else contextlib.nullcontext()
 
     async def _timed(self, key: str, request: Awaitable[T]) -> T:
         counted = "/logs/" in key or parse_staged_key(JOB, key) is not None
         self.now += counted
         self.most = max(self.most, self.now)
         try:
-            await asyncio.sleep(0.005)
-            return await request
+            async with self.turn:
+                await asyncio.sleep(0.005)
+                return await request
         finally:
             self.now -= counted
 
@@ -241,5 +248,26 @@ async def test_reads_and_pipelined_writes_share_the_request_limit(
     assert store.most == 2
     clean = LocalStore(tmp_path / "clean")
     await stage(clean, *PODS)
+    await finalize_job(clean, make_config(), JOB, wait_seconds=0, existing_last_output={})
+    assert await read_tree(store.inner, steps_prefix(JOB)) == await read_tree(clean, steps_prefix(JOB))
+
+
+async def test_a_store_serving_requests_in_turn_is_not_queued_up(tmp_path: Path) -> None:
+    """A store that serves one request at a time (as Azurite): the finalize's adaptive limit keeps fewer
+    of its reads and writes queued there than `read_concurrency` (16), so another job's ingest to that
+    store waits behind a shorter queue; the artifacts are a clean run's."""
+    pods = [stream(f"{POD}-{n:02d}", 1000.0 + n, 150) for n in range(48)]
+    store = OneByOne(tmp_path / "store", serial=True)
+    await stage(store.inner, *pods)
+    await finalize_job(store, make_config(read_concurrency=16), JOB, wait_seconds=0, existing_last_output={})
+    assert store.most <= 10  # 5-7 here; noise in the round trips lets the limit creep past the store's 1
+    fixed = OneByOne(tmp_path / "fixed", serial=True)  # what a fixed limit of 16 queues there
+    await stage(fixed.inner, *pods)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(streams_module, "AdaptiveLimit", lambda most, **_: AdaptiveLimit(most, least=most))
+        await finalize_job(fixed, make_config(read_concurrency=16), JOB, wait_seconds=0, existing_last_output={})
+    assert fixed.most == 16
+    clean = LocalStore(tmp_path / "clean")
+    await stage(clean, *pods)
     await finalize_job(clean, make_config(), JOB, wait_seconds=0, existing_last_output={})
     assert await read_tree(store.inner, steps_prefix(JOB)) == await read_tree(clean, steps_prefix(JOB))
