@@ -382,7 +382,7 @@ async def _finalize_job(store: Store, cfg: AggregatorConfig, job_id: str, wait_s
                        renew=cfg.lock_renew) as lock:
         listed = await store.list_keys(logs_prefix(job_id))
         old_ours = decode_manifest(await store.get(manifest_key(job_id)))
-        reader = StagingReader(store, job_id, cfg.read_concurrency)
+        reader = StagingReader(store, job_id, cfg.read_concurrency, adaptive=True)
         if lock.waited:  # another finalize ran meanwhile: what was staged is listed again
             staged = await store.list_keys(staging_prefix(job_id))
         scanned = await scan_streams(reader, job_id, staged, cfg, budget, cached)

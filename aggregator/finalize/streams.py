@@ -159,17 +159,19 @@ async def _gone_as_none(read: Awaitable[T | None]) -> T | None:
 
 
 class StagingReader:
-    """Reads staged objects, at most `concurrency` at a time across every stream of a finalize (fewer
-    while the store's answers slow down as requests queue: `AdaptiveLimit`)."""
+    """Reads staged objects, at most `concurrency` at a time across every stream of a finalize; with
+    `adaptive`, fewer while the store's answers slow down as requests queue (`AdaptiveLimit`: a finalize's
+    thousands of requests, not a compaction's or a reader's few, which would end before it adapts)."""
 
-    def __init__(self, store: Store, job_id: str, concurrency: int) -> None:
+    def __init__(self, store: Store, job_id: str, concurrency: int, *, adaptive: bool = False) -> None:
         self.store = store
         self.job_id = job_id
         self.concurrency = concurrency
         #: every storage request of the finalize holds one of its slots: its reads, its writes (chunks
-        #: through `put_keys`, compacted objects) and its deletes; at least two, so the chunk write one
-        #: batch behind never stops the reading (`write_chunks`)
-        self.gate = AdaptiveLimit(concurrency, least=2, start=2)
+        #: through `put_keys`, compacted objects) and its deletes; adaptive, at least two, so the chunk
+        #: write one batch behind never stops the reading (`write_chunks`)
+        least = min(2, concurrency) if adaptive else concurrency
+        self.gate = AdaptiveLimit(concurrency, least=least, start=least)
 
     async def _get(self, key: str) -> bytes | None:
         async with self.gate.slot():

@@ -264,7 +264,7 @@ async def test_a_store_serving_requests_in_turn_is_not_queued_up(tmp_path: Path)
     fixed = OneByOne(tmp_path / "fixed", serial=True)  # what a fixed limit of 16 queues there
     await stage(fixed.inner, *pods)
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(streams_module, "AdaptiveLimit", lambda most, **_: AdaptiveLimit(most, least=most))
+        mp.setattr(streams_module, "AdaptiveLimit", lambda most, **_: AdaptiveLimit(most, least=most, start=most))
         await finalize_job(fixed, make_config(read_concurrency=16), JOB, wait_seconds=0, existing_last_output={})
     assert fixed.most == 16
     clean = LocalStore(tmp_path / "clean")
