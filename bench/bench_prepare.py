@@ -50,8 +50,8 @@ def child(path: Path) -> dict[str, object]:
     if prep.COMPILED:
         for chunk in chunks:
             own, rules = san.needle_hits(chunk.joined)
-            slow += len(prep._hotpath.encode_lines(chunk.joined, chunk.first, b"1.5", san.max_chars,
-                                                   sorted(own + rules))[2])
+            slow += len(prep._hotpath.encode_chunk(chunk.joined, chunk.first, b"1.5", san.max_chars,
+                                                   sorted(own + rules))[3])
     out: dict[str, object] = {"lines": sum(c.count for c in chunks), "prepare_s": round(best, 3),
                               "compiled": prep.COMPILED, "python_lines": slow}
     from shipper import redact

@@ -10,6 +10,7 @@ from __future__ import annotations
 import random
 import shutil
 import time
+from array import array
 from pathlib import Path
 
 import orjson
@@ -18,7 +19,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import shipper.prepare as prepare_mod
-from shipper.batch import run_fit, run_fit_py
+from shipper.batch import Events
 from shipper.prepare import Prepared, prepare
 from shipper.reader import Chunk, Cursor, LineReader
 from shipper.redact import _NEEDLES, CLEAN_STATE, RedactorState, _find_py, marks_py
@@ -70,6 +71,7 @@ def both(chunk: Chunk, start: RedactorState = CLEAN_STATE, limit: int = 4000) ->
 def assert_same(compiled: Prepared, pure: Prepared) -> None:
     assert compiled.events == pure.events
     assert compiled.offs == pure.offs
+    assert compiled.encoded == pure.encoded  # the one buffer, where each event starts, each line's offset
     assert compiled.redactions == pure.redactions
     assert compiled.truncated == pure.truncated
     assert (compiled.start, compiled.state) == (pure.start, pure.state)
@@ -237,13 +239,40 @@ def test_compiled_needle_scan_at_the_ends_and_with_the_rarest_bytes() -> None:
             assert _find(probe) == _find_py(probe), probe
 
 
-@compiled_only
+def walk(events: list[bytes], i: int, stop: int, limit: int) -> tuple[int, int]:
+    """The largest `k` in `[i, stop]` such that `events[i:k]`, each with one separator, hold at most
+    `limit` bytes, and those bytes: event by event."""
+    total = 0
+    for k in range(i, stop):
+        if total + len(events[k]) + 1 > limit:
+            return k, total
+        total += len(events[k]) + 1
+    return max(i, stop), total
+
+
 @settings(max_examples=500, deadline=None)
 @given(st.lists(st.binary(max_size=30), max_size=50), st.integers(0, 60), st.integers(0, 60), st.integers(-5, 400))
-def test_compiled_run_fit_is_the_walk(events: list[bytes], i: int, stop: int, limit: int) -> None:
+def test_a_run_fitted_by_bisection_is_the_walk(events: list[bytes], i: int, stop: int, limit: int) -> None:
     i, stop = min(i, len(events)), min(stop, len(events))
-    assert prepare_mod._hotpath.run_fit(events, i, stop, limit) == run_fit_py(events, i, stop, limit) \
-        == run_fit(events, i, stop, limit) == run_fit_py(tuple(events), i, stop, limit)
+    run = Events.of(events, range(len(events)), len(events))
+    assert run.fit(i, stop, limit) == walk(events, i, stop, limit)
+    assert run.events() == events and len(run) == len(events)
+
+
+@compiled_only
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.binary(max_size=20), min_size=1, max_size=30), st.data())
+def test_compiled_splice_replaces_the_events_at_the_indices(events: list[bytes], data: st.DataObject) -> None:
+    run = Events.of(events, range(len(events)), len(events))
+    indices = sorted(data.draw(st.sets(st.integers(0, len(events) - 1))))
+    new = [data.draw(st.binary(max_size=20)) for _ in indices]
+    buf, bounds = prepare_mod._hotpath.splice(run.buf, run.bounds.tobytes(), indices, new)
+    want = list(events)
+    for i, event in zip(indices, new, strict=True):
+        want[i] = event
+    assert Events(buf, array("q", bounds), run.offs) == Events.of(want, range(len(want)), len(want))
+    with pytest.raises(ValueError):
+        prepare_mod._hotpath.splice(run.buf, run.bounds.tobytes(), [0, 0], [b"", b""])
 
 
 @compiled_only
