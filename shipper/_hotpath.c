@@ -1,14 +1,16 @@
 /* shipper._hotpath: the shipper's per-line hot path for lines that need no sanitising.
  *
- * encode_chunk(joined, first_off, ts, max_chars, flagged) -> (buf, bounds, offs, slow, controls, rendered)
+ * encode_chunk(scratch, joined, first_off, ts, max_chars, flagged) -> (length, bounds, offs, slow, controls, rendered)
  *
- * `joined` is a read's complete lines joined with b"\n" (no trailing newline). It gives the events of
- * the lines as one buffer, joined with ",", each "clean" line's event exactly as
+ * `joined` is a read's complete lines joined with b"\n" (no trailing newline). It writes the events of
+ * the lines into the bytearray `scratch` (grown as needed, never shrunk: it is reused from read to
+ * read, so that its pages are not faulted in anew for every read), joined with ",", its first `length`
+ * bytes; each "clean" line's event exactly as
  * shipper.batch.encode_events writes it:
  *     {"off":OFF,"ts":TS,"line":"TEXT"}
  * where TS is the bytes given (orjson's form of the read's timestamp) and TEXT the line JSON-escaped
  * byte for byte as orjson escapes it; `bounds`, int64 in native order, where each event starts and,
- * last, len(buf) + 1 (event k is buf[bounds[k]:bounds[k + 1] - 1]); `offs`, int64, each line's stream
+ * last, length + 1 (event k is scratch[bounds[k]:bounds[k + 1] - 1]); `offs`, int64, each line's stream
  * offset (`first_off` + where the line starts) and, last, the offset just past the last line.
  *
  * A line is clean when sanitising could not change it: valid UTF-8 (as Python's strict decoder
@@ -16,7 +18,7 @@
  * position of `flagged` (sorted byte offsets into `joined`: control characters, secret keywords)
  * falls inside it or on its newline. Every other line gets an empty event and its index in `slow`,
  * for the Python path (shipper/prepare.py), which also handles everything this module refuses, and
- * whose events `splice` puts in their places.
+ * whose events `splice` puts in their places as it copies the events out of `scratch`.
  * A line whose only fault is a control character (C0 but tab, DEL, C1), with no flag, is rendered
  * here when render_line models it (below) and the result is within `max_chars`: its event holds the
  * rendered text and `rendered` maps its index to that text (UTF-8), for the redaction pre-check the
@@ -480,20 +482,18 @@ rendered_fits(const unsigned char *p, Py_ssize_t n, Py_ssize_t max_chars, Py_ssi
     return chars <= max_chars;
 }
 
-/* Room for `more` bytes past `len` in the bytes object *out (of capacity *cap), growing it by
- * at least half; -1 (with *out freed and NULL) when out of memory. */
+/* Room for `more` bytes past `len` in the bytearray `out` (its size is its capacity here), growing it
+ * by at least half; -1 when out of memory. The bytes before `len` are kept; its buffer may move. */
 static int
-reserve(PyObject **out, Py_ssize_t *cap, Py_ssize_t len, Py_ssize_t more)
+reserve(PyObject *out, Py_ssize_t len, Py_ssize_t more)
 {
-    if (len + more <= *cap)
+    Py_ssize_t cap = PyByteArray_GET_SIZE(out);
+    if (len + more <= cap)
         return 0;
-    Py_ssize_t grown = *cap + *cap / 2;
+    Py_ssize_t grown = cap + cap / 2;
     if (grown < len + more)
         grown = len + more;
-    if (_PyBytes_Resize(out, grown) < 0)
-        return -1;
-    *cap = grown;
-    return 0;
+    return PyByteArray_Resize(out, grown);
 }
 
 static void
@@ -509,11 +509,11 @@ encode_chunk(PyObject *self, PyObject *args)
     Py_buffer joined, ts;
     long long first_off;
     Py_ssize_t max_chars;
-    PyObject *flagged;
-    if (!PyArg_ParseTuple(args, "y*Ly*nO!:encode_chunk", &joined, &first_off, &ts, &max_chars,
-                          &PyList_Type, &flagged))
+    PyObject *out, *flagged;
+    if (!PyArg_ParseTuple(args, "O!y*Ly*nO!:encode_chunk", &PyByteArray_Type, &out, &joined, &first_off, &ts,
+                          &max_chars, &PyList_Type, &flagged))
         return NULL;
-    PyObject *out = NULL, *bounds = NULL, *offs = NULL, *slow = NULL, *controls = NULL, *rendered = NULL;
+    PyObject *length = NULL, *bounds = NULL, *offs = NULL, *slow = NULL, *controls = NULL, *rendered = NULL;
     PyObject *result = NULL;
     unsigned char *buf = NULL;  /* a rendered line */
     Py_ssize_t room = 0;
@@ -522,16 +522,16 @@ encode_chunk(PyObject *self, PyObject *args)
     Py_ssize_t nflag = PyList_GET_SIZE(flagged), fi = 0, next_flag = PY_SSIZE_T_MAX;
 
     Py_ssize_t count = 1 + count_newlines(data, stop);  /* lines: one more than the newlines */
-    /* every event's fixed part with a 20-digit offset, and the line unescaped: grown if short */
-    Py_ssize_t cap = joined.len + count * (event_size(20, ts.len, 0, 0) + 1);
     Py_ssize_t len = 0;
-    out = PyBytes_FromStringAndSize(NULL, cap);
+    /* every event's fixed part with a 20-digit offset, and the line unescaped: grown if short */
+    if (reserve(out, 0, joined.len + count * (event_size(20, ts.len, 0, 0) + 1)) < 0)
+        goto done;
     bounds = PyBytes_FromStringAndSize(NULL, 8 * (count + 1));
     offs = PyBytes_FromStringAndSize(NULL, 8 * (count + 1));
     slow = PyList_New(0);
     controls = PyList_New(0);
     rendered = PyDict_New();
-    if (out == NULL || bounds == NULL || offs == NULL || slow == NULL || controls == NULL || rendered == NULL)
+    if (bounds == NULL || offs == NULL || slow == NULL || controls == NULL || rendered == NULL)
         goto done;
     if (nflag > 0) {
         next_flag = PyLong_AsSsize_t(PyList_GET_ITEM(flagged, 0));
@@ -602,26 +602,26 @@ encode_chunk(PyObject *self, PyObject *args)
         if (text != NULL) {
             char digits[24];
             int nd = format_decimal(digits, off);
-            if (reserve(&out, &cap, len, event_size(nd, ts.len, n, extra)) < 0)
+            if (reserve(out, len, event_size(nd, ts.len, n, extra)) < 0)
                 goto done;
-            len += write_event(PyBytes_AS_STRING(out) + len, text, n, extra, digits, nd, ts.buf, ts.len);
+            len += write_event(PyByteArray_AS_STRING(out) + len, text, n, extra, digits, nd, ts.buf, ts.len);
         }
         index++;
         if (nl == NULL)
             break;
-        if (reserve(&out, &cap, len, 1) < 0)
+        if (reserve(out, len, 1) < 0)
             goto done;
-        PyBytes_AS_STRING(out)[len++] = ',';
+        PyByteArray_AS_STRING(out)[len++] = ',';
         line = nl + 1;
     }
     put_int64(offs, count, first_off + (long long)joined.len + 1);
     put_int64(bounds, count, len + 1);
-    if (_PyBytes_Resize(&out, len) < 0)
-        goto done;
-    result = PyTuple_Pack(6, out, bounds, offs, slow, controls, rendered);
+    length = PyLong_FromSsize_t(len);
+    if (length != NULL)
+        result = PyTuple_Pack(6, length, bounds, offs, slow, controls, rendered);
 done:
     PyMem_Free(buf);
-    Py_XDECREF(out);
+    Py_XDECREF(length);
     Py_XDECREF(bounds);
     Py_XDECREF(offs);
     Py_XDECREF(slow);
@@ -632,15 +632,18 @@ done:
     return result;
 }
 
-/* splice(buf, bounds, indices, events) -> (buf, bounds): the chunk's events (`buf`: joined with ",";
- * `bounds`: int64, where each starts and, last, len(buf) + 1) with the events at `indices` (ascending)
- * replaced by `events`: one copy of the chunk, the later bounds moved by what the earlier changed. */
+/* splice(buf, length, bounds, indices, events) -> (bytes, bounds): the chunk's events (the first
+ * `length` bytes of `buf`, joined with ","; `bounds`: int64, where each starts and, last, length + 1)
+ * as bytes of their own, with the events at `indices` (ascending) replaced by `events`: one copy of
+ * the chunk, the later bounds moved by what the earlier changed. */
 static PyObject *
 splice(PyObject *self, PyObject *args)
 {
     Py_buffer data, bounds;
+    Py_ssize_t length;
     PyObject *indices, *events;
-    if (!PyArg_ParseTuple(args, "y*y*O!O!:splice", &data, &bounds, &PyList_Type, &indices, &PyList_Type, &events))
+    if (!PyArg_ParseTuple(args, "y*ny*O!O!:splice", &data, &length, &bounds, &PyList_Type, &indices,
+                          &PyList_Type, &events))
         return NULL;
     PyObject *out = NULL, *new_bounds = NULL, *result = NULL;
     Py_ssize_t nb = bounds.len / 8, m = PyList_GET_SIZE(indices);
@@ -651,7 +654,12 @@ splice(PyObject *self, PyObject *args)
         goto done;
     }
     memcpy(b, bounds.buf, (size_t)nb * 8);
-    if (nb < 1 || bounds.len % 8 != 0 || m != PyList_GET_SIZE(events) || b[nb - 1] != data.len + 1) {
+    if (length < 0 || length > data.len) {
+        PyErr_SetString(PyExc_ValueError, "splice: length beyond the buffer");
+        goto done;
+    }
+    data.len = length;
+    if (nb < 1 || bounds.len % 8 != 0 || m != PyList_GET_SIZE(events) || b[nb - 1] != length + 1) {
         PyErr_SetString(PyExc_ValueError, "splice: inconsistent arguments");
         goto done;
     }
@@ -1063,13 +1071,14 @@ static PyMethodDef methods[] = {
      "render(line) -> bytes | None\n\n"
      "shipper.sanitise.render of the line (UTF-8, no newline), encoded; None where not modelled."},
     {"encode_chunk", encode_chunk, METH_VARARGS,
-     "encode_chunk(joined, first_off, ts, max_chars, flagged) -> (buf, bounds, offs, slow, controls, rendered)\n\n"
-     "The events of the lines of `joined`, joined with \",\" (the lines in `slow` left empty), where each\n"
+     "encode_chunk(scratch, joined, first_off, ts, max_chars, flagged) -> (length, bounds, offs, slow, controls, rendered)\n\n"
+     "The events of the lines of `joined` into the bytearray `scratch` (grown as needed; its first `length`\n"
+     "bytes), joined with \",\" (the lines in `slow` left empty), where each\n"
      "starts (int64), every line's stream offset (int64), the lines holding control characters, and the\n"
      "rendered texts."},
     {"splice", splice, METH_VARARGS,
-     "splice(buf, bounds, indices, events) -> (buf, bounds)\n\n"
-     "The chunk's events with those at `indices` replaced, in one copy."},
+     "splice(buf, length, bounds, indices, events) -> (bytes, bounds)\n\n"
+     "The chunk's events (the first `length` bytes of `buf`) with those at `indices` replaced, in one copy."},
     {NULL, NULL, 0, NULL},
 };
 

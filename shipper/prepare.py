@@ -29,6 +29,12 @@ except ImportError:  # built without a C compiler: the pure-Python path gives th
 #: Whether the compiled hot path is in use (the start-up log says so: `compiled_hot_path`).
 COMPILED: Final = _hotpath is not None
 
+#: Buffers the compiled path writes a read's events into before copying them out (with the Python
+#: path's lines spliced in), reused from read to read so that their pages stay faulted in: one per
+#: read being prepared at once (one, on the event loop), and none kept past `_SCRATCH_KEPT` bytes.
+_scratch: list[bytearray] = []
+_SCRATCH_KEPT: Final = 4 << 20
+
 
 @dataclass(frozen=True)
 class Prepared:
@@ -102,26 +108,32 @@ def _prepare_compiled(san: Sanitiser, chunk: Chunk, raw: bytes) -> Prepared | No
     most lines with control characters, into one buffer; the others (needles, invalid UTF-8, over
     the cap, shapes it does not render) go through `Sanitiser.some_lines` with what the scans of
     the whole read found, and so do the rendered lines' texts, for the redaction pre-check they
-    need; their events are spliced into the buffer in one copy. None when the redactor's state must
-    see the read line by line (then `sanitise_chunk` does it all)."""
+    need; their events are spliced in as the buffer is copied out of the scratch. None when the
+    redactor's state must see the read line by line (then `sanitise_chunk` does it all)."""
     own_hits, rule_hits = san.needle_hits(raw)
     ts = orjson.dumps(chunk.ts)
-    buf, bounds_bytes, offs_bytes, slow, controls, rendered = _hotpath.encode_chunk(
-        raw, chunk.first, ts, san.max_chars, sorted(own_hits + rule_hits))
-    offs = array("q")
-    offs.frombytes(offs_bytes)
-    if slow or rendered:
-        first = chunk.first
-        raws = {i: raw[offs[i] - first:offs[i + 1] - first - 1] for i in slow}
-        texts = san.some_lines(raws, controls, *(
-            {bisect_right(offs, first + pos) - 1 for pos in found} for found in (own_hits, rule_hits)),
-            rendered=rendered)
-        if texts is None:
-            return None
-        if texts:
-            order = sorted(texts)
-            buf, bounds_bytes = _hotpath.splice(buf, bounds_bytes, order, encode_events(
-                [offs[i] for i in order], chunk.ts, [texts[i] for i in order]))
+    scratch = _scratch.pop() if _scratch else bytearray()
+    try:
+        length, bounds_bytes, offs_bytes, slow, controls, rendered = _hotpath.encode_chunk(
+            scratch, raw, chunk.first, ts, san.max_chars, sorted(own_hits + rule_hits))
+        offs = array("q")
+        offs.frombytes(offs_bytes)
+        texts: dict[int, str] = {}
+        if slow or rendered:
+            first = chunk.first
+            raws = {i: raw[offs[i] - first:offs[i + 1] - first - 1] for i in slow}
+            sanitised = san.some_lines(raws, controls, *(
+                {bisect_right(offs, first + pos) - 1 for pos in found} for found in (own_hits, rule_hits)),
+                rendered=rendered)
+            if sanitised is None:
+                return None
+            texts = sanitised
+        order = sorted(texts)
+        buf, bounds_bytes = _hotpath.splice(scratch, length, bounds_bytes, order, encode_events(
+            [offs[i] for i in order], chunk.ts, [texts[i] for i in order]))
+    finally:
+        if len(scratch) <= _SCRATCH_KEPT:
+            _scratch.append(scratch)
     bounds = array("q")
     bounds.frombytes(bounds_bytes)
     return Prepared(Events(buf, bounds, offs), dict(san.redactions), san.truncated, CLEAN_STATE, san.state)

@@ -318,13 +318,15 @@ def test_compiled_splice_replaces_the_events_at_the_indices(events: list[bytes],
     run = Events.of(events, range(len(events)), len(events))
     indices = sorted(data.draw(st.sets(st.integers(0, len(events) - 1))))
     new = [data.draw(st.binary(max_size=20)) for _ in indices]
-    buf, bounds = prepare_mod._hotpath.splice(run.buf, run.bounds.tobytes(), indices, new)
+    buf, bounds = prepare_mod._hotpath.splice(bytearray(run.buf + b"spare"), len(run.buf), run.bounds.tobytes(),
+                                              indices, new)
     want = list(events)
     for i, event in zip(indices, new, strict=True):
         want[i] = event
     assert Events(buf, array("q", bounds), run.offs) == Events.of(want, range(len(want)), len(want))
-    with pytest.raises(ValueError):
-        prepare_mod._hotpath.splice(run.buf, run.bounds.tobytes(), [0, 0], [b"", b""])
+    for length, at in ((len(run.buf), [0, 0]), (len(run.buf) + 1, []), (len(run.buf) - 1, [])):
+        with pytest.raises(ValueError):
+            prepare_mod._hotpath.splice(run.buf, length, run.bounds.tobytes(), at, [b""] * len(at))
 
 
 @compiled_only
