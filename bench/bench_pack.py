@@ -13,7 +13,6 @@ all the bodies, which must be the same for every tree. Not a test: run it by han
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import gc
 import hashlib
@@ -21,14 +20,12 @@ import json
 import os
 import resource
 import statistics
-import subprocess
 import sys
 import time
 from dataclasses import replace
 from pathlib import Path
 
-BENCH = Path(__file__).resolve().parent
-DEFAULT_FILE = Path("/tmp/blast-bench/log-1000000.log")  # bench_shipper.py's generated input
+from bench_prepare import alternate, parse_args, read_chunks
 
 
 def child(path: Path) -> dict[str, object]:
@@ -37,17 +34,13 @@ def child(path: Path) -> dict[str, object]:
     from shipper.metrics import ShipperMetrics
     from shipper.packer import Packer
     from shipper.prepare import prepare
-    from shipper.reader import Cursor, LineReader
+    from shipper.reader import Cursor
     from shipper.redact import CLEAN_STATE
     from shipper.sanitise import Sanitiser
     from shipper.tailring import TailRing
 
-    reader = LineReader(path, 256 * 1024, 1 << 20)
-    reader.open()
-    chunks = []
-    while (chunk := reader.read()) is not None:
-        if chunk.count:
-            chunks.append(replace(chunk, ts=1796640000.25))  # one read time for every run: same bodies
+    # one read time for every run: the same bodies
+    chunks = [replace(chunk, ts=1796640000.25) for chunk in read_chunks(path)]
     ident = Identity("elb-bench", "pod", "container", "running")
     limits = Limits.for_body(ident, MAX_BATCH_EVENTS, MAX_BATCH_BYTES)
 
@@ -90,24 +83,11 @@ def child(path: Path) -> dict[str, object]:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--tree", action="append", default=[], help="NAME=PATH of a source tree")
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--file", type=Path, default=DEFAULT_FILE)
-    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
-    args = parser.parse_args()
+    args = parse_args(__doc__.splitlines()[0], 3)
     if args.child:
         print(json.dumps(child(args.file)))
         return 0
-    trees = dict(t.split("=", 1) for t in args.tree) or {"now": str(BENCH.parent)}
-    results: dict[str, list[dict[str, object]]] = {name: [] for name in trees}
-    for r in range(args.rounds):
-        for name, tree in (trees.items() if r % 2 == 0 else reversed(trees.items())):
-            env = {**os.environ, "PYTHONPATH": str(Path(tree).resolve())}
-            out = subprocess.run([sys.executable, __file__, "--child", "--file", str(args.file)], env=env,
-                                 check=True, capture_output=True, text=True).stdout
-            results[name].append(json.loads(out))
-            print(f"round {r + 1} {name}: {results[name][-1]} (load {os.getloadavg()[0]:.1f})", flush=True)
+    results = alternate(__file__, args, lambda: f" (load {os.getloadavg()[0]:.1f})")
     for name, runs in results.items():
         times = [float(str(x["pack_s"])) for x in runs]
         print(f"{name}: prepare+pack+encode {statistics.median(times):.3f} CPU s median "
