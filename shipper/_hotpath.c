@@ -1,27 +1,32 @@
 /* shipper._hotpath: the shipper's per-line hot path for lines that need no sanitising.
  *
- * encode_lines(joined, first_off, ts, max_chars, flagged) -> (events, offs, slow, controls, rendered)
+ * encode_chunk(scratch, joined, first_off, ts, max_chars, flagged) -> (length, bounds, offs, slow, controls, rendered)
  *
- * `joined` is a read's complete lines joined with b"\n" (no trailing newline). For each line it
- * gives the stream offset (`first_off` + where the line starts) and, when the line is "clean", its
- * event exactly as shipper.batch.encode_events writes it:
+ * `joined` is a read's complete lines joined with b"\n" (no trailing newline). It writes the events of
+ * the lines into the bytearray `scratch` (grown as needed, never shrunk: it is reused from read to
+ * read, so that its pages are not faulted in anew for every read), joined with ",", its first `length`
+ * bytes; each "clean" line's event exactly as
+ * shipper.batch.encode_events writes it:
  *     {"off":OFF,"ts":TS,"line":"TEXT"}
  * where TS is the bytes given (orjson's form of the read's timestamp) and TEXT the line JSON-escaped
- * byte for byte as orjson escapes it.
+ * byte for byte as orjson escapes it; `bounds`, int64 in native order, where each event starts and,
+ * last, length + 1 (event k is scratch[bounds[k]:bounds[k + 1] - 1]); `offs`, int64, each line's stream
+ * offset (`first_off` + where the line starts) and, last, the offset just past the last line.
  *
  * A line is clean when sanitising could not change it: valid UTF-8 (as Python's strict decoder
  * judges it), no control character but tab (C0, DEL, C1), at most `max_chars` characters, and no
  * position of `flagged` (sorted byte offsets into `joined`: control characters, secret keywords)
- * falls inside it or on its newline. Every other line gets None in `events` and its index in `slow`,
- * for the Python path (shipper/prepare.py), which also handles everything this module refuses.
+ * falls inside it or on its newline. Every other line gets an empty event and its index in `slow`,
+ * for the Python path (shipper/prepare.py), which also handles everything this module refuses, and
+ * whose events `splice` puts in their places as it copies the events out of `scratch`.
  * A line whose only fault is a control character (C0 but tab, DEL, C1), with no flag, is rendered
  * here when render_line models it (below) and the result is within `max_chars`: its event holds the
  * rendered text and `rendered` maps its index to that text (UTF-8), for the redaction pre-check the
  * Python side runs on rendered lines. `controls` lists every line holding a control character,
  * rendered here or in `slow`, in order.
  *
- * One pass per line over its bytes (two for a rendered one); no Python object per line but its event and
- * its offset (and a rendered line's text).
+ * One pass per line over its bytes (two for a rendered one); no Python object per line (but a rendered
+ * line's text and index).
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -199,17 +204,20 @@ format_decimal(char *out, long long value)
     return len;
 }
 
-static PyObject *
-encode_event(const unsigned char *p, Py_ssize_t n, Py_ssize_t extra, long long off,
-             const char *ts, Py_ssize_t ts_len)
+/* The size of an event of a line of n bytes with `extra` bytes of escapes, its offset `nd` digits. */
+static Py_ssize_t
+event_size(int nd, Py_ssize_t ts_len, Py_ssize_t n, Py_ssize_t extra)
 {
-    char digits[24];
-    int nd = format_decimal(digits, off);
-    Py_ssize_t size = LEN(PREFIX) + nd + LEN(MID_TS) + ts_len + LEN(MID_LINE) + n + extra + LEN(SUFFIX);
-    PyObject *out = PyBytes_FromStringAndSize(NULL, size);
-    if (out == NULL)
-        return NULL;
-    char *w = PyBytes_AS_STRING(out);
+    return LEN(PREFIX) + nd + LEN(MID_TS) + ts_len + LEN(MID_LINE) + n + extra + LEN(SUFFIX);
+}
+
+/* Writes the event of the line [p, p + n) (escaping adds `extra` bytes) at w (room for event_size);
+ * the bytes written. */
+static Py_ssize_t
+write_event(char *w, const unsigned char *p, Py_ssize_t n, Py_ssize_t extra, const char *digits, int nd,
+            const char *ts, Py_ssize_t ts_len)
+{
+    char *start = w;
     memcpy(w, PREFIX, LEN(PREFIX)); w += LEN(PREFIX);
     memcpy(w, digits, nd); w += nd;
     memcpy(w, MID_TS, LEN(MID_TS)); w += LEN(MID_TS);
@@ -230,8 +238,8 @@ encode_event(const unsigned char *p, Py_ssize_t n, Py_ssize_t extra, long long o
             }
         }
     }
-    memcpy(w, SUFFIX, LEN(SUFFIX));
-    return out;
+    memcpy(w, SUFFIX, LEN(SUFFIX)); w += LEN(SUFFIX);
+    return w - start;
 }
 
 /* ---- rendering a line with control characters (shipper.sanitise.render), for the common shapes ----
@@ -474,17 +482,39 @@ rendered_fits(const unsigned char *p, Py_ssize_t n, Py_ssize_t max_chars, Py_ssi
     return chars <= max_chars;
 }
 
+/* Room for `more` bytes past `len` in the bytearray `out` (its size is its capacity here), growing it
+ * by at least half; -1 when out of memory. The bytes before `len` are kept; its buffer may move. */
+static int
+reserve(PyObject *out, Py_ssize_t len, Py_ssize_t more)
+{
+    Py_ssize_t cap = PyByteArray_GET_SIZE(out);
+    if (len + more <= cap)
+        return 0;
+    Py_ssize_t grown = cap + cap / 2;
+    if (grown < len + more)
+        grown = len + more;
+    return PyByteArray_Resize(out, grown);
+}
+
+static void
+put_int64(PyObject *array, Py_ssize_t index, long long value)
+{
+    int64_t v = (int64_t)value;
+    memcpy(PyBytes_AS_STRING(array) + 8 * index, &v, 8);
+}
+
 static PyObject *
-encode_lines(PyObject *self, PyObject *args)
+encode_chunk(PyObject *self, PyObject *args)
 {
     Py_buffer joined, ts;
     long long first_off;
     Py_ssize_t max_chars;
-    PyObject *flagged;
-    if (!PyArg_ParseTuple(args, "y*Ly*nO!:encode_lines", &joined, &first_off, &ts, &max_chars,
-                          &PyList_Type, &flagged))
+    PyObject *out, *flagged;
+    if (!PyArg_ParseTuple(args, "O!y*Ly*nO!:encode_chunk", &PyByteArray_Type, &out, &joined, &first_off, &ts,
+                          &max_chars, &PyList_Type, &flagged))
         return NULL;
-    PyObject *events = NULL, *offs = NULL, *slow = NULL, *controls = NULL, *rendered = NULL, *result = NULL;
+    PyObject *length = NULL, *bounds = NULL, *offs = NULL, *slow = NULL, *controls = NULL, *rendered = NULL;
+    PyObject *result = NULL;
     unsigned char *buf = NULL;  /* a rendered line */
     Py_ssize_t room = 0;
     const unsigned char *data = joined.buf;
@@ -492,12 +522,16 @@ encode_lines(PyObject *self, PyObject *args)
     Py_ssize_t nflag = PyList_GET_SIZE(flagged), fi = 0, next_flag = PY_SSIZE_T_MAX;
 
     Py_ssize_t count = 1 + count_newlines(data, stop);  /* lines: one more than the newlines */
-    events = PyList_New(count);
-    offs = PyList_New(count);
+    Py_ssize_t len = 0;
+    /* every event's fixed part with a 20-digit offset, and the line unescaped: grown if short */
+    if (reserve(out, 0, joined.len + count * (event_size(20, ts.len, 0, 0) + 1)) < 0)
+        goto done;
+    bounds = PyBytes_FromStringAndSize(NULL, 8 * (count + 1));
+    offs = PyBytes_FromStringAndSize(NULL, 8 * (count + 1));
     slow = PyList_New(0);
     controls = PyList_New(0);
     rendered = PyDict_New();
-    if (events == NULL || offs == NULL || slow == NULL || controls == NULL || rendered == NULL)
+    if (bounds == NULL || offs == NULL || slow == NULL || controls == NULL || rendered == NULL)
         goto done;
     if (nflag > 0) {
         next_flag = PyLong_AsSsize_t(PyList_GET_ITEM(flagged, 0));
@@ -523,12 +557,9 @@ encode_lines(PyObject *self, PyObject *args)
             }
         }
         long long off = first_off + (long long)start;
-        PyObject *o = PyLong_FromLongLong(off);
-        if (o == NULL)
-            goto done;
-        PyList_SET_ITEM(offs, index, o);  /* a list's unset items are NULL: safe to free on error */
+        put_int64(offs, index, off);
+        put_int64(bounds, index, len);
         Py_ssize_t extra = 0;
-        PyObject *event = NULL;
         int kind = scan_line(line, end, stop, max_chars, &extra);
         Py_ssize_t n = -1;
         if (kind == CONTROL && !flagged_here) {
@@ -546,48 +577,138 @@ encode_lines(PyObject *self, PyObject *args)
             if (n >= 0 && !rendered_fits(buf, n, max_chars, &extra))
                 n = -1;
         }
+        const unsigned char *text = NULL;
         if (kind == CLEAN && !flagged_here) {
-            event = encode_event(line, end - line, extra, off, ts.buf, ts.len);
-            if (event == NULL)
-                goto done;
+            text = line;
+            n = end - line;
         } else if (n >= 0) {
-            event = encode_event(buf, n, extra, off, ts.buf, ts.len);
+            text = buf;
             PyObject *i = PyLong_FromSsize_t(index);
-            PyObject *text = PyBytes_FromStringAndSize((const char *)buf, n);
-            if (event == NULL || i == NULL || text == NULL || PyDict_SetItem(rendered, i, text) < 0
-                    || PyList_Append(controls, i) < 0) {
-                Py_XDECREF(event);
-                Py_XDECREF(i);
-                Py_XDECREF(text);
+            PyObject *t = PyBytes_FromStringAndSize((const char *)buf, n);
+            int failed = i == NULL || t == NULL || PyDict_SetItem(rendered, i, t) < 0
+                         || PyList_Append(controls, i) < 0;
+            Py_XDECREF(i);
+            Py_XDECREF(t);
+            if (failed)
                 goto done;
-            }
-            Py_DECREF(i);
-            Py_DECREF(text);
-        } else {
+        } else {  /* an empty event here: shipper.prepare splices the Python path's one in */
             PyObject *i = PyLong_FromSsize_t(index);
-            if (i == NULL || PyList_Append(slow, i) < 0 || (kind == CONTROL && PyList_Append(controls, i) < 0)) {
-                Py_XDECREF(i);
+            int failed = i == NULL || PyList_Append(slow, i) < 0
+                         || (kind == CONTROL && PyList_Append(controls, i) < 0);
+            Py_XDECREF(i);
+            if (failed)
                 goto done;
-            }
-            Py_DECREF(i);
-            event = Py_NewRef(Py_None);
         }
-        PyList_SET_ITEM(events, index, event);
+        if (text != NULL) {
+            char digits[24];
+            int nd = format_decimal(digits, off);
+            if (reserve(out, len, event_size(nd, ts.len, n, extra)) < 0)
+                goto done;
+            len += write_event(PyByteArray_AS_STRING(out) + len, text, n, extra, digits, nd, ts.buf, ts.len);
+        }
         index++;
         if (nl == NULL)
             break;
+        if (reserve(out, len, 1) < 0)
+            goto done;
+        PyByteArray_AS_STRING(out)[len++] = ',';
         line = nl + 1;
     }
-    result = PyTuple_Pack(5, events, offs, slow, controls, rendered);
+    put_int64(offs, count, first_off + (long long)joined.len + 1);
+    put_int64(bounds, count, len + 1);
+    length = PyLong_FromSsize_t(len);
+    if (length != NULL)
+        result = PyTuple_Pack(6, length, bounds, offs, slow, controls, rendered);
 done:
     PyMem_Free(buf);
-    Py_XDECREF(rendered);
-    Py_XDECREF(events);
+    Py_XDECREF(length);
+    Py_XDECREF(bounds);
     Py_XDECREF(offs);
     Py_XDECREF(slow);
     Py_XDECREF(controls);
+    Py_XDECREF(rendered);
     PyBuffer_Release(&joined);
     PyBuffer_Release(&ts);
+    return result;
+}
+
+/* splice(buf, length, bounds, indices, events) -> (bytes, bounds): the chunk's events (the first
+ * `length` bytes of `buf`, joined with ","; `bounds`: int64, where each starts and, last, length + 1)
+ * as bytes of their own, with the events at `indices` (ascending) replaced by `events`: one copy of
+ * the chunk, the later bounds moved by what the earlier changed. */
+static PyObject *
+splice(PyObject *self, PyObject *args)
+{
+    Py_buffer data, bounds;
+    Py_ssize_t length;
+    PyObject *indices, *events;
+    if (!PyArg_ParseTuple(args, "y*ny*O!O!:splice", &data, &length, &bounds, &PyList_Type, &indices,
+                          &PyList_Type, &events))
+        return NULL;
+    PyObject *out = NULL, *new_bounds = NULL, *result = NULL;
+    Py_ssize_t nb = bounds.len / 8, m = PyList_GET_SIZE(indices);
+    const char *src = data.buf;
+    int64_t *b = PyMem_Malloc((size_t)(nb > 0 ? nb : 1) * 8);
+    if (b == NULL) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    memcpy(b, bounds.buf, (size_t)nb * 8);
+    if (length < 0 || length > data.len) {
+        PyErr_SetString(PyExc_ValueError, "splice: length beyond the buffer");
+        goto done;
+    }
+    data.len = length;
+    if (nb < 1 || bounds.len % 8 != 0 || m != PyList_GET_SIZE(events) || b[nb - 1] != length + 1) {
+        PyErr_SetString(PyExc_ValueError, "splice: inconsistent arguments");
+        goto done;
+    }
+    Py_ssize_t size = data.len, prev = -1;
+    for (Py_ssize_t k = 0; k < m; k++) {
+        Py_ssize_t i = PyLong_AsSsize_t(PyList_GET_ITEM(indices, k));
+        PyObject *e = PyList_GET_ITEM(events, k);
+        if ((i == -1 && PyErr_Occurred()) || i <= prev || i >= nb - 1 || !PyBytes_Check(e)) {
+            if (!PyErr_Occurred())
+                PyErr_SetString(PyExc_ValueError, "splice: ascending indices of events, and bytes");
+            goto done;
+        }
+        prev = i;
+        size += PyBytes_GET_SIZE(e) - (Py_ssize_t)(b[i + 1] - 1 - b[i]);
+    }
+    out = PyBytes_FromStringAndSize(NULL, size);
+    new_bounds = PyBytes_FromStringAndSize(NULL, nb * 8);
+    if (out == NULL || new_bounds == NULL)
+        goto done;
+    char *w = PyBytes_AS_STRING(out);
+    Py_ssize_t done_to = 0, shift = 0, next_bound = 0;  /* source bytes copied; bounds moved */
+    int64_t *nbp = (int64_t *)PyMem_Malloc((size_t)nb * 8);
+    if (nbp == NULL) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    for (Py_ssize_t k = 0; k < m; k++) {
+        Py_ssize_t i = PyLong_AsSsize_t(PyList_GET_ITEM(indices, k));
+        PyObject *e = PyList_GET_ITEM(events, k);
+        Py_ssize_t from = (Py_ssize_t)b[i], to = (Py_ssize_t)b[i + 1] - 1, n = PyBytes_GET_SIZE(e);
+        memcpy(w, src + done_to, (size_t)(from - done_to)); w += from - done_to;
+        memcpy(w, PyBytes_AS_STRING(e), (size_t)n); w += n;
+        done_to = to;
+        for (; next_bound <= i; next_bound++)
+            nbp[next_bound] = b[next_bound] + shift;
+        shift += n - (to - from);
+    }
+    memcpy(w, src + done_to, (size_t)(data.len - done_to));
+    for (; next_bound < nb; next_bound++)
+        nbp[next_bound] = b[next_bound] + shift;
+    memcpy(PyBytes_AS_STRING(new_bounds), nbp, (size_t)nb * 8);
+    PyMem_Free(nbp);
+    result = PyTuple_Pack(2, out, new_bounds);
+done:
+    PyMem_Free(b);
+    Py_XDECREF(out);
+    Py_XDECREF(new_bounds);
+    PyBuffer_Release(&data);
+    PyBuffer_Release(&bounds);
     return result;
 }
 
@@ -651,37 +772,6 @@ done:
     Py_XDECREF(tokens);
     PyBuffer_Release(&data);
     return result;
-}
-
-/* run_fit(events, i, stop, limit) -> (k, total): the largest k in [i, stop] such that the events
- * events[i:k], each counted with one separator (len + 1), hold at most `limit` bytes, and those
- * bytes: shipper.batch.run_fit_py, one C loop over the lengths instead of running sums as objects. */
-static PyObject *
-run_fit(PyObject *self, PyObject *args)
-{
-    PyObject *events;
-    Py_ssize_t i, stop;
-    long long limit;
-    if (!PyArg_ParseTuple(args, "O!nnL:run_fit", &PyList_Type, &events, &i, &stop, &limit))
-        return NULL;
-    if (i < 0 || stop > PyList_GET_SIZE(events)) {
-        PyErr_SetString(PyExc_IndexError, "run_fit: i and stop must lie within events");
-        return NULL;
-    }
-    long long total = 0;
-    Py_ssize_t k = i;
-    for (; k < stop; k++) {
-        PyObject *event = PyList_GET_ITEM(events, k);
-        if (!PyBytes_Check(event)) {
-            PyErr_SetString(PyExc_TypeError, "run_fit: a list of bytes");
-            return NULL;
-        }
-        long long more = (long long)PyBytes_GET_SIZE(event) + 1;
-        if (total + more > limit)
-            break;
-        total += more;
-    }
-    return Py_BuildValue("(nL)", k, total);
 }
 
 /* ---- needles: the redaction pre-check's multi-needle scan, ASCII case folded, without the GIL ----
@@ -974,19 +1064,21 @@ static PyMethodDef methods[] = {
     {"find", find, METH_VARARGS,
      "find(automaton, data) -> [(needle, start, end), ...]\n\n"
      "Leftmost-longest, non-overlapping matches of the needles in data.lower(), without the GIL."},
-    {"run_fit", run_fit, METH_VARARGS,
-     "run_fit(events, i, stop, limit) -> (k, total)\n\n"
-     "shipper.batch.run_fit_py of a list of bytes, in one C loop."},
     {"marks", marks, METH_O,
      "marks(data) -> (api, tokens)\n\n"
      "Offsets of every b\"API\" in data, and of every job token's shape (see _hotpath.c)."},
     {"render", render, METH_O,
      "render(line) -> bytes | None\n\n"
      "shipper.sanitise.render of the line (UTF-8, no newline), encoded; None where not modelled."},
-    {"encode_lines", encode_lines, METH_VARARGS,
-     "encode_lines(joined, first_off, ts, max_chars, flagged) -> (events, offs, slow, controls, rendered)\n\n"
-     "Events of the clean and rendered lines of `joined` (None for the others, whose indices are in\n"
-     "`slow`), every line's stream offset, the lines holding control characters, and the rendered texts."},
+    {"encode_chunk", encode_chunk, METH_VARARGS,
+     "encode_chunk(scratch, joined, first_off, ts, max_chars, flagged) -> (length, bounds, offs, slow, controls, rendered)\n\n"
+     "The events of the lines of `joined` into the bytearray `scratch` (grown as needed; its first `length`\n"
+     "bytes), joined with \",\" (the lines in `slow` left empty), where each\n"
+     "starts (int64), every line's stream offset (int64), the lines holding control characters, and the\n"
+     "rendered texts."},
+    {"splice", splice, METH_VARARGS,
+     "splice(buf, length, bounds, indices, events) -> (bytes, bounds)\n\n"
+     "The chunk's events (the first `length` bytes of `buf`) with those at `indices` replaced, in one copy."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -1,9 +1,10 @@
 """`Packer`: forms a stream's batches from its prepared lines and hands them to the sender.
 
 It holds the batch being built, the stream budget and the tail ring past it, and the `dropped`
-report that goes with the next batch. Whole runs of lines go into a batch at once: where the batch
-fills up (`Batch.fitting`: one C walk over the event lengths) or the stream budget is reached (by
-bisecting the line ends) is found without a Python step per line. The budget: once `stream_budget_bytes` of log bytes went into batches, lines go to
+report that goes with the next batch. Whole runs of lines go into a batch at once, as views of the
+read's one buffer of events (`Events`): where the batch fills up (`Batch.fitting`) or the stream
+budget is reached is found by bisecting the event starts and the line offsets, without a Python
+step or object per line. The budget: once `stream_budget_bytes` of log bytes went into batches, lines go to
 the tail ring, and at drain one `dropped` report covers those it pushed out, followed by the ring's
 lines. The checkpoint stays at the budget point meanwhile, so a restart re-reads (and re-counts)
 from there; except that each report the ring cuts (its `report_bytes`) is sent at once (an empty batch
@@ -16,10 +17,9 @@ from __future__ import annotations
 import logging
 import time
 from bisect import bisect_left
-from collections.abc import Sequence
 
 from blastlogs.protocol import Dropped
-from shipper.batch import Batch, Limits
+from shipper.batch import Batch, Events, Limits
 from shipper.metrics import ShipperMetrics
 from shipper.prepare import Prepared
 from shipper.reader import Chunk, Cursor, Generation
@@ -68,7 +68,7 @@ class Packer:
     @property
     def building(self) -> bool:
         """A batch with events is being built."""
-        return bool(self.builder.events)
+        return bool(self.builder.count)
 
     @property
     def exit_unsent(self) -> bool:
@@ -86,43 +86,38 @@ class Packer:
 
     def lines(self) -> int:
         """Lines held here: in the batch being built and in the tail ring."""
-        return len(self.builder.events) + len(self.ring)
+        return self.builder.count + len(self.ring)
 
     async def place(self, chunk: Chunk, prepared: Prepared) -> None:
         """Put a prepared chunk's events into batches, or into the tail ring past the budget."""
-        ends = prepared.offs[1:]
-        ends.append(chunk.end)
-        await self._pack(prepared.offs, ends, prepared.events, chunk.ts, chunk.cursor, budgeted=True)
+        await self._pack(prepared.encoded, chunk.ts, chunk.cursor, budgeted=True)
 
-    async def _pack(self, offs: Sequence[int], ends: Sequence[int], events: Sequence[bytes], ts: float,
-                    cur: Cursor, *, budgeted: bool) -> None:
-        """Events (with their stream offsets and where each line ends) into batches, flushing each
-        as it fills; `budgeted`: counted against the stream budget, the rest going to the ring."""
+    async def _pack(self, run: Events, ts: float, cur: Cursor, *, budgeted: bool) -> None:
+        """Events (with their lines' stream offsets) into batches, flushing each as it fills;
+        `budgeted`: counted against the stream budget, the rest going to the ring."""
         limits, limit = self.limits, self.budget
-        i, n = 0, len(events)
+        offs, bounds = run.offs, run.bounds
+        i, n = 0, len(run)
         while i < n:
             if budgeted and self.shipped >= limit:
-                self.ring.extend(offs[i:], ends[i:], events[i:])
+                self.ring.extend(offs[i:n], offs[i + 1:], run.events(i))
                 await self._report_pushed_out(cur)
                 return
             b = self.builder
-            if b.full_for(len(events[i]), limits):
+            if b.full_for(bounds[i + 1] - bounds[i] - 1, limits):
                 await self.flush()
                 continue
-            j, sized = b.fitting(events, i, n, limits)
+            j, _ = b.fitting(run, i, n, limits)
             if budgeted:
-                # the line that reaches the stream budget is the last one shipped
-                reach = bisect_left(ends, limit - self.shipped + offs[i], i, j)
-                if reach < j - 1:
-                    j = reach + 1
-                    sized = sum(map(len, events[i:j])) + j - i
-                self.shipped += ends[j - 1] - offs[i]
-            b.extend(events[i:j], offs[i:j], sized, ts)
-            b.resume_at(Cursor(cur.dev, cur.ino, ends[j - 1] - cur.base, cur.base), self.shipped)
+                # the line that reaches the stream budget (ends at or past it) is the last one shipped
+                j = min(j, bisect_left(offs, limit - self.shipped + offs[i], i + 1, j))
+                self.shipped += offs[j] - offs[i]
+            b.take(run, i, j, ts)
+            b.resume_at(Cursor(cur.dev, cur.ino, offs[j] - cur.base, cur.base), self.shipped)
             i = j
             if budgeted and self.shipped >= limit:
                 log.warning("stream budget reached; keeping only a tail from here",
-                            extra={"stream": self.name, "off": ends[j - 1], "budget": limit})
+                            extra={"stream": self.name, "off": offs[j], "budget": limit})
                 await self.flush()
             elif b.full(limits):
                 await self.flush()  # it takes no more lines: waiting for the next one, or for
@@ -132,9 +127,9 @@ class Packer:
         """Hand the batch being built to the sender (waits while the outbox is full); an empty
         one only when `force`d, at eof, or to carry a dropped report."""
         b = self.builder
-        if not b.events and self.pending_drop is None and not force and not eof:
+        if not b.count and self.pending_drop is None and not force and not eof:
             return
-        if not b.events:
+        if not b.count:
             b.resume_at(self.formed, self.formed_shipped)
         b.seal(self.pending_drop, eof, self.exit_code)
         self.pending_drop = None
@@ -149,10 +144,10 @@ class Packer:
         fewer than `LINGER_COMPANY` lines of a still running container (a quiet stream: one request
         per line would be wasteful; an exited container's lines get no company)."""
         b = self.builder
-        if not b.events:
+        if not b.count:
             return
         waited = time.time() - b.first_ts
-        alone = len(b.events) < LINGER_COMPANY and self.exit_code is None
+        alone = b.count < LINGER_COMPANY and self.exit_code is None
         if waited >= (self.linger_max if alone else self.linger):
             await self.flush()
 
@@ -193,9 +188,10 @@ class Packer:
             await self.flush()
             if self.ring.dropped is not None:
                 self._report(self.ring.dropped)
-            held = list(self.ring.lines)
-            await self._pack([off for off, _, _ in held], [off + size for off, size, _ in held],
-                             [event for _, _, event in held], time.time(), cur, budgeted=False)
+            held = list(self.ring.lines)  # consecutive lines: each ends where the next starts
+            if held:
+                await self._pack(Events.of([event for _, _, event in held], [off for off, _, _ in held],
+                                       held[-1][0] + held[-1][1]), time.time(), cur, budgeted=False)
             self.ring.clear()
         await self.flush(eof=True)
         await self.outbox.close()

@@ -9,13 +9,14 @@ guess can be checked against the state the previous chunk really ended in.
 
 from __future__ import annotations
 
+from array import array
 from bisect import bisect_right
 from dataclasses import dataclass
-from typing import Final, cast
+from typing import Final
 
 import orjson
 
-from shipper.batch import encode_events
+from shipper.batch import Events, encode_events
 from shipper.reader import Chunk
 from shipper.redact import CLEAN_STATE, RedactorState
 from shipper.sanitise import Sanitiser
@@ -28,13 +29,19 @@ except ImportError:  # built without a C compiler: the pure-Python path gives th
 #: Whether the compiled hot path is in use (the start-up log says so: `compiled_hot_path`).
 COMPILED: Final = _hotpath is not None
 
+#: Buffers the compiled path writes a read's events into before copying them out (with the Python
+#: path's lines spliced in), reused from read to read so that their pages stay faulted in: one per
+#: read being prepared at once (one, on the event loop), and none kept past `_SCRATCH_KEPT` bytes.
+_scratch: list[bytearray] = []
+_SCRATCH_KEPT: Final = 4 << 20
+
 
 @dataclass(frozen=True)
 class Prepared:
     """One chunk's events, in line order, and what sanitising them counted."""
 
-    offs: list[int]
-    events: list[bytes]
+    #: the events as one buffer, with each line's stream offset
+    encoded: Events
     #: secrets hidden in this chunk, by kind
     redactions: dict[str, int]
     #: lines of this chunk cut to the line cap
@@ -42,6 +49,19 @@ class Prepared:
     #: the redactor state this result was computed from, and the state after its last line
     start: RedactorState
     state: RedactorState
+
+    def __len__(self) -> int:
+        return len(self.encoded)
+
+    @property
+    def offs(self) -> list[int]:
+        """Each line's stream offset (not on the hot path)."""
+        return self.encoded.offs[:-1].tolist()
+
+    @property
+    def events(self) -> list[bytes]:
+        """Each line's event as bytes of its own (not on the hot path)."""
+        return self.encoded.events()
 
 
 def sanitise_chunk(san: Sanitiser, chunk: Chunk) -> list[str]:
@@ -78,31 +98,42 @@ def prepare(san: Sanitiser, chunk: Chunk, start: RedactorState) -> Prepared:
         if fast is not None:
             return fast
     texts = sanitise_chunk(san, chunk)
-    events = encode_events(chunk.offs, chunk.ts, texts)
-    return Prepared(chunk.offs, events, dict(san.redactions), san.truncated, start, san.state)
+    events = Events.of(encode_events(chunk.offs, chunk.ts, texts), chunk.offs, chunk.end)
+    return Prepared(events, dict(san.redactions), san.truncated, start, san.state)
 
 
 def _prepare_compiled(san: Sanitiser, chunk: Chunk, raw: bytes) -> Prepared | None:
     """`prepare` of a plain read from the clean state, with the compiled hot path encoding every
     line that sanitising leaves as it is, and rendering (escapes, carriage returns) and encoding
-    most lines with control characters; the others (needles, invalid UTF-8, over the cap, shapes
-    it does not render) go through `Sanitiser.some_lines` with what the scans of the whole read
-    found, and so do the rendered lines' texts, for the redaction pre-check they need. None when
-    the redactor's state must see the read line by line (then `sanitise_chunk` does it all)."""
+    most lines with control characters, into one buffer; the others (needles, invalid UTF-8, over
+    the cap, shapes it does not render) go through `Sanitiser.some_lines` with what the scans of
+    the whole read found, and so do the rendered lines' texts, for the redaction pre-check they
+    need; their events are spliced in as the buffer is copied out of the scratch. None when the
+    redactor's state must see the read line by line (then `sanitise_chunk` does it all)."""
     own_hits, rule_hits = san.needle_hits(raw)
     ts = orjson.dumps(chunk.ts)
-    events, offs, slow, controls, rendered = _hotpath.encode_lines(raw, chunk.first, ts, san.max_chars,
-                                                                   sorted(own_hits + rule_hits))
-    if slow or rendered:
-        first, last = chunk.first, len(offs) - 1
-        raws = {i: raw[offs[i] - first:offs[i + 1] - first - 1 if i < last else len(raw)] for i in slow}
-        texts = san.some_lines(raws, controls, *(
-            {bisect_right(offs, first + pos) - 1 for pos in found} for found in (own_hits, rule_hits)),
-            rendered=rendered)
-        if texts is None:
-            return None
-        for i, event in zip(texts, encode_events([offs[i] for i in texts], chunk.ts, list(texts.values())),
-                            strict=True):
-            events[i] = event
-    # every None (a slow line) was filled above
-    return Prepared(offs, cast(list[bytes], events), dict(san.redactions), san.truncated, CLEAN_STATE, san.state)
+    scratch = _scratch.pop() if _scratch else bytearray()
+    try:
+        length, bounds_bytes, offs_bytes, slow, controls, rendered = _hotpath.encode_chunk(
+            scratch, raw, chunk.first, ts, san.max_chars, sorted(own_hits + rule_hits))
+        offs = array("q")
+        offs.frombytes(offs_bytes)
+        texts: dict[int, str] = {}
+        if slow or rendered:
+            first = chunk.first
+            raws = {i: raw[offs[i] - first:offs[i + 1] - first - 1] for i in slow}
+            sanitised = san.some_lines(raws, controls, *(
+                {bisect_right(offs, first + pos) - 1 for pos in found} for found in (own_hits, rule_hits)),
+                rendered=rendered)
+            if sanitised is None:
+                return None
+            texts = sanitised
+        order = sorted(texts)
+        buf, bounds_bytes = _hotpath.splice(scratch, length, bounds_bytes, order, encode_events(
+            [offs[i] for i in order], chunk.ts, [texts[i] for i in order]))
+    finally:
+        if len(scratch) <= _SCRATCH_KEPT:
+            _scratch.append(scratch)
+    bounds = array("q")
+    bounds.frombytes(bounds_bytes)
+    return Prepared(Events(buf, bounds, offs), dict(san.redactions), san.truncated, CLEAN_STATE, san.state)

@@ -13,9 +13,10 @@ to 1 MiB where the kernel allows):
   env-name length, number of lines; then the env name (UTF-8), the line ends (`array('q')` bytes,
   `Chunk.ends`: the shipper's reader splits the lines anyway) and the data (complete lines joined
   with "\\n", no trailing newline).
-- reply: `<BQqIII` = status (0 ok, 1 failed: the shipper redoes the chunk), events length, PEM
-  lines, env-name length, counts length, truncated; then the env name, the redaction counts (JSON)
-  and the events joined with "\\n" (an encoded event never holds a raw newline).
+- reply: `<BQqIIII` = status (0 ok, 1 failed: the shipper redoes the chunk), events length, PEM
+  lines, env-name length, counts length, truncated, number of lines; then the env name, the
+  redaction counts (JSON), `Events.bounds` and `Events.offs` (`array('q')` bytes, one more item
+  than lines each) and the events joined with "," (`Events.buf`).
 
     python -m shipper.sanitise_worker --max-line-chars 4000
 """
@@ -41,13 +42,14 @@ from typing import BinaryIO, Final
 
 import orjson
 
+from shipper.batch import Events
 from shipper.prepare import Prepared, prepare
 from shipper.reader import Chunk, Cursor
 from shipper.redact import RedactorState
 from shipper.sanitise import Sanitiser
 
 REQUEST: Final = struct.Struct("<QqdqII")
-REPLY: Final = struct.Struct("<BQqIII")
+REPLY: Final = struct.Struct("<BQqIIII")
 STATUS_OK: Final = 0
 STATUS_FAILED: Final = 1
 #: F_SETPIPE_SZ (Linux): fewer context switches per 256 KiB read than the default 64 KiB pipe.
@@ -93,32 +95,37 @@ def request_body_size(head: bytes) -> int:
 def encode_reply(p: Prepared) -> bytes:
     env = p.state[1].encode()
     counts = orjson.dumps(p.redactions)
-    events = b"\n".join(p.events)
-    head = REPLY.pack(STATUS_OK, len(events), p.state[0], len(env), len(counts), p.truncated)
-    return b"".join((head, env, counts, events))
+    ev = p.encoded
+    head = REPLY.pack(STATUS_OK, len(ev.buf), p.state[0], len(env), len(counts), p.truncated, len(ev))
+    return b"".join((head, env, counts, ev.bounds.tobytes(), ev.offs.tobytes(), ev.buf))
 
 
-FAILED_REPLY: Final = REPLY.pack(STATUS_FAILED, 0, -1, 0, 0, 0)
+FAILED_REPLY: Final = REPLY.pack(STATUS_FAILED, 0, -1, 0, 0, 0, 0)
 
 
-def decode_reply(head: bytes, body: bytes, offs: list[int], start: RedactorState) -> Prepared | None:
-    """The `Prepared` a reply carries (`body` is everything after the header) for a chunk with
-    offsets `offs`; None for a failure."""
-    status, n_events, pem, n_env, n_counts, truncated = REPLY.unpack(head)
-    if status != STATUS_OK:
+def decode_reply(head: bytes, body: bytes, chunk: Chunk, start: RedactorState) -> Prepared | None:
+    """The `Prepared` a reply carries (`body` is everything after the header) for `chunk`; None for
+    a failure, or a reply that does not fit the chunk."""
+    status, n_buf, pem, n_env, n_counts, truncated, n_lines = REPLY.unpack(head)
+    if status != STATUS_OK or n_lines != chunk.count:
         return None
     pos = n_env + n_counts
     env = body[:n_env].decode()
     counts: dict[str, int] = orjson.loads(body[n_env:pos]) if n_counts else {}
-    events = body[pos : pos + n_events].split(b"\n") if n_events else []
-    if len(events) != len(offs):
+    bounds, offs = array("q"), array("q")
+    bounds.frombytes(body[pos : pos + 8 * (n_lines + 1)])
+    pos += 8 * (n_lines + 1)
+    offs.frombytes(body[pos : pos + 8 * (n_lines + 1)])
+    pos += 8 * (n_lines + 1)
+    buf = body[pos : pos + n_buf]
+    if offs[0] != chunk.first or offs[-1] != chunk.end or bounds[-1] != len(buf) + 1:
         return None
-    return Prepared(offs, events, counts, truncated, start, (pem, env))
+    return Prepared(Events(buf, bounds, offs), counts, truncated, start, (pem, env))
 
 
 def reply_body_size(head: bytes) -> int:
-    _, n_events, _, n_env, n_counts, _ = REPLY.unpack(head)
-    return int(n_events + n_env + n_counts)
+    status, n_buf, _, n_env, n_counts, _, n_lines = REPLY.unpack(head)
+    return int(n_buf + n_env + n_counts + (16 * (n_lines + 1) if status == STATUS_OK else 0))
 
 
 def _read_exactly(stream: BinaryIO, n: int) -> bytes | None:

@@ -59,7 +59,7 @@ class Outbox:
     async def put(self, batch: Batch) -> None:
         """Hand a batch to the sender; waits while `OUTBOX_DEPTH` are waiting already."""
         self.nbytes += batch.size
-        self.lines += len(batch.events)
+        self.lines += batch.count
         self._gauge.set(self.nbytes)
         await self._queue.put(batch)
 
@@ -151,7 +151,7 @@ class Sender:
         batch, reports and the eof batch go alone: the aggregator must hold everything before an
         eof first), with the same exit status (the highest `seq` carrying one wins), while no send
         is failing (then one batch at a time retries)."""
-        return (bool(batch.events) and bool(before.events) and not batch.eof and not before.eof
+        return (bool(batch.count) and bool(before.count) and not batch.eof and not before.eof
                 and batch.exit_code == before.exit_code and self.client.failing is None)
 
     def _send(self, batch: Batch) -> Flying:
@@ -171,18 +171,18 @@ class Sender:
             if seq == self.seq - 1:
                 self.seq = seq  # refused, and nothing went out after it: its number is free again
             # 413: halve; a single event too large is reported as dropped rather than lost.
-            if len(batch.events) > 1:
+            if batch.count > 1:
                 first, second = batch.split()
                 log.warning("batch too large for the aggregator; splitting",
-                            extra={"stream": self.name, "events": len(batch.events)})
+                            extra={"stream": self.name, "events": batch.count})
                 for half in (first, second):
                     half, half_seq, answer = self._send(half)
                     await self._deliver(half, half_seq, await answer)
                 return
-            if batch.events:
-                drop = Dropped(batch.offs[0], 1, batch.end - batch.offs[0])
+            if batch.count:
+                drop = Dropped(batch.first_off, 1, batch.end - batch.first_off)
                 log.error("a single event is too large for the aggregator; reporting it as dropped",
-                          extra={"stream": self.name, "off": batch.offs[0]})
+                          extra={"stream": self.name, "off": batch.first_off})
                 count_drop(self.metrics, self.name, self._labels, drop)
                 self.outbox.delivered(1)
                 batch = batch.without_events(drop)
@@ -205,10 +205,10 @@ class Sender:
         self.eof_acked = batch.eof
         metrics, container = self.metrics, self.ident.container
         metrics.of(metrics.batches, container).inc()
-        self.outbox.delivered(len(batch.events))
-        if batch.events:
-            metrics.of(metrics.lines_shipped, container).inc(len(batch.events))
-            metrics.of(metrics.bytes_shipped, container).inc(batch.end - batch.offs[0])
+        self.outbox.delivered(batch.count)
+        if batch.count:
+            metrics.of(metrics.lines_shipped, container).inc(batch.count)
+            metrics.of(metrics.bytes_shipped, container).inc(batch.end - batch.first_off)
         self.on_ack()
         if batch.eof:
             log.info("stream complete", extra={"stream": self.name, "off": cur.off, "seq": seq,

@@ -248,7 +248,7 @@ class Stream:
             metrics.of(metrics.redacted, kind).inc(count)
         if prepared.truncated:
             metrics.of(metrics.truncated, container).inc(prepared.truncated)
-        metrics.of(metrics.lines_read, container).inc(len(prepared.offs))
+        metrics.of(metrics.lines_read, container).inc(len(prepared))
         metrics.of(metrics.bytes_read, container).inc(chunk.end - chunk.first)
         await self.packer.place(chunk, prepared)
 
@@ -279,7 +279,7 @@ class Stream:
         metrics = self.metrics
         metrics.of(metrics.lag_bytes, self.container).set(max(self.reader.stream_end() - self.sender.acked_off, 0))
         flying = self.sender.in_flight
-        oldest = flying.first_ts if flying and flying.events else 0.0
+        oldest = flying.first_ts if flying and flying.count else 0.0
         metrics.of(metrics.lag_seconds, self.container).set(time.time() - oldest if oldest else 0.0)
 
     def undelivered(self) -> Undelivered:

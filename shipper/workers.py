@@ -143,7 +143,7 @@ class SanitiserPool:
                 body = await stdout.readexactly(reply_body_size(head))
                 fut, chunk, start = worker.waiting.popleft()
                 if not fut.done():
-                    fut.set_result(decode_reply(head, body, chunk.offs, start))
+                    fut.set_result(decode_reply(head, body, chunk, start))
         except (asyncio.IncompleteReadError, ConnectionError, IndexError):
             pass
         finally:

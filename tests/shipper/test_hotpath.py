@@ -10,6 +10,7 @@ from __future__ import annotations
 import random
 import shutil
 import time
+from array import array
 from pathlib import Path
 
 import orjson
@@ -18,7 +19,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import shipper.prepare as prepare_mod
-from shipper.batch import run_fit, run_fit_py
+from shipper.batch import Batch, Events, Identity, Limits, encode_batch
 from shipper.prepare import Prepared, prepare
 from shipper.reader import Chunk, Cursor, LineReader
 from shipper.redact import _NEEDLES, CLEAN_STATE, RedactorState, _find_py, marks_py
@@ -70,6 +71,7 @@ def both(chunk: Chunk, start: RedactorState = CLEAN_STATE, limit: int = 4000) ->
 def assert_same(compiled: Prepared, pure: Prepared) -> None:
     assert compiled.events == pure.events
     assert compiled.offs == pure.offs
+    assert compiled.encoded == pure.encoded  # the one buffer, where each event starts, each line's offset
     assert compiled.redactions == pure.redactions
     assert compiled.truncated == pure.truncated
     assert (compiled.start, compiled.state) == (pure.start, pure.state)
@@ -119,6 +121,58 @@ def test_every_byte_value_at_every_place_in_a_block() -> None:
     for n in range(0, 34):  # the read's last line, no bytes past it to read
         assert_same(*both(chunk_of([b"a" * 40, b"b" * n])))
         assert_same(*both(chunk_of([b"a" * 40, b"b" * n + b'"'])))
+
+
+@compiled_only
+def test_events_longer_than_the_buffer_first_made_for_them() -> None:
+    """The compiled path sizes a read's buffer for lines as they are; escapes (quotes, backslashes,
+    tabs) and rendered cursor moves make events longer, and its buffer grows, in every position."""
+    for count in (1, 2, 50):
+        for line in (b'"' * 3000, b"\\\t" * 700, b"\x1b[900Cx", b"a\x1b[2000Gb", b"\t" * 5000):
+            for lines in ([line] * count, [b"plain"] * count + [line], [line] + [b""] * count):
+                compiled, pure = both(chunk_of(lines))
+                assert_same(compiled, pure)
+                assert max(map(len, compiled.events)) > len(line) + 60
+
+
+@compiled_only
+def test_bodies_from_either_path_are_the_same_bytes(tmp_path: Path) -> None:
+    """A file packed and encoded as the shipper does, once from the compiled path's buffers (with
+    lines spliced in) and once from the pure path's events: the same request bodies."""
+    lines = [raw for i in range(3000) for raw in (b"Query= seq%d" % i, b"  score 42\t\"ok\"",
+                                                     b"password=hunter2-%d" % i if i % 97 == 0 else b"x" * (i % 300),
+                                                     b"50%\r100%" if i % 13 == 0 else "é µs".encode())]
+    chunks = [chunk_of(lines[k:k + 700], first=sum(len(x) + 1 for x in lines[:k])) for k in range(0, len(lines), 700)]
+    limits = Limits(200, 20_000)
+    ident = Identity("elb-1", "pod", "c", "running")
+
+    def bodies(compiled: bool) -> list[bytes]:
+        saved = prepare_mod._hotpath
+        if not compiled:
+            prepare_mod._hotpath = None  # type: ignore[assignment]
+        try:
+            san, batches, b = Sanitiser(), [], Batch()
+            for chunk in chunks:
+                run = prepare(san, chunk, CLEAN_STATE).encoded
+                i = 0
+                while i < len(run):
+                    if b.full_for(run.bounds[i + 1] - run.bounds[i] - 1, limits):
+                        batches.append(b)
+                        b = Batch()
+                    j, _ = b.fitting(run, i, len(run), limits)
+                    b.take(run, i, j, 1.0)
+                    i = j
+            return [encode_batch(ident, seq, x) for seq, x in enumerate([*batches, b])]
+        finally:
+            prepare_mod._hotpath = saved
+
+    compiled = bodies(True)
+    assert compiled == bodies(False) and len(compiled) > 10
+    events = [e for body in compiled for e in orjson.loads(body)["events"]]
+    assert [e["off"] for e in events] == [sum(len(x) + 1 for x in lines[:i]) for i in range(len(lines))]
+    assert "hunter2" not in b"".join(compiled).decode()
+    first, second = Batch(runs=[(prepare(Sanitiser(), chunks[0], CLEAN_STATE).encoded, 3, 9)], count=6).split()
+    assert first.offs + second.offs == [e["off"] for e in events[3:9]]
 
 
 @compiled_only
@@ -237,13 +291,42 @@ def test_compiled_needle_scan_at_the_ends_and_with_the_rarest_bytes() -> None:
             assert _find(probe) == _find_py(probe), probe
 
 
-@compiled_only
+def walk(events: list[bytes], i: int, stop: int, limit: int) -> tuple[int, int]:
+    """The largest `k` in `[i, stop]` such that `events[i:k]`, each with one separator, hold at most
+    `limit` bytes, and those bytes: event by event."""
+    total = 0
+    for k in range(i, stop):
+        if total + len(events[k]) + 1 > limit:
+            return k, total
+        total += len(events[k]) + 1
+    return max(i, stop), total
+
+
 @settings(max_examples=500, deadline=None)
 @given(st.lists(st.binary(max_size=30), max_size=50), st.integers(0, 60), st.integers(0, 60), st.integers(-5, 400))
-def test_compiled_run_fit_is_the_walk(events: list[bytes], i: int, stop: int, limit: int) -> None:
+def test_a_run_fitted_by_bisection_is_the_walk(events: list[bytes], i: int, stop: int, limit: int) -> None:
     i, stop = min(i, len(events)), min(stop, len(events))
-    assert prepare_mod._hotpath.run_fit(events, i, stop, limit) == run_fit_py(events, i, stop, limit) \
-        == run_fit(events, i, stop, limit) == run_fit_py(tuple(events), i, stop, limit)
+    run = Events.of(events, range(len(events)), len(events))
+    assert run.fit(i, stop, limit) == walk(events, i, stop, limit)
+    assert run.events() == events and len(run) == len(events)
+
+
+@compiled_only
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.binary(max_size=20), min_size=1, max_size=30), st.data())
+def test_compiled_splice_replaces_the_events_at_the_indices(events: list[bytes], data: st.DataObject) -> None:
+    run = Events.of(events, range(len(events)), len(events))
+    indices = sorted(data.draw(st.sets(st.integers(0, len(events) - 1))))
+    new = [data.draw(st.binary(max_size=20)) for _ in indices]
+    buf, bounds = prepare_mod._hotpath.splice(bytearray(run.buf + b"spare"), len(run.buf), run.bounds.tobytes(),
+                                              indices, new)
+    want = list(events)
+    for i, event in zip(indices, new, strict=True):
+        want[i] = event
+    assert Events(buf, array("q", bounds), run.offs) == Events.of(want, range(len(want)), len(want))
+    for length, at in ((len(run.buf), [0, 0]), (len(run.buf) + 1, []), (len(run.buf) - 1, [])):
+        with pytest.raises(ValueError):
+            prepare_mod._hotpath.splice(run.buf, length, run.bounds.tobytes(), at, [b""] * len(at))
 
 
 @compiled_only

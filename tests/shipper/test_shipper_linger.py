@@ -9,7 +9,7 @@ from types import SimpleNamespace
 import pytest
 
 from shipper import packer as packer_module
-from shipper.batch import Identity, Limits
+from shipper.batch import Events, Identity, Limits
 from shipper.config import OPTIONS
 from shipper.metrics import ShipperMetrics
 from shipper.packer import Packer
@@ -59,7 +59,7 @@ async def simulate(monkeypatch: pytest.MonkeyPatch, lines_per_second: float, sec
             clock.now = next_line
             event = b'{"off":%d,"line":"x"}' % off
             born[off] = clock.now
-            await packer._pack([off], [off + 2], [event], clock.now, Cursor(1, 1, off + 2, 0), budgeted=False)
+            await packer._pack(Events.of([event], [off], off + 2), clock.now, Cursor(1, 1, off + 2, 0), budgeted=False)
             off, next_line = off + 2, next_line + step
         else:
             clock.now = ticks.pop(0)
@@ -102,7 +102,7 @@ async def test_a_full_batch_goes_at_once_without_waiting_for_linger(monkeypatch:
     offs = [2 * i for i in range(25)]
 
     async def place(lo: int, hi: int) -> None:
-        await packer._pack(offs[lo:hi], [o + 2 for o in offs[lo:hi]], events[lo:hi], clock.now,
+        await packer._pack(Events.of(events[lo:hi], offs[lo:hi], offs[hi - 1] + 2), clock.now,
                            Cursor(1, 1, offs[hi - 1] + 2, 0), budgeted=False)
 
     taken: list[list[int]] = []

@@ -11,7 +11,7 @@ import pytest
 from shipper_helpers import JOB_ID, POD, TOKEN, Recorder, append, eventually
 
 from blastlogs.protocol import Dropped
-from shipper.batch import Batch, Identity, Limits
+from shipper.batch import Batch, Events, Identity, Limits
 from shipper.checkpoints import Checkpoint, Checkpointer
 from shipper.config import load_config
 from shipper.metrics import ShipperMetrics
@@ -42,14 +42,15 @@ def pack_one_by_one(events: list[bytes], limits: Limits) -> list[list[bytes]]:
 
 def pack_in_runs(events: list[bytes], limits: Limits) -> list[Batch]:
     batches, i = [Batch()], 0
+    run = Events.of(events, range(len(events)), len(events))
     while i < len(events):
         b = batches[-1]
         if b.full_for(len(events[i]), limits):
             batches.append(Batch())
             continue
-        j, sized = b.fitting(events, i, len(events), limits)
+        j, sized = b.fitting(run, i, len(events), limits)
         assert j > i and sized == sum(map(len, events[i:j])) + j - i
-        b.extend(events[i:j], list(range(i, j)), sized, 1.0)
+        b.take(run, i, j, 1.0)
         i = j
     return batches
 
@@ -61,8 +62,9 @@ def test_batches_packed_in_runs_are_those_packed_event_by_event(seed: int) -> No
     limits = Limits(rnd.choice([1, 3, 50, 1000]), rnd.choice([10, 200, 1000]))
     batches = pack_in_runs(events, limits)
     assert [b.events for b in batches] == pack_one_by_one(events, limits)
+    assert [b.offs for b in batches] == [list(range(b.offs[0], b.offs[0] + b.count)) for b in batches]
     for b in batches:
-        assert b.size == len(b"".join(b.events)) + len(b.events) - 1
+        assert b.size == len(b"".join(b.events)) + len(b.events) - 1 == len(b",".join(b.pieces()))
         assert len(b.events) == 1 or (b.size <= limits.max_bytes and len(b.events) <= limits.max_events)
 
 
@@ -70,9 +72,9 @@ def test_an_empty_batch_takes_one_event_too_large_and_no_more() -> None:
     limits = Limits(10, 5)
     b = Batch()
     assert not b.full_for(100, limits)
-    events = [b"y" * 100, b"z"]
-    assert b.fitting(events, 0, 2, limits) == (1, 101)
-    b.extend(events[:1], [0], 101, 2.5)
+    run = Events.of([b"y" * 100, b"z"], [0, 101], 103)
+    assert b.fitting(run, 0, 2, limits) == (1, 101)
+    b.take(run, 0, 1, 2.5)
     assert b.size == 100 and b.first_ts == 2.5 and b.full_for(1, limits)
 
 

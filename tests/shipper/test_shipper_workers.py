@@ -140,14 +140,14 @@ def test_a_worker_answers_a_bad_request_with_a_failure_and_keeps_serving() -> No
             proc.stdin.flush()
             head = proc.stdout.read(REPLY.size)
             assert head[0] == STATUS_FAILED and reply_body_size(head) == 0
-            assert decode_reply(head, b"", [0], CLEAN_STATE) is None
+            assert decode_reply(head, b"", Chunk(0, 1, 1, 1.0, Cursor(0, 0, 0, 0), b""), CLEAN_STATE) is None
         data = b"password=hunter2-Secret-1\nplain"
         chunk = Chunk(100, 2, 100 + len(data) + 1, 2.0, Cursor(0, 0, 0, 0), data)
         proc.stdin.write(b"".join(encode_request(chunk, CLEAN_STATE)))
         proc.stdin.flush()
         head = proc.stdout.read(REPLY.size)
         assert head[0] == STATUS_OK
-        p = decode_reply(head, proc.stdout.read(reply_body_size(head)), chunk.offs, CLEAN_STATE)
+        p = decode_reply(head, proc.stdout.read(reply_body_size(head)), chunk, CLEAN_STATE)
         assert p is not None and p.offs == [100, 126]
         assert [orjson.loads(e) for e in p.events] == [
             {"off": 100, "ts": 2.0, "line": f"password={marker('password')}"}, {"off": 126, "ts": 2.0, "line": "plain"}]
