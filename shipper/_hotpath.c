@@ -672,6 +672,10 @@ splice(PyObject *self, PyObject *args)
                 PyErr_SetString(PyExc_ValueError, "splice: ascending indices of events, and bytes");
             goto done;
         }
+        if (b[i] < (prev < 0 ? 0 : b[prev + 1]) || b[i + 1] - 1 < b[i] || b[i + 1] - 1 > length) {
+            PyErr_SetString(PyExc_ValueError, "splice: bounds out of order");
+            goto done;
+        }
         prev = i;
         size += PyBytes_GET_SIZE(e) - (Py_ssize_t)(b[i + 1] - 1 - b[i]);
     }
