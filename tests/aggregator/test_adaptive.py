@@ -85,11 +85,17 @@ async def drive(limit: AdaptiveLimit, request: Callable[[], Awaitable[None]], wo
     return failed
 
 
-async def test_a_store_as_fast_at_any_concurrency_gets_the_most() -> None:
+async def driven(*, serial: bool, each: int) -> tuple[VirtualTime, Store, AdaptiveLimit]:
+    """A fresh limit of at most 16 after 16 workers sent `each` requests to a fresh store."""
     clock = VirtualTime()
-    store = Store(clock, TICK, serial=False)
+    store = Store(clock, TICK, serial=serial)
     limit = AdaptiveLimit(16, clock=clock)
-    await clock.run(drive(limit, store.request, 16, 100))
+    await clock.run(drive(limit, store.request, 16, each))
+    return clock, store, limit
+
+
+async def test_a_store_as_fast_at_any_concurrency_gets_the_most() -> None:
+    _, store, limit = await driven(serial=False, each=100)
     assert store.served == 1600
     assert limit.limit == 16 and limit.low == 1
     assert store.most == 16
@@ -99,10 +105,7 @@ async def test_a_store_serving_one_at_a_time_is_not_queued_up() -> None:
     """Sixteen would-be concurrent requests to a store that serves one at a time: the limit stays where
     requests barely queue, and the store serves them in the same time as a fixed limit of 16 (it cannot
     serve faster), so other clients of that store wait behind a short queue instead of sixteen."""
-    clock = VirtualTime()
-    store = Store(clock, TICK, serial=True)
-    limit = AdaptiveLimit(16, clock=clock)
-    await clock.run(drive(limit, store.request, 16, 50))
+    clock, store, limit = await driven(serial=True, each=50)
     assert store.served == 800
     assert limit.high <= 4 and store.most <= 4
     assert clock.now == pytest.approx(800 * TICK)  # no slower than the store itself
@@ -114,10 +117,7 @@ async def test_a_store_serving_one_at_a_time_is_not_queued_up() -> None:
 
 
 async def test_failures_shrink_the_limit() -> None:
-    clock = VirtualTime()
-    store = Store(clock, TICK, serial=False)
-    limit = AdaptiveLimit(16, clock=clock)
-    await clock.run(drive(limit, store.request, 16, 100))
+    clock, store, limit = await driven(serial=False, each=100)
     assert limit.limit == 16
     failing = True
 
