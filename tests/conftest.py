@@ -7,6 +7,7 @@ One of each kind lives here; aggregator helpers (configs, batch bodies, `StoreKi
 from __future__ import annotations
 
 import os
+import random
 import shutil
 import signal
 import socket
@@ -48,9 +49,28 @@ def azurite_connection_string(port: int) -> str:
 
 
 def free_port() -> int:
+    """A loopback port free now, below the kernel's ephemeral range where there is room: a port from
+    `bind(0)` is an ephemeral one, which an outgoing connection (a replica's to Azurite) may take before
+    the server meant to listen on it starts (the rig gives its replicas their ports up front; one such
+    collision once failed all ten reliability scenarios)."""
+    low = _ephemeral_low()
+    for _ in range(64 if low > 11_000 else 0):
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", random.randrange(10_000, low)))
+            except OSError:
+                continue
+            return int(s.getsockname()[1])
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def _ephemeral_low() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 0
 
 
 def wait_port(port: int, timeout: float = 20.0) -> None:
