@@ -16,10 +16,12 @@ time would otherwise lose slots whenever the window did not use them all.)
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import time
 from collections import deque
 from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
 from types import TracebackType
 from typing import Final
 
@@ -151,3 +153,8 @@ class Slot:
             self._limit.release(self._limit._clock() - self._start if self._timed else None)
         else:  # a cancel says nothing of the store; a failure is back-pressure
             self._limit.release(failed=not issubclass(kind, asyncio.CancelledError))
+
+
+def untimed_slot(gate: AdaptiveLimit | None) -> AbstractAsyncContextManager[None]:
+    """A slot of `gate` held untimed (one call doing many requests' work), or nothing without a gate."""
+    return gate.slot(timed=False) if gate is not None else contextlib.nullcontext()

@@ -219,7 +219,8 @@ class AggregatorConfig:
         help="with `FINALIZE_PROCESS=child`: a child silent this many seconds (it says it is alive every "
              "second) is killed, its finalizes answered 503, and the next finalize starts another"))
     read_concurrency: int = field(default=16, metadata=opt(
-        env="READ_CONCURRENCY", minimum=1, help="the most storage requests (staged batches read, chunks written) a finalize has in flight; "
+        env="READ_CONCURRENCY", minimum=1,
+        help="the most storage requests (staged batches read, chunks written) a finalize has in flight; "
              "fewer while the store's answers slow down as they queue (adaptive, as Vector's)"))
     retry_after: int = field(default=2, metadata=opt(
         env="RETRY_AFTER", minimum=1,

@@ -173,10 +173,11 @@ class Batch:
         self.count += j - i
         self.runs.append((run, i, j))
 
-    def extend(self, events: Sequence[bytes], offs: Sequence[int], ts: float) -> None:
-        """Append events given one by one, with their stream offsets (a test's, or a split's)."""
+    def extend(self, events: Sequence[bytes], offs: Sequence[int], ts: float, end: int | None = None) -> None:
+        """Append events given one by one, with their stream offsets (a test's, or a split's); `end`:
+        where the last line ends, when known (a batch reads only its lines' starts)."""
         if events:
-            self.take(Events.of(events, offs, offs[-1]), 0, len(events), ts)
+            self.take(Events.of(events, offs, offs[-1] if end is None else end), 0, len(events), ts)
 
     def resume_at(self, cursor: Cursor, shipped: int) -> None:
         """Where the stream resumes, and what it has shipped of its budget, once this is delivered."""
@@ -205,8 +206,8 @@ class Batch:
                       shipped=self.shipped - (self.end - cut_off), dropped=self.dropped,
                       exit_code=self.exit_code)
         second = Batch(cursor=self.cursor, shipped=self.shipped, eof=self.eof, exit_code=self.exit_code)
-        first.extend(events[:mid], offs[:mid], self.first_ts)
-        second.extend(events[mid:], offs[mid:], self.first_ts)
+        first.extend(events[:mid], offs[:mid], self.first_ts, cut_off)
+        second.extend(events[mid:], offs[mid:], self.first_ts, self.end)
         return first, second
 
     def without_events(self, drop: Dropped) -> Batch:

@@ -50,6 +50,7 @@ class Store(Protocol):
 T = TypeVar("T")
 P = ParamSpec("P")
 
+
 @runtime_checkable
 class DeletesMany(Protocol):
     """A store that removes many objects in one call more cheaply than one by one (LocalStore: one

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Final
 
-from aggregator.adaptive import AdaptiveLimit
+from aggregator.adaptive import AdaptiveLimit, untimed_slot
 from aggregator.fanout import finish_even_if_cancelled
 from aggregator.storage.base import TEMP_PREFIX, StoreError, check_key, check_prefix
 from blastlogs.atomic import write_atomic, write_many_atomic
@@ -93,7 +92,7 @@ class LocalStore:
         for key, _ in items:
             check_key(key)
         if items:
-            async with gate.slot(timed=False) if gate is not None else contextlib.nullcontext():
+            async with untimed_slot(gate):
                 await finish_even_if_cancelled(asyncio.to_thread(self._put_all, items))
 
     def _put_all(self, items: list[tuple[str, bytes]]) -> None:
@@ -123,7 +122,7 @@ class LocalStore:
             check_key(key)
         for start in range(0, len(keys), 1000):
             part = keys[start:start + 1000]
-            async with gate.slot(timed=False) if gate is not None else contextlib.nullcontext():
+            async with untimed_slot(gate):
                 await finish_even_if_cancelled(asyncio.to_thread(self._delete_all, part))
 
     def _delete_all(self, keys: list[str]) -> None:
